@@ -1,0 +1,232 @@
+// Integrate-and-fire neuron for onnxruntime's CPU provider (domain ai.onnx2snn, version 1).
+//
+// IFNeuron(x, theta[, v_in]) -> (spikes[, v_out])
+//   x      float32 [K*N, ...]: K time steps of N samples, time-major (step t = rows t*N..t*N+N-1).
+//   theta  float32 [C] or [1]: threshold per channel of axis `axis`.
+//   v_in   float32 [N, ...] (optional): membrane potential carried in from earlier steps; when it is
+//          absent the potential starts at v_init * theta (DESIGN.md section 2).
+//   spikes float32 like x: theta where the neuron fired, 0 elsewhere (weighted spikes).
+//   v_out  float32 [N, ...] (optional): membrane potential after the K steps.
+// Attributes: timesteps K (int, >= 1), axis (int, default 1), v_init (float, default 0.5).
+//
+// Per step: v += x_t; s_t = (v > theta) ? theta : 0; v -= s_t. The arithmetic is plain float32 in
+// this order, compiled without FMA contraction, so results equal the NumPy reference bit for bit.
+
+#define ORT_API_MANUAL_INIT
+#include <onnxruntime_cxx_api.h>
+#undef ORT_API_MANUAL_INIT
+
+#include <algorithm>
+#include <cstdint>
+#include <mutex>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace {
+
+const char* kDomain = "ai.onnx2snn";
+
+struct InvalidInput : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+struct NeuronTask {
+  const float* x;
+  const float* theta;
+  const float* v_in;  // may be null
+  float* spikes;
+  float* v_out;       // may be null
+  int64_t steps;      // K
+  int64_t step_size;  // elements per step (N * prod(rest))
+  int64_t inner;      // product of dims after the channel axis
+  int64_t channels;   // length of theta (1 = shared threshold)
+  float v_init;
+  int64_t block;      // elements per parallel work item
+};
+
+void RunBlock(void* data, size_t index) {
+  const NeuronTask& t = *static_cast<const NeuronTask*>(data);
+  const int64_t begin = static_cast<int64_t>(index) * t.block;
+  const int64_t end = std::min(begin + t.block, t.step_size);
+  std::vector<float> v(static_cast<size_t>(end - begin));
+  std::vector<float> th(v.size());
+  for (int64_t i = begin; i < end; ++i) {
+    const int64_t c = t.channels == 1 ? 0 : (i / t.inner) % t.channels;
+    th[i - begin] = t.theta[c];
+    v[i - begin] = t.v_in ? t.v_in[i] : t.v_init * t.theta[c];
+  }
+  const int64_t n = end - begin;
+  for (int64_t s = 0; s < t.steps; ++s) {
+    const float* xs = t.x + s * t.step_size + begin;
+    float* out = t.spikes + s * t.step_size + begin;
+    for (int64_t j = 0; j < n; ++j) {
+      float vj = v[j] + xs[j];
+      const float spike = vj > th[j] ? th[j] : 0.0f;
+      vj = vj - spike;
+      v[j] = vj;
+      out[j] = spike;
+    }
+  }
+  if (t.v_out) std::copy(v.begin(), v.end(), t.v_out + begin);
+}
+
+std::string ShapeString(const std::vector<int64_t>& shape) {
+  std::ostringstream os;
+  os << "[";
+  for (size_t i = 0; i < shape.size(); ++i) os << (i ? "," : "") << shape[i];
+  os << "]";
+  return os.str();
+}
+
+struct IFNeuronKernel {
+  int64_t steps = 1;
+  int64_t axis = 1;
+  float v_init = 0.5f;
+
+  explicit IFNeuronKernel(const OrtKernelInfo* info) {
+    Ort::ConstKernelInfo ki(info);
+    steps = ki.GetAttribute<int64_t>("timesteps");
+    if (steps < 1) throw InvalidInput("IFNeuron: attribute timesteps must be >= 1");
+    try {
+      axis = ki.GetAttribute<int64_t>("axis");
+    } catch (const Ort::Exception&) {
+      axis = 1;
+    }
+    try {
+      v_init = ki.GetAttribute<float>("v_init");
+    } catch (const Ort::Exception&) {
+      v_init = 0.5f;
+    }
+  }
+
+  void Compute(OrtKernelContext* context) {
+    Ort::KernelContext ctx(context);
+    Ort::ConstValue x = ctx.GetInput(0);
+    Ort::ConstValue theta = ctx.GetInput(1);
+    const float* v_in = nullptr;
+    std::vector<int64_t> shape = x.GetTensorTypeAndShapeInfo().GetShape();
+    const std::vector<int64_t> tshape = theta.GetTensorTypeAndShapeInfo().GetShape();
+    const int64_t rank = static_cast<int64_t>(shape.size());
+    if (rank < 1) throw InvalidInput("IFNeuron: input must have rank >= 1 (time-major batch axis first)");
+    if (shape[0] % steps != 0) {
+      throw InvalidInput("IFNeuron: first dimension of input " + ShapeString(shape) +
+                         " is not a multiple of timesteps=" + std::to_string(steps));
+    }
+    const int64_t ax = axis < 0 ? axis + rank : axis;
+    int64_t channels = 1;
+    for (int64_t d : tshape) channels *= d;
+    if (tshape.size() > 1) throw InvalidInput("IFNeuron: theta must be a vector, got " + ShapeString(tshape));
+    if (channels != 1) {
+      if (ax < 1 || ax >= rank) {
+        throw InvalidInput("IFNeuron: axis " + std::to_string(axis) + " is out of range for input " +
+                           ShapeString(shape));
+      }
+      if (shape[ax] != channels) {
+        throw InvalidInput("IFNeuron: theta has " + std::to_string(channels) + " values but input " +
+                           ShapeString(shape) + " has " + std::to_string(shape[ax]) +
+                           " channels on axis " + std::to_string(ax));
+      }
+    }
+    if (channels == 0) throw InvalidInput("IFNeuron: theta is empty");
+    int64_t total = 1;
+    for (int64_t d : shape) total *= d;
+    const int64_t step_size = total / steps;
+    int64_t inner = 1;
+    if (channels != 1)
+      for (int64_t d = ax + 1; d < rank; ++d) inner *= shape[d];
+
+    std::vector<int64_t> state_shape = shape;
+    state_shape[0] = shape[0] / steps;
+    if (ctx.GetInputCount() > 2) {
+      Ort::ConstValue v = ctx.GetInput(2);
+      if (static_cast<const OrtValue*>(v) != nullptr) {
+        const std::vector<int64_t> vshape = v.GetTensorTypeAndShapeInfo().GetShape();
+        if (vshape != state_shape) {
+          throw InvalidInput("IFNeuron: state input has shape " + ShapeString(vshape) + ", expected " +
+                             ShapeString(state_shape));
+        }
+        v_in = v.GetTensorData<float>();
+      }
+    }
+    Ort::UnownedValue out = ctx.GetOutput(0, shape);
+    float* v_out = nullptr;
+    if (ctx.GetOutputCount() > 1) {
+      Ort::UnownedValue vo = ctx.GetOutput(1, state_shape);
+      v_out = vo.GetTensorMutableData<float>();
+    }
+    if (total == 0) return;
+
+    NeuronTask task{x.GetTensorData<float>(), theta.GetTensorData<float>(), v_in,
+                    out.GetTensorMutableData<float>(), v_out, steps, step_size, inner, channels,
+                    v_init, 0};
+    // Work items of ~16k neurons: large enough to amortise scheduling, small enough to balance.
+    task.block = std::max<int64_t>(1, std::min<int64_t>(step_size, 16384));
+    const size_t items = static_cast<size_t>((step_size + task.block - 1) / task.block);
+    if (items == 1) {
+      RunBlock(&task, 0);
+    } else {
+      ctx.ParallelFor(RunBlock, items, 0, &task);
+    }
+  }
+
+  OrtStatusPtr ComputeV2(OrtKernelContext* context) {
+    try {
+      Compute(context);
+      return nullptr;
+    } catch (const InvalidInput& e) {
+      return Ort::GetApi().CreateStatus(ORT_INVALID_ARGUMENT, e.what());
+    } catch (const Ort::Exception& e) {
+      return Ort::GetApi().CreateStatus(e.GetOrtErrorCode(), e.what());
+    } catch (const std::exception& e) {
+      return Ort::GetApi().CreateStatus(ORT_FAIL, e.what());
+    }
+  }
+};
+
+struct IFNeuronOp : Ort::CustomOpBase<IFNeuronOp, IFNeuronKernel, true> {
+  OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const {
+    try {
+      *kernel = new IFNeuronKernel(info);
+      return nullptr;
+    } catch (const std::exception& e) {
+      return api.CreateStatus(ORT_INVALID_ARGUMENT, e.what());
+    }
+  }
+  const char* GetName() const { return "IFNeuron"; }
+  size_t GetInputTypeCount() const { return 3; }
+  ONNXTensorElementDataType GetInputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const {
+    return index < 2 ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
+  }
+  size_t GetOutputTypeCount() const { return 2; }
+  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+  OrtCustomOpInputOutputCharacteristic GetOutputCharacteristic(size_t index) const {
+    return index < 1 ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
+  }
+};
+
+}  // namespace
+
+extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL
+RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
+  Ort::InitApi(api_base->GetApi(ORT_API_VERSION));
+  static IFNeuronOp if_neuron;
+  static std::once_flag once;
+  static Ort::CustomOpDomain* domain = nullptr;
+  try {
+    std::call_once(once, [] {
+      domain = new Ort::CustomOpDomain(kDomain);
+      domain->Add(&if_neuron);
+    });
+    Ort::UnownedSessionOptions(options).Add(*domain);
+  } catch (const std::exception& e) {
+    return Ort::GetApi().CreateStatus(ORT_FAIL, e.what());
+  }
+  return nullptr;
+}
+
+// Python extension-module symbol so the library can live in the package as a setuptools extension;
+// importing it is never needed (onnxruntime loads it with dlopen).
+extern "C" __attribute__((visibility("default"))) void* PyInit__ops(void) { return nullptr; }

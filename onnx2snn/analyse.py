@@ -1,0 +1,215 @@
+"""Find the ReLU-like activations of a graph, their channel axes, and the graph's time regions.
+
+Regions (DESIGN.md section 2): `pre` nodes do not depend on any neuron and run once; `spiking`
+nodes depend on a neuron and feed another one, so they run at every step and must be linear in the
+time-varying signal; `post` nodes depend on a neuron but feed none and run once on averaged values.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from .errors import UserError
+from .model import constant_value
+
+# Ops that are linear (affine) in one time-varying input; for the listed ones only the inputs named
+# here may vary over time (others must be time-invariant).
+_LINEAR_ANY = {
+    "Add", "Sub", "Sum", "Concat", "Identity", "Dropout", "Reshape", "Flatten", "Transpose",
+    "Squeeze", "Unsqueeze", "Slice", "Pad", "Split", "Expand", "Tile", "AveragePool",
+    "GlobalAveragePool", "MaxPool", "ReduceMean", "ReduceSum", "BatchNormalization", "Resize",
+    "Upsample", "DepthToSpace", "SpaceToDepth", "Neg", "Shape", "Size", "Cast", "Constant",
+    "ConstantOfShape", "Gather", "GatherElements",
+}
+_ONE_VARYING = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Mul", "Einsum"}
+_FIRST_VARYING = {"Div"}
+_SHAPE_PRESERVING = {"Add", "Sub", "Mul", "Div", "BatchNormalization", "Identity", "Dropout", "Neg"}
+
+
+@dataclass
+class Activation:
+    node: gs.Node
+    kind: str              # "Relu" or "Clip"
+    axis: int              # channel axis (non-negative) of the activation tensor
+    rank: int
+    channels: int          # size of the channel axis, 0 when unknown
+    cap: float | None      # Clip max (ReLU6): the threshold never exceeds it
+
+    @property
+    def name(self) -> str:
+        return self.node.name
+
+    @property
+    def input(self) -> gs.Tensor:
+        return self.node.inputs[0]
+
+    @property
+    def output(self) -> gs.Tensor:
+        return self.node.outputs[0]
+
+
+@dataclass
+class Regions:
+    pre: set = field(default_factory=set)
+    spiking: set = field(default_factory=set)
+    post: set = field(default_factory=set)
+
+
+def _clip_bounds(node: gs.Node):
+    """(min, max) of a Clip node when both are constants (max may be absent), else None."""
+    if "min" in node.attrs or "max" in node.attrs:
+        return float(node.attrs.get("min", -np.inf)), node.attrs.get("max")
+    lo = constant_value(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1].name else None
+    hi = constant_value(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2].name else None
+    if lo is None:
+        return None
+    if len(node.inputs) > 2 and node.inputs[2].name and hi is None:
+        return None
+    return float(lo), (None if hi is None else float(hi))
+
+
+def is_relu_like(node: gs.Node) -> bool:
+    if node.op == "Relu":
+        return True
+    if node.op == "Clip":
+        bounds = _clip_bounds(node)
+        return bounds is not None and bounds[0] == 0.0 and (bounds[1] is None or bounds[1] > 0)
+    return False
+
+
+def tensor_rank(tensor: gs.Tensor):
+    return None if tensor.shape is None else len(tensor.shape)
+
+
+def _producer_axis(tensor: gs.Tensor, rank: int):
+    """(axis, transposes) where axis is the channel axis the producing layer gave, or None."""
+    perms = []
+    current = tensor
+    for _ in range(64):
+        if not current.inputs:
+            return None, perms
+        producer = current.inputs[0]
+        if producer.op in ("Conv", "ConvTranspose"):
+            return 1, perms
+        if producer.op in ("Gemm", "MatMul"):
+            return (tensor_rank(current) or rank) - 1, perms
+        if producer.op == "Transpose":
+            perms.append(list(producer.attrs.get("perm", [])))
+        elif producer.op not in _SHAPE_PRESERVING and producer.op not in ("Relu", "Clip", "Concat"):
+            return None, perms
+        varying = [t for t in producer.inputs if not isinstance(t, gs.Constant) and t.name]
+        if not varying:
+            return None, perms
+        current = varying[0]
+    return None, perms
+
+
+def channel_axis(tensor: gs.Tensor, rank: int) -> int:
+    """Channel axis of `tensor`, traced back to the op that made its channels.
+
+    Conv outputs are NCHW (axis 1); Gemm/MatMul outputs have features on the last axis; a
+    Transpose on the way permutes the axis. Without such a producer: axis 1 (NC..., or N x F).
+    """
+    axis, perms = _producer_axis(tensor, rank)
+    if axis is None:
+        return 1 if rank >= 2 else 0
+    for perm in reversed(perms):
+        if perm and axis in perm:
+            axis = perm.index(axis)
+    return axis
+
+
+def find_activations(graph: gs.Graph) -> list:
+    acts = []
+    for node in graph.nodes:
+        if not is_relu_like(node):
+            continue
+        rank = tensor_rank(node.outputs[0]) or tensor_rank(node.inputs[0])
+        if rank is None:
+            raise UserError(f"node '{node.name}' ({node.op}): rank of its input is unknown; "
+                            "export the model with static ranks")
+        axis = channel_axis(node.inputs[0], rank) if rank >= 2 else 0
+        shape = node.outputs[0].shape or node.inputs[0].shape
+        dim = shape[axis] if shape is not None and axis < len(shape) else None
+        channels = dim if isinstance(dim, (int, np.integer)) and dim > 0 else 0
+        cap = None
+        if node.op == "Clip":
+            cap = _clip_bounds(node)[1]
+        acts.append(Activation(node, node.op, axis, rank, int(channels), cap))
+    return acts
+
+
+def _dependents(graph: gs.Graph, seeds):
+    """Nodes reachable downstream of the outputs of `seeds` (not including the seeds)."""
+    seen, stack = set(), [t for n in seeds for t in n.outputs]
+    while stack:
+        tensor = stack.pop()
+        for consumer in tensor.outputs:
+            if id(consumer) not in seen:
+                seen.add(id(consumer))
+                stack.extend(consumer.outputs)
+    return seen
+
+
+def _ancestors(seeds):
+    seen, stack = set(), [t for n in seeds for t in n.inputs]
+    while stack:
+        tensor = stack.pop()
+        for producer in tensor.inputs:
+            if id(producer) not in seen:
+                seen.add(id(producer))
+                stack.extend(producer.inputs)
+    return seen
+
+
+def classify(graph: gs.Graph, neurons) -> Regions:
+    """Split the non-neuron nodes into pre / spiking / post regions (ids of nodes)."""
+    neuron_ids = {id(n) for n in neurons}
+    down = _dependents(graph, neurons)
+    up = _ancestors(neurons)
+    regions = Regions()
+    for node in graph.nodes:
+        if id(node) in neuron_ids:
+            continue
+        if id(node) not in down:
+            regions.pre.add(id(node))
+        elif id(node) in up:
+            regions.spiking.add(id(node))
+        else:
+            regions.post.add(id(node))
+    return regions
+
+
+def time_varying(tensor: gs.Tensor, varying_ids: set) -> bool:
+    return bool(tensor.inputs) and id(tensor.inputs[0]) in varying_ids
+
+
+def nonlinear_nodes(graph: gs.Graph, neurons, regions: Regions) -> list:
+    """(node, reason) for every spiking-region node that is not linear in the spikes."""
+    varying = regions.spiking | {id(n) for n in neurons}
+    problems = []
+    for node in graph.nodes:
+        if id(node) not in regions.spiking:
+            continue
+        inputs = [t for t in node.inputs if t.name]
+        moving = [i for i, t in enumerate(inputs) if time_varying(t, varying)]
+        if node.op in _LINEAR_ANY:
+            if node.op in ("Gather", "GatherElements") and 0 not in moving:
+                problems.append((node, "indices vary over time"))
+            continue
+        if node.op in _ONE_VARYING:
+            if len(moving) > 1:
+                problems.append((node, "multiplies two time-varying tensors"))
+            continue
+        if node.op in _FIRST_VARYING:
+            if moving != [0]:
+                problems.append((node, "divides by a time-varying tensor"))
+            continue
+        problems.append((node, "not linear in the spikes"))
+    return problems
+
+
+def describe(problems) -> str:
+    return ", ".join(f"{n.op} '{n.name}' ({why})" for n, why in problems)

@@ -1,0 +1,221 @@
+"""Threshold calibration: stream batches through the probed model in onnxruntime, update in NumPy.
+
+Methods (DESIGN.md section 1):
+- ltb: channel-wise local threshold balancing (Bu et al.): theta += lr * 2 * mean((x-theta)H(x-theta)).
+- ltb-layer: the same with one theta per layer.
+- max: the largest activation seen (max-norm), one theta per layer.
+- percentile: robust-norm, one theta per layer. Streaming estimate: the mean over batches of each
+  batch's exact p-th percentile of positive activations (computed in the graph with TopK).
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import ops, probes
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CalibConfig:
+    method: str = "ltb"
+    iters: int = 1000
+    batch_size: int = 100
+    lr: float = 1.0
+    percentile: float = 99.9
+    seed: int = 0
+    augment: bool = False
+
+    def validate(self):
+        if self.method not in probes.METHODS:
+            raise UserError(f"--method {self.method}: unknown (choose from {', '.join(probes.METHODS)})")
+        if self.iters < 1:
+            raise UserError(f"--iters {self.iters}: must be >= 1")
+        if self.batch_size < 1:
+            raise UserError(f"--batch-size {self.batch_size}: must be >= 1")
+        if not (0 < self.percentile <= 100):
+            raise UserError(f"--percentile {self.percentile}: must be in (0, 100]")
+        if not self.lr > 0:
+            raise UserError(f"--lr {self.lr}: must be > 0")
+
+
+@dataclass
+class Thresholds:
+    """theta per activation (node name -> float32 vector of length C, or 1 for one per layer)."""
+    values: dict
+    method: str = "ltb"
+    info: dict = field(default_factory=dict)
+
+    def save(self, path) -> Path:
+        """Write JSON (or NPZ when the name ends in .npz) atomically."""
+        path = Path(path)
+        meta = {"format": "onnx2snn-thresholds", "version": 1, "method": self.method, "info": self.info}
+        if path.suffix.lower() == ".npz":
+            buf = io.BytesIO()
+            np.savez(buf, __meta__=np.array(json.dumps(meta)), **self.values)
+            data = buf.getvalue()
+        else:
+            meta["thresholds"] = {k: [float(x) for x in v] for k, v in self.values.items()}
+            data = json.dumps(meta, indent=1).encode()
+        folder = path.parent if str(path.parent) else Path(".")
+        if not folder.is_dir():
+            raise UserError(f"--save-thresholds {path}: folder {folder} does not exist")
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=folder)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+        return path
+
+    @staticmethod
+    def load(path) -> "Thresholds":
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"--thresholds {path}: no such file")
+        try:
+            if path.suffix.lower() == ".npz":
+                with np.load(path, allow_pickle=False) as z:
+                    meta = json.loads(str(z["__meta__"])) if "__meta__" in z else {}
+                    values = {k: np.asarray(z[k], np.float32).reshape(-1) for k in z.files if k != "__meta__"}
+            else:
+                meta = json.loads(path.read_text())
+                if meta.get("format") != "onnx2snn-thresholds":
+                    raise ValueError("not an onnx2snn thresholds file")
+                values = {k: np.asarray(v, np.float32).reshape(-1) for k, v in meta["thresholds"].items()}
+        except (ValueError, KeyError, OSError) as err:
+            raise UserError(f"--thresholds {path}: cannot read thresholds ({err})") from None
+        return Thresholds(values, meta.get("method", "unknown"), dict(meta.get("info", {}), file=str(path)))
+
+    def check_against(self, acts, where: str):
+        names = {a.name for a in acts}
+        missing = sorted(names - set(self.values))
+        if missing:
+            raise UserError(f"{where}: no thresholds for activation(s) {', '.join(missing[:5])}"
+                            f"{' ...' if len(missing) > 5 else ''}")
+        for a in acts:
+            n = self.values[a.name].size
+            if n != 1 and a.channels and n != a.channels:
+                raise UserError(f"{where}: node '{a.name}' has {a.channels} channels, thresholds have {n}")
+
+
+class _Ltb:
+    def __init__(self, probe_list, lr: float):
+        self.theta = {p.name: np.zeros(p.theta_shape, np.float32) for p in probe_list}
+        self.step = np.float32(2.0 * lr)
+        self.probes = probe_list
+
+    def feeds(self):
+        f = {p.theta_input: self.theta[p.name] for p in self.probes}
+        f[probes.LR_INPUT] = np.asarray(self.step, np.float32)
+        return f
+
+    def update(self, outs: dict):
+        errs = []
+        for p in self.probes:
+            grad = np.asarray(outs[p.stat], np.float32).reshape(p.theta_shape)
+            theta = self.theta[p.name] + self.step * grad
+            if p.cap is not None:
+                theta = np.minimum(theta, np.float32(p.cap))
+            self.theta[p.name] = theta.astype(np.float32)
+            act = float(outs[p.activity])
+            if act > 0:
+                errs.append(float(outs[p.clip_error]) / act)
+        return float(np.mean(errs)) if errs else 0.0
+
+    def result(self):
+        return {k: v.reshape(-1).copy() for k, v in self.theta.items()}
+
+
+class _Max:
+    def __init__(self, probe_list):
+        self.theta = {p.name: np.float32(0) for p in probe_list}
+        self.probes = probe_list
+
+    def feeds(self):
+        return {}
+
+    def update(self, outs):
+        for p in self.probes:
+            self.theta[p.name] = max(self.theta[p.name], np.float32(outs[p.stat]))
+        return None
+
+    def result(self):
+        return {p.name: np.asarray([min(self.theta[p.name], p.cap) if p.cap else self.theta[p.name]],
+                                   np.float32) for p in self.probes}
+
+
+class _Percentile(_Max):
+    def __init__(self, probe_list):
+        super().__init__(probe_list)
+        self.sum = {p.name: 0.0 for p in probe_list}
+        self.count = 0
+
+    def update(self, outs):
+        self.count += 1
+        for p in self.probes:
+            self.sum[p.name] += max(0.0, float(outs[p.stat]))
+            self.theta[p.name] = np.float32(self.sum[p.name] / self.count)
+        return None
+
+
+def calibrate(model, batches, config: CalibConfig, progress: bool = False, threads: int = 0):
+    """Thresholds for every activation of `model` (a ModelProto) from an iterable of feed dicts."""
+    config.validate()
+    probe_model, probe_list = probes.build(model, config.method, config.percentile)
+    sess = ops.session(probe_model, threads=threads, custom_ops=False)
+    input_names = {i.name for i in sess.get_inputs()}
+    fetch = sorted({p.stat for p in probe_list} | {p.clip_error for p in probe_list if p.clip_error}
+                   | {p.activity for p in probe_list if p.activity})
+    if config.method in ("ltb", "ltb-layer"):
+        state = _Ltb(probe_list, config.lr)
+    elif config.method == "max":
+        state = _Max(probe_list)
+    else:
+        state = _Percentile(probe_list)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=config.iters, desc=f"calibrating ({config.method})", unit="batch", leave=False)
+    run_time, iters, samples, err = 0.0, 0, 0, None
+    for feeds in batches:
+        feeds = {k: v for k, v in feeds.items() if k in input_names}
+        feeds.update(state.feeds())
+        start = time.perf_counter()
+        values = sess.run(fetch, feeds)
+        run_time += time.perf_counter() - start
+        err = state.update(dict(zip(fetch, values)))
+        iters += 1
+        samples += len(next(iter(v for k, v in feeds.items() if k in input_names and np.ndim(v))))
+        if bar is not None:
+            bar.update(1)
+            if err is not None:
+                bar.set_postfix(clip_error=f"{err:.4f}")
+    if bar is not None:
+        bar.close()
+    if iters == 0:
+        raise UserError("calibration received no data")
+    info = {"iters": iters, "samples": samples, "batch_size": config.batch_size, "lr": config.lr,
+            "seed": config.seed, "augment": config.augment, "session_seconds": round(run_time, 3)}
+    if config.method == "percentile":
+        info["percentile"] = config.percentile
+    if err is not None:
+        info["final_clip_error"] = err
+    log.info("calibrated %d activations in %d batches (%.2fs in onnxruntime)", len(probe_list), iters, run_time)
+    return Thresholds(state.result(), config.method, info)
+
+
+def batches_needed(config: CalibConfig, n_samples: int | None) -> int:
+    """max/percentile see each sample once at most; LTB runs all --iters batches."""
+    if config.method in ("max", "percentile") and n_samples:
+        return min(config.iters, math.ceil(n_samples / config.batch_size))
+    return config.iters

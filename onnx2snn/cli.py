@@ -1,0 +1,221 @@
+"""Command line: `onnx2snn MODEL --data DIR` (convert), `eval`, `run`, `demo`."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__, energy
+from . import api
+from . import data as D
+from .calibrate import CalibConfig
+from .errors import UserError
+from .probes import METHODS
+from .report import eval_table, layers_table
+from .rewrite import SNNConfig
+
+COMMANDS = ("convert", "eval", "run", "demo")
+
+
+def _int_list(text: str, flag: str):
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{flag} {text}: expected comma-separated integers") from None
+    if not values or min(values) < 1:
+        raise UserError(f"{flag} {text}: expected positive integers")
+    return values
+
+
+def _data_flags(p: argparse.ArgumentParser, required_note: str):
+    g = p.add_argument_group("data")
+    g.add_argument("--data", metavar="PATH",
+                   help="folder of images (class sub-folders give labels, sorted names -> class index), "
+                        "a .npy/.npz file, or a folder of them (arrays keyed by input name or one array; "
+                        "labels under 'y'). " + required_note)
+    g.add_argument("--data-loader", metavar="FILE.py:FN",
+                   help="a Python function returning an iterable of feed dicts (one batch each, labels under 'y')")
+    g.add_argument("--mean", help="per-channel mean on the [0,1] scale, comma list (images only)")
+    g.add_argument("--std", help="per-channel std on the [0,1] scale, comma list (images only)")
+    g.add_argument("--size", help="H,W to resize images to (default: the model's input shape)")
+    g.add_argument("--layout", choices=["NCHW", "NHWC"], help="image layout (default: from the model's input shape)")
+
+
+def _prep(args, recorded=None) -> D.Preprocess:
+    mean = D.parse_floats(args.mean, "--mean")
+    std = D.parse_floats(args.std, "--std")
+    size = tuple(_int_list(args.size, "--size")) if args.size else None
+    if size is not None and len(size) != 2:
+        raise UserError(f"--size {args.size}: expected H,W")
+    base = recorded or D.Preprocess()
+    return D.Preprocess(mean or base.mean, std or base.std, size or base.size, args.layout or base.layout)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="onnx2snn",
+        description="Convert a trained ReLU network (ONNX, any framework) into a spiking network of "
+                    "integrate-and-fire neurons that runs in onnxruntime. Training-free: thresholds "
+                    "come from calibration data (local threshold balancing).",
+        epilog="Run `onnx2snn COMMAND --help` for a command's flags. `onnx2snn MODEL ...` means "
+               "`onnx2snn convert MODEL ...`.")
+    p.add_argument("--version", action="version", version=f"onnx2snn {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    c = sub.add_parser("convert", help="convert an ONNX ANN into an SNN",
+                       description="Calibrate thresholds on --data and write the SNN (default MODEL.snn.onnx).")
+    c.add_argument("model", help="the trained ANN (.onnx)")
+    c.add_argument("-o", "--output", help="output path (default: <model>.snn.onnx); written atomically")
+    _data_flags(c, "Required unless --thresholds is given.")
+    g = c.add_argument_group("calibration")
+    g.add_argument("--method", choices=METHODS, default="ltb",
+                   help="ltb: channel-wise local threshold balancing (default); ltb-layer: one threshold "
+                        "per layer; max: max-norm; percentile: robust-norm")
+    g.add_argument("--percentile", type=float, default=99.9, help="percentile for --method percentile (99.9)")
+    g.add_argument("--iters", type=int, default=1000, help="calibration batches (1000); max/percentile stop after one pass")
+    g.add_argument("--batch-size", type=int, default=100, help="samples per calibration batch (100)")
+    g.add_argument("--lr", type=float, default=1.0, help="LTB learning rate (1.0)")
+    g.add_argument("--seed", type=int, default=0, help="shuffling/augmentation seed (0)")
+    g.add_argument("--augment", action="store_true", help="random flips and padded crops of image batches")
+    g.add_argument("--thresholds", metavar="FILE", help="reuse thresholds (JSON/NPZ) and skip calibration")
+    g.add_argument("--save-thresholds", metavar="FILE", help="save the calibrated thresholds (.json or .npz)")
+    s = c.add_argument_group("spiking network")
+    s.add_argument("-T", "--timesteps", type=int, default=64, help="simulation steps (64)")
+    s.add_argument("--delay", type=int, default=0, help="readout averages steps D+1..T (0)")
+    s.add_argument("--v-init", type=float, default=0.5, help="initial membrane potential, fraction of theta (0.5)")
+    s.add_argument("--check", type=int, default=100, metavar="N",
+                   help="after converting, compare SNN and ANN on N calibration samples at T/4, T/2, T (100; 0 = skip)")
+    c.add_argument("-v", "--verbose", action="store_true", help="log details")
+    c.add_argument("-q", "--quiet", action="store_true", help="no progress bars or tables")
+
+    e = sub.add_parser("eval", help="accuracy/agreement of an SNN at several T",
+                       description="Simulate once up to the largest T and report each listed T.")
+    e.add_argument("snn", help="a model written by onnx2snn")
+    _data_flags(e, "Defaults for preprocessing come from the SNN's metadata.")
+    e.add_argument("--ann", help="the original ANN, for agreement and relative output error")
+    e.add_argument("--timesteps", "-T", default="16,32,64", help="comma list of T (16,32,64)")
+    e.add_argument("--limit", type=int, help="evaluate at most N samples (a fixed random subset)")
+    e.add_argument("--batch-size", type=int, default=16, help="samples per simulation batch (16); memory grows with T x batch")
+    e.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    e.add_argument("--e-sop", type=float, default=energy.E_SOP_PJ, help="pJ per synaptic operation (0.077)")
+    e.add_argument("--e-mac", type=float, default=energy.E_MAC_PJ, help="pJ per MAC (12.5)")
+    e.add_argument("-v", "--verbose", action="store_true")
+    e.add_argument("-q", "--quiet", action="store_true")
+
+    r = sub.add_parser("run", help="run an SNN on data and save its outputs",
+                       description="Outputs go to .npy (one output) or .npz keyed by output name.")
+    r.add_argument("snn")
+    _data_flags(r, "")
+    r.add_argument("-o", "--output", default="outputs.npz", help="output file (.npy or .npz)")
+    r.add_argument("--batch-size", type=int, default=16)
+    r.add_argument("--limit", type=int)
+    r.add_argument("-v", "--verbose", action="store_true")
+
+    d = sub.add_parser("demo", help="convert the bundled digits CNN on bundled data and evaluate it",
+                       description="No downloads: a small CNN trained on scikit-learn's digits ships with the package.")
+    d.add_argument("-o", "--output", default="digits_cnn.snn.onnx", help="where to write the demo SNN")
+    d.add_argument("--iters", type=int, default=100)
+    d.add_argument("-v", "--verbose", action="store_true")
+    d.add_argument("-q", "--quiet", action="store_true")
+    return p
+
+
+def _convert(args) -> int:
+    result = api.convert(
+        args.model, data=args.data, data_loader=args.data_loader, output=args.output,
+        calib=CalibConfig(args.method, args.iters, args.batch_size, args.lr, args.percentile, args.seed, args.augment),
+        snn=SNNConfig(args.timesteps, args.delay, args.v_init), prep=_prep(args),
+        thresholds=args.thresholds, save_thresholds=args.save_thresholds,
+        check_samples=args.check if (args.data or args.data_loader) else 0, progress=not args.quiet)
+    if not args.quiet:
+        th = result.thresholds
+        how = (f"{th.info.get('iters')} batches in {result.calibration_seconds:.1f}s" if "iters" in th.info
+               else f"thresholds from {th.info.get('file')}")
+        print(f"converted {args.model} -> {result.output}  (unrolled, T={args.timesteps}, "
+              f"method {th.method}, {how})")
+        print(layers_table(result.layers))
+        if result.check is not None:
+            print(f"\ncheck on calibration samples (SNN vs ANN):")
+            print(eval_table(result.check))
+    else:
+        print(result.output)
+    return 0
+
+
+def _eval(args) -> int:
+    snn = api.load_snn(args.snn)
+    prep = _prep(args, api.recorded_preprocess(snn))
+    result = api.evaluate_file(args.snn, args.data, args.data_loader, args.ann,
+                               _int_list(args.timesteps, "--timesteps"), args.batch_size, args.limit,
+                               prep, progress=not args.quiet)
+    print(eval_table(result, args.e_sop, args.e_mac))
+    if args.json:
+        from .model import save_atomic  # noqa: F401
+        path = Path(args.json)
+        if not (path.parent if str(path.parent) else Path(".")).is_dir():
+            raise UserError(f"--json {path}: folder does not exist")
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(result.to_json(), indent=1))
+        tmp.replace(path)
+    return 0
+
+
+def _run(args) -> int:
+    snn = api.load_snn(args.snn)
+    prep = _prep(args, api.recorded_preprocess(snn))
+    source = D.open_data(args.data, args.data_loader, D.model_inputs(snn), prep)
+    sess = api.session(snn)
+    names = [o.name for o in sess.get_outputs()]
+    chunks = {n: [] for n in names}
+    for feeds, _ in D.eval_batches(source, args.batch_size, args.limit):
+        for n, v in zip(names, sess.run(names, feeds)):
+            chunks[n].append(v)
+    out = Path(args.output)
+    arrays = {n: np.concatenate(v) for n, v in chunks.items()}
+    if out.suffix not in (".npy", ".npz"):
+        raise UserError(f"-o {out}: expected a .npy or .npz file name")
+    if out.suffix == ".npy" and len(arrays) != 1:
+        raise UserError(f"-o {out}: the model has {len(arrays)} outputs; use .npz")
+    tmp = out.with_name(out.name + ".tmp" + out.suffix)
+    if out.suffix == ".npy":
+        np.save(tmp, next(iter(arrays.values())))
+    else:
+        np.savez(tmp, **arrays)
+    tmp.replace(out)
+    print(f"wrote {', '.join(f'{k} {list(v.shape)}' for k, v in arrays.items())} to {out}")
+    return 0
+
+
+def _demo(args) -> int:
+    from . import demo
+    print(demo.run(args.output, iters=args.iters, progress=not args.quiet))
+    return 0
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] not in COMMANDS and not argv[0].startswith("-"):
+        argv = ["convert"] + argv
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 1
+    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return {"convert": _convert, "eval": _eval, "run": _run, "demo": _demo}[args.command](args)
+    except UserError as err:
+        print(f"onnx2snn: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("onnx2snn: interrupted", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,381 @@
+"""Calibration and evaluation data: image folders, .npy/.npz files, or a user loader script.
+
+Sources give random access to samples (images are decoded per batch, arrays are memory-mapped),
+so nothing is loaded whole. A loader script's function returns an iterable of feed dicts.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import zipfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+ARRAY_EXTS = {".npy", ".npz"}
+LABEL_KEYS = ("y", "label", "labels")
+
+
+@dataclass(frozen=True)
+class InputInfo:
+    name: str
+    shape: tuple   # ints, or None for symbolic dims
+    dtype: np.dtype
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Image preprocessing: RGB scaled to [0, 1], then (x - mean) / std, resized and laid out."""
+    mean: tuple = (0.0,)
+    std: tuple = (1.0,)
+    size: tuple | None = None      # (H, W); None = from the model's input shape
+    layout: str | None = None      # "NCHW" or "NHWC"; None = from the model's input shape
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @staticmethod
+    def from_json(text: str) -> "Preprocess":
+        d = json.loads(text)
+        return Preprocess(tuple(d["mean"]), tuple(d["std"]),
+                          tuple(d["size"]) if d.get("size") else None, d.get("layout"))
+
+
+def model_inputs(model) -> list:
+    import onnx
+    init = {i.name for i in model.graph.initializer}
+    out = []
+    for vi in model.graph.input:
+        if vi.name in init:
+            continue
+        tt = vi.type.tensor_type
+        shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim) \
+            if tt.HasField("shape") else None
+        out.append(InputInfo(vi.name, shape, np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type))))
+    return out
+
+
+def parse_floats(text: str | None, flag: str):
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in str(text).split(",") if v.strip())
+    except ValueError:
+        raise UserError(f"{flag} {text}: expected comma-separated numbers") from None
+
+
+# --------------------------------------------------------------------------------------- sources
+class Source:
+    """Random-access samples: len(), batch(indices) -> (feeds, labels or None)."""
+    labels_known = False
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def batch(self, indices):
+        raise NotImplementedError
+
+
+def _check_fits(where: str, info: InputInfo, sample_shape: tuple):
+    if info.shape is None:
+        return
+    want = info.shape[1:]
+    if len(want) != len(sample_shape) or any(w is not None and w != s for w, s in zip(want, sample_shape)):
+        dims = ",".join("N" if i == 0 else ("?" if d is None else str(d)) for i, d in enumerate(info.shape))
+        raise UserError(f"{where}: samples of shape {list(sample_shape)} do not fit input "
+                        f"'{info.name}' [{dims}]")
+
+
+class ImageFolder(Source):
+    def __init__(self, root: Path, inputs, prep: Preprocess):
+        if len(inputs) != 1:
+            raise UserError(f"{root}: an image folder can feed a model with one input, this one has "
+                            f"{len(inputs)}; use .npz files or --data-loader")
+        self.info = inputs[0]
+        self.root = root
+        classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        files, labels = [], []
+        if classes:
+            for idx, cls in enumerate(classes):
+                for f in sorted((root / cls).rglob("*")):
+                    if f.suffix.lower() in IMAGE_EXTS and f.is_file():
+                        files.append(f)
+                        labels.append(idx)
+            self.labels_known = True
+        else:
+            files = sorted(f for f in root.iterdir() if f.suffix.lower() in IMAGE_EXTS and f.is_file())
+        if not files:
+            raise UserError(f"{root}: no images found (expected class sub-folders of "
+                            f"{'/'.join(sorted(e[1:] for e in IMAGE_EXTS))} files)")
+        self.classes = classes
+        self.files, self.labels = files, np.asarray(labels, np.int64)
+        shape = self.info.shape or (None, None, None, None)
+        if len(shape) != 4:
+            raise UserError(f"{root}: images need a 4-D model input, '{self.info.name}' has rank {len(shape)}")
+        layout = prep.layout or ("NHWC" if shape[3] in (1, 3, 4) and shape[1] not in (1, 3, 4) else "NCHW")
+        if layout not in ("NCHW", "NHWC"):
+            raise UserError(f"--layout {layout}: expected NCHW or NHWC")
+        chan, h, w = (shape[1], shape[2], shape[3]) if layout == "NCHW" else (shape[3], shape[1], shape[2])
+        size = prep.size or (h, w)
+        if size[0] is None or size[1] is None:
+            raise UserError(f"{root}: the model input '{self.info.name}' has no fixed height/width; pass --size H,W")
+        self.channels = chan or 3
+        if self.channels not in (1, 3):
+            raise UserError(f"{root}: images give 1 or 3 channels, input '{self.info.name}' wants {self.channels}")
+        self.size, self.layout = (int(size[0]), int(size[1])), layout
+        self.mean = np.asarray(prep.mean, np.float32).reshape(-1)
+        self.std = np.asarray(prep.std, np.float32).reshape(-1)
+        for arr, flag in ((self.mean, "--mean"), (self.std, "--std")):
+            if arr.size not in (1, self.channels):
+                raise UserError(f"{flag}: {arr.size} values given, the input has {self.channels} channels")
+        if np.any(self.std == 0):
+            raise UserError("--std: values must be non-zero")
+        self.prep = Preprocess(tuple(map(float, self.mean)), tuple(map(float, self.std)), self.size, layout)
+        sample = (self.channels,) + self.size if layout == "NCHW" else self.size + (self.channels,)
+        _check_fits(str(root), self.info, sample)
+
+    def __len__(self):
+        return len(self.files)
+
+    def _load(self, path: Path) -> np.ndarray:
+        from PIL import Image, UnidentifiedImageError
+        try:
+            with Image.open(path) as img:
+                img = img.convert("L" if self.channels == 1 else "RGB")
+                if img.size != (self.size[1], self.size[0]):
+                    img = img.resize((self.size[1], self.size[0]), Image.BILINEAR)
+                arr = np.asarray(img, dtype=np.float32) / 255.0
+        except (UnidentifiedImageError, OSError) as err:
+            raise UserError(f"{path}: cannot read image ({err})") from None
+        if arr.ndim == 2:
+            arr = arr[:, :, None]
+        arr = (arr - self.mean) / self.std
+        return arr.transpose(2, 0, 1) if self.layout == "NCHW" else arr
+
+    def batch(self, indices):
+        x = np.stack([self._load(self.files[i]) for i in indices]).astype(self.info.dtype)
+        labels = self.labels[np.asarray(indices)] if self.labels_known else None
+        return {self.info.name: x}, labels
+
+
+def _npz_member(path: Path, key: str):
+    """Memory-map an uncompressed .npz member; load compressed ones (they cannot be mapped)."""
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo(key + ".npy")
+        if info.compress_type == zipfile.ZIP_STORED:
+            with zf.open(info) as fh:
+                version = np.lib.format.read_magic(fh)
+                reader = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                          else np.lib.format.read_array_header_2_0)
+                shape, fortran, dtype = reader(fh)
+                header = fh.tell()
+            with open(path, "rb") as raw:
+                raw.seek(info.header_offset + 26)
+                name_len = int.from_bytes(raw.read(2), "little")
+                extra_len = int.from_bytes(raw.read(2), "little")
+            offset = info.header_offset + 30 + name_len + extra_len + header
+            if not shape or np.prod(shape) == 0:
+                return np.zeros(shape, dtype)
+            return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape,
+                             order="F" if fortran else "C")
+    log.info("%s: member %s is compressed and is loaded whole", path, key)
+    return np.load(path)[key]
+
+
+class ArrayFiles(Source):
+    """One .npy/.npz file or a folder of them, concatenated along the sample axis."""
+
+    def __init__(self, files, inputs, where: str):
+        self.inputs = inputs
+        self.chunks = []  # (feeds dict of arrays, labels or None, length)
+        for f in files:
+            arrays = self._open(f)
+            label = next((arrays.pop(k) for k in LABEL_KEYS if k in arrays), None)
+            if len(arrays) == 1 and len(inputs) == 1:
+                arrays = {inputs[0].name: next(iter(arrays.values()))}
+            missing = [i.name for i in inputs if i.name not in arrays]
+            if missing:
+                raise UserError(f"{f}: no array for model input(s) {', '.join(missing)} "
+                                f"(arrays: {', '.join(sorted(arrays)) or 'none'})")
+            lengths = {len(arrays[i.name]) if np.ndim(arrays[i.name]) else 0 for i in inputs}
+            if len(lengths) != 1 or 0 in lengths:
+                raise UserError(f"{f}: input arrays have different or zero lengths {sorted(lengths)}")
+            n = lengths.pop()
+            for info in inputs:
+                _check_fits(str(f), info, tuple(arrays[info.name].shape[1:]))
+            if label is not None and len(label) != n:
+                raise UserError(f"{f}: labels 'y' have {len(label)} entries for {n} samples")
+            self.chunks.append(({i.name: arrays[i.name] for i in inputs}, label, n))
+        if not self.chunks:
+            raise UserError(f"{where}: no .npy/.npz files found")
+        self.labels_known = all(c[1] is not None for c in self.chunks)
+        self.starts = np.cumsum([0] + [c[2] for c in self.chunks])
+
+    @staticmethod
+    def _open(f: Path) -> dict:
+        try:
+            if f.suffix.lower() == ".npy":
+                return {"x": np.load(f, mmap_mode="r")}
+            with zipfile.ZipFile(f) as zf:
+                keys = [n[:-4] for n in zf.namelist() if n.endswith(".npy")]
+            return {k: _npz_member(f, k) for k in keys}
+        except (ValueError, OSError, zipfile.BadZipFile) as err:
+            raise UserError(f"{f}: cannot read array file ({err})") from None
+
+    def __len__(self):
+        return int(self.starts[-1])
+
+    def batch(self, indices):
+        indices = np.asarray(indices)
+        chunk_of = np.searchsorted(self.starts, indices, side="right") - 1
+        feeds = {i.name: [] for i in self.inputs}
+        labels = []
+        for idx, c in zip(indices, chunk_of):
+            arrays, label, _ = self.chunks[c]
+            local = idx - self.starts[c]
+            for info in self.inputs:
+                feeds[info.name].append(np.asarray(arrays[info.name][local]))
+            if label is not None:
+                labels.append(int(label[local]))
+        out = {i.name: np.stack(feeds[i.name]).astype(i.dtype) for i in self.inputs}
+        return out, (np.asarray(labels, np.int64) if self.labels_known else None)
+
+
+class LoaderScript:
+    """`file.py:fn`, where fn() returns an iterable of feed dicts (one batch each; 'y' = labels)."""
+
+    def __init__(self, spec: str, inputs):
+        path, _, func = spec.rpartition(":")
+        if not path or not func:
+            raise UserError(f"--data-loader {spec}: expected FILE.py:FUNCTION")
+        if not Path(path).is_file():
+            raise UserError(f"--data-loader {spec}: {path}: no such file")
+        module_spec = importlib.util.spec_from_file_location("onnx2snn_user_loader", path)
+        module = importlib.util.module_from_spec(module_spec)
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as err:
+            raise UserError(f"--data-loader {spec}: {path} failed to import: {err}") from None
+        if not callable(getattr(module, func, None)):
+            raise UserError(f"--data-loader {spec}: {path} has no function {func}")
+        self.fn, self.spec, self.inputs = getattr(module, func), spec, inputs
+
+    def batches(self):
+        """Yield (feeds, labels) forever-or-once; the caller decides when to stop."""
+        count = 0
+        for item in self.fn():
+            if not isinstance(item, dict):
+                raise UserError(f"--data-loader {self.spec}: yielded {type(item).__name__}, expected a dict")
+            item = dict(item)
+            labels = next((np.asarray(item.pop(k)) for k in LABEL_KEYS if k in item), None)
+            missing = [i.name for i in self.inputs if i.name not in item]
+            if missing:
+                raise UserError(f"--data-loader {self.spec}: batch lacks input(s) {', '.join(missing)}")
+            feeds = {}
+            for info in self.inputs:
+                arr = np.asarray(item[info.name]).astype(info.dtype)
+                _check_fits(f"--data-loader {self.spec}", info, arr.shape[1:])
+                feeds[info.name] = arr
+            count += 1
+            yield feeds, labels
+        if count == 0:
+            raise UserError(f"--data-loader {self.spec}: yielded no batches")
+
+
+def open_data(data: str | None, loader: str | None, inputs, prep: Preprocess):
+    """A Source (random access) or a LoaderScript, from the --data / --data-loader flags."""
+    if loader:
+        return LoaderScript(loader, inputs)
+    if not data:
+        raise UserError("--data: give a folder of images, .npy/.npz file(s), or --data-loader FILE.py:FN")
+    path = Path(data)
+    if not path.exists():
+        raise UserError(f"{path}: no such file or folder")
+    if path.is_file():
+        if path.suffix.lower() not in ARRAY_EXTS:
+            raise UserError(f"{path}: unsupported data file (expected .npy or .npz, or a folder of images)")
+        return ArrayFiles([path], inputs, str(path))
+    arrays = sorted(f for f in path.iterdir() if f.suffix.lower() in ARRAY_EXTS and f.is_file())
+    if arrays:
+        return ArrayFiles(arrays, inputs, str(path))
+    return ImageFolder(path, inputs, prep)
+
+
+# ------------------------------------------------------------------------------------- iteration
+def _augment(x: np.ndarray, layout: str, rng: np.random.Generator, pad: int = 4) -> np.ndarray:
+    """Random horizontal flips and zero-padded random crops (4-D image batches)."""
+    x = x.copy()
+    h_ax, w_ax = (2, 3) if layout == "NCHW" else (1, 2)
+    for i in range(len(x)):
+        if rng.random() < 0.5:
+            x[i] = np.flip(x[i], axis=w_ax - 1)
+    pads = [(0, 0)] * 4
+    pads[h_ax] = pads[w_ax] = (pad, pad)
+    padded = np.pad(x, pads)
+    h, w = x.shape[h_ax], x.shape[w_ax]
+    for i in range(len(x)):
+        dy, dx = rng.integers(0, 2 * pad + 1, size=2)
+        sl = [slice(None)] * 3
+        sl[h_ax - 1], sl[w_ax - 1] = slice(dy, dy + h), slice(dx, dx + w)
+        x[i] = padded[i][tuple(sl)]
+    return x
+
+
+def calibration_batches(source, batch_size: int, iters: int, seed: int, augment: bool = False,
+                        layout: str = "NCHW"):
+    """`iters` batches; samples reused in a fresh shuffled order whenever the data runs out."""
+    rng = np.random.default_rng(seed)
+    if isinstance(source, LoaderScript):
+        produced = 0
+        while produced < iters:
+            for feeds, _ in source.batches():
+                if produced >= iters:
+                    return
+                if augment:
+                    feeds = {k: _augment(v, layout, rng) if v.ndim == 4 else v for k, v in feeds.items()}
+                produced += 1
+                yield feeds
+        return
+    n = len(source)
+    order, pos = rng.permutation(n), 0
+    for _ in range(iters):
+        take = []
+        while len(take) < min(batch_size, n):
+            if pos == n:
+                order, pos = rng.permutation(n), 0
+            step = min(batch_size - len(take), n - pos)
+            take.extend(order[pos:pos + step])
+            pos += step
+        feeds, _ = source.batch(take)
+        if augment:
+            feeds = {k: _augment(v, layout, rng) if v.ndim == 4 else v for k, v in feeds.items()}
+        yield feeds
+
+
+def eval_batches(source, batch_size: int, limit: int | None = None):
+    """(feeds, labels) in order, at most `limit` samples."""
+    if isinstance(source, LoaderScript):
+        seen = 0
+        for feeds, labels in source.batches():
+            if limit is not None and seen >= limit:
+                return
+            if limit is not None:
+                keep = limit - seen
+                feeds = {k: v[:keep] for k, v in feeds.items()}
+                labels = None if labels is None else labels[:keep]
+            seen += len(next(iter(feeds.values())))
+            yield feeds, labels
+        return
+    n = len(source)
+    # a limited run takes a fixed random subset, so class-sorted folders are not cut to few classes
+    order = np.arange(n) if limit is None or limit >= n else \
+        np.sort(np.random.default_rng(0).permutation(n)[:limit])
+    for start in range(0, len(order), batch_size):
+        yield source.batch(list(order[start:start + batch_size]))

@@ -1,0 +1,31 @@
+"""`onnx2snn demo`: convert the bundled digits CNN on bundled data and evaluate it (no downloads).
+
+The model and data were made by tools/make_demo.py (a CNN trained on scikit-learn's digits).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import api
+from .calibrate import CalibConfig
+from .report import eval_table, layers_table
+from .rewrite import SNNConfig
+
+HERE = Path(__file__).resolve().parent / "demo_data"
+MODEL = HERE / "digits_cnn.onnx"
+CALIB = HERE / "digits_calib.npz"
+TEST = HERE / "digits_test.npz"
+
+
+def run(output, iters: int = 100, timesteps=(8, 16, 32, 64), progress: bool = False) -> str:
+    result = api.convert(MODEL, data=str(CALIB), output=output,
+                         calib=CalibConfig(iters=iters, batch_size=100),
+                         snn=SNNConfig(timesteps=max(timesteps)), progress=progress)
+    ev = api.evaluate_file(result.output, data=str(TEST), ann_path=MODEL, timesteps=timesteps,
+                           batch_size=64, progress=progress)
+    return "\n".join([
+        f"demo: {MODEL.name} (CNN trained on scikit-learn digits) -> {result.output}",
+        f"calibrated {len(result.layers)} spiking layers with ltb, {iters} batches of 100 "
+        f"in {result.calibration_seconds:.1f}s",
+        layers_table(result.layers), "",
+        f"held-out digits ({TEST.name}):", eval_table(ev)])

@@ -1,0 +1,88 @@
+"""Operation counts for the energy estimate (Bu et al.): MACs of the ANN, SOPs of the SNN.
+
+SOPs = spikes x fan-out, where a spike's fan-out is the number of synaptic operations it drives in
+the next weighted layer(s), estimated from the ANN's shapes as MACs(layer) / inputs(layer).
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+E_SOP_PJ = 0.077   # 77 fJ per synaptic operation
+E_MAC_PJ = 12.5    # 12.5 pJ per multiply-accumulate (FLOP)
+
+_WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+_PASS = {"Reshape", "Flatten", "Concat", "Add", "Sub", "Sum", "MaxPool", "AveragePool",
+         "GlobalAveragePool", "Slice", "Pad", "Mul", "Div", "Transpose", "Squeeze", "Unsqueeze",
+         "Identity", "Dropout", "BatchNormalization", "ReduceMean", "Split", "Resize", "Neg"}
+
+
+def _shapes(model: onnx.ModelProto) -> dict:
+    out = {}
+    for vi in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
+        tt = vi.type.tensor_type
+        if tt.HasField("shape"):
+            out[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+    for init in model.graph.initializer:
+        out[init.name] = list(init.dims)
+    return out
+
+
+def _per_sample(shape):
+    if not shape or any(d is None or d <= 0 for d in shape[1:]):
+        return None
+    return int(np.prod(shape[1:])) if len(shape) > 1 else 1
+
+
+def layer_macs(model: onnx.ModelProto) -> dict:
+    """node name -> (MACs per sample, input elements per sample) for weighted layers."""
+    shapes = _shapes(model)
+    macs = {}
+    for node in model.graph.node:
+        if node.op_type not in _WEIGHTED or len(node.input) < 2:
+            continue
+        out = _per_sample(shapes.get(node.output[0]))
+        inp = _per_sample(shapes.get(node.input[0]))
+        w = shapes.get(node.input[1])
+        if out is None or inp is None or not w:
+            continue
+        if node.op_type == "Conv":
+            per_out = int(np.prod(w[1:]))            # (C_in / groups) * kernel
+        elif node.op_type == "ConvTranspose":
+            per_out = int(np.prod(w[2:])) * w[0] // max(1, w[1] or 1)
+        elif node.op_type == "Gemm":
+            trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+            per_out = w[1] if trans_b else w[0]
+        else:
+            per_out = w[-2] if len(w) >= 2 else w[0]
+        macs[node.name] = (out * per_out, inp)
+    return macs
+
+
+def fanouts(model: onnx.ModelProto, tensors) -> dict:
+    """tensor name -> synaptic operations one spike on it drives (average over positions)."""
+    macs = layer_macs(model)
+    consumers = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    result = {}
+    for start in tensors:
+        total, seen, stack = 0.0, set(), [start]
+        while stack:
+            name = stack.pop()
+            for node in consumers.get(name, []):
+                if node.name in seen:
+                    continue
+                seen.add(node.name)
+                if node.op_type in _WEIGHTED and node.name in macs:
+                    m, inp = macs[node.name]
+                    total += m / inp
+                elif node.op_type in _PASS:
+                    stack.extend(node.output)
+        result[start] = total
+    return result
+
+
+def totals(model: onnx.ModelProto) -> float:
+    return float(sum(m for m, _ in layer_macs(model).values()))

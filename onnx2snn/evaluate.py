@@ -1,0 +1,172 @@
+"""Evaluate a converted SNN at several T from one simulation up to the largest T.
+
+The SNN is run once at T_max with the readout's per-step tensors fetched; cumulative means give the
+readout at every listed T, and the part of the graph after the readout (the head) runs on each.
+Spikes are counted per step for the SOP estimate.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from . import energy, ops
+from .build import Builder
+from .errors import UserError
+from .model import default_opset, get_metadata
+from .rewrite import T_NAME
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalResult:
+    samples: int = 0
+    ann_accuracy: float | None = None
+    rows: list = field(default_factory=list)   # dicts: T, accuracy, agreement, rel_error, sops
+    ann_macs: float = 0.0
+    seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        return {"samples": self.samples, "ann": {"accuracy": self.ann_accuracy},
+                "snn": [{k: r[k] for k in ("T", "accuracy", "agreement", "rel_error")} for r in self.rows]}
+
+
+def snn_metadata(model: onnx.ModelProto) -> dict:
+    meta = get_metadata(model)
+    if "onnx2snn.readout" not in meta:
+        raise UserError("not a model converted by onnx2snn (no onnx2snn metadata)")
+    return meta
+
+
+def _simulation_model(snn: onnx.ModelProto, t_max: int, readouts):
+    """The SNN at T = t_max, also returning each readout's per-step tensor and spike counts."""
+    graph = gs.import_onnx(snn)
+    b = Builder(graph, default_opset(snn), "onnx2snn.eval")
+    tensors = graph.tensors()
+    if T_NAME in tensors:
+        tensors[T_NAME].values = np.array([t_max], np.int64)
+    extra, counts = [], []
+    for node in [n for n in graph.nodes if n.op == "IFNeuron"]:
+        node.attrs["timesteps"] = t_max
+        spikes = node.outputs[0]
+        fired = b.op("Cast", [b.op("Greater", [spikes, b.const(np.float32(0))], dtype=np.bool_)],
+                     {"to": onnx.TensorProto.FLOAT})
+        per_step = b.reduce("ReduceSum", b.reshape(fired, [t_max, -1]), [1], keepdims=0)
+        per_step.name = f"{node.name}/spike_count"
+        counts.append((node.name, per_step.name))
+        extra.append(per_step)
+    for r in readouts:
+        t = tensors[r["steps"]]
+        t.dtype = np.float32
+        extra.append(t)
+    graph.outputs = list(graph.outputs) + extra
+    return gs.export_onnx(graph, do_type_check=False), counts
+
+
+def _head_model(snn: onnx.ModelProto, readouts):
+    """The part of the SNN after the readout, taking the averaged tensors as inputs."""
+    graph = gs.import_onnx(snn)
+    tensors = graph.tensors()
+    means = []
+    for r in readouts:
+        t = tensors[r["mean"]]
+        t.inputs.clear()
+        t.dtype = np.float32
+        means.append(t)
+    graph.inputs = list(graph.inputs) + means
+    graph.cleanup()
+    return gs.export_onnx(graph, do_type_check=False)
+
+
+def _top1(x):
+    return np.asarray(x).reshape(len(x), -1).argmax(axis=1)
+
+
+def evaluate(snn: onnx.ModelProto, batches, timesteps, ann: onnx.ModelProto | None = None,
+             progress: bool = False, total: int | None = None, threads: int = 0) -> EvalResult:
+    meta = snn_metadata(snn)
+    readouts = json.loads(meta["onnx2snn.readout"])
+    delay = int(meta.get("onnx2snn.delay", 0))
+    ts = sorted(set(int(t) for t in timesteps))
+    if not ts or ts[0] <= delay:
+        raise UserError(f"--timesteps: every T must exceed the model's delay D={delay}")
+    t_max = ts[-1]
+    costs = json.loads(meta.get("onnx2snn.costs", "{}"))
+    fanout = costs.get("fanout", {})
+    sim_model, counts = _simulation_model(snn, t_max, readouts)
+    sim = ops.session(sim_model, threads)
+    head = ops.session(_head_model(snn, readouts), threads)
+    ann_sess = ops.session(ann, threads, custom_ops=False) if ann is not None else None
+    out_names = [o.name for o in snn.graph.output]
+    step_names = [r["steps"] for r in readouts]
+    head_inputs = {i.name for i in head.get_inputs()}
+    sim_inputs = {i.name for i in sim.get_inputs()}
+
+    n = correct_ann = 0
+    correct = {t: 0 for t in ts}
+    agree = {t: 0 for t in ts}
+    err_num = {t: 0.0 for t in ts}
+    err_den = 0.0
+    spikes = {t: 0.0 for t in ts}
+    has_labels = True
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=total, desc=f"evaluating (T up to {t_max})", unit="img", leave=False)
+    start = time.perf_counter()
+    for feeds, labels in batches:
+        feeds = {k: v for k, v in feeds.items() if k in sim_inputs}
+        batch = len(next(iter(feeds.values())))
+        values = sim.run(step_names + [c for _, c in counts], feeds)
+        steps, spike_counts = values[:len(step_names)], values[len(step_names):]
+        for (name, _), per_step in zip(counts, spike_counts):
+            cum = np.cumsum(per_step.astype(np.float64))
+            for t in ts:
+                spikes[t] += cum[t - 1] * fanout.get(name, 0.0)
+        sums = [np.cumsum(s.reshape((t_max, batch) + s.shape[1:]).astype(np.float64), axis=0)
+                for s in steps]
+        ann_out = ann_sess.run(None, feeds)[0] if ann_sess is not None else None
+        if labels is None:
+            has_labels = False
+        if ann_out is not None:
+            err_den += float(np.sum(ann_out.astype(np.float64) ** 2))
+            if labels is not None:
+                correct_ann += int(np.sum(_top1(ann_out) == labels))
+        for t in ts:
+            head_feeds = {k: v for k, v in feeds.items() if k in head_inputs}
+            for r, cs in zip(readouts, sums):
+                total_t = cs[t - 1] - (cs[delay - 1] if delay else 0.0)
+                head_feeds[r["mean"]] = (total_t / (t - delay)).astype(np.float32)
+            out = head.run(out_names[:1], head_feeds)[0]
+            if labels is not None:
+                correct[t] += int(np.sum(_top1(out) == labels))
+            if ann_out is not None:
+                agree[t] += int(np.sum(_top1(out) == _top1(ann_out)))
+                err_num[t] += float(np.sum((out.astype(np.float64) - ann_out) ** 2))
+        n += batch
+        if bar is not None:
+            bar.update(batch)
+    if bar is not None:
+        bar.close()
+    if n == 0:
+        raise UserError("evaluation received no data")
+    result = EvalResult(samples=n, ann_macs=float(costs.get("ann_macs", 0.0)),
+                        seconds=time.perf_counter() - start)
+    if ann is not None and has_labels:
+        result.ann_accuracy = correct_ann / n
+    for t in ts:
+        result.rows.append({
+            "T": t,
+            "accuracy": correct[t] / n if has_labels else None,
+            "agreement": agree[t] / n if ann is not None else None,
+            "rel_error": float(np.sqrt(err_num[t] / err_den)) if ann is not None and err_den > 0 else None,
+            "sops": spikes[t] / n,
+            "pre_macs": float(costs.get("pre_macs", 0.0)),
+        })
+    return result

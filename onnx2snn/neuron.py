@@ -1,0 +1,45 @@
+"""NumPy reference of the integrate-and-fire neuron (DESIGN.md section 2).
+
+This is the oracle for the C++ operator and for every graph form: the arithmetic is float32 in the
+same order as the operator, so results are identical bit for bit.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def if_neuron(x: np.ndarray, theta: np.ndarray, timesteps: int, axis: int = 1, v_init: float = 0.5,
+              v: np.ndarray | None = None, return_state: bool = False):
+    """Run an IF neuron over `timesteps` steps stacked time-major on axis 0 of `x`.
+
+    x: float32 [K*N, ...]; theta: [C] (channel axis `axis`) or [1]; v: optional state [N, ...].
+    Returns the weighted spikes (theta or 0) shaped like x, and the final state if asked.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    theta = np.asarray(theta, dtype=np.float32).reshape(-1)
+    if x.shape[0] % timesteps:
+        raise ValueError(f"first dimension {x.shape[0]} is not a multiple of timesteps={timesteps}")
+    steps = x.reshape((timesteps, x.shape[0] // timesteps) + x.shape[1:])
+    if theta.size == 1:
+        th = theta.reshape((1,) * (x.ndim))
+    else:
+        ax = axis % x.ndim
+        if x.shape[ax] != theta.size:
+            raise ValueError(f"theta has {theta.size} values, input has {x.shape[ax]} channels")
+        shape = [1] * x.ndim
+        shape[ax] = theta.size
+        th = theta.reshape(shape)
+    th = np.broadcast_to(th, steps.shape[1:])
+    if v is None:
+        state = (np.float32(v_init) * th).astype(np.float32)
+    else:
+        state = np.array(v, dtype=np.float32, copy=True)
+    out = np.empty_like(steps)
+    zero = np.float32(0)
+    for t in range(timesteps):
+        state = state + steps[t]
+        spike = np.where(state > th, th, zero)
+        state = state - spike
+        out[t] = spike
+    out = out.reshape(x.shape)
+    return (out, state) if return_state else out

@@ -1,0 +1,120 @@
+"""Replace activations with ReLUX probes whose per-channel statistics are reduced in the graph.
+
+Per calibration batch a probe returns one small vector, never the activation: memory does not
+depend on activation sizes times batches (DESIGN.md section 1, step 2).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from .analyse import find_activations
+from .build import Builder
+from .errors import UserError
+from .model import default_opset, export, to_graph
+
+METHODS = ("ltb", "ltb-layer", "max", "percentile")
+LR_INPUT = "onnx2snn.step"  # 2 * lr, fed each batch
+
+
+@dataclass(frozen=True)
+class Probe:
+    name: str            # activation node name (key of the thresholds)
+    theta_input: str     # graph input carrying the current threshold (broadcast shape)
+    theta_shape: tuple   # e.g. (C, 1, 1) for NCHW, (C,) for features, (1,) layer-wise
+    stat: str            # graph output: method statistic (see calibrate.py)
+    clip_error: str      # graph output: mean((x - theta)+), scalar ("" when not tracked)
+    activity: str        # graph output: mean(relu(x)), scalar ("" when not tracked)
+    channels: int
+    axis: int
+    cap: float | None
+
+
+def _theta_shape(act, layerwise: bool) -> tuple:
+    if layerwise:
+        return (1,)
+    if not act.channels:
+        raise UserError(f"node '{act.name}': the size of its channel axis {act.axis} is unknown; "
+                        "export the model with static channel dimensions")
+    return (act.channels,) + (1,) * (act.rank - 1 - act.axis)
+
+
+def _ltb_probe(b: Builder, act, theta, layerwise: bool, step):
+    """theta' = theta + 2 lr mean((x - theta) H(x - theta)); y = clip(x, 0, theta') (Bu et al.)."""
+    x = act.input
+    excess = b.op("Relu", [b.op("Sub", [x, theta])])
+    axes = None if layerwise else [a for a in range(act.rank) if a != act.axis]
+    grad = b.reduce("ReduceMean", excess, axes, keepdims=0)
+    grad_b = b.reshape(grad, list(_theta_shape(act, layerwise)))
+    new_theta = b.op("Add", [theta, b.op("Mul", [step, grad_b])])
+    if act.cap is not None:
+        new_theta = b.op("Min", [new_theta, b.const(np.float32(act.cap))])
+    relu = b.op("Relu", [x])
+    out = act.output
+    act.node.outputs.clear()
+    b.op("Min", [relu, new_theta], out=[out], name=f"{act.name}/relux")
+    return grad, b.reduce("ReduceMean", excess, None), b.reduce("ReduceMean", relu, None)
+
+
+def _max_probe(b: Builder, act):
+    return b.reduce("ReduceMax", act.input, None)
+
+
+def _percentile_probe(b: Builder, act, percentile: float):
+    """The batch's p-th percentile of positive activations: k-th largest, k = ceil((1-p) n_pos)."""
+    flat = b.reshape(act.input, [-1])
+    positive = b.op("Cast", [b.op("Greater", [flat, b.const(np.float32(0))], dtype=np.bool_)],
+                    {"to": onnx.TensorProto.FLOAT})
+    npos = b.reduce("ReduceSum", positive, None)
+    tail = np.float32(1.0 - percentile / 100.0)
+    k = b.op("Max", [b.op("Ceil", [b.op("Mul", [npos, b.const(tail)])]), b.const(np.float32(1))])
+    k = b.reshape(b.op("Cast", [k], {"to": onnx.TensorProto.INT64}, np.int64), [1], np.int64)
+    values, _ = b.op("TopK", [flat, k], {"largest": 1, "sorted": 1}, outputs=2)
+    last = b.op("Sub", [k, b.const(np.array([1], np.int64))], dtype=np.int64)
+    return b.reshape(b.op("Gather", [values, last], {"axis": 0}), [])
+
+
+def build(model: onnx.ModelProto, method: str = "ltb", percentile: float = 99.9):
+    """Calibration model (outputs = probe statistics only) and the list of probes."""
+    if method not in METHODS:
+        raise UserError(f"--method {method}: unknown (choose from {', '.join(METHODS)})")
+    graph = to_graph(model)
+    acts = find_activations(graph)
+    if not acts:
+        raise UserError("the model has no ReLU-like activation (Relu, or Clip with min 0) to convert")
+    b = Builder(graph, default_opset(model), "onnx2snn.probe")
+    layerwise = method != "ltb"
+    step = gs.Variable(LR_INPUT, np.float32, [])
+    inputs = list(graph.inputs)
+    outputs, probes = [], []
+    for act in acts:
+        b.prefix = f"{act.name}/probe"
+        shape = _theta_shape(act, layerwise)
+        clip_err = activity = ""
+        if method in ("ltb", "ltb-layer"):
+            theta = gs.Variable(f"onnx2snn.theta:{act.name}", np.float32, list(shape))
+            inputs.append(theta)
+            stat, err, actv = _ltb_probe(b, act, theta, layerwise, step)
+            err.name, actv.name = f"{act.name}/clip_error", f"{act.name}/activity"
+            outputs += [err, actv]
+            clip_err, activity = err.name, actv.name
+        elif method == "max":
+            theta = None
+            stat = _max_probe(b, act)
+        else:
+            theta = None
+            stat = _percentile_probe(b, act, percentile)
+        stat.name = f"{act.name}/stat"
+        outputs.append(stat)
+        probes.append(Probe(act.name, theta.name if theta is not None else "", shape, stat.name,
+                            clip_err, activity, act.channels, act.axis, act.cap))
+    if method in ("ltb", "ltb-layer"):
+        inputs.append(step)
+    graph.inputs = inputs
+    graph.outputs = outputs
+    for t in outputs:
+        t.dtype = np.float32
+    return export(graph, model), probes

@@ -1,0 +1,45 @@
+"""Plain-text tables for the CLI (the library never prints)."""
+from __future__ import annotations
+
+import numpy as np
+
+from . import energy
+
+
+def _pct(x):
+    return "-" if x is None else f"{100 * x:.2f}%"
+
+
+def layers_table(layers) -> str:
+    rows = [("layer", "role", "channels", "theta mean", "min", "max", "silent")]
+    for l in layers:
+        th = np.asarray(l.theta, np.float32)
+        rows.append((l.name, l.role, str(l.channels or th.size), f"{th.mean():.4g}", f"{th.min():.4g}",
+                     f"{th.max():.4g}", str(int(np.sum(th == 0)))))
+    return _format(rows)
+
+
+def eval_table(result, e_sop: float = energy.E_SOP_PJ, e_mac: float = energy.E_MAC_PJ) -> str:
+    lines = [f"samples: {result.samples}"]
+    if result.ann_accuracy is not None:
+        lines.append(f"ANN accuracy: {_pct(result.ann_accuracy)}"
+                     + (f"   ANN MACs/img: {result.ann_macs:.3g}" if result.ann_macs else ""))
+    rows = [("T", "accuracy", "agreement", "rel.error", "SOPs/img", "energy vs ANN")]
+    for r in result.rows:
+        ratio = "-"
+        if result.ann_macs:
+            snn_pj = r["pre_macs"] * e_mac + r["sops"] * e_sop
+            ratio = f"{snn_pj / (result.ann_macs * e_mac):.3f}"
+        rows.append((str(r["T"]), _pct(r["accuracy"]), _pct(r["agreement"]),
+                     "-" if r["rel_error"] is None else f"{r['rel_error']:.4f}", f"{r['sops']:.3g}", ratio))
+    return "\n".join(lines + [_format(rows)])
+
+
+def _format(rows) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    out = []
+    for k, r in enumerate(rows):
+        out.append("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+        if k == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return "\n".join(out)

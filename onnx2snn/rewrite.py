@@ -1,0 +1,274 @@
+"""Rewrite an ANN graph with thresholds into an unrolled SNN (time folded into the batch axis).
+
+Every activation becomes an `IFNeuron` node of domain ai.onnx2snn. Nodes upstream of the first
+neuron run once on the N samples and their outputs are repeated T times (time-major). Nodes between
+neurons run on T*N rows. Tensors that leave the spiking region are averaged over steps D+1..T, so
+everything after it (the readout and any non-linear head) runs once on the averaged values.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from . import __version__, energy
+from .analyse import classify, describe, find_activations, nonlinear_nodes
+from .build import Builder
+from .errors import UserError
+from .model import default_opset, export, set_metadata, to_graph
+from .ops import DOMAIN, OPSET_VERSION
+
+log = logging.getLogger(__name__)
+
+T_NAME = "onnx2snn.timesteps"
+BIG = np.iinfo(np.int64).max
+_FLOATS = (np.float16, np.float32, np.float64)
+
+
+@dataclass(frozen=True)
+class SNNConfig:
+    timesteps: int = 64
+    delay: int = 0
+    v_init: float = 0.5
+
+    def validate(self):
+        if self.timesteps < 1:
+            raise UserError(f"--timesteps {self.timesteps}: must be >= 1")
+        if not 0 <= self.delay < self.timesteps:
+            raise UserError(f"--delay {self.delay}: must be in [0, timesteps)")
+
+
+@dataclass
+class Layer:
+    """One converted neuron, for the report."""
+    name: str
+    source: str       # activation node it came from
+    role: str         # "neuron", "after pool (spiking max pool)", "after pool (pool moved in front)"
+    channels: int
+    theta: np.ndarray
+    tensor: str = ""  # the ANN tensor this neuron's spikes stand for
+
+
+def _is_float(tensor) -> bool:
+    return tensor.dtype is not None and np.dtype(tensor.dtype).type in _FLOATS
+
+
+class _Rewriter:
+    def __init__(self, graph: gs.Graph, opset: int, config: SNNConfig):
+        self.graph, self.config = graph, config
+        self.b = Builder(graph, opset, "onnx2snn")
+        self.T = gs.Constant(T_NAME, np.array([config.timesteps], np.int64))
+        self.readouts = []
+
+    # ---- neurons -------------------------------------------------------------------------
+    def neuron(self, x, out, theta: np.ndarray, axis: int, name: str) -> gs.Node:
+        theta_c = gs.Constant(f"{name}.theta", np.asarray(theta, np.float32).reshape(-1))
+        node = gs.Node("IFNeuron", name, {"timesteps": self.config.timesteps, "axis": axis,
+                                          "v_init": float(self.config.v_init)},
+                       [x, theta_c], [out], domain=DOMAIN)
+        self.graph.nodes.append(node)
+        return node
+
+    # ---- time folding --------------------------------------------------------------------
+    def tile(self, x):
+        """[N, ...] -> [T*N, ...], the N rows repeated for each step (time-major)."""
+        b = self.b
+        b.prefix = f"{x.name}/repeat_steps"
+        up = b.op("Unsqueeze", [x, b.const(np.array([0], np.int64))], dtype=x.dtype)
+        full = b.concat([self.T, b.op("Shape", [x], dtype=np.int64)], dtype=np.int64)
+        rep = b.op("Expand", [up, full], dtype=x.dtype)
+        out = b.reshape(rep, b.concat([b.const(np.array([-1], np.int64)), b.shape_tail(x)], dtype=np.int64),
+                        dtype=x.dtype)
+        out.shape = None if x.shape is None else ["TN"] + list(x.shape[1:])
+        return out
+
+    def unfold(self, x, tail_of=None):
+        """[T*N, ...] -> [T, N, ...]."""
+        b = self.b
+        tail = b.shape_tail(tail_of if tail_of is not None else x)
+        return b.reshape(x, b.concat([self.T, b.const(np.array([-1], np.int64)), tail], dtype=np.int64),
+                         dtype=x.dtype)
+
+    def fold(self, x, like):
+        b = self.b
+        return b.reshape(x, b.concat([b.const(np.array([-1], np.int64)), b.shape_tail(like)],
+                                     dtype=np.int64), dtype=x.dtype)
+
+    def average(self, x, out=None):
+        """Mean over steps D+1..T of a [T*N, ...] tensor -> [N, ...] (delayed evaluation)."""
+        b = self.b
+        b.prefix = f"{x.name}/readout"
+        steps = self.unfold(x)
+        if self.config.delay:
+            steps = b.op("Slice", [steps, b.const(np.array([self.config.delay], np.int64)),
+                                   b.const(np.array([BIG], np.int64)), b.const(np.array([0], np.int64))],
+                         dtype=x.dtype)
+        mean = b.reduce("ReduceMean", steps, [0], keepdims=0)
+        if out is not None:
+            node = mean.inputs[0]
+            node.outputs = [out]
+            mean = out
+        mean.dtype = x.dtype
+        self.readouts.append({"steps": x.name, "mean": mean.name})
+        return mean
+
+    def spiking_maxpool(self, node: gs.Node):
+        """MaxPool on spike-driven input: pool the running sums of the currents and emit the
+        step-to-step difference of the pooled maximum, so the input accumulated by step t is the
+        window's largest accumulated current (converges to the ANN's max as T grows)."""
+        b = self.b
+        b.prefix = f"{node.name}/spiking"
+        x, out = node.inputs[0], node.outputs[0]
+        sums = b.op("CumSum", [self.unfold(x), b.const(np.array(0, np.int64))], dtype=np.float32)
+        pooled = gs.Variable(f"{node.name}/pooled_sums", np.float32)
+        node.inputs = [self.fold(sums, x)]
+        node.outputs = [pooled]
+        steps = self.unfold(pooled)
+        first = b.op("Slice", [steps, b.const(np.array([0], np.int64)), b.const(np.array([1], np.int64)),
+                               b.const(np.array([0], np.int64))])
+        earlier = b.op("Slice", [steps, b.const(np.array([0], np.int64)), b.const(np.array([-1], np.int64)),
+                                 b.const(np.array([0], np.int64))])
+        shifted = b.concat([b.op("Mul", [first, b.const(np.float32(0))]), earlier], axis=0)
+        diff = b.op("Sub", [steps, shifted])
+        b.op("Reshape", [diff, b.concat([b.const(np.array([-1], np.int64)), b.shape_tail(pooled)],
+                                        dtype=np.int64)], out=[out])
+
+
+def _place_neurons(graph: gs.Graph, acts, thresholds, rw: _Rewriter):
+    """Activations -> IFNeuron nodes; an activation's MaxPool consumers get their own neuron."""
+    layers = []
+    for act in acts:
+        theta = np.asarray(thresholds.values[act.name], np.float32).reshape(-1)
+        if act.cap is not None:
+            theta = np.minimum(theta, np.float32(act.cap))
+        x, y = act.input, act.output
+        act.node.inputs.clear()
+        act.node.outputs.clear()
+        pools = [c for c in list(y.outputs) if c.op == "MaxPool" and len(c.outputs) == 1]
+        for pool in pools:
+            # max and clip commute per channel: pool the currents, then a neuron after the pool
+            pool.inputs[0] = x
+            pooled_out = pool.outputs[0]
+            current = gs.Variable(f"{pool.name}/pooled_current", x.dtype)
+            pool.outputs = [current]
+            name = f"{act.name}>{pool.name}"
+            rw.neuron(current, pooled_out, theta, act.axis, name)
+            layers.append(Layer(name, act.name, "after pool", act.channels, theta, pooled_out.name))
+        if y.outputs or y in graph.outputs:
+            rw.neuron(x, y, theta, act.axis, act.name)
+            layers.append(Layer(act.name, act.name, "neuron", act.channels, theta, y.name))
+    return layers
+
+
+def to_snn(model: onnx.ModelProto, thresholds, config: SNNConfig, metadata: dict | None = None):
+    """The unrolled SNN (ModelProto) and the list of converted layers."""
+    config.validate()
+    graph = to_graph(model)
+    acts = find_activations(graph)
+    if not acts:
+        raise UserError("the model has no ReLU-like activation (Relu, or Clip with min 0) to convert")
+    thresholds.check_against(acts, "thresholds")
+    rw = _Rewriter(graph, default_opset(model), config)
+    layers = _place_neurons(graph, acts, thresholds, rw)
+    graph.cleanup().toposort()
+    neurons = [n for n in graph.nodes if n.op == "IFNeuron"]
+    layers = [l for l in layers if any(n.name == l.name for n in neurons)]
+    regions = classify(graph, neurons)
+    problems = nonlinear_nodes(graph, neurons, regions)
+    if problems:
+        raise UserError(f"cannot convert {len(problems)} node(s) between spiking layers: {describe(problems)}")
+
+    varying = regions.spiking | {id(n) for n in neurons}
+    ids = {id(n): n for n in graph.nodes}
+    macs = energy.layer_macs(model)
+    fan = energy.fanouts(model, [l.tensor for l in layers])
+    costs = {"ann_macs": energy.totals(model),
+             "pre_macs": float(sum(macs[n.name][0] for n in ids.values()
+                                   if id(n) in regions.pre and n.name in macs)),
+             "fanout": {l.name: fan.get(l.tensor, 0.0) for l in layers}}
+    graph_inputs = {id(t) for t in graph.inputs}
+
+    def from_pre(t) -> bool:
+        if isinstance(t, gs.Constant) or not t.name or not _is_float(t):
+            return False
+        if not t.inputs:
+            return id(t) in graph_inputs
+        return id(t.inputs[0]) in regions.pre and t.inputs[0].op != "Constant"
+
+    ordered = [n for n in graph.nodes if id(n) in varying]
+    tiled = {}
+    for node in ordered:
+        for i, t in enumerate(list(node.inputs)):
+            if from_pre(t):
+                if t.name not in tiled:
+                    tiled[t.name] = rw.tile(t)
+                node.inputs[i] = tiled[t.name]
+
+    outputs = list(graph.outputs)
+    for node in ordered:
+        for t in list(node.outputs):
+            post_consumers = [c for c in t.outputs if id(c) in regions.post]
+            if post_consumers:
+                mean = rw.average(t)
+                for c in post_consumers:
+                    for i, inp in enumerate(list(c.inputs)):
+                        if inp is t:
+                            c.inputs[i] = mean
+            if t in outputs:
+                original = gs.Variable(t.name, t.dtype, t.shape)
+                t.name = f"{t.name}/steps"
+                rw.average(t, out=original)
+                outputs[outputs.index(t)] = original
+    graph.outputs = outputs
+
+    for node in [n for n in ordered if id(n) in regions.spiking]:
+        if node.op == "MaxPool":
+            for layer in layers:
+                if layer.name.endswith(">" + node.name):
+                    layer.role = "after spiking max pool"
+            rw.spiking_maxpool(node)
+    for node in [n for n in ids.values() if id(n) in regions.pre]:
+        for layer in layers:
+            if node.op == "MaxPool" and layer.name.endswith(">" + node.name):
+                layer.role = "after pool (moved in front: time-invariant input)"
+
+    _forget_inner_shapes(graph)
+    snn = export(graph, model, extra_opsets=[(DOMAIN, OPSET_VERSION)])
+    _restore_io(snn, model)
+    meta = {
+        "onnx2snn.version": __version__,
+        "onnx2snn.form": "unrolled",
+        "onnx2snn.timesteps": config.timesteps,
+        "onnx2snn.delay": config.delay,
+        "onnx2snn.v_init": config.v_init,
+        "onnx2snn.method": thresholds.method,
+        "onnx2snn.thresholds": json.dumps(thresholds.info, sort_keys=True),
+        "onnx2snn.readout": json.dumps(rw.readouts),
+        "onnx2snn.costs": json.dumps(costs),
+        "onnx2snn.neurons": json.dumps([{"name": l.name, "source": l.source, "role": l.role}
+                                        for l in layers]),
+    }
+    meta.update(metadata or {})
+    set_metadata(snn, meta)
+    return snn, layers
+
+
+def _forget_inner_shapes(graph: gs.Graph):
+    """Inner shapes inferred for the ANN are wrong once time is folded into the batch."""
+    keep = {t.name for t in graph.inputs} | {t.name for t in graph.outputs}
+    for name, t in graph.tensors().items():
+        if isinstance(t, gs.Variable) and name not in keep:
+            t.shape = None
+
+
+def _restore_io(snn: onnx.ModelProto, ann: onnx.ModelProto):
+    """Keep the ANN's input/output value infos exactly (names, shapes, dtypes): drop-in."""
+    for dst, src in ((snn.graph.input, ann.graph.input), (snn.graph.output, ann.graph.output)):
+        by_name = {v.name: v for v in src}
+        for v in dst:
+            if v.name in by_name:
+                v.CopyFrom(by_name[v.name])

@@ -1,0 +1,98 @@
+"""Small models for tests and the demo: trained here on scikit-learn's digits, exported with torch.
+
+Needs torch and scikit-learn (the `test` extra); the converter itself never imports torch.
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+
+def digits_split(seed: int = 0):
+    """(x_train, y_train, x_test, y_test): 8x8 digits scaled to [0, 1], NCHW float32."""
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    x = (d.images / 16.0).astype(np.float32)[:, None]
+    y = d.target.astype(np.int64)
+    order = np.random.default_rng(seed).permutation(len(x))
+    x, y = x[order], y[order]
+    return x[:1300], y[:1300], x[1300:], y[1300:]
+
+
+def _train(net, x, y, epochs: int, seed: int):
+    import torch
+    torch.manual_seed(seed)
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        for idx in torch.randperm(len(xt), generator=gen).split(64):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(net(xt[idx]), yt[idx]).backward()
+            opt.step()
+    return net.eval()
+
+
+def export(net, example: np.ndarray, opset: int = 17) -> bytes:
+    import torch
+    buf = io.BytesIO()
+    torch.onnx.export(net, torch.from_numpy(example[:2]), buf, input_names=["input"],
+                      output_names=["logits"], dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
+                      opset_version=opset, dynamo=False)
+    return buf.getvalue()
+
+
+def digits_cnn(seed: int = 0, epochs: int = 15):
+    """A CNN with a spike-driven MaxPool: conv-relu-conv-relu-maxpool-fc-relu-fc."""
+    import torch
+    from torch import nn
+    torch.manual_seed(seed)
+    net = nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.MaxPool2d(2), nn.Flatten(),
+        nn.Linear(32 * 16, 64), nn.ReLU(),
+        nn.Linear(64, 10))
+    x, y, _, _ = digits_split(seed)
+    return _train(net, x, y, epochs, seed), x
+
+
+def digits_resnet(seed: int = 0, epochs: int = 15):
+    """A small residual CNN (identity shortcut, average pool head)."""
+    import torch
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.c1, self.c2 = nn.Conv2d(c, c, 3, padding=1), nn.Conv2d(c, c, 3, padding=1)
+
+        def forward(self, x):
+            return torch.relu(self.c2(torch.relu(self.c1(x))) + x)
+
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), Block(16), Block(16),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+    x, y, _, _ = digits_split(seed)
+    return _train(net, x, y, epochs, seed), x
+
+
+def digits_mlp(seed: int = 0, epochs: int = 20):
+    import torch
+    from torch import nn
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU6(), nn.Linear(64, 32), nn.ReLU(),
+                        nn.Linear(32, 10), nn.Softmax(dim=1))
+
+    class Logits(nn.Module):  # train on logits, export with the softmax head
+        def __init__(self, body):
+            super().__init__()
+            self.body = body
+
+        def forward(self, x):
+            return self.body[:-1](x)
+
+    x, y, _, _ = digits_split(seed)
+    _train(Logits(net), x, y, epochs, seed)
+    return net.eval(), x
