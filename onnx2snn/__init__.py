@@ -2,7 +2,7 @@
 __version__ = "0.1.0"
 
 from .api import Conversion, calibrate, convert, evaluate_file, load_snn, run, session  # noqa: E402
-from .calibrate import CalibConfig, Thresholds  # noqa: E402
+from .calibration import CalibConfig, Thresholds  # noqa: E402
 from .data import Preprocess  # noqa: E402
 from .errors import UserError  # noqa: E402
 from .neuron import if_neuron  # noqa: E402

@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from . import calibrate as cal
+from . import calibration as cal
 from . import data as D
 from . import evaluate as ev
 from . import model as M
 from . import ops
 from .errors import UserError
-from .rewrite import Layer, SNNConfig, to_snn
+from .rewrite import SNNConfig, check_convertible, to_snn
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,7 @@ def convert(model_path, data=None, data_loader=None, output=None,
     out_path = Path(output) if output else default_output(model_path)
     if write and out_path.resolve() == Path(model_path).resolve():
         raise UserError(f"-o {out_path}: refusing to overwrite the input model")
+    check_convertible(model)
     source = None
     if data or data_loader:
         source = open_source(model, data, data_loader, prep)

@@ -12,7 +12,7 @@ import numpy as np
 from . import __version__, energy
 from . import api
 from . import data as D
-from .calibrate import CalibConfig
+from .calibration import CalibConfig
 from .errors import UserError
 from .probes import METHODS
 from .report import eval_table, layers_table

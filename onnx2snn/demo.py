@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import api
-from .calibrate import CalibConfig
+from .calibration import CalibConfig
 from .report import eval_table, layers_table
 from .rewrite import SNNConfig
 

@@ -118,7 +118,7 @@ def evaluate(snn: onnx.ModelProto, batches, timesteps, ann: onnx.ModelProto | No
     bar = None
     if progress:
         from tqdm import tqdm
-        bar = tqdm(total=total, desc=f"evaluating (T up to {t_max})", unit="img", leave=False)
+        bar = tqdm(total=total, desc=f"evaluating (T up to {t_max})", unit="img", leave=False, disable=None)
     start = time.perf_counter()
     for feeds, labels in batches:
         feeds = {k: v for k, v in feeds.items() if k in sim_inputs}

@@ -47,6 +47,11 @@ def load(path) -> onnx.ModelProto:
     return infer_shapes(model)
 
 
+def load_proto(model) -> onnx.ModelProto:
+    """A path or a ModelProto -> checked, shape-inferred ModelProto."""
+    return infer_shapes(model) if isinstance(model, onnx.ModelProto) else load(model)
+
+
 def default_opset(model: onnx.ModelProto) -> int:
     for imp in model.opset_import:
         if imp.domain in ("", "ai.onnx"):

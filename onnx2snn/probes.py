@@ -14,7 +14,7 @@ import onnx_graphsurgeon as gs
 from .analyse import find_activations
 from .build import Builder
 from .errors import UserError
-from .model import default_opset, export, to_graph
+from .model import default_opset, export, infer_shapes, to_graph
 
 METHODS = ("ltb", "ltb-layer", "max", "percentile")
 LR_INPUT = "onnx2snn.step"  # 2 * lr, fed each batch
@@ -72,19 +72,30 @@ def _percentile_probe(b: Builder, act, percentile: float):
     tail = np.float32(1.0 - percentile / 100.0)
     k = b.op("Max", [b.op("Ceil", [b.op("Mul", [npos, b.const(tail)])]), b.const(np.float32(1))])
     k = b.reshape(b.op("Cast", [k], {"to": onnx.TensorProto.INT64}, np.int64), [1], np.int64)
-    values, _ = b.op("TopK", [flat, k], {"largest": 1, "sorted": 1}, outputs=2)
+    values = gs.Variable(f"{act.name}/probe/top_values", np.float32)
+    b.op("TopK", [flat, k], {"largest": 1, "sorted": 1},
+         out=[values, gs.Variable(f"{act.name}/probe/top_indices", np.int64)])
     last = b.op("Sub", [k, b.const(np.array([1], np.int64))], dtype=np.int64)
     return b.reshape(b.op("Gather", [values, last], {"axis": 0}), [])
 
 
-def build(model: onnx.ModelProto, method: str = "ltb", percentile: float = 99.9):
-    """Calibration model (outputs = probe statistics only) and the list of probes."""
+def build(model: onnx.ModelProto, method: str = "ltb", percentile: float = 99.9,
+          keep_outputs: bool = False, expose_inputs: bool = False):
+    """Calibration model and the list of probes.
+
+    Its outputs are the probe statistics only (so the head after the last probe is pruned);
+    `keep_outputs` also keeps the model's outputs and `expose_inputs` each activation's input
+    (both for tests and debugging: they cost memory).
+    """
     if method not in METHODS:
         raise UserError(f"--method {method}: unknown (choose from {', '.join(METHODS)})")
+    model = infer_shapes(model)
     graph = to_graph(model)
     acts = find_activations(graph)
     if not acts:
         raise UserError("the model has no ReLU-like activation (Relu, or Clip with min 0) to convert")
+    model_outputs = list(graph.outputs) if keep_outputs else []
+    exposed = [a.input for a in acts] if expose_inputs else []
     b = Builder(graph, default_opset(model), "onnx2snn.probe")
     layerwise = method != "ltb"
     step = gs.Variable(LR_INPUT, np.float32, [])
@@ -114,7 +125,7 @@ def build(model: onnx.ModelProto, method: str = "ltb", percentile: float = 99.9)
     if method in ("ltb", "ltb-layer"):
         inputs.append(step)
     graph.inputs = inputs
-    graph.outputs = outputs
-    for t in outputs:
+    graph.outputs = outputs + model_outputs + exposed
+    for t in outputs + exposed:
         t.dtype = np.float32
     return export(graph, model), probes

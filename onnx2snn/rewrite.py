@@ -19,7 +19,7 @@ from . import __version__, energy
 from .analyse import classify, describe, find_activations, nonlinear_nodes
 from .build import Builder
 from .errors import UserError
-from .model import default_opset, export, set_metadata, to_graph
+from .model import default_opset, export, infer_shapes, set_metadata, to_graph
 from .ops import DOMAIN, OPSET_VERSION
 
 log = logging.getLogger(__name__)
@@ -167,6 +167,7 @@ def _place_neurons(graph: gs.Graph, acts, thresholds, rw: _Rewriter):
 def to_snn(model: onnx.ModelProto, thresholds, config: SNNConfig, metadata: dict | None = None):
     """The unrolled SNN (ModelProto) and the list of converted layers."""
     config.validate()
+    model = infer_shapes(model)
     graph = to_graph(model)
     acts = find_activations(graph)
     if not acts:
@@ -255,6 +256,14 @@ def to_snn(model: onnx.ModelProto, thresholds, config: SNNConfig, metadata: dict
     meta.update(metadata or {})
     set_metadata(snn, meta)
     return snn, layers
+
+
+def check_convertible(model: onnx.ModelProto) -> None:
+    """Fail before calibration if the graph cannot become an SNN (runs the rewrite on dummy theta)."""
+    from .calibration import Thresholds
+    acts = find_activations(to_graph(infer_shapes(model)))
+    dummy = Thresholds({a.name: np.ones(max(1, a.channels), np.float32) for a in acts}, "check")
+    to_snn(model, dummy, SNNConfig(timesteps=1))
 
 
 def _forget_inner_shapes(graph: gs.Graph):

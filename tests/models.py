@@ -58,7 +58,7 @@ def digits_cnn(seed: int = 0, epochs: int = 15):
     return _train(net, x, y, epochs, seed), x
 
 
-def digits_resnet(seed: int = 0, epochs: int = 15):
+def digits_resnet(seed: int = 0, epochs: int = 30):
     """A small residual CNN (identity shortcut, average pool head)."""
     import torch
     from torch import nn

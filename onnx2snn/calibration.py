@@ -185,7 +185,7 @@ def calibrate(model, batches, config: CalibConfig, progress: bool = False, threa
     bar = None
     if progress:
         from tqdm import tqdm
-        bar = tqdm(total=config.iters, desc=f"calibrating ({config.method})", unit="batch", leave=False)
+        bar = tqdm(total=config.iters, desc=f"calibrating ({config.method})", unit="batch", leave=False, disable=None)
     run_time, iters, samples, err = 0.0, 0, 0, None
     for feeds in batches:
         feeds = {k: v for k, v in feeds.items() if k in input_names}

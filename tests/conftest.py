@@ -1,0 +1,45 @@
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import models  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def digits_data():
+    return models.digits_split(0)
+
+
+@pytest.fixture(scope="session")
+def digits_npz(tmp_path_factory, digits_data):
+    x_train, y_train, x_test, y_test = digits_data
+    folder = tmp_path_factory.mktemp("digits")
+    np.savez(folder / "calib.npz", input=x_train, y=y_train)
+    np.savez(folder / "test.npz", input=x_test, y=y_test)
+    return folder / "calib.npz", folder / "test.npz"
+
+
+def _export(tmp_path_factory, name, builder):
+    net, x = builder()
+    path = tmp_path_factory.mktemp(name) / f"{name}.onnx"
+    path.write_bytes(models.export(net, x))
+    return path
+
+
+@pytest.fixture(scope="session")
+def cnn_path(tmp_path_factory):
+    return _export(tmp_path_factory, "cnn", models.digits_cnn)
+
+
+@pytest.fixture(scope="session")
+def resnet_path(tmp_path_factory):
+    return _export(tmp_path_factory, "resnet", models.digits_resnet)
+
+
+@pytest.fixture(scope="session")
+def mlp_path(tmp_path_factory):
+    return _export(tmp_path_factory, "mlp", models.digits_mlp)

@@ -1,0 +1,62 @@
+"""ONNX graphs built directly with onnx.helper for tests that need exact control."""
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+
+def make(nodes, inits, in_shape, out_name="out", out_shape=None, opset=17):
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, in_shape)],
+        [helper.make_tensor_value_info(out_name, TensorProto.FLOAT, out_shape)],
+        [numpy_helper.from_array(np.asarray(v, np.float32) if v.dtype.kind == "f" else v, k)
+         for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def spiking_pool_model(channels=3):
+    """input -> Relu -> Conv1x1(identity) -> Relu -> MaxPool 2x2 -> out (pool fed by spikes)."""
+    eye = np.eye(channels, dtype=np.float32).reshape(channels, channels, 1, 1)
+    nodes = [
+        helper.make_node("Relu", ["input"], ["r0"], name="relu0"),
+        helper.make_node("Conv", ["r0", "w"], ["c1"], name="conv1"),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("MaxPool", ["r1"], ["out"], name="pool", kernel_shape=[2, 2], strides=[2, 2]),
+    ]
+    return make(nodes, {"w": eye}, ["N", channels, 4, 4], out_shape=["N", channels, 2, 2])
+
+
+def stem_pool_model(seed=0, integer=False):
+    """input -> Conv -> Relu -> MaxPool -> Conv -> Relu -> GAP -> Flatten -> Gemm (time-invariant pool)."""
+    rng = np.random.default_rng(seed)
+    w1 = rng.normal(size=(4, 2, 3, 3))
+    w2 = rng.normal(size=(6, 4, 1, 1))
+    w3 = rng.normal(size=(5, 6))
+    if integer:  # exactly representable sums: every form and the NumPy simulation agree exactly
+        w1, w2, w3 = np.round(w1 * 2), np.round(w2 * 2), np.round(w3 * 2)
+    nodes = [
+        helper.make_node("Conv", ["input", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("MaxPool", ["r1"], ["p1"], name="pool1", kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Conv", ["p1", "w2"], ["c2"], name="conv2"),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("GlobalAveragePool", ["r2"], ["g"], name="gap"),
+        helper.make_node("Flatten", ["g"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "w3"], ["out"], name="fc", transB=1),
+    ]
+    return make(nodes, {"w1": w1, "w2": w2, "w3": w3}, ["N", 2, 6, 6], out_shape=["N", 5])
+
+
+def nonlinear_middle_model():
+    """Relu -> Sigmoid -> Conv -> Relu: the Sigmoid sits between spiking layers."""
+    w = np.ones((2, 2, 1, 1), np.float32)
+    nodes = [
+        helper.make_node("Conv", ["input", "w"], ["c0"], name="conv0"),
+        helper.make_node("Relu", ["c0"], ["r0"], name="relu0"),
+        helper.make_node("Sigmoid", ["r0"], ["s"], name="squash"),
+        helper.make_node("Conv", ["s", "w"], ["c1"], name="conv1"),
+        helper.make_node("Relu", ["c1"], ["out"], name="relu1"),
+    ]
+    return make(nodes, {"w": w}, ["N", 2, 3, 3], out_shape=["N", 2, 3, 3])

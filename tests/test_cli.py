@@ -1,0 +1,117 @@
+"""The command line: success paths, JSON output, and one-line errors with exit code 1."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from onnx2snn.cli import main
+
+
+def _cli(*args):
+    proc = subprocess.run([sys.executable, "-m", "onnx2snn", *map(str, args)], capture_output=True,
+                          text=True, timeout=600)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def _one_line_error(code, err, *needles):
+    lines = [l for l in err.strip().splitlines() if l.strip()]
+    assert code == 1, err
+    assert len(lines) == 1 and lines[0].startswith("onnx2snn: error:"), err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_convert_then_eval_then_run(cnn_path, digits_npz, tmp_path):
+    calib, test = digits_npz
+    out = tmp_path / "cnn.snn.onnx"
+    code, stdout, err = _cli(cnn_path, "--data", calib, "-o", out, "--iters", 30, "-T", 32, "--check", 50)
+    assert code == 0, err
+    assert out.exists() and "IFNeuron" not in stdout and "/MaxPool" in stdout and "agreement" in stdout
+    report = tmp_path / "eval.json"
+    code, stdout, err = _cli("eval", out, "--data", test, "--ann", cnn_path, "-T", "8,32,64",
+                             "--limit", 100, "--json", report, "-q")
+    assert code == 0, err
+    result = json.loads(report.read_text())
+    assert result["samples"] == 100 and 0.8 < result["ann"]["accuracy"] <= 1
+    assert [r["T"] for r in result["snn"]] == [8, 32, 64]
+    assert set(result["snn"][0]) == {"T", "accuracy", "agreement", "rel_error"}
+    assert result["snn"][-1]["agreement"] >= 0.9
+    npz = tmp_path / "outs.npz"
+    code, stdout, err = _cli("run", out, "--data", test, "-o", npz, "--limit", 10)
+    assert code == 0, err
+    assert np.load(npz)["logits"].shape == (10, 10)
+
+
+def test_default_output_name_and_input_untouched(cnn_path, digits_npz, tmp_path):
+    model = tmp_path / "net.onnx"
+    model.write_bytes(cnn_path.read_bytes())
+    before = model.read_bytes()
+    assert main([str(model), "--data", str(digits_npz[0]), "--iters", "3", "--check", "0", "-q"]) == 0
+    assert (tmp_path / "net.snn.onnx").exists() and model.read_bytes() == before
+    assert main(["convert", str(model), "--data", str(digits_npz[0]), "--iters", "3", "-o", str(model), "-q"]) == 1
+    assert model.read_bytes() == before
+
+
+def test_help_for_every_command():
+    for cmd in ([], ["convert"], ["eval"], ["run"], ["demo"]):
+        code, out, _ = _cli(*cmd, "--help")
+        assert code == 0 and "usage: onnx2snn" in out
+    assert "--save-thresholds" in _cli("convert", "--help")[1]
+
+
+def test_missing_model_file(tmp_path):
+    code, _, err = _cli(tmp_path / "nope.onnx", "--data", tmp_path)
+    _one_line_error(code, err, "nope.onnx", "no such file")
+
+
+def test_non_onnx_file(tmp_path):
+    bogus = tmp_path / "bogus.onnx"
+    bogus.write_text("this is not a model")
+    code, _, err = _cli(bogus, "--data", tmp_path)
+    _one_line_error(code, err, "bogus.onnx", "not an ONNX model")
+
+
+def test_empty_data_folder(cnn_path, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, err = _cli(cnn_path, "--data", empty, "-o", tmp_path / "x.onnx")
+    _one_line_error(code, err, "empty", "no images found")
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_data_that_does_not_fit_the_input(cnn_path, tmp_path):
+    wrong = tmp_path / "wrong.npy"
+    np.save(wrong, np.zeros((10, 3, 8, 8), np.float32))
+    code, _, err = _cli(cnn_path, "--data", wrong, "-o", tmp_path / "x.onnx")
+    _one_line_error(code, err, "wrong.npy", "'input'", "[3, 8, 8]")
+
+
+def test_images_of_the_wrong_kind_for_the_model(cnn_path, tmp_path):
+    folder = tmp_path / "imgs" / "cat"
+    folder.mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / "a.png")
+    code, _, err = _cli(cnn_path, "--data", tmp_path / "imgs", "--mean", "0.5,0.5", "-o", tmp_path / "x.onnx")
+    _one_line_error(code, err, "--mean", "2 values")
+
+
+def test_bad_flag_values(cnn_path, digits_npz, tmp_path):
+    code, _, err = _cli(cnn_path, "--data", digits_npz[0], "--iters", 0)
+    _one_line_error(code, err, "--iters")
+    code, _, err = _cli(cnn_path, "--data", digits_npz[0], "--thresholds", tmp_path / "none.json")
+    _one_line_error(code, err, "--thresholds", "none.json")
+    code, _, err = _cli("eval", cnn_path, "--data", digits_npz[1])
+    _one_line_error(code, err, "not a model converted by onnx2snn")
+
+
+def test_unconvertible_model_lists_the_nodes(tmp_path):
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    import graphs
+    import onnx
+    path = tmp_path / "sig.onnx"
+    onnx.save(graphs.nonlinear_middle_model(), path)
+    np.save(tmp_path / "d.npy", np.ones((4, 2, 3, 3), np.float32))
+    code, _, err = _cli(path, "--data", tmp_path / "d.npy", "--iters", 2)
+    _one_line_error(code, err, "Sigmoid 'squash'", "not linear")

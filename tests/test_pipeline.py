@@ -1,0 +1,89 @@
+"""Models trained here on real data (scikit-learn digits) convert, and the SNN approaches the ANN."""
+import numpy as np
+import pytest
+
+import onnx2snn
+from onnx2snn import CalibConfig, SNNConfig, Thresholds, evaluate_file, ops, reference
+from onnx2snn import model as M
+
+TS = (8, 16, 32, 64, 128)
+
+
+@pytest.mark.parametrize("fixture,max_gap", [("cnn_path", 0.02), ("resnet_path", 0.02), ("mlp_path", 0.02)])
+def test_snn_accuracy_approaches_the_ann_as_t_grows(request, fixture, max_gap, digits_npz, tmp_path):
+    calib, test = digits_npz
+    path = request.getfixturevalue(fixture)
+    out = tmp_path / "model.snn.onnx"
+    result = onnx2snn.convert(path, data=str(calib), output=out, calib=CalibConfig(iters=60, batch_size=100),
+                              snn=SNNConfig(timesteps=32))
+    assert out.exists() and result.output == out
+    ev = evaluate_file(out, data=str(test), ann_path=path, timesteps=TS, batch_size=100)
+    acc = {r["T"]: r["accuracy"] for r in ev.rows}
+    err = {r["T"]: r["rel_error"] for r in ev.rows}
+    assert ev.samples == 497 and ev.ann_accuracy > 0.88
+    assert acc[128] >= ev.ann_accuracy - max_gap, (acc, ev.ann_accuracy)
+    assert err[128] < err[32] < err[8], err          # error falls as T grows
+    assert err[128] < 0.25
+    assert {r["T"]: r["agreement"] for r in ev.rows}[128] >= 0.97
+
+
+def test_eval_at_t_equals_the_converted_model_run_directly(cnn_path, digits_npz, tmp_path):
+    """eval's single simulation to T_max gives, at T, what the T-step model itself outputs."""
+    calib, test = digits_npz
+    result = onnx2snn.convert(cnn_path, data=str(calib), output=tmp_path / "a.snn.onnx",
+                              calib=CalibConfig(iters=20), snn=SNNConfig(timesteps=24, delay=3))
+    x = np.load(test)["input"][:40]
+    y = np.load(test)["y"][:40]
+    direct = ops.session(result.output).run(None, {"input": x})[0]
+    from onnx2snn.evaluate import evaluate
+    ev = evaluate(result.snn, [({"input": x}, y)], [10, 24, 40], ann=M.load(cnn_path))
+    row = {r["T"]: r for r in ev.rows}[24]
+    assert row["accuracy"] == np.mean(direct.argmax(1) == y)
+
+
+def test_onnxruntime_matches_the_numpy_simulation(resnet_path, digits_npz, tmp_path):
+    calib, test = digits_npz
+    result = onnx2snn.convert(resnet_path, data=str(calib), output=tmp_path / "r.snn.onnx",
+                              calib=CalibConfig(iters=20), snn=SNNConfig(timesteps=16))
+    x = np.load(test)["input"][:20]
+    got = ops.session(result.output).run(None, {"input": x})[0]
+    want = reference.run(result.snn, {"input": x})[0]
+    scale = np.abs(want).max()
+    assert np.abs(got - want).mean() <= 1e-4 * scale     # conv rounding may flip a rare spike
+    assert np.mean(got.argmax(1) == want.argmax(1)) >= 0.95
+
+
+def test_thresholds_saved_and_reused_give_the_same_snn(cnn_path, digits_npz, tmp_path):
+    calib, _ = digits_npz
+    for suffix in (".json", ".npz"):
+        saved = tmp_path / f"th{suffix}"
+        first = onnx2snn.convert(cnn_path, data=str(calib), output=tmp_path / "1.onnx",
+                                 calib=CalibConfig(iters=15), save_thresholds=saved)
+        again = onnx2snn.convert(cnn_path, output=tmp_path / "2.onnx", thresholds=saved)
+        loaded = Thresholds.load(saved)
+        for name, value in first.thresholds.values.items():
+            assert np.array_equal(loaded.values[name], value)
+        thetas = lambda m: {i.name: i.raw_data for i in m.graph.initializer if i.name.endswith(".theta")}
+        assert thetas(first.snn) == thetas(again.snn) and thetas(first.snn)
+
+
+@pytest.mark.parametrize("method", ["ltb-layer", "max", "percentile"])
+def test_baseline_methods_convert(method, cnn_path, digits_npz, tmp_path):
+    calib, test = digits_npz
+    result = onnx2snn.convert(cnn_path, data=str(calib), output=tmp_path / f"{method}.onnx",
+                              calib=CalibConfig(method=method, iters=10))
+    assert all(np.asarray(l.theta).size == 1 and l.theta[0] > 0 for l in result.layers)
+    ev = evaluate_file(result.output, data=str(test), ann_path=cnn_path, timesteps=[128], limit=200,
+                       batch_size=100)
+    assert ev.rows[0]["agreement"] > 0.85
+
+
+def test_relu6_threshold_is_capped_by_the_clip(mlp_path, digits_npz, tmp_path):
+    calib, _ = digits_npz
+    result = onnx2snn.convert(mlp_path, data=str(calib), output=tmp_path / "m.onnx",
+                              calib=CalibConfig(iters=200, lr=5.0))
+    capped = [l for l in result.layers if "Clip" in l.source]
+    assert capped and all(np.max(l.theta) <= 6.0 for l in capped)
+    # the softmax head runs once on averaged values: outputs are probabilities
+    out = ops.session(result.output).run(None, {"input": np.load(calib)["input"][:5]})[0]
+    np.testing.assert_allclose(out.sum(1), 1.0, rtol=1e-5)

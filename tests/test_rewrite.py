@@ -1,0 +1,103 @@
+"""The unrolled rewrite: neurons, MaxPool handling, drop-in I/O, bad graphs."""
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+import graphs
+from onnx2snn import SNNConfig, Thresholds, UserError, ops, reference, to_snn
+from onnx2snn import model as M
+
+
+def _thresholds(model, value=1.0, layerwise=False):
+    from onnx2snn.analyse import find_activations
+    acts = find_activations(M.to_graph(M.load_proto(model)))
+    return Thresholds({a.name: np.full(1 if layerwise else a.channels, value, np.float32) for a in acts},
+                      "manual", {"source": "test"})
+
+
+def _maxpool(x, k=2):
+    n, c, h, w = x.shape
+    return x.reshape(n, c, h // k, k, w // k, k).max(axis=(3, 5))
+
+
+def test_spiking_max_pool_rate_converges_to_max_of_input_rates():
+    model = graphs.spiking_pool_model(3)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-0.2, 1.2, size=(16, 3, 4, 4)).astype(np.float32)
+    target = _maxpool(np.clip(x, 0, 1))          # the ANN with theta = 1 everywhere
+    errors, naive_errors = [], []
+    for t in (8, 32, 128, 512):
+        snn, layers = to_snn(model, _thresholds(model, 1.0), SNNConfig(timesteps=t))
+        assert [l.role for l in layers] == ["neuron", "after spiking max pool"]
+        out = ops.session(snn).run(None, {"input": x})[0]
+        errors.append(np.abs(out - target).mean())
+        # what the paper's plain move computes on spikes: max over each step's input spikes
+        from onnx2snn import if_neuron
+        spikes = if_neuron(np.tile(x, (t, 1, 1, 1)), np.ones(3, np.float32), t)
+        naive = if_neuron(_maxpool(spikes), np.ones(3, np.float32), t)
+        naive_errors.append(np.abs(naive.reshape(t, *x.shape[:2], 2, 2).mean(0) - target).mean())
+    assert errors == sorted(errors, reverse=True), errors
+    assert errors[-1] < 0.01
+    assert errors[-1] < naive_errors[-1] / 5, (errors, naive_errors)
+
+
+def test_time_invariant_max_pool_is_moved_in_front_and_exact():
+    model = graphs.stem_pool_model(integer=True)
+    th = _thresholds(model, 2.0)
+    snn, layers = to_snn(model, th, SNNConfig(timesteps=16))
+    assert layers[0].role.startswith("after pool (moved in front")
+    x = np.round(np.random.default_rng(1).normal(size=(8, 2, 6, 6)) * 4).astype(np.float32) / 4
+    # max and clip commute per channel: pool(clip(c)) == clip(pool(c)) exactly
+    c1 = reference.run(_cut(model, "c1"), {"input": x})[0]
+    assert np.array_equal(_maxpool(np.clip(c1, 0, 2)), np.clip(_maxpool(c1), 0, 2))
+    got = ops.session(snn).run(None, {"input": x})[0]
+    want = reference.run(snn, {"input": x})[0]   # NumPy neuron, exactly representable values
+    assert np.array_equal(got, want)
+
+
+def _cut(model, tensor):
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    del m.graph.output[:]
+    m.graph.output.extend([onnx.helper.make_tensor_value_info(tensor, onnx.TensorProto.FLOAT, None)])
+    return m
+
+
+def test_snn_is_a_drop_in_replacement_with_metadata():
+    model = graphs.stem_pool_model()
+    snn, _ = to_snn(model, _thresholds(model), SNNConfig(timesteps=8, delay=2, v_init=0.25))
+    assert [(i.name, i.type) for i in snn.graph.input] == [(i.name, i.type) for i in model.graph.input]
+    assert [(o.name, o.type) for o in snn.graph.output] == [(o.name, o.type) for o in model.graph.output]
+    meta = M.get_metadata(snn)
+    assert meta["onnx2snn.timesteps"] == "8" and meta["onnx2snn.delay"] == "2"
+    assert meta["onnx2snn.v_init"] == "0.25" and meta["onnx2snn.method"] == "manual"
+    assert json.loads(meta["onnx2snn.thresholds"]) == {"source": "test"}
+    assert "onnx2snn.version" in meta
+    neurons = [n for n in snn.graph.node if n.op_type == "IFNeuron"]
+    assert len(neurons) == 2 and all(n.domain == ops.DOMAIN for n in neurons)
+    out = ops.session(snn).run(None, {"input": np.ones((3, 2, 6, 6), np.float32)})[0]
+    assert out.shape == (3, 5) and out.dtype == np.float32
+
+
+def test_delay_discards_the_first_steps():
+    model = graphs.stem_pool_model(integer=True)
+    x = np.ones((2, 2, 6, 6), np.float32)
+    th = _thresholds(model, 2.0)
+    snn, _ = to_snn(model, th, SNNConfig(timesteps=12, delay=4))
+    got = ops.session(snn).run(None, {"input": x})[0]
+    assert np.array_equal(got, reference.run(snn, {"input": x})[0])
+
+
+def test_nonlinear_op_between_spiking_layers_is_reported_by_name():
+    model = graphs.nonlinear_middle_model()
+    with pytest.raises(UserError, match="Sigmoid 'squash'"):
+        to_snn(model, _thresholds(model), SNNConfig(timesteps=4))
+
+
+def test_thresholds_for_the_wrong_model_are_rejected():
+    model = graphs.stem_pool_model()
+    bad = Thresholds({"relu1": np.ones(3, np.float32), "relu2": np.ones(6, np.float32)}, "manual")
+    with pytest.raises(UserError, match="'relu1' has 4 channels"):
+        to_snn(model, bad, SNNConfig(timesteps=4))
