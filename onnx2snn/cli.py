@@ -87,6 +87,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("-T", "--timesteps", type=int, default=64, help="simulation steps (64)")
     s.add_argument("--delay", type=int, default=0, help="readout averages steps D+1..T (0)")
     s.add_argument("--v-init", type=float, default=0.5, help="initial membrane potential, fraction of theta (0.5)")
+    s.add_argument("--maxpool", choices=["spiking", "move"], default="spiking",
+                   help="MaxPool fed by spikes: spiking = pool running sums of currents, converges to the "
+                        "ANN's max (default); move = the paper's plain move in front of the neuron (baseline)")
     s.add_argument("--check", type=int, default=100, metavar="N",
                    help="after converting, compare SNN and ANN on N calibration samples at T/4, T/2, T (100; 0 = skip)")
     c.add_argument("-v", "--verbose", action="store_true", help="log details")
@@ -128,7 +131,7 @@ def _convert(args) -> int:
     result = api.convert(
         args.model, data=args.data, data_loader=args.data_loader, output=args.output,
         calib=CalibConfig(args.method, args.iters, args.batch_size, args.lr, args.percentile, args.seed, args.augment),
-        snn=SNNConfig(args.timesteps, args.delay, args.v_init), prep=_prep(args),
+        snn=SNNConfig(args.timesteps, args.delay, args.v_init, args.maxpool), prep=_prep(args),
         thresholds=args.thresholds, save_thresholds=args.save_thresholds,
         check_samples=args.check if (args.data or args.data_loader) else 0, progress=not args.quiet)
     if not args.quiet:

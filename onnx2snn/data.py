@@ -119,7 +119,7 @@ class ImageFolder(Source):
         shape = self.info.shape or (None, None, None, None)
         if len(shape) != 4:
             raise UserError(f"{root}: images need a 4-D model input, '{self.info.name}' has rank {len(shape)}")
-        layout = prep.layout or ("NHWC" if shape[3] in (1, 3, 4) and shape[1] not in (1, 3, 4) else "NCHW")
+        layout = prep.layout or ("NHWC" if shape[3] in (1, 3) and shape[1] not in (1, 3) else "NCHW")
         if layout not in ("NCHW", "NHWC"):
             raise UserError(f"--layout {layout}: expected NCHW or NHWC")
         chan, h, w = (shape[1], shape[2], shape[3]) if layout == "NCHW" else (shape[3], shape[1], shape[2])

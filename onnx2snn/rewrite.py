@@ -34,8 +34,11 @@ class SNNConfig:
     timesteps: int = 64
     delay: int = 0
     v_init: float = 0.5
+    maxpool: str = "spiking"   # "move": the paper's plain move (baseline; biased on spikes)
 
     def validate(self):
+        if self.maxpool not in ("spiking", "move"):
+            raise UserError(f"--maxpool {self.maxpool}: expected spiking or move")
         if self.timesteps < 1:
             raise UserError(f"--timesteps {self.timesteps}: must be >= 1")
         if not 0 <= self.delay < self.timesteps:
@@ -227,7 +230,11 @@ def to_snn(model: onnx.ModelProto, thresholds, config: SNNConfig, metadata: dict
     graph.outputs = outputs
 
     for node in [n for n in ordered if id(n) in regions.spiking]:
-        if node.op == "MaxPool":
+        if node.op == "MaxPool" and config.maxpool == "move":
+            for layer in layers:
+                if layer.name.endswith(">" + node.name):
+                    layer.role = "after pool (moved in front, per step)"
+        elif node.op == "MaxPool":
             for layer in layers:
                 if layer.name.endswith(">" + node.name):
                     layer.role = "after spiking max pool"
@@ -246,6 +253,7 @@ def to_snn(model: onnx.ModelProto, thresholds, config: SNNConfig, metadata: dict
         "onnx2snn.timesteps": config.timesteps,
         "onnx2snn.delay": config.delay,
         "onnx2snn.v_init": config.v_init,
+        "onnx2snn.maxpool": config.maxpool,
         "onnx2snn.method": thresholds.method,
         "onnx2snn.thresholds": json.dumps(thresholds.info, sort_keys=True),
         "onnx2snn.readout": json.dumps(rw.readouts),

@@ -14,7 +14,7 @@ def test_snn_accuracy_approaches_the_ann_as_t_grows(request, fixture, max_gap, d
     calib, test = digits_npz
     path = request.getfixturevalue(fixture)
     out = tmp_path / "model.snn.onnx"
-    result = onnx2snn.convert(path, data=str(calib), output=out, calib=CalibConfig(iters=60, batch_size=100),
+    result = onnx2snn.convert(path, data=str(calib), output=out, calib=CalibConfig(iters=300, batch_size=100),
                               snn=SNNConfig(timesteps=32))
     assert out.exists() and result.output == out
     ev = evaluate_file(out, data=str(test), ann_path=path, timesteps=TS, batch_size=100)

@@ -1,0 +1,37 @@
+"""The README opens with the two commands CI runs; the demo (the main job) works as documented."""
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _readme_commands():
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"```bash\n(.*?)```", text, re.S).group(1)
+    return [line for line in block.strip().splitlines() if line.strip()]
+
+
+def test_readme_opens_with_setup_and_test_commands_that_ci_runs():
+    setup, tests = _readme_commands()[:2]
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert setup in ci and tests in ci
+    assert "pip install" in setup and "onnx2snn demo" in setup
+    assert "pytest" in tests
+
+
+def test_demo_command_runs_and_reports(tmp_path):
+    setup = _readme_commands()[0]
+    demo_args = setup.split("onnx2snn demo", 1)[1].split()
+    out = tmp_path / "demo.snn.onnx"
+    args = [a if not a.endswith(".snn.onnx") else str(out) for a in demo_args]
+    proc = subprocess.run([sys.executable, "-m", "onnx2snn", "demo", *args], capture_output=True, text=True,
+                          timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert out.exists()
+    rows = [l.split() for l in proc.stdout.splitlines() if re.match(r"^\d+\s+\d+\.\d+%", l)]
+    acc = {int(r[0]): float(r[1].rstrip("%")) for r in rows}
+    assert sorted(acc) == [8, 16, 32, 64]
+    ann = float(re.search(r"ANN accuracy: ([\d.]+)%", proc.stdout).group(1))
+    assert ann > 95 and acc[64] >= ann - 2

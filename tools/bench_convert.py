@@ -1,0 +1,139 @@
+"""Benchmark conversion on real models: accuracy vs T per method, calibration cost, SNN speed.
+
+    python tools/bench_convert.py --model ../shared/bench/models/resnet32_cifar10.onnx \\
+        --calib ../shared/bench/cifar10/calib --val ../shared/bench/cifar10/val \\
+        --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 --methods ltb,percentile
+
+Every ratio is measured in this one run on this machine. Calibration is timed on batches held in
+memory (decoding excluded) against the ANN's plain inference over the same batches; peak memory
+of calibration is the max RSS of a child process that only calibrates.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+
+import onnx2snn
+from onnx2snn import api, ops
+from onnx2snn import data as D
+from onnx2snn import model as M
+from onnx2snn.calibration import CalibConfig, batches_needed, calibrate
+from onnx2snn.evaluate import evaluate
+from onnx2snn.rewrite import SNNConfig, to_snn
+
+
+def _calibrate_child(args, method, iters, queue):
+    ann = M.load(args.model)
+    src = D.open_data(args.calib, None, D.model_inputs(ann), D.Preprocess(args.mean, args.std))
+    cfg = CalibConfig(method=method, iters=iters, batch_size=args.batch_size, augment=args.augment)
+    n = batches_needed(cfg, len(src))
+    batches = list(D.calibration_batches(src, args.batch_size, n, 0, args.augment))
+    sess = ops.session(ann, custom_ops=False)
+    start = time.perf_counter()
+    for b in batches:
+        sess.run(None, b)
+    ann_s = time.perf_counter() - start
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    th = calibrate(ann, batches, CalibConfig(method=method, iters=n, batch_size=args.batch_size))
+    cal_s = time.perf_counter() - start
+    queue.put({"method": method, "batches": n, "calib_s": cal_s, "ann_same_batches_s": ann_s,
+               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+               "rss_before_calib_mb": base_rss / 1024,
+               "thresholds": {k: v.tolist() for k, v in th.values.items()}, "info": th.info})
+
+
+def calibrate_isolated(args, method, iters):
+    queue = mp.get_context("fork").Queue()
+    proc = mp.get_context("fork").Process(target=_calibrate_child, args=(args, method, iters, queue))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    return result
+
+
+def speed(snn, ann, x, t, repeats=3):
+    s_snn, s_ann = ops.session(snn), ops.session(ann, custom_ops=False)
+    feeds = {"input": x}
+    s_snn.run(None, feeds), s_ann.run(None, feeds)
+    best_snn = best_ann = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        s_snn.run(None, feeds)
+        best_snn = min(best_snn, time.perf_counter() - start)
+        start = time.perf_counter()
+        for _ in range(5):
+            s_ann.run(None, feeds)
+        best_ann = min(best_ann, (time.perf_counter() - start) / 5)
+    n = len(x)
+    return {"snn_ms_per_img": 1e3 * best_snn / n, "ann_ms_per_img": 1e3 * best_ann / n,
+            "ratio_snn_over_T_ann": best_snn / (t * best_ann)}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True)
+    p.add_argument("--calib", required=True)
+    p.add_argument("--val", required=True)
+    p.add_argument("--mean", type=lambda s: tuple(map(float, s.split(","))), default=(0.0,))
+    p.add_argument("--std", type=lambda s: tuple(map(float, s.split(","))), default=(1.0,))
+    p.add_argument("--methods", default="ltb,percentile")
+    p.add_argument("--iters", type=int, default=1000)
+    p.add_argument("--cost-iters", type=int, default=200, help="iters for the timing/memory run")
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--augment", action="store_true")
+    p.add_argument("--timesteps", default="16,32,64,128")
+    p.add_argument("--limit", type=int)
+    p.add_argument("--eval-batch", type=int, default=20)
+    p.add_argument("--also-move", action="store_true", help="also evaluate the paper's plain MaxPool move")
+    p.add_argument("--json")
+    args = p.parse_args()
+    ts = [int(t) for t in args.timesteps.split(",")]
+    ann = M.load(args.model)
+    prep = D.Preprocess(args.mean, args.std)
+    val = D.open_data(args.val, None, D.model_inputs(ann), prep)
+    report = {"model": Path(args.model).name, "iters": args.iters, "batch_size": args.batch_size, "runs": []}
+
+    cost = calibrate_isolated(args, "ltb", args.cost_iters)
+    report["calibration_cost"] = {k: v for k, v in cost.items() if k not in ("thresholds", "info")}
+    c = report["calibration_cost"]
+    print(f"[cost] ltb {c['batches']} batches x {args.batch_size}: calibration {c['calib_s']:.1f}s, "
+          f"ANN over the same batches {c['ann_same_batches_s']:.1f}s, "
+          f"ratio {c['calib_s'] / c['ann_same_batches_s']:.2f}; peak RSS {c['peak_rss_mb']:.0f} MB "
+          f"(before calibration {c['rss_before_calib_mb']:.0f} MB)", flush=True)
+
+    for method in args.methods.split(","):
+        res = calibrate_isolated(args, method, args.iters)
+        th = onnx2snn.Thresholds({k: np.asarray(v, np.float32) for k, v in res["thresholds"].items()},
+                                 method, res["info"])
+        variants = [("spiking", method)] + ([("move", method + "+move")] if args.also_move else [])
+        for pool, label in variants:
+            snn, _ = to_snn(ann, th, SNNConfig(timesteps=max(ts), maxpool=pool))
+            start = time.perf_counter()
+            ev = evaluate(snn, D.eval_batches(val, args.eval_batch, args.limit), ts, ann)
+            row = {"label": label, "calib_s": res["calib_s"], "batches": res["batches"],
+                   "ann_accuracy": ev.ann_accuracy, "eval_s": time.perf_counter() - start,
+                   "snn": [{k: r[k] for k in ("T", "accuracy", "agreement", "rel_error")} for r in ev.rows]}
+            report["runs"].append(row)
+            accs = "  ".join(f"T={r['T']}: {100 * r['accuracy']:.1f}%" for r in ev.rows)
+            print(f"[{label}] ANN {100 * ev.ann_accuracy:.1f}%  SNN {accs}  "
+                  f"(calibration {res['calib_s']:.0f}s, {res['batches']} batches)", flush=True)
+
+    snn64, _ = to_snn(ann, th, SNNConfig(timesteps=64))
+    x, _ = val.batch(list(range(16)))
+    sp = speed(snn64, ann, x["input"], 64)
+    report["speed_T64"] = sp
+    print(f"[speed] T=64: SNN {sp['snn_ms_per_img']:.1f} ms/img, ANN {sp['ann_ms_per_img']:.3f} ms/img, "
+          f"SNN / (T x ANN) = {sp['ratio_snn_over_T_ann']:.2f}", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
