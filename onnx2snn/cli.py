@@ -90,6 +90,20 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--maxpool", choices=["spiking", "move"], default="spiking",
                    help="MaxPool fed by spikes: spiking = pool running sums of currents, converges to the "
                         "ANN's max (default); move = the paper's plain move in front of the neuron (baseline)")
+    s.add_argument("--form", choices=["unrolled", "loop"], default="unrolled",
+                   help="unrolled: time folded into the batch, fastest, memory grows with T (default); "
+                        "loop: an ONNX Loop over steps, memory independent of T")
+    s.add_argument("--chunk", type=int, default=1, metavar="K",
+                   help="with --form loop: K steps per loop iteration, time-batched (1)")
+    s.add_argument("--portable", action="store_true",
+                   help="standard ONNX ops only (no custom op library needed), same outputs")
+    s.add_argument("--early-exit", action="store_true",
+                   help="with --form loop: stop when the top-1 is stable; adds output onnx2snn_steps")
+    s.add_argument("--exit-stable", type=int, default=16, metavar="S",
+                   help="early exit: top-1 unchanged for S steps (16)")
+    s.add_argument("--exit-margin", type=float, default=0.0, metavar="M",
+                   help="early exit: and top-1 minus runner-up of the first output above M (0)")
+    s.add_argument("--exit-min-steps", type=int, default=16, help="early exit: never before this many steps (16)")
     s.add_argument("--check", type=int, default=100, metavar="N",
                    help="after converting, compare SNN and ANN on N calibration samples at T/4, T/2, T (100; 0 = skip)")
     c.add_argument("-v", "--verbose", action="store_true", help="log details")
@@ -131,14 +145,17 @@ def _convert(args) -> int:
     result = api.convert(
         args.model, data=args.data, data_loader=args.data_loader, output=args.output,
         calib=CalibConfig(args.method, args.iters, args.batch_size, args.lr, args.percentile, args.seed, args.augment),
-        snn=SNNConfig(args.timesteps, args.delay, args.v_init, args.maxpool), prep=_prep(args),
+        snn=SNNConfig(args.timesteps, args.delay, args.v_init, args.maxpool, args.form, args.chunk,
+                      args.portable, args.early_exit, args.exit_stable, args.exit_margin, args.exit_min_steps), prep=_prep(args),
         thresholds=args.thresholds, save_thresholds=args.save_thresholds,
         check_samples=args.check if (args.data or args.data_loader) else 0, progress=not args.quiet)
     if not args.quiet:
         th = result.thresholds
         how = (f"{th.info.get('iters')} batches in {result.calibration_seconds:.1f}s" if "iters" in th.info
                else f"thresholds from {th.info.get('file')}")
-        print(f"converted {args.model} -> {result.output}  (unrolled, T={args.timesteps}, "
+        form = args.form + (f", chunk {args.chunk}" if args.form == "loop" else "") + \
+            (", portable" if args.portable else "") + (", early exit" if args.early_exit else "")
+        print(f"converted {args.model} -> {result.output}  ({form}, T={args.timesteps}, "
               f"method {th.method}, {how})")
         print(layers_table(result.layers))
         if result.check is not None:

@@ -39,7 +39,7 @@ class EvalResult:
 
 def snn_metadata(model: onnx.ModelProto) -> dict:
     meta = get_metadata(model)
-    if "onnx2snn.readout" not in meta:
+    if "onnx2snn.version" not in meta:
         raise UserError("not a model converted by onnx2snn (no onnx2snn metadata)")
     return meta
 
@@ -88,8 +88,78 @@ def _top1(x):
     return np.asarray(x).reshape(len(x), -1).argmax(axis=1)
 
 
+def _with_timesteps(snn: onnx.ModelProto, t: int) -> onnx.ModelProto:
+    """A looped SNN set to run `t` steps (trip count and step limit are named initializers)."""
+    from .loop import STEPS_NAME, TRIP_NAME
+    model = onnx.ModelProto()
+    model.CopyFrom(snn)
+    chunk = int(get_metadata(snn).get("onnx2snn.chunk", 1))
+    values = {TRIP_NAME: -(-t // chunk), STEPS_NAME: t}
+
+    def patch(graph):
+        for init in graph.initializer:
+            if init.name in values:
+                init.CopyFrom(onnx.numpy_helper.from_array(np.array(values[init.name], np.int64), init.name))
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    patch(attr.g)
+    patch(model.graph)
+    return model
+
+
+def _evaluate_each_t(snn, batches, ts, ann, progress, total, threads) -> EvalResult:
+    """Looped SNNs: one run per T (the loop keeps no per-step history to read several T from)."""
+    batches = list(batches)
+    sessions = {t: ops.session(_with_timesteps(snn, t), threads) for t in ts}
+    ann_sess = ops.session(ann, threads, custom_ops=False) if ann is not None else None
+    out_name = snn.graph.output[0].name
+    has_steps = any(o.name == "onnx2snn_steps" for o in snn.graph.output)
+    n, correct_ann, err_den, has_labels = 0, 0, 0.0, True
+    stats = {t: {"correct": 0, "agree": 0, "err": 0.0, "steps": 0.0} for t in ts}
+    start = time.perf_counter()
+    for feeds, labels in batches:
+        batch = len(next(iter(feeds.values())))
+        ann_out = ann_sess.run(None, feeds)[0] if ann_sess is not None else None
+        has_labels &= labels is not None
+        if ann_out is not None:
+            err_den += float(np.sum(ann_out.astype(np.float64) ** 2))
+            if labels is not None:
+                correct_ann += int(np.sum(_top1(ann_out) == labels))
+        for t in ts:
+            names = [out_name] + (["onnx2snn_steps"] if has_steps else [])
+            values = sessions[t].run(names, feeds)
+            out, st = values[0], stats[t]
+            if has_steps:
+                st["steps"] += float(values[1]) * batch
+            if labels is not None:
+                st["correct"] += int(np.sum(_top1(out) == labels))
+            if ann_out is not None:
+                st["agree"] += int(np.sum(_top1(out) == _top1(ann_out)))
+                st["err"] += float(np.sum((out.astype(np.float64) - ann_out) ** 2))
+        n += batch
+    if n == 0:
+        raise UserError("evaluation received no data")
+    result = EvalResult(samples=n, seconds=time.perf_counter() - start,
+                        ann_macs=float(json.loads(get_metadata(snn).get("onnx2snn.costs", "{}")).get("ann_macs", 0)))
+    if ann is not None and has_labels:
+        result.ann_accuracy = correct_ann / n
+    for t in ts:
+        st = stats[t]
+        result.rows.append({"T": t, "accuracy": st["correct"] / n if has_labels else None,
+                            "agreement": st["agree"] / n if ann is not None else None,
+                            "rel_error": float(np.sqrt(st["err"] / err_den)) if ann is not None and err_den else None,
+                            "sops": None, "pre_macs": 0.0,
+                            "steps_used": st["steps"] / n if has_steps else None})
+    return result
+
+
 def evaluate(snn: onnx.ModelProto, batches, timesteps, ann: onnx.ModelProto | None = None,
              progress: bool = False, total: int | None = None, threads: int = 0) -> EvalResult:
+    meta = get_metadata(snn)
+    if meta.get("onnx2snn.form") == "loop":
+        ts = sorted(set(int(t) for t in timesteps))
+        return _evaluate_each_t(snn, batches, ts, ann, progress, total, threads)
     meta = snn_metadata(snn)
     readouts = json.loads(meta["onnx2snn.readout"])
     delay = int(meta.get("onnx2snn.delay", 0))
@@ -166,7 +236,7 @@ def evaluate(snn: onnx.ModelProto, batches, timesteps, ann: onnx.ModelProto | No
             "accuracy": correct[t] / n if has_labels else None,
             "agreement": agree[t] / n if ann is not None else None,
             "rel_error": float(np.sqrt(err_num[t] / err_den)) if ann is not None and err_den > 0 else None,
-            "sops": spikes[t] / n,
+            "sops": spikes[t] / n if counts else None,
             "pre_macs": float(costs.get("pre_macs", 0.0)),
         })
     return result

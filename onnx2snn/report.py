@@ -24,14 +24,18 @@ def eval_table(result, e_sop: float = energy.E_SOP_PJ, e_mac: float = energy.E_M
     if result.ann_accuracy is not None:
         lines.append(f"ANN accuracy: {_pct(result.ann_accuracy)}"
                      + (f"   ANN MACs/img: {result.ann_macs:.3g}" if result.ann_macs else ""))
-    rows = [("T", "accuracy", "agreement", "rel.error", "SOPs/img", "energy vs ANN")]
+    steps = any(r.get("steps_used") is not None for r in result.rows)
+    rows = [("T", "accuracy", "agreement", "rel.error", "SOPs/img", "energy vs ANN")
+            + (("mean steps",) if steps else ())]
     for r in result.rows:
         ratio = "-"
-        if result.ann_macs:
+        if result.ann_macs and r["sops"] is not None:
             snn_pj = r["pre_macs"] * e_mac + r["sops"] * e_sop
             ratio = f"{snn_pj / (result.ann_macs * e_mac):.3f}"
         rows.append((str(r["T"]), _pct(r["accuracy"]), _pct(r["agreement"]),
-                     "-" if r["rel_error"] is None else f"{r['rel_error']:.4f}", f"{r['sops']:.3g}", ratio))
+                     "-" if r["rel_error"] is None else f"{r['rel_error']:.4f}",
+                     "-" if r["sops"] is None else f"{r['sops']:.3g}", ratio)
+                    + ((f"{r['steps_used']:.1f}",) if steps else ()))
     return "\n".join(lines + [_format(rows)])
 
 

@@ -35,8 +35,23 @@ class SNNConfig:
     delay: int = 0
     v_init: float = 0.5
     maxpool: str = "spiking"   # "move": the paper's plain move (baseline; biased on spikes)
+    form: str = "unrolled"     # or "loop"
+    chunk: int = 1             # loop: steps per iteration (time-batched inside)
+    portable: bool = False     # standard ONNX ops only (no custom domain)
+    early_exit: bool = False   # loop: stop when the top-1 is stable
+    exit_stable: int = 16      # ... unchanged for this many steps
+    exit_margin: float = 0.0   # ... and its margin over the runner-up exceeds this
+    exit_min_steps: int = 16   # ... never before this many steps
 
     def validate(self):
+        if self.form not in ("unrolled", "loop"):
+            raise UserError(f"--form {self.form}: expected unrolled or loop")
+        if self.chunk < 1:
+            raise UserError(f"--chunk {self.chunk}: must be >= 1")
+        if self.form != "loop" and self.chunk != 1:
+            raise UserError("--chunk needs --form loop")
+        if self.early_exit and self.form != "loop":
+            raise UserError("--early-exit needs --form loop")
         if self.maxpool not in ("spiking", "move"):
             raise UserError(f"--maxpool {self.maxpool}: expected spiking or move")
         if self.timesteps < 1:
@@ -167,8 +182,22 @@ def _place_neurons(graph: gs.Graph, acts, thresholds, rw: _Rewriter):
     return layers
 
 
-def to_snn(model: onnx.ModelProto, thresholds, config: SNNConfig, metadata: dict | None = None):
-    """The unrolled SNN (ModelProto) and the list of converted layers."""
+@dataclass
+class Prepared:
+    """The graph after neuron placement and region analysis, shared by every graph form."""
+    model: onnx.ModelProto          # the shape-inferred ANN
+    graph: gs.Graph
+    rw: "_Rewriter"
+    layers: list
+    neurons: list
+    regions: object
+    ordered: list                   # spiking-region nodes and neurons, topological order
+    costs: dict
+    ranks: dict                     # neuron name -> rank of its input
+
+
+def prepare(model: onnx.ModelProto, thresholds, config: SNNConfig) -> Prepared:
+    """Neurons in place of activations, MaxPools handled, regions checked; no time handling yet."""
     config.validate()
     model = infer_shapes(model)
     graph = to_graph(model)
@@ -185,85 +214,124 @@ def to_snn(model: onnx.ModelProto, thresholds, config: SNNConfig, metadata: dict
     problems = nonlinear_nodes(graph, neurons, regions)
     if problems:
         raise UserError(f"cannot convert {len(problems)} node(s) between spiking layers: {describe(problems)}")
-
     varying = regions.spiking | {id(n) for n in neurons}
-    ids = {id(n): n for n in graph.nodes}
+    ordered = [n for n in graph.nodes if id(n) in varying]
     macs = energy.layer_macs(model)
     fan = energy.fanouts(model, [l.tensor for l in layers])
     costs = {"ann_macs": energy.totals(model),
-             "pre_macs": float(sum(macs[n.name][0] for n in ids.values()
+             "pre_macs": float(sum(macs[n.name][0] for n in graph.nodes
                                    if id(n) in regions.pre and n.name in macs)),
              "fanout": {l.name: fan.get(l.tensor, 0.0) for l in layers}}
-    graph_inputs = {id(t) for t in graph.inputs}
+    rank_of = {a.name: a.rank for a in acts}
+    ranks = {l.name: rank_of[l.source] for l in layers}
+    for node in graph.nodes:
+        for layer in layers:
+            if node.op == "MaxPool" and layer.name.endswith(">" + node.name):
+                if id(node) in regions.pre:
+                    layer.role = "after pool (moved in front: time-invariant input)"
+                elif config.maxpool == "move":
+                    layer.role = "after pool (moved in front, per step)"
+                else:
+                    layer.role = "after spiking max pool"
+    return Prepared(model, graph, rw, layers, neurons, regions, ordered, costs, ranks)
+
+
+def tile_pre_inputs(p: Prepared) -> None:
+    """Time-invariant float tensors that feed the spiking region are repeated over the steps."""
+    graph_inputs = {id(t) for t in p.graph.inputs}
 
     def from_pre(t) -> bool:
         if isinstance(t, gs.Constant) or not t.name or not _is_float(t):
             return False
         if not t.inputs:
             return id(t) in graph_inputs
-        return id(t.inputs[0]) in regions.pre and t.inputs[0].op != "Constant"
+        return id(t.inputs[0]) in p.regions.pre and t.inputs[0].op != "Constant"
 
-    ordered = [n for n in graph.nodes if id(n) in varying]
     tiled = {}
-    for node in ordered:
+    for node in p.ordered:
         for i, t in enumerate(list(node.inputs)):
             if from_pre(t):
                 if t.name not in tiled:
-                    tiled[t.name] = rw.tile(t)
+                    tiled[t.name] = p.rw.tile(t)
                 node.inputs[i] = tiled[t.name]
 
-    outputs = list(graph.outputs)
-    for node in ordered:
-        for t in list(node.outputs):
-            post_consumers = [c for c in t.outputs if id(c) in regions.post]
-            if post_consumers:
-                mean = rw.average(t)
-                for c in post_consumers:
-                    for i, inp in enumerate(list(c.inputs)):
-                        if inp is t:
-                            c.inputs[i] = mean
-            if t in outputs:
-                original = gs.Variable(t.name, t.dtype, t.shape)
-                t.name = f"{t.name}/steps"
-                rw.average(t, out=original)
-                outputs[outputs.index(t)] = original
-    graph.outputs = outputs
 
-    for node in [n for n in ordered if id(n) in regions.spiking]:
-        if node.op == "MaxPool" and config.maxpool == "move":
-            for layer in layers:
-                if layer.name.endswith(">" + node.name):
-                    layer.role = "after pool (moved in front, per step)"
-        elif node.op == "MaxPool":
-            for layer in layers:
-                if layer.name.endswith(">" + node.name):
-                    layer.role = "after spiking max pool"
-            rw.spiking_maxpool(node)
-    for node in [n for n in ids.values() if id(n) in regions.pre]:
-        for layer in layers:
-            if node.op == "MaxPool" and layer.name.endswith(">" + node.name):
-                layer.role = "after pool (moved in front: time-invariant input)"
+def boundary(p: Prepared):
+    """(tensor, post consumers, is graph output) for tensors leaving the spiking region."""
+    out = []
+    outputs = list(p.graph.outputs)
+    for node in p.ordered:
+        for t in node.outputs:
+            post = [c for c in t.outputs if id(c) in p.regions.post]
+            if post or t in outputs:
+                out.append((t, post, t in outputs))
+    return out
 
+
+def connect_readout(p: Prepared, t, post, is_output, mean_of) -> None:
+    """Feed `mean_of(t)` (the averaged tensor) to the post region / the graph output."""
+    if post:
+        mean = mean_of(t, None)
+        for c in post:
+            for i, inp in enumerate(list(c.inputs)):
+                if inp is t:
+                    c.inputs[i] = mean
+    if is_output:
+        outputs = list(p.graph.outputs)
+        original = gs.Variable(t.name, t.dtype, t.shape)
+        t.name = f"{t.name}/steps"
+        mean_of(t, original)
+        outputs[outputs.index(t)] = original
+        p.graph.outputs = outputs
+
+
+def spiking_pools(p: Prepared):
+    if p.rw.config.maxpool == "move":
+        return []
+    return [n for n in p.ordered if n.op == "MaxPool" and id(n) in p.regions.spiking]
+
+
+def finish(p: Prepared, thresholds, config: SNNConfig, form_meta: dict, metadata: dict | None):
+    graph = p.graph
     _forget_inner_shapes(graph)
-    snn = export(graph, model, extra_opsets=[(DOMAIN, OPSET_VERSION)])
-    _restore_io(snn, model)
+    snn = export(graph, p.model, extra_opsets=[] if config.portable else [(DOMAIN, OPSET_VERSION)])
+    _restore_io(snn, p.model)
     meta = {
         "onnx2snn.version": __version__,
-        "onnx2snn.form": "unrolled",
         "onnx2snn.timesteps": config.timesteps,
         "onnx2snn.delay": config.delay,
         "onnx2snn.v_init": config.v_init,
         "onnx2snn.maxpool": config.maxpool,
+        "onnx2snn.portable": int(config.portable),
         "onnx2snn.method": thresholds.method,
         "onnx2snn.thresholds": json.dumps(thresholds.info, sort_keys=True),
-        "onnx2snn.readout": json.dumps(rw.readouts),
-        "onnx2snn.costs": json.dumps(costs),
+        "onnx2snn.costs": json.dumps(p.costs),
         "onnx2snn.neurons": json.dumps([{"name": l.name, "source": l.source, "role": l.role}
-                                        for l in layers]),
+                                        for l in p.layers]),
     }
+    meta.update(form_meta)
     meta.update(metadata or {})
     set_metadata(snn, meta)
-    return snn, layers
+    return snn
+
+
+def to_snn(model: onnx.ModelProto, thresholds, config: SNNConfig, metadata: dict | None = None):
+    """The SNN (ModelProto) in the configured form, and the list of converted layers."""
+    if config.form == "loop":
+        from .loop import to_loop
+        return to_loop(model, thresholds, config, metadata)
+    p = prepare(model, thresholds, config)
+    tile_pre_inputs(p)
+    for t, post, is_output in boundary(p):
+        connect_readout(p, t, post, is_output, lambda x, out: p.rw.average(x, out))
+    for node in spiking_pools(p):
+        p.rw.spiking_maxpool(node)
+    if config.portable:
+        from .portable import lower_neurons
+        lower_neurons(p.graph, p.rw.b, p.ranks)
+    snn = finish(p, thresholds, config, {"onnx2snn.form": "unrolled",
+                                         "onnx2snn.readout": json.dumps(p.rw.readouts)}, metadata)
+    return snn, p.layers
 
 
 def check_convertible(model: onnx.ModelProto) -> None:

@@ -60,3 +60,25 @@ def nonlinear_middle_model():
         helper.make_node("Relu", ["c1"], ["out"], name="relu1"),
     ]
     return make(nodes, {"w": w}, ["N", 2, 3, 3], out_shape=["N", 2, 3, 3])
+
+
+def residual_integer_model(seed=0):
+    """Conv-Relu-Conv-Add(skip)-Relu-MaxPool-GAP-Gemm with small integer weights: every sum in every
+    form is exactly representable, so all forms must agree bit for bit."""
+    rng = np.random.default_rng(seed)
+    w1 = rng.integers(-2, 3, size=(4, 2, 3, 3))
+    w2 = rng.integers(-2, 3, size=(4, 4, 3, 3))
+    w3 = rng.integers(-2, 3, size=(3, 4))
+    nodes = [
+        helper.make_node("Conv", ["input", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["c2", "r1"], ["a2"], name="skip"),
+        helper.make_node("Relu", ["a2"], ["r2"], name="relu2"),
+        helper.make_node("MaxPool", ["r2"], ["p2"], name="pool2", kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("GlobalAveragePool", ["p2"], ["g"], name="gap"),
+        helper.make_node("Flatten", ["g"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "w3"], ["out"], name="fc", transB=1),
+    ]
+    return make(nodes, {"w1": w1.astype(np.float32), "w2": w2.astype(np.float32), "w3": w3.astype(np.float32)},
+                ["N", 2, 4, 4], out_shape=["N", 3])

@@ -1,0 +1,276 @@
+"""Looped SNN: one ONNX Loop over time whose body is the network for K steps (K = --chunk).
+
+Membrane potentials, the spiking max pools' running sums and the readout's accumulated sums are
+loop-carried values, so memory does not depend on T. Work before the first neuron runs once
+outside the loop. T not divisible by K runs ceil(T/K) iterations and masks steps >= T out of the
+readout, so the outputs equal those of exactly T steps. With early exit the loop stops once the
+readout's top-1 has been stable for S steps with a margin above m (never before a minimum), and
+the model also outputs the number of steps it used.
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from . import energy
+from .errors import UserError
+from .rewrite import BIG, boundary, connect_readout, finish, prepare, spiking_pools, tile_pre_inputs
+
+TRIP_NAME = "onnx2snn.loop_iterations"
+STEPS_NAME = "onnx2snn.loop_timesteps"
+STEPS_OUTPUT = "onnx2snn_steps"
+
+
+class _LoopBuilder:
+    def __init__(self, p, config):
+        self.p, self.config = p, config
+        self.b = p.rw.b
+        self.shapes = energy._shapes(p.model)
+        self.carried = []   # (initial value outside, body input, body output, final value outside)
+        self.K = config.chunk
+        first = p.graph.inputs[0]
+        self.b.prefix = "onnx2snn.loop/batch"
+        self.batch = self.b.op("Slice", [self.b.op("Shape", [first], dtype=np.int64),
+                                         self.b.const(np.array([0], np.int64)),
+                                         self.b.const(np.array([1], np.int64))], dtype=np.int64)
+
+    # ---- shapes of one step's state -------------------------------------------------------
+    def ann_shape(self, tensor: gs.Tensor):
+        if tensor.name in self.shapes:
+            return self.shapes[tensor.name]
+        for consumer in tensor.outputs:
+            if consumer.op == "IFNeuron" and consumer.outputs[0].name in self.shapes:
+                return self.shapes[consumer.outputs[0].name]
+        return None
+
+    def state_shape(self, tensor: gs.Tensor):
+        shape = self.ann_shape(tensor)
+        if shape is None or any(d is None or d <= 0 for d in shape[1:]):
+            raise UserError(f"--form loop needs static shapes (besides the batch) for tensor "
+                            f"'{tensor.name}', got {shape}; export the model with fixed sizes")
+        return self.b.concat([self.batch, self.b.const(np.array(shape[1:], np.int64))], dtype=np.int64), len(shape)
+
+    def carry(self, name: str, initial, dtype=np.float32):
+        body_in = gs.Variable(f"{name}/in", dtype)
+        final = gs.Variable(f"{name}/final", dtype)
+        entry = [initial, body_in, None, final]
+        self.carried.append(entry)
+        return entry
+
+    def zeros(self, tensor):
+        shape, _ = self.state_shape(tensor)
+        return self.b.op("ConstantOfShape", [shape],
+                         {"value": gs.Constant("zero", np.zeros(1, np.float32))})
+
+
+def _neuron_states(lb: _LoopBuilder):
+    b = lb.b
+    for n in lb.p.neurons:
+        n.attrs["timesteps"] = lb.K
+        b.prefix = f"{n.name}/v0"
+        theta = np.asarray(n.inputs[1].values, np.float32).reshape(-1)
+        rank = lb.p.ranks[n.name]
+        axis = int(n.attrs["axis"]) % rank
+        shape = [theta.size] + [1] * (rank - 1 - axis) if theta.size > 1 else [1]
+        theta_b = gs.Constant(f"{n.name}.theta_v0", theta.reshape(shape))
+        state_shape, _ = lb.state_shape(n.outputs[0])
+        v0 = b.op("Expand", [b.op("Mul", [theta_b, b.const(np.float32(n.attrs["v_init"]))]), state_shape])
+        entry = lb.carry(f"{n.name}/v", v0)
+        v_out = gs.Variable(f"{n.name}/v_out", np.float32)
+        n.inputs.append(entry[1])
+        n.outputs.append(v_out)
+        entry[2] = v_out
+
+
+def _pool_states(lb: _LoopBuilder):
+    """Zero initial running sums (pool input) and pooled maxima (pool output) per spiking pool."""
+    pools = []
+    for node in spiking_pools(lb.p):
+        lb.b.prefix = f"{node.name}/state0"
+        sums = lb.carry(f"{node.name}/sums", lb.zeros(node.inputs[0]))
+        peak = lb.carry(f"{node.name}/peak", lb.zeros(node.outputs[0]))
+        pools.append((node, sums, peak))
+    return pools
+
+
+def _stateful_pool(lb: _LoopBuilder, node, sums, peak):
+    b, rw = lb.b, lb.p.rw
+    b.prefix = f"{node.name}/spiking"
+    x, out = node.inputs[0], node.outputs[0]
+    steps = rw.unfold(x)
+    zero, one, big = (b.const(np.array([v], np.int64)) for v in (0, 1, BIG))
+    axis0 = b.const(np.array([0], np.int64))
+    first = b.op("Add", [b.op("Slice", [steps, zero, one, axis0]), b.op("Unsqueeze", [sums[1], axis0])])
+    running = b.op("CumSum", [b.concat([first, b.op("Slice", [steps, one, big, axis0])], axis=0),
+                              b.const(np.array(0, np.int64))])
+    sums[2] = b.op("Squeeze", [b.op("Slice", [running, b.const(np.array([-1], np.int64)), big, axis0]), axis0])
+    pooled = gs.Variable(f"{node.name}/pooled_sums", np.float32)
+    node.inputs = [rw.fold(running, x)]
+    node.outputs = [pooled]
+    p_steps = rw.unfold(pooled)
+    before = b.op("Slice", [p_steps, zero, b.const(np.array([-1], np.int64)), axis0])
+    shifted = b.concat([b.op("Unsqueeze", [peak[1], axis0]), before], axis=0)
+    peak[2] = b.op("Squeeze", [b.op("Slice", [p_steps, b.const(np.array([-1], np.int64)), big, axis0]), axis0])
+    b.op("Reshape", [b.op("Sub", [p_steps, shifted]),
+                     b.concat([b.const(np.array([-1], np.int64)), b.shape_tail(pooled)], dtype=np.int64)],
+         out=[out])
+
+
+def to_loop(model: onnx.ModelProto, thresholds, config, metadata=None):
+    p = prepare(model, thresholds, config)
+    graph, rw, b = p.graph, p.rw, p.rw.b
+    K, T, D = config.chunk, config.timesteps, config.delay
+    iterations = math.ceil(T / K)
+    rw.T.values = np.array([K], np.int64)        # unfold/tile inside the body use K rows per sample
+    lb = _LoopBuilder(p, config)
+    tile_pre_inputs(p)                            # time-invariant inputs repeated K times, once
+    _neuron_states(lb)
+    pools = _pool_states(lb)
+    leaving = boundary(p)
+    accs = []
+    for t, post, is_output in leaving:
+        b.prefix = f"{t.name}/acc0"
+        accs.append(lb.carry(f"{t.name}/acc", lb.zeros(t)))
+    steps_entry = lb.carry("onnx2snn.steps", b.const(np.array(0, np.int64)), np.int64)
+    ee = _early_exit_states(lb, config) if config.early_exit else None
+
+    # ---- body ---------------------------------------------------------------------------------
+    marker = len(graph.nodes)
+    iteration = gs.Variable("onnx2snn.iteration", np.int64, [])
+    cond_in = gs.Variable("onnx2snn.cond_in", np.bool_, [])
+    for node, sums, peak in pools:
+        _stateful_pool(lb, node, sums, peak)
+    b.prefix = "onnx2snn.loop/steps"
+    t_total = gs.Constant(STEPS_NAME, np.array(T, np.int64))
+    start = b.op("Mul", [iteration, b.const(np.array(K, np.int64))], dtype=np.int64)
+    step_idx = b.op("Add", [start, b.const(np.arange(K, dtype=np.int64))], dtype=np.int64)
+    counted = b.op("And", [b.op("GreaterOrEqual", [step_idx, b.const(np.array(D, np.int64))], dtype=np.bool_),
+                           b.op("Less", [step_idx, t_total], dtype=np.bool_)], dtype=np.bool_)
+    weight = b.op("Cast", [counted], {"to": onnx.TensorProto.FLOAT})
+    done = b.op("Min", [b.op("Add", [start, b.const(np.array(K, np.int64))], dtype=np.int64), t_total],
+                dtype=np.int64)
+    steps_entry[2] = done
+    for (t, _, _), acc in zip(leaving, accs):
+        b.prefix = f"{t.name}/accumulate"
+        _, rank = lb.state_shape(t)
+        w = b.reshape(weight, [K] + [1] * rank)
+        acc[2] = b.op("Add", [acc[1], b.reduce("ReduceSum", b.op("Mul", [rw.unfold(t), w]), [0], keepdims=0)])
+    if ee is not None:
+        cond_out = _early_exit_body(lb, config, leaving, accs, done, ee)
+    else:
+        cond_out = b.op("Identity", [cond_in], dtype=np.bool_)
+    if config.portable:
+        from .portable import lower_neurons
+        lower_neurons(graph, b, p.ranks)
+    inside = {id(n) for n in p.ordered} | {id(n) for n in graph.nodes[marker:]}
+    body_nodes = [n for n in graph.nodes if id(n) in inside and (n.inputs or n.outputs)]
+    graph.nodes = [n for n in graph.nodes if id(n) not in inside]
+    for e in lb.carried:
+        e[2].dtype = e[2].dtype or e[1].dtype
+    body = gs.Graph(nodes=body_nodes, name="onnx2snn.time_step",
+                    inputs=[iteration, cond_in] + [e[1] for e in lb.carried],
+                    outputs=[cond_out] + [e[2] for e in lb.carried], opset=b.opset)
+    for t in body.tensors().values():
+        if isinstance(t, gs.Variable):
+            t.shape = None   # ANN shapes do not hold for K steps folded into the batch
+    iteration.shape, cond_in.shape = [], []
+    trip = gs.Constant(TRIP_NAME, np.array(iterations, np.int64))
+    graph.nodes.append(gs.Node("Loop", "onnx2snn.time_loop", {"body": body},
+                               inputs=[trip, gs.Constant("onnx2snn.loop_cond", np.array(True))]
+                               + [e[0] for e in lb.carried], outputs=[e[3] for e in lb.carried]))
+
+    # ---- after the loop: averages feed the head ----------------------------------------------
+    b.prefix = "onnx2snn.readout"
+    count = b.op("Cast", [b.op("Max", [b.op("Sub", [steps_entry[3], b.const(np.array(D, np.int64))],
+                                            dtype=np.int64), b.const(np.array(1, np.int64))], dtype=np.int64)],
+                 {"to": onnx.TensorProto.FLOAT})
+    finals = {id(t): acc[3] for (t, _, _), acc in zip(leaving, accs)}
+    for t, post, is_output in leaving:
+        def mean_of(x, out, final=finals[id(t)]):
+            return b.op("Div", [final, count], out=[out] if out is not None else None)
+        connect_readout(p, t, post, is_output, mean_of)
+    if config.early_exit:
+        graph.outputs = list(graph.outputs) + [_steps_output(b, steps_entry[3])]
+    form = {"onnx2snn.form": "loop", "onnx2snn.chunk": K, "onnx2snn.early_exit": int(config.early_exit)}
+    if config.early_exit:
+        form["onnx2snn.early_exit_rule"] = json.dumps({"stable_steps": config.exit_stable,
+                                                       "margin": config.exit_margin,
+                                                       "min_steps": config.exit_min_steps})
+    snn = finish(p, thresholds, config, form, metadata)
+    if config.early_exit:
+        snn.graph.output[-1].CopyFrom(onnx.helper.make_tensor_value_info(STEPS_OUTPUT, onnx.TensorProto.INT64, []))
+    return snn, p.layers
+
+
+def _steps_output(b, steps):
+    out = gs.Variable(STEPS_OUTPUT, np.int64, [])
+    b.op("Identity", [steps], out=[out])
+    return out
+
+
+def _early_exit_states(lb: _LoopBuilder, config):
+    b = lb.b
+    b.prefix = "onnx2snn.early_exit/init"
+    minus_one = b.op("ConstantOfShape", [lb.batch], {"value": gs.Constant("m1", np.array([-1], np.int64))},
+                     dtype=np.int64)
+    zeros = b.op("ConstantOfShape", [lb.batch], {"value": gs.Constant("z", np.array([0], np.int64))},
+                 dtype=np.int64)
+    return lb.carry("onnx2snn.top1", minus_one, np.int64), lb.carry("onnx2snn.stable", zeros, np.int64)
+
+
+def _clone_head(lb: _LoopBuilder, leaving, current):
+    """Copy the post-region nodes that compute the first output, reading the running means."""
+    p = lb.p
+    target = p.graph.outputs[0]
+    memo = {id(t): m for (t, _, _), m in zip(leaving, current)}
+    if id(target) in memo:
+        return memo[id(target)]
+    post = [n for n in p.graph.nodes if id(n) in p.regions.post]
+    for node in post:
+        ins = [memo.get(id(t), t) for t in node.inputs]
+        outs = []
+        for t in node.outputs:
+            clone = gs.Variable(f"{t.name}/early_exit", t.dtype)
+            memo[id(t)] = clone
+            outs.append(clone)
+        p.graph.nodes.append(gs.Node(node.op, f"{node.name}/early_exit", dict(node.attrs), ins, outs,
+                                     domain=node.domain))
+    if id(target) not in memo:
+        raise UserError("--early-exit: the model's first output does not depend on the spiking layers")
+    return memo[id(target)]
+
+
+def _early_exit_body(lb: _LoopBuilder, config, leaving, accs, done, ee):
+    b = lb.b
+    b.prefix = "onnx2snn.early_exit"
+    count = b.op("Cast", [b.op("Max", [b.op("Sub", [done, b.const(np.array(config.delay, np.int64))],
+                                            dtype=np.int64), b.const(np.array(1, np.int64))], dtype=np.int64)],
+                 {"to": onnx.TensorProto.FLOAT})
+    current = [b.op("Div", [acc[2], count]) for acc in accs]
+    head = _clone_head(lb, leaving, current)
+    b.prefix = "onnx2snn.early_exit"
+    top1 = b.op("ArgMax", [head], {"axis": -1, "keepdims": 0}, dtype=np.int64)
+    values = gs.Variable("onnx2snn.early_exit/top2", np.float32)
+    b.op("TopK", [head, b.const(np.array([2], np.int64))], {"axis": -1},
+         out=[values, gs.Variable("onnx2snn.early_exit/top2_idx", np.int64)])
+    pick = lambda i: b.op("Gather", [values, b.const(np.array(i, np.int64))], {"axis": -1})
+    margin = b.op("Sub", [pick(0), pick(1)])
+    top1_entry, stable_entry = ee
+    same = b.op("Equal", [top1, top1_entry[1]], dtype=np.bool_)
+    stable = b.op("Where", [same, b.op("Add", [stable_entry[1], b.const(np.array(lb.K, np.int64))],
+                                       dtype=np.int64), b.const(np.array(0, np.int64))], dtype=np.int64)
+    top1_entry[2], stable_entry[2] = top1, stable
+    ok = b.op("And", [b.op("GreaterOrEqual", [stable, b.const(np.array(config.exit_stable, np.int64))],
+                           dtype=np.bool_),
+                      b.op("Greater", [margin, b.const(np.float32(config.exit_margin))], dtype=np.bool_)],
+              dtype=np.bool_)
+    as_int = b.op("Cast", [ok], {"to": onnx.TensorProto.INT32}, dtype=np.int32)
+    all_ok = b.op("Cast", [b.op("ReduceMin", [as_int], {"keepdims": 0}, dtype=np.int32)],
+                  {"to": onnx.TensorProto.BOOL}, dtype=np.bool_)
+    early = b.op("GreaterOrEqual", [done, b.const(np.array(config.exit_min_steps, np.int64))], dtype=np.bool_)
+    stop = b.op("And", [all_ok, early], dtype=np.bool_)
+    return b.op("Not", [stop], dtype=np.bool_)
