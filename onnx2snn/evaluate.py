@@ -85,7 +85,21 @@ def _head_model(snn: onnx.ModelProto, readouts):
 
 
 def _top1(x):
-    return np.asarray(x).reshape(len(x), -1).argmax(axis=1)
+    x = np.asarray(x)
+    if x.ndim == 1 and x.dtype.kind in "iu":      # the output already is a class label
+        return x
+    return x.reshape(len(x), -1).argmax(axis=1)
+
+
+def score_output(model: onnx.ModelProto) -> str:
+    """The output compared across T: the first float output of rank >= 2 (class scores), else the
+    first output (scikit-learn models put the label first and the probabilities second)."""
+    for out in model.graph.output:
+        tt = out.type.tensor_type
+        if tt.elem_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16) \
+                and tt.HasField("shape") and len(tt.shape.dim) >= 2:
+            return out.name
+    return model.graph.output[0].name
 
 
 def _with_timesteps(snn: onnx.ModelProto, t: int) -> onnx.ModelProto:
@@ -113,14 +127,14 @@ def _evaluate_each_t(snn, batches, ts, ann, progress, total, threads) -> EvalRes
     batches = list(batches)
     sessions = {t: ops.session(_with_timesteps(snn, t), threads) for t in ts}
     ann_sess = ops.session(ann, threads, custom_ops=False) if ann is not None else None
-    out_name = snn.graph.output[0].name
+    out_name = score_output(snn)
     has_steps = any(o.name == "onnx2snn_steps" for o in snn.graph.output)
     n, correct_ann, err_den, has_labels = 0, 0, 0.0, True
     stats = {t: {"correct": 0, "agree": 0, "err": 0.0, "steps": 0.0} for t in ts}
     start = time.perf_counter()
     for feeds, labels in batches:
         batch = len(next(iter(feeds.values())))
-        ann_out = ann_sess.run(None, feeds)[0] if ann_sess is not None else None
+        ann_out = ann_sess.run([out_name], feeds)[0] if ann_sess is not None else None
         has_labels &= labels is not None
         if ann_out is not None:
             err_den += float(np.sum(ann_out.astype(np.float64) ** 2))
@@ -173,7 +187,7 @@ def evaluate(snn: onnx.ModelProto, batches, timesteps, ann: onnx.ModelProto | No
     sim = ops.session(sim_model, threads)
     head = ops.session(_head_model(snn, readouts), threads)
     ann_sess = ops.session(ann, threads, custom_ops=False) if ann is not None else None
-    out_names = [o.name for o in snn.graph.output]
+    out_names = [score_output(snn)]
     step_names = [r["steps"] for r in readouts]
     head_inputs = {i.name for i in head.get_inputs()}
     sim_inputs = {i.name for i in sim.get_inputs()}
@@ -201,7 +215,7 @@ def evaluate(snn: onnx.ModelProto, batches, timesteps, ann: onnx.ModelProto | No
                 spikes[t] += cum[t - 1] * fanout.get(name, 0.0)
         sums = [np.cumsum(s.reshape((t_max, batch) + s.shape[1:]).astype(np.float64), axis=0)
                 for s in steps]
-        ann_out = ann_sess.run(None, feeds)[0] if ann_sess is not None else None
+        ann_out = ann_sess.run(out_names, feeds)[0] if ann_sess is not None else None
         if labels is None:
             has_labels = False
         if ann_out is not None:

@@ -205,6 +205,10 @@ def prepare(model: onnx.ModelProto, thresholds, config: SNNConfig) -> Prepared:
     if not acts:
         raise UserError("the model has no ReLU-like activation (Relu, or Clip with min 0) to convert")
     thresholds.check_against(acts, "thresholds")
+    for act in acts:
+        if act.input.dtype is not None and np.dtype(act.input.dtype) != np.float32:
+            raise UserError(f"node '{act.name}': activations are {np.dtype(act.input.dtype)}; the IF neuron "
+                            "runs in float32 (convert the model to float32 first)")
     rw = _Rewriter(graph, default_opset(model), config)
     layers = _place_neurons(graph, acts, thresholds, rw)
     graph.cleanup().toposort()
@@ -216,6 +220,7 @@ def prepare(model: onnx.ModelProto, thresholds, config: SNNConfig) -> Prepared:
         raise UserError(f"cannot convert {len(problems)} node(s) between spiking layers: {describe(problems)}")
     varying = regions.spiking | {id(n) for n in neurons}
     ordered = [n for n in graph.nodes if id(n) in varying]
+    _free_batch_dims(ordered, regions)
     macs = energy.layer_macs(model)
     fan = energy.fanouts(model, [l.tensor for l in layers])
     costs = {"ann_macs": energy.totals(model),
@@ -332,6 +337,21 @@ def to_snn(model: onnx.ModelProto, thresholds, config: SNNConfig, metadata: dict
     snn = finish(p, thresholds, config, {"onnx2snn.form": "unrolled",
                                          "onnx2snn.readout": json.dumps(p.rw.readouts)}, metadata)
     return snn, p.layers
+
+
+def _free_batch_dims(nodes, regions) -> None:
+    """Reshapes in the spiking region with a fixed leading (batch) size get -1 there instead, so
+    they also hold T*N rows (models exported with a fixed batch size, e.g. [1, -1] -> [-1, F])."""
+    for node in nodes:
+        if node.op != "Reshape" or id(node) not in regions.spiking:
+            continue
+        shape = node.inputs[1]
+        if not isinstance(shape, gs.Constant):
+            continue
+        values = np.asarray(shape.values).copy()
+        if values.ndim == 1 and values.size >= 1 and values[0] > 0 and -1 not in values[1:]:
+            values[0] = -1
+            node.inputs[1] = gs.Constant(f"{node.name}.free_batch_shape", values.astype(np.int64))
 
 
 def check_convertible(model: onnx.ModelProto) -> None:

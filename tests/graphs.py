@@ -82,3 +82,19 @@ def residual_integer_model(seed=0):
     ]
     return make(nodes, {"w1": w1.astype(np.float32), "w2": w2.astype(np.float32), "w3": w3.astype(np.float32)},
                 ["N", 2, 4, 4], out_shape=["N", 3])
+
+
+def fixed_batch_mlp():
+    """Batch fixed to 1 and a Reshape to [1, 8] between two spiking layers (some exporters do this)."""
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("Conv", ["input", "w1"], ["c1"], name="conv1"),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Reshape", ["r1", "shape"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "w2"], ["g"], name="fc1", transB=1),
+        helper.make_node("Relu", ["g"], ["r2"], name="relu2"),
+        helper.make_node("Gemm", ["r2", "w3"], ["out"], name="fc2", transB=1),
+    ]
+    return make(nodes, {"w1": rng.normal(size=(2, 2, 1, 1)), "shape": np.array([1, 8], np.int64),
+                        "w2": rng.normal(size=(5, 8)), "w3": rng.normal(size=(3, 5))},
+                [1, 2, 2, 2], out_shape=[1, 3])

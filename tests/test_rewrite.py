@@ -101,3 +101,15 @@ def test_thresholds_for_the_wrong_model_are_rejected():
     bad = Thresholds({"relu1": np.ones(3, np.float32), "relu2": np.ones(6, np.float32)}, "manual")
     with pytest.raises(UserError, match="'relu1' has 4 channels"):
         to_snn(model, bad, SNNConfig(timesteps=4))
+
+
+def test_fixed_batch_reshape_is_freed_for_time_folding():
+    model = graphs.fixed_batch_mlp()
+    th = _thresholds(model, 0.5)
+    x = np.random.default_rng(0).normal(size=(1, 2, 2, 2)).astype(np.float32)
+    for form in ("unrolled", "loop"):
+        snn, _ = to_snn(model, th, SNNConfig(timesteps=8, form=form))
+        got = ops.session(snn).run(None, {"input": x})[0]
+        assert got.shape == (1, 3)
+        np.testing.assert_allclose(got, reference.run(to_snn(model, th, SNNConfig(timesteps=8))[0],
+                                                      {"input": x})[0], rtol=1e-5, atol=1e-6)
