@@ -1,108 +1,23 @@
 """Build the IF-neuron operator library (custom_ops/) and bundle it in the onnx2snn package.
 
-The library uses only onnxruntime's C/C++ API headers and does not link libonnxruntime. Headers
-are found, in order, in $ONNXRUNTIME_INCLUDE_DIR, /usr/include/onnxruntime, a per-user cache, or
-fetched into that cache from Debian trixie's libonnxruntime-dev with apt-get + dpkg -x (never
-installed into the system). See DESIGN notes in README.md.
+The library uses only onnxruntime's C/C++ API headers and does not link libonnxruntime; see
+custom_ops/build_support.py for how the headers are found.
 """
-import os
-import shutil
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-HEADER = "onnxruntime_cxx_api.h"
-DEB_PACKAGE = "libonnxruntime-dev"
-DEB_SUITE = "trixie"
-DEB_MIRROR = "http://deb.debian.org/debian"
-
-
-class BuildError(SystemExit):
-    def __init__(self, message):
-        super().__init__("onnx2snn build error: " + message)
-
-
-def _cache_dir():
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "onnx2snn" / "onnxruntime-headers"
-
-
-def _fetch_debian_headers(cache):
-    """Download libonnxruntime-dev from Debian trixie into `cache` without installing it."""
-    if shutil.which("apt-get") is None or shutil.which("dpkg") is None:
-        return None
-    keyring = "/usr/share/keyrings/debian-archive-keyring.gpg"
-    signed = f"[signed-by={keyring}] " if os.path.exists(keyring) else "[trusted=yes] "
-    with tempfile.TemporaryDirectory(prefix="onnx2snn-apt-") as tmp:
-        tmp = Path(tmp)
-        (tmp / "lists" / "partial").mkdir(parents=True)
-        (tmp / "cache" / "archives" / "partial").mkdir(parents=True)
-        sources = tmp / "sources.list"
-        sources.write_text(f"deb {signed}{DEB_MIRROR} {DEB_SUITE} main\n")
-        opts = [
-            "-o", f"Dir::Etc::SourceList={sources}",
-            "-o", "Dir::Etc::SourceParts=/dev/null",
-            "-o", f"Dir::State::Lists={tmp / 'lists'}",
-            "-o", f"Dir::Cache={tmp / 'cache'}",
-            "-o", "Debug::NoLocking=1",
-            "-o", "APT::Sandbox::User=root",
-            "-qq",
-        ]
-        try:
-            subprocess.run(["apt-get", *opts, "update"], check=True, cwd=tmp,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            subprocess.run(["apt-get", *opts, "download", DEB_PACKAGE], check=True, cwd=tmp,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        except subprocess.CalledProcessError as err:
-            print("onnx2snn: could not fetch %s: %s" % (DEB_PACKAGE, (err.stderr or b"").decode()[-400:]),
-                  file=sys.stderr)
-            return None
-        debs = sorted(tmp.glob(DEB_PACKAGE + "_*.deb"))
-        if not debs:
-            return None
-        unpacked = tmp / "unpacked"
-        subprocess.run(["dpkg", "-x", str(debs[0]), str(unpacked)], check=True)
-        include = unpacked / "usr" / "include" / "onnxruntime"
-        if not (include / HEADER).exists():
-            return None
-        staging = cache.parent / (cache.name + ".partial")
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(include, staging)
-        shutil.rmtree(cache, ignore_errors=True)
-        os.replace(staging, cache)  # atomic: a half-copied cache is never used
-    return cache
-
-
-def find_onnxruntime_headers():
-    env = os.environ.get("ONNXRUNTIME_INCLUDE_DIR")
-    if env:
-        if not (Path(env) / HEADER).exists():
-            raise BuildError(f"ONNXRUNTIME_INCLUDE_DIR={env} does not contain {HEADER}")
-        return Path(env)
-    for candidate in (Path("/usr/include/onnxruntime"), Path("/usr/local/include/onnxruntime"), _cache_dir()):
-        if (candidate / HEADER).exists():
-            return candidate
-    fetched = _fetch_debian_headers(_cache_dir())
-    if fetched:
-        return fetched
-    raise BuildError(
-        f"onnxruntime C++ headers ({HEADER}) not found. Install Debian's libonnxruntime-dev "
-        "(trixie or newer) or set ONNXRUNTIME_INCLUDE_DIR to a folder holding onnxruntime's headers."
-    )
+sys.path.insert(0, str(Path(__file__).resolve().parent / "custom_ops"))
+from build_support import check_compiler, find_onnxruntime_headers  # noqa: E402
 
 
 class BuildOps(build_ext):
     """Compile custom_ops/ into onnx2snn/_ops*.so with the flags the bit-exactness contract needs."""
 
     def build_extensions(self):
-        compiler = os.environ.get("CXX") or "c++"
-        if shutil.which(compiler) is None and shutil.which("g++") is None:
-            raise BuildError("no C++ compiler found: install g++ (Debian: apt-get install g++) or set CXX")
+        check_compiler()
         include = find_onnxruntime_headers()
         for ext in self.extensions:
             ext.include_dirs.append(str(include))
