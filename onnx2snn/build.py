@@ -8,14 +8,15 @@ import onnx_graphsurgeon as gs
 
 
 class Builder:
-    """Adds nodes named `<prefix>/<op>_<k>` so inserted subgraphs read well in Netron."""
+    """Adds nodes named `<prefix>/<op>_<k>` so inserted subgraphs read well in Netron.
 
-    _ids = itertools.count()
+    The counter is per builder, so converting the same model twice gives identical files."""
 
     def __init__(self, graph: gs.Graph, opset: int, prefix: str):
         self.graph = graph
         self.opset = opset
         self.prefix = prefix
+        self._ids = itertools.count()
 
     def _name(self, op: str) -> str:
         return f"{self.prefix}/{op}_{next(self._ids)}"

@@ -104,8 +104,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--exit-margin", type=float, default=0.0, metavar="M",
                    help="early exit: and top-1 minus runner-up of the first output above M (0)")
     s.add_argument("--exit-min-steps", type=int, default=16, help="early exit: never before this many steps (16)")
-    s.add_argument("--check", type=int, default=100, metavar="N",
-                   help="after converting, compare SNN and ANN on N calibration samples at T/4, T/2, T (100; 0 = skip)")
+    s.add_argument("--check", type=int, default=64, metavar="N",
+                   help="after converting, compare SNN and ANN on N calibration samples at T/4, T/2, T (64; 0 = skip)")
     c.add_argument("-v", "--verbose", action="store_true", help="log details")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bars or tables")
 
@@ -190,16 +190,19 @@ def _run(args) -> int:
     source = D.open_data(args.data, args.data_loader, D.model_inputs(snn), prep)
     sess = api.session(snn)
     names = [o.name for o in sess.get_outputs()]
+    out = Path(args.output)
+    if out.suffix not in (".npy", ".npz"):
+        raise UserError(f"-o {out}: expected a .npy or .npz file name")
+    if out.suffix == ".npy" and len(names) != 1:
+        raise UserError(f"-o {out}: the model has {len(names)} outputs; use .npz")
+    if not (out.parent if str(out.parent) else Path(".")).is_dir():
+        raise UserError(f"-o {out}: folder does not exist")
     chunks = {n: [] for n in names}
     for feeds, _ in D.eval_batches(source, args.batch_size, args.limit):
         for n, v in zip(names, sess.run(names, feeds)):
             chunks[n].append(v)
-    out = Path(args.output)
-    arrays = {n: np.concatenate(v) for n, v in chunks.items()}
-    if out.suffix not in (".npy", ".npz"):
-        raise UserError(f"-o {out}: expected a .npy or .npz file name")
-    if out.suffix == ".npy" and len(arrays) != 1:
-        raise UserError(f"-o {out}: the model has {len(arrays)} outputs; use .npz")
+    # per-sample outputs are concatenated; per-batch scalars (onnx2snn_steps) are stacked
+    arrays = {n: np.concatenate(v) if v[0].ndim else np.stack(v) for n, v in chunks.items()}
     tmp = out.with_name(out.name + ".tmp" + out.suffix)
     if out.suffix == ".npy":
         np.save(tmp, next(iter(arrays.values())))

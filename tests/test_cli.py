@@ -115,3 +115,23 @@ def test_unconvertible_model_lists_the_nodes(tmp_path):
     np.save(tmp_path / "d.npy", np.ones((4, 2, 3, 3), np.float32))
     code, _, err = _cli(path, "--data", tmp_path / "d.npy", "--iters", 2)
     _one_line_error(code, err, "Sigmoid 'squash'", "not linear")
+
+
+def test_looped_portable_early_exit_model_from_the_cli(cnn_path, digits_npz, tmp_path):
+    calib, test = digits_npz
+    out = tmp_path / "ee.onnx"
+    code, stdout, err = _cli(cnn_path, "--data", calib, "-o", out, "--iters", 30, "-T", 64, "--form", "loop",
+                             "--chunk", 4, "--portable", "--early-exit", "--check", 20)
+    assert code == 0, err
+    assert "loop, chunk 4, portable, early exit" in stdout
+    import onnx
+    model = onnx.load(out)
+    assert all(o.domain in ("", "ai.onnx") for o in model.opset_import)
+    code, stdout, err = _cli("run", out, "--data", test, "-o", tmp_path / "o.npz", "--limit", 8)
+    assert code == 0, err
+    res = np.load(tmp_path / "o.npz")
+    assert res["logits"].shape == (8, 10) and 16 <= int(res["onnx2snn_steps"].max()) <= 64
+    code, _, err = _cli("run", out, "--data", test, "-o", tmp_path / "o.npy")
+    _one_line_error(code, err, "o.npy", "2 outputs")
+    code, _, err = _cli(cnn_path, "--data", calib, "--chunk", 4)
+    _one_line_error(code, err, "--chunk needs --form loop")

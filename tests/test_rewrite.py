@@ -113,3 +113,12 @@ def test_fixed_batch_reshape_is_freed_for_time_folding():
         assert got.shape == (1, 3)
         np.testing.assert_allclose(got, reference.run(to_snn(model, th, SNNConfig(timesteps=8))[0],
                                                       {"input": x})[0], rtol=1e-5, atol=1e-6)
+
+
+def test_conversion_is_deterministic():
+    model = graphs.stem_pool_model()
+    th = _thresholds(model)
+    for form in ("unrolled", "loop"):
+        a = to_snn(model, th, SNNConfig(timesteps=8, form=form))[0].SerializeToString()
+        b = to_snn(model, th, SNNConfig(timesteps=8, form=form))[0].SerializeToString()
+        assert a == b
