@@ -18,19 +18,13 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <mutex>
-#include <sstream>
-#include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "ops.h"
+
+namespace onnx2snn {
 namespace {
-
-const char* kDomain = "ai.onnx2snn";
-
-struct InvalidInput : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
 
 struct NeuronTask {
   const float* x;
@@ -70,14 +64,6 @@ void RunBlock(void* data, size_t index) {
     }
   }
   if (t.v_out) std::copy(v.begin(), v.end(), t.v_out + begin);
-}
-
-std::string ShapeString(const std::vector<int64_t>& shape) {
-  std::ostringstream os;
-  os << "[";
-  for (size_t i = 0; i < shape.size(); ++i) os << (i ? "," : "") << shape[i];
-  os << "]";
-  return os.str();
 }
 
 struct IFNeuronKernel {
@@ -171,21 +157,10 @@ struct IFNeuronKernel {
     }
   }
 
-  OrtStatusPtr ComputeV2(OrtKernelContext* context) {
-    try {
-      Compute(context);
-      return nullptr;
-    } catch (const InvalidInput& e) {
-      return Ort::GetApi().CreateStatus(ORT_INVALID_ARGUMENT, e.what());
-    } catch (const Ort::Exception& e) {
-      return Ort::GetApi().CreateStatus(e.GetOrtErrorCode(), e.what());
-    } catch (const std::exception& e) {
-      return Ort::GetApi().CreateStatus(ORT_FAIL, e.what());
-    }
-  }
+  OrtStatusPtr ComputeV2(OrtKernelContext* context) { return GuardCompute([&] { Compute(context); }); }
 };
 
-struct IFNeuronOp : Ort::CustomOpBase<IFNeuronOp, IFNeuronKernel, true> {
+struct IFNeuronCustomOp : Ort::CustomOpBase<IFNeuronCustomOp, IFNeuronKernel, true> {
   OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const {
     try {
       *kernel = new IFNeuronKernel(info);
@@ -209,24 +184,9 @@ struct IFNeuronOp : Ort::CustomOpBase<IFNeuronOp, IFNeuronKernel, true> {
 
 }  // namespace
 
-extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL
-RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
-  Ort::InitApi(api_base->GetApi(ORT_API_VERSION));
-  static IFNeuronOp if_neuron;
-  static std::once_flag once;
-  static Ort::CustomOpDomain* domain = nullptr;
-  try {
-    std::call_once(once, [] {
-      domain = new Ort::CustomOpDomain(kDomain);
-      domain->Add(&if_neuron);
-    });
-    Ort::UnownedSessionOptions(options).Add(*domain);
-  } catch (const std::exception& e) {
-    return Ort::GetApi().CreateStatus(ORT_FAIL, e.what());
-  }
-  return nullptr;
+const OrtCustomOp* IFNeuronOp() {
+  static IFNeuronCustomOp op;
+  return &op;
 }
 
-// Python extension-module symbol so the library can live in the package as a setuptools extension;
-// importing it is never needed (onnxruntime loads it with dlopen).
-extern "C" __attribute__((visibility("default"))) void* PyInit__ops(void) { return nullptr; }
+}  // namespace onnx2snn

@@ -172,7 +172,7 @@ def calibrate(model, batches, config: CalibConfig, progress: bool = False, threa
     """Thresholds for every activation of `model` (a ModelProto) from an iterable of feed dicts."""
     config.validate()
     probe_model, probe_list = probes.build(model, config.method, config.percentile)
-    sess = ops.session(probe_model, threads=threads, custom_ops=False)
+    sess = ops.session(probe_model, threads=threads)
     input_names = {i.name for i in sess.get_inputs()}
     fetch = sorted({p.stat for p in probe_list} | {p.clip_error for p in probe_list if p.clip_error}
                    | {p.activity for p in probe_list if p.activity})

@@ -15,6 +15,7 @@ from .analyse import find_activations
 from .build import Builder
 from .errors import UserError
 from .model import default_opset, export, infer_shapes, to_graph
+from .ops import DOMAIN, OPSET_VERSION
 
 METHODS = ("ltb", "ltb-layer", "max", "percentile")
 LR_INPUT = "onnx2snn.step"  # 2 * lr, fed each batch
@@ -24,7 +25,7 @@ LR_INPUT = "onnx2snn.step"  # 2 * lr, fed each batch
 class Probe:
     name: str            # activation node name (key of the thresholds)
     theta_input: str     # graph input carrying the current threshold (broadcast shape)
-    theta_shape: tuple   # e.g. (C, 1, 1) for NCHW, (C,) for features, (1,) layer-wise
+    theta_shape: tuple   # (C,) per channel, (1,) layer-wise
     stat: str            # graph output: method statistic (see calibrate.py)
     clip_error: str      # graph output: mean((x - theta)+), scalar ("" when not tracked)
     activity: str        # graph output: mean(relu(x)), scalar ("" when not tracked)
@@ -39,24 +40,24 @@ def _theta_shape(act, layerwise: bool) -> tuple:
     if not act.channels:
         raise UserError(f"node '{act.name}': the size of its channel axis {act.axis} is unknown; "
                         "export the model with static channel dimensions")
-    return (act.channels,) + (1,) * (act.rank - 1 - act.axis)
+    return (act.channels,)
 
 
 def _ltb_probe(b: Builder, act, theta, layerwise: bool, step):
-    """theta' = theta + 2 lr mean((x - theta) H(x - theta)); y = clip(x, 0, theta') (Bu et al.)."""
-    x = act.input
-    excess = b.op("Relu", [b.op("Sub", [x, theta])])
-    axes = None if layerwise else [a for a in range(act.rank) if a != act.axis]
-    grad = b.reduce("ReduceMean", excess, axes, keepdims=0)
-    grad_b = b.reshape(grad, list(_theta_shape(act, layerwise)))
-    new_theta = b.op("Add", [theta, b.op("Mul", [step, grad_b])])
+    """theta' = theta + 2 lr mean((x - theta) H(x - theta)); y = clip(x, 0, theta') (Bu et al.).
+
+    One fused node of our operator library (ReLUXProbe): the statistics and the clip in two passes
+    over the activation, so calibration costs about what the ANN's inference does."""
+    inputs = [act.input, theta, step]
     if act.cap is not None:
-        new_theta = b.op("Min", [new_theta, b.const(np.float32(act.cap))])
-    relu = b.op("Relu", [x])
+        inputs.append(b.const(np.array(act.cap, np.float32)))
     out = act.output
     act.node.outputs.clear()
-    b.op("Min", [relu, new_theta], out=[out], name=f"{act.name}/relux")
-    return grad, b.reduce("ReduceMean", excess, None), b.reduce("ReduceMean", relu, None)
+    grad, excess, activity = (gs.Variable(f"{act.name}/{n}", np.float32) for n in ("grad", "clip_error", "activity"))
+    b.graph.nodes.append(gs.Node("ReLUXProbe", f"{act.name}/relux", {"axis": 0 if layerwise and act.rank == 0
+                                                                     else act.axis},
+                                 inputs, [out, grad, excess, activity], domain=DOMAIN))
+    return grad, excess, activity
 
 
 def _max_probe(b: Builder, act):
@@ -109,7 +110,6 @@ def build(model: onnx.ModelProto, method: str = "ltb", percentile: float = 99.9,
             theta = gs.Variable(f"onnx2snn.theta:{act.name}", np.float32, list(shape))
             inputs.append(theta)
             stat, err, actv = _ltb_probe(b, act, theta, layerwise, step)
-            err.name, actv.name = f"{act.name}/clip_error", f"{act.name}/activity"
             outputs += [err, actv]
             clip_err, activity = err.name, actv.name
         elif method == "max":
@@ -128,4 +128,5 @@ def build(model: onnx.ModelProto, method: str = "ltb", percentile: float = 99.9,
     graph.outputs = outputs + model_outputs + exposed
     for t in outputs + exposed:
         t.dtype = np.float32
-    return export(graph, model), probes
+    extra = [(DOMAIN, OPSET_VERSION)] if method in ("ltb", "ltb-layer") else []
+    return export(graph, model, extra_opsets=extra), probes

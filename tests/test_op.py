@@ -88,3 +88,47 @@ def test_library_path_is_inside_the_package():
     assert "onnx2snn" in path and path.endswith(".so")
     opts = ort.SessionOptions()
     opts.register_custom_ops_library(path)
+
+
+def _probe_model(axis, with_cap):
+    inputs = ["x", "theta", "step"] + (["cap"] if with_cap else [])
+    node = helper.make_node("ReLUXProbe", inputs, ["y", "grad", "excess", "activity"], domain=ops.DOMAIN, axis=axis)
+    graph = helper.make_graph([node], "probe",
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in inputs],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
+                               for n in ("y", "grad", "excess", "activity")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                   helper.make_opsetid(ops.DOMAIN, ops.OPSET_VERSION)])
+
+
+@pytest.mark.parametrize("shape,axis,layerwise,cap", [((8, 5, 6, 6), 1, False, None), ((40, 7), 1, False, 1.5),
+                                                      ((4, 3, 9), 2, False, None), ((6, 4, 5, 5), 1, True, None),
+                                                      ((64, 32, 16, 16), 1, False, None)])
+def test_probe_op_matches_numpy(shape, axis, layerwise, cap):
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=shape).astype(np.float32)
+    c = 1 if layerwise else shape[axis]
+    theta = rng.uniform(0, 1, size=c).astype(np.float32)
+    step = np.array(2.0, np.float32)
+    feeds = {"x": x, "theta": theta, "step": step}
+    if cap is not None:
+        feeds["cap"] = np.array(cap, np.float32)
+    y, grad, excess, activity = ops.session(_probe_model(axis, cap is not None)).run(None, feeds)
+    th_b = theta.reshape((-1,) + (1,) * (x.ndim - 1 - axis)) if not layerwise else theta
+    axes = tuple(range(x.ndim)) if layerwise else tuple(i for i in range(x.ndim) if i != axis)
+    want_grad = np.maximum(x.astype(np.float64) - th_b, 0).mean(axis=axes)
+    np.testing.assert_allclose(grad, want_grad, rtol=1e-5, atol=1e-7)
+    new = theta + step * grad                     # float32, as calibration.py updates
+    if cap is not None:
+        new = np.minimum(new, np.float32(cap))
+    new_b = new.reshape((-1,) + (1,) * (x.ndim - 1 - axis)) if not layerwise else new
+    assert np.array_equal(y, np.minimum(np.maximum(x, 0), new_b))
+    np.testing.assert_allclose(excess, np.maximum(x.astype(np.float64) - th_b, 0).mean(), rtol=1e-5)
+    np.testing.assert_allclose(activity, np.maximum(x.astype(np.float64), 0).mean(), rtol=1e-5)
+
+
+def test_probe_op_rejects_wrong_theta_length():
+    sess = ops.session(_probe_model(1, False))
+    with pytest.raises(Exception, match="theta has 2 values"):
+        sess.run(None, {"x": np.zeros((2, 3, 4), np.float32), "theta": np.zeros(2, np.float32),
+                        "step": np.array(1, np.float32)})

@@ -22,7 +22,7 @@ def _feeds(sess_inputs, x, theta_value, probe_list, step=2.0):
 def test_probed_graph_with_infinite_theta_reproduces_the_ann(request, fixture, digits_data):
     ann = M.load(request.getfixturevalue(fixture))
     probed, probe_list = probes.build(ann, "ltb", keep_outputs=True)
-    sess = ops.session(probed, custom_ops=False)
+    sess = ops.session(probed)
     x = digits_data[2][:50]
     out = sess.run(["logits"], _feeds(sess.get_inputs(), x, np.inf, probe_list))[0]
     want = ops.session(ann, custom_ops=False).run(["logits"], {"input": x})[0]
@@ -32,7 +32,7 @@ def test_probed_graph_with_infinite_theta_reproduces_the_ann(request, fixture, d
 def test_in_graph_ltb_statistics_equal_numpy(cnn_path, digits_data):
     ann = M.load(cnn_path)
     probed, probe_list = probes.build(ann, "ltb", expose_inputs=True)
-    sess = ops.session(probed, custom_ops=False)
+    sess = ops.session(probed)
     x = digits_data[0][:64]
     theta = 0.3
     names = [o.name for o in sess.get_outputs()]
@@ -54,7 +54,7 @@ def test_in_graph_percentile_and_max_statistics_equal_numpy(cnn_path, digits_dat
     x = digits_data[0][:50]
     for method in ("percentile", "max"):
         probed, probe_list = probes.build(ann, method, percentile=99.0, expose_inputs=True)
-        sess = ops.session(probed, custom_ops=False)
+        sess = ops.session(probed)
         names = [o.name for o in sess.get_outputs()]
         out = dict(zip(names, sess.run(names, {"input": x})))
         acts = [n for n in names if n not in {p.stat for p in probe_list}]
@@ -75,7 +75,7 @@ def test_ltb_update_matches_numpy_and_layers_see_clipped_outputs(cnn_path, digit
     x = digits_data[0][:100]
     th = calibrate(ann, [{"input": x}, {"input": x}], CalibConfig(iters=2, batch_size=100, lr=0.5))
     probed, probe_list = probes.build(ann, "ltb", expose_inputs=True)
-    sess = ops.session(probed, custom_ops=False)
+    sess = ops.session(probed)
     names = [o.name for o in sess.get_outputs()]
     theta = {p.name: np.zeros(p.theta_shape, np.float32) for p in probe_list}
     for _ in range(2):
@@ -87,7 +87,8 @@ def test_ltb_update_matches_numpy_and_layers_see_clipped_outputs(cnn_path, digit
         for p, act_name in zip(probe_list, acts):
             a = out[act_name]
             axes = tuple(i for i in range(a.ndim) if i != p.axis)
-            grad = np.maximum(a - theta[p.name], 0).mean(axis=axes).reshape(p.theta_shape)
+            th_b = theta[p.name].reshape((-1,) + (1,) * (a.ndim - 1 - p.axis))
+            grad = np.maximum(a - th_b, 0).mean(axis=axes).reshape(p.theta_shape)
             theta[p.name] = (theta[p.name] + np.float32(1.0) * grad.astype(np.float32)).astype(np.float32)
     for p in probe_list:
         np.testing.assert_allclose(th.values[p.name], theta[p.name].ravel(), rtol=1e-4, atol=1e-6)
