@@ -191,7 +191,7 @@ def calibrate(model, batches, config: CalibConfig, progress: bool = False, threa
         feeds = {k: v for k, v in feeds.items() if k in input_names}
         feeds.update(state.feeds())
         start = time.perf_counter()
-        values = sess.run(fetch, feeds)
+        values = ops.run_checked(sess, fetch, feeds, "calibration")
         run_time += time.perf_counter() - start
         err = state.update(dict(zip(fetch, values)))
         iters += 1

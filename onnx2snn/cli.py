@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, energy
-from . import api
+from . import api, ops
 from . import data as D
 from .calibration import CalibConfig
 from .errors import UserError
@@ -199,7 +199,7 @@ def _run(args) -> int:
         raise UserError(f"-o {out}: folder does not exist")
     chunks = {n: [] for n in names}
     for feeds, _ in D.eval_batches(source, args.batch_size, args.limit):
-        for n, v in zip(names, sess.run(names, feeds)):
+        for n, v in zip(names, ops.run_checked(sess, names, feeds, "run")):
             chunks[n].append(v)
     # per-sample outputs are concatenated; per-batch scalars (onnx2snn_steps) are stacked
     arrays = {n: np.concatenate(v) if v[0].ndim else np.stack(v) for n, v in chunks.items()}

@@ -142,7 +142,7 @@ def _evaluate_each_t(snn, batches, ts, ann, progress, total, threads) -> EvalRes
                 correct_ann += int(np.sum(_top1(ann_out) == labels))
         for t in ts:
             names = [out_name] + (["onnx2snn_steps"] if has_steps else [])
-            values = sessions[t].run(names, feeds)
+            values = ops.run_checked(sessions[t], names, feeds, "evaluation")
             out, st = values[0], stats[t]
             if has_steps:
                 st["steps"] += float(values[1]) * batch
@@ -207,7 +207,7 @@ def evaluate(snn: onnx.ModelProto, batches, timesteps, ann: onnx.ModelProto | No
     for feeds, labels in batches:
         feeds = {k: v for k, v in feeds.items() if k in sim_inputs}
         batch = len(next(iter(feeds.values())))
-        values = sim.run(step_names + [c for _, c in counts], feeds)
+        values = ops.run_checked(sim, step_names + [c for _, c in counts], feeds, "evaluation")
         steps, spike_counts = values[:len(step_names)], values[len(step_names):]
         for (name, _), per_step in zip(counts, spike_counts):
             cum = np.cumsum(per_step.astype(np.float64))

@@ -54,3 +54,13 @@ def session(model, threads: int = 0, custom_ops: bool = True) -> ort.InferenceSe
     elif isinstance(model, Path):
         model = str(model)
     return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+
+
+def run_checked(sess: ort.InferenceSession, names, feeds: dict, what: str):
+    """sess.run, with onnxruntime's complaints about the inputs turned into one-line user errors."""
+    from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
+    try:
+        return sess.run(names, feeds)
+    except InvalidArgument as err:
+        first = str(err).strip().splitlines()[0]
+        raise UserError(f"{what}: onnxruntime rejected the data: {first}") from None

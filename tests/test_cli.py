@@ -135,3 +135,12 @@ def test_looped_portable_early_exit_model_from_the_cli(cnn_path, digits_npz, tmp
     _one_line_error(code, err, "o.npy", "2 outputs")
     code, _, err = _cli(cnn_path, "--data", calib, "--chunk", 4)
     _one_line_error(code, err, "--chunk needs --form loop")
+
+
+def test_data_loader_with_wrong_dtype_gives_one_line(cnn_path, tmp_path):
+    script = tmp_path / "bad.py"
+    script.write_text("import numpy as np\n"
+                      "def load():\n"
+                      "    yield {'input': np.zeros((2, 1, 8, 8), np.float32)[:, :, :, :7]}\n")
+    code, _, err = _cli(cnn_path, "--data-loader", f"{script}:load", "-o", tmp_path / "x.onnx")
+    _one_line_error(code, err, "--data-loader", "do not fit input 'input'")
