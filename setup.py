@@ -30,7 +30,7 @@ setup(
             "onnx2snn._ops",
             sources=["custom_ops/if_neuron.cc", "custom_ops/relux_probe.cc", "custom_ops/register.cc"],
             language="c++",
-            extra_compile_args=["-std=c++17", "-O3", "-ffp-contract=off", "-fvisibility=hidden"],
+            extra_compile_args=["-std=c++17", "-O3", "-ffp-contract=off", "-fno-trapping-math", "-fvisibility=hidden"],
         )
     ],
     cmdclass={"build_ext": BuildOps},

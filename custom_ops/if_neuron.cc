@@ -52,14 +52,17 @@ void RunBlock(void* data, size_t index) {
     v[i - begin] = t.v_in ? t.v_in[i] : t.v_init * t.theta[c];
   }
   const int64_t n = end - begin;
+  float* __restrict vp = v.data();
+  const float* __restrict tp = th.data();
   for (int64_t s = 0; s < t.steps; ++s) {
-    const float* xs = t.x + s * t.step_size + begin;
-    float* out = t.spikes + s * t.step_size + begin;
-    for (int64_t j = 0; j < n; ++j) {
-      float vj = v[j] + xs[j];
-      const float spike = vj > th[j] ? th[j] : 0.0f;
+    const float* __restrict xs = t.x + s * t.step_size + begin;
+    float* __restrict out = t.spikes + s * t.step_size + begin;
+    for (int64_t j = 0; j < n; ++j) {  // vectorised: branch-free select
+      const float thj = tp[j];
+      float vj = vp[j] + xs[j];
+      const float spike = vj > thj ? thj : 0.0f;
       vj = vj - spike;
-      v[j] = vj;
+      vp[j] = vj;
       out[j] = spike;
     }
   }
