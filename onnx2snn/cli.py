@@ -99,10 +99,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="standard ONNX ops only (no custom op library needed), same outputs")
     s.add_argument("--early-exit", action="store_true",
                    help="with --form loop: stop when the top-1 is stable; adds output onnx2snn_steps")
-    s.add_argument("--exit-stable", type=int, default=16, metavar="S",
-                   help="early exit: top-1 unchanged for S steps (16)")
-    s.add_argument("--exit-margin", type=float, default=0.0, metavar="M",
-                   help="early exit: and top-1 minus runner-up of the first output above M (0)")
+    s.add_argument("--exit-stable", type=int, default=32, metavar="S",
+                   help="early exit: top-1 unchanged for S steps (32)")
+    s.add_argument("--exit-margin", type=float, default=2.0, metavar="M",
+                   help="early exit: and top-1 minus runner-up of the scores above M, in output units (2.0)")
     s.add_argument("--exit-min-steps", type=int, default=16, help="early exit: never before this many steps (16)")
     s.add_argument("--check", type=int, default=64, metavar="N",
                    help="after converting, compare SNN and ANN on N calibration samples at T/4, T/2, T (64; 0 = skip)")

@@ -39,8 +39,8 @@ class SNNConfig:
     chunk: int = 1             # loop: steps per iteration (time-batched inside)
     portable: bool = False     # standard ONNX ops only (no custom domain)
     early_exit: bool = False   # loop: stop when the top-1 is stable
-    exit_stable: int = 16      # ... unchanged for this many steps
-    exit_margin: float = 0.0   # ... and its margin over the runner-up exceeds this
+    exit_stable: int = 32      # ... unchanged for this many steps
+    exit_margin: float = 2.0   # ... and its margin over the runner-up exceeds this (output units)
     exit_min_steps: int = 16   # ... never before this many steps
 
     def validate(self):

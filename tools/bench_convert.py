@@ -92,6 +92,7 @@ def main():
     p.add_argument("--limit", type=int)
     p.add_argument("--eval-batch", type=int, default=20)
     p.add_argument("--also-move", action="store_true", help="also evaluate the paper's plain MaxPool move")
+    p.add_argument("--cost-only", action="store_true", help="only the calibration time/memory run")
     p.add_argument("--json")
     args = p.parse_args()
     ts = [int(t) for t in args.timesteps.split(",")]
@@ -108,6 +109,8 @@ def main():
           f"ratio {c['calib_s'] / c['ann_same_batches_s']:.2f}; peak RSS {c['peak_rss_mb']:.0f} MB "
           f"(before calibration {c['rss_before_calib_mb']:.0f} MB)", flush=True)
 
+    if args.cost_only:
+        return
     for method in args.methods.split(","):
         res = calibrate_isolated(args, method, args.iters)
         th = onnx2snn.Thresholds({k: np.asarray(v, np.float32) for k, v in res["thresholds"].items()},

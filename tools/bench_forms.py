@@ -78,7 +78,8 @@ def main():
     p.add_argument("--std", type=lambda s: tuple(map(float, s.split(","))), default=(1.0,))
     p.add_argument("--out", default="bench_forms_out")
     p.add_argument("--speed-batch", type=int, default=16)
-    p.add_argument("--exit-batch", type=int, default=10)
+    p.add_argument("--exit-batch", type=int, default=1, help="early exit is decided per batch; 1 = per image")
+    p.add_argument("--only-exit", action="store_true", help="skip the memory and speed runs")
     p.add_argument("--limit", type=int)
     p.add_argument("--json")
     args = p.parse_args()
@@ -90,7 +91,7 @@ def main():
     one, _ = val.batch([0])
     report = {"memory": {}, "speed_T64": {}, "early_exit": {}}
 
-    for name, kw in FORMS.items():
+    for name, kw in ({} if args.only_exit else FORMS).items():
         row = {}
         for t in (16, 256):
             path = out / f"{name}_T{t}.onnx"
@@ -105,7 +106,7 @@ def main():
 
     x, _ = val.batch(list(range(args.speed_batch)))
     base = None
-    for name, kw in FORMS.items():
+    for name, kw in ({} if args.only_exit else FORMS).items():
         path = out / f"{name}_T64.onnx"
         M.save_atomic(to_snn(ann, th, SNNConfig(timesteps=64, **kw))[0], path)
         ms = time_per_image(path, x["input"], kw.get("portable", False))
