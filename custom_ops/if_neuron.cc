@@ -44,16 +44,27 @@ void RunBlock(void* data, size_t index) {
   const NeuronTask& t = *static_cast<const NeuronTask*>(data);
   const int64_t begin = static_cast<int64_t>(index) * t.block;
   const int64_t end = std::min(begin + t.block, t.step_size);
-  std::vector<float> v(static_cast<size_t>(end - begin));
-  std::vector<float> th(v.size());
-  for (int64_t i = begin; i < end; ++i) {
-    const int64_t c = t.channels == 1 ? 0 : (i / t.inner) % t.channels;
-    th[i - begin] = t.theta[c];
-    v[i - begin] = t.v_in ? t.v_in[i] : t.v_init * t.theta[c];
-  }
   const int64_t n = end - begin;
-  float* __restrict vp = v.data();
-  const float* __restrict tp = th.data();
+  // The state lives in the v_out buffer when there is one (the looped forms), else locally.
+  std::vector<float> local(t.v_out ? 0 : static_cast<size_t>(n));
+  std::vector<float> th(static_cast<size_t>(n));
+  float* __restrict vp = t.v_out ? t.v_out + begin : local.data();
+  float* __restrict tp = th.data();
+  // channel of element i is (i / inner) % channels: walked incrementally, no division per element
+  int64_t c = t.channels == 1 ? 0 : (begin / t.inner) % t.channels;
+  int64_t r = t.channels == 1 ? 0 : begin % t.inner;
+  for (int64_t j = 0; j < n; ++j) {
+    tp[j] = t.theta[c];
+    if (t.channels != 1 && ++r == t.inner) {
+      r = 0;
+      if (++c == t.channels) c = 0;
+    }
+  }
+  if (t.v_in) {
+    std::copy(t.v_in + begin, t.v_in + end, vp);
+  } else {
+    for (int64_t j = 0; j < n; ++j) vp[j] = t.v_init * tp[j];
+  }
   for (int64_t s = 0; s < t.steps; ++s) {
     const float* __restrict xs = t.x + s * t.step_size + begin;
     float* __restrict out = t.spikes + s * t.step_size + begin;
@@ -66,7 +77,6 @@ void RunBlock(void* data, size_t index) {
       out[j] = spike;
     }
   }
-  if (t.v_out) std::copy(v.begin(), v.end(), t.v_out + begin);
 }
 
 struct IFNeuronKernel {

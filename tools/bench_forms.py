@@ -80,6 +80,7 @@ def main():
     p.add_argument("--speed-batch", type=int, default=16)
     p.add_argument("--exit-batch", type=int, default=1, help="early exit is decided per batch; 1 = per image")
     p.add_argument("--only-exit", action="store_true", help="skip the memory and speed runs")
+    p.add_argument("--skip-exit", action="store_true", help="skip the early-exit run")
     p.add_argument("--limit", type=int)
     p.add_argument("--json")
     args = p.parse_args()
@@ -114,6 +115,10 @@ def main():
         report["speed_T64"][name] = {"ms_per_img": ms, "vs_unrolled": ms / base}
         print(f"[speed]  {name:22s} T=64 {ms:8.2f} ms/img  x{ms / base:.2f} of unrolled", flush=True)
 
+    if args.skip_exit:
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=1, default=str))
+        return
     full_path, ee_path = out / "full_T128.onnx", out / "early_T128.onnx"
     M.save_atomic(to_snn(ann, th, SNNConfig(timesteps=128, form="loop", chunk=8))[0], full_path)
     M.save_atomic(to_snn(ann, th, SNNConfig(timesteps=128, form="loop", chunk=8, early_exit=True))[0], ee_path)
