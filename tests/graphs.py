@@ -98,3 +98,21 @@ def fixed_batch_mlp():
     return make(nodes, {"w1": rng.normal(size=(2, 2, 1, 1)), "shape": np.array([1, 8], np.int64),
                         "w2": rng.normal(size=(5, 8)), "w3": rng.normal(size=(3, 5))},
                 [1, 2, 2, 2], out_shape=[1, 3])
+
+
+def nhwc_model():
+    """Keras-style NHWC: Transpose -> Conv -> Transpose back -> Relu (channels on axis 3) -> ..."""
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("Transpose", ["input"], ["nchw"], name="to_nchw", perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", ["nchw", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Transpose", ["c1"], ["c1_nhwc"], name="to_nhwc", perm=[0, 2, 3, 1]),
+        helper.make_node("Relu", ["c1_nhwc"], ["r1"], name="relu1"),
+        helper.make_node("Transpose", ["r1"], ["r1_nchw"], name="to_nchw2", perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", ["r1_nchw", "w2"], ["c2"], name="conv2"),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("GlobalAveragePool", ["r2"], ["g"], name="gap"),
+        helper.make_node("Flatten", ["g"], ["out"], name="flatten"),
+    ]
+    return make(nodes, {"w1": rng.normal(size=(5, 3, 3, 3)), "w2": rng.normal(size=(4, 5, 1, 1))},
+                ["N", 6, 6, 3], out_shape=["N", 4])

@@ -122,3 +122,17 @@ def test_conversion_is_deterministic():
         a = to_snn(model, th, SNNConfig(timesteps=8, form=form))[0].SerializeToString()
         b = to_snn(model, th, SNNConfig(timesteps=8, form=form))[0].SerializeToString()
         assert a == b
+
+
+def test_channel_axis_is_traced_through_transposes():
+    from onnx2snn.analyse import find_activations
+    model = graphs.nhwc_model()
+    acts = {a.name: a for a in find_activations(M.to_graph(M.load_proto(model)))}
+    assert (acts["relu1"].axis, acts["relu1"].channels) == (3, 5)
+    assert (acts["relu2"].axis, acts["relu2"].channels) == (1, 4)
+    th = Thresholds({"relu1": np.linspace(0.5, 2, 5).astype(np.float32),
+                     "relu2": np.linspace(0.5, 1, 4).astype(np.float32)}, "manual")
+    snn, _ = to_snn(model, th, SNNConfig(timesteps=16))
+    x = np.random.default_rng(0).normal(size=(3, 6, 6, 3)).astype(np.float32)
+    np.testing.assert_allclose(ops.session(snn).run(None, {"input": x})[0],
+                               reference.run(snn, {"input": x})[0], rtol=1e-5, atol=1e-6)
