@@ -317,6 +317,9 @@ def finish(p: Prepared, thresholds, config: SNNConfig, form_meta: dict, metadata
     meta.update(form_meta)
     meta.update(metadata or {})
     set_metadata(snn, meta)
+    snn.doc_string = (f"Spiking network (integrate-and-fire, {form_meta.get('onnx2snn.form')}, T={config.timesteps}) "
+                      f"converted by onnx2snn {__version__} with {thresholds.method} thresholds; "
+                      f"custom ops: {'none' if config.portable else DOMAIN}")
     return snn
 
 
