@@ -123,11 +123,26 @@ def recorded_preprocess(model: onnx.ModelProto, mean=None, std=None, size=None, 
                         size if size is not None else base.size, layout or base.layout)
 
 
+def auto_batch_size(snn_model: onnx.ModelProto, t_max: int, budget_mb: float = 2048) -> int:
+    """Samples per simulation batch so that T_max x batch x the largest activation (a few copies
+    alive at once) stays within `budget_mb` for the unrolled form; looped models use 16."""
+    import json
+    meta = M.get_metadata(snn_model)
+    if meta.get("onnx2snn.form") == "loop":
+        return 16
+    largest = json.loads(meta.get("onnx2snn.costs", "{}")).get("largest_activation", 0)
+    if not largest:
+        return 16
+    per_sample_mb = 4 * t_max * largest * 4 / 2 ** 20
+    return int(max(1, min(64, budget_mb // max(per_sample_mb, 1e-9))))
+
+
 def evaluate_file(snn_path, data=None, data_loader=None, ann_path=None, timesteps=(16, 32, 64),
-                  batch_size: int = 16, limit: int | None = None, prep: D.Preprocess | None = None,
+                  batch_size: int | None = None, limit: int | None = None, prep: D.Preprocess | None = None,
                   progress: bool = False) -> ev.EvalResult:
     snn_model = load_snn(snn_path)
     ev.snn_metadata(snn_model)
+    batch_size = batch_size or auto_batch_size(snn_model, max(timesteps))
     prep = prep or recorded_preprocess(snn_model)
     ann = M.load(ann_path) if ann_path else None
     source = D.open_data(data, data_loader, D.model_inputs(snn_model), prep)

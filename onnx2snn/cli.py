@@ -116,7 +116,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--ann", help="the original ANN, for agreement and relative output error")
     e.add_argument("--timesteps", "-T", default="16,32,64", help="comma list of T (16,32,64)")
     e.add_argument("--limit", type=int, help="evaluate at most N samples (a fixed random subset)")
-    e.add_argument("--batch-size", type=int, default=16, help="samples per simulation batch (16); memory grows with T x batch")
+    e.add_argument("--batch-size", type=int,
+                   help="samples per simulation batch; memory grows with T x batch (default: sized from the "
+                        "model's largest activation to stay near 2 GB, at most 64)")
     e.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     e.add_argument("--e-sop", type=float, default=energy.E_SOP_PJ, help="pJ per synaptic operation (0.077)")
     e.add_argument("--e-mac", type=float, default=energy.E_MAC_PJ, help="pJ per MAC (12.5)")
@@ -128,7 +130,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("snn")
     _data_flags(r, "")
     r.add_argument("-o", "--output", default="outputs.npz", help="output file (.npy or .npz)")
-    r.add_argument("--batch-size", type=int, default=16)
+    r.add_argument("--batch-size", type=int, help="samples per run (default: sized from the model, see eval)")
     r.add_argument("--limit", type=int)
     r.add_argument("-v", "--verbose", action="store_true")
 
@@ -198,7 +200,9 @@ def _run(args) -> int:
     if not (out.parent if str(out.parent) else Path(".")).is_dir():
         raise UserError(f"-o {out}: folder does not exist")
     chunks = {n: [] for n in names}
-    for feeds, _ in D.eval_batches(source, args.batch_size, args.limit):
+    steps = int(api.M.get_metadata(snn).get("onnx2snn.timesteps", 64))
+    batch = args.batch_size or api.auto_batch_size(snn, steps)
+    for feeds, _ in D.eval_batches(source, batch, args.limit):
         for n, v in zip(names, ops.run_checked(sess, names, feeds, "run")):
             chunks[n].append(v)
     # per-sample outputs are concatenated; per-batch scalars (onnx2snn_steps) are stacked

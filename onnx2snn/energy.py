@@ -86,3 +86,9 @@ def fanouts(model: onnx.ModelProto, tensors) -> dict:
 
 def totals(model: onnx.ModelProto) -> float:
     return float(sum(m for m, _ in layer_macs(model).values()))
+
+
+def largest_activation(model: onnx.ModelProto) -> int:
+    """Elements per sample of the largest intermediate tensor (sizes the simulation batches)."""
+    sizes = [_per_sample(shape) for name, shape in _shapes(model).items()]
+    return max([n for n in sizes if n] or [1])

@@ -223,7 +223,7 @@ def prepare(model: onnx.ModelProto, thresholds, config: SNNConfig) -> Prepared:
     _free_batch_dims(ordered, regions)
     macs = energy.layer_macs(model)
     fan = energy.fanouts(model, [l.tensor for l in layers])
-    costs = {"ann_macs": energy.totals(model),
+    costs = {"ann_macs": energy.totals(model), "largest_activation": energy.largest_activation(model),
              "pre_macs": float(sum(macs[n.name][0] for n in graph.nodes
                                    if id(n) in regions.pre and n.name in macs)),
              "fanout": {l.name: fan.get(l.tensor, 0.0) for l in layers}}
