@@ -14,6 +14,7 @@ from . import api, ops
 from . import data as D
 from .calibration import CalibConfig
 from .errors import UserError
+from .model import get_metadata
 from .probes import METHODS
 from .report import eval_table, layers_table
 from .rewrite import SNNConfig
@@ -176,7 +177,6 @@ def _eval(args) -> int:
                                prep, progress=not args.quiet)
     print(eval_table(result, args.e_sop, args.e_mac))
     if args.json:
-        from .model import save_atomic  # noqa: F401
         path = Path(args.json)
         if not (path.parent if str(path.parent) else Path(".")).is_dir():
             raise UserError(f"--json {path}: folder does not exist")
@@ -200,7 +200,7 @@ def _run(args) -> int:
     if not (out.parent if str(out.parent) else Path(".")).is_dir():
         raise UserError(f"-o {out}: folder does not exist")
     chunks = {n: [] for n in names}
-    steps = int(api.M.get_metadata(snn).get("onnx2snn.timesteps", 64))
+    steps = int(get_metadata(snn).get("onnx2snn.timesteps", 64))
     batch = args.batch_size or api.auto_batch_size(snn, steps)
     for feeds, _ in D.eval_batches(source, batch, args.limit):
         for n, v in zip(names, ops.run_checked(sess, names, feeds, "run")):
