@@ -56,8 +56,15 @@ def _prep(args, recorded=None) -> D.Preprocess:
     return D.Preprocess(mean or base.mean, std or base.std, size or base.size, args.layout or base.layout)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the house rule for user errors: one line on stderr, exit code 1."""
+
+    def error(self, message):
+        self.exit(1, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="onnx2snn",
         description="Convert a trained ReLU network (ONNX, any framework) into a spiking network of "
                     "integrate-and-fire neurons that runs in onnxruntime. Training-free: thresholds "

@@ -144,3 +144,11 @@ def test_data_loader_with_wrong_dtype_gives_one_line(cnn_path, tmp_path):
                       "    yield {'input': np.zeros((2, 1, 8, 8), np.float32)[:, :, :, :7]}\n")
     code, _, err = _cli(cnn_path, "--data-loader", f"{script}:load", "-o", tmp_path / "x.onnx")
     _one_line_error(code, err, "--data-loader", "do not fit input 'input'")
+
+
+def test_unknown_flag_and_bad_choice_are_one_line_exit_1(cnn_path):
+    code, _, err = _cli(cnn_path, "--no-such-flag")
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and "--no-such-flag" in lines[0]
+    code, _, err = _cli(cnn_path, "--method", "magic")
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "magic" in err
