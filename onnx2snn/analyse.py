@@ -141,34 +141,26 @@ def find_activations(graph: gs.Graph) -> list:
     return acts
 
 
-def _dependents(graph: gs.Graph, seeds):
-    """Nodes reachable downstream of the outputs of `seeds` (not including the seeds)."""
-    seen, stack = set(), [t for n in seeds for t in n.outputs]
-    while stack:
-        tensor = stack.pop()
-        for consumer in tensor.outputs:
-            if id(consumer) not in seen:
-                seen.add(id(consumer))
-                stack.extend(consumer.outputs)
-    return seen
+def _reachable(seeds, downstream: bool) -> set:
+    """ids of the nodes reachable from `seeds` (excluded) following edges down- or upstream.
 
-
-def _ancestors(seeds):
-    seen, stack = set(), [t for n in seeds for t in n.inputs]
+    A gs tensor's `outputs` are its consumers and `inputs` its producer; a node's `outputs` /
+    `inputs` are tensors: the same two attribute names walk either direction."""
+    step = "outputs" if downstream else "inputs"
+    seen, stack = set(), [t for n in seeds for t in getattr(n, step)]
     while stack:
-        tensor = stack.pop()
-        for producer in tensor.inputs:
-            if id(producer) not in seen:
-                seen.add(id(producer))
-                stack.extend(producer.inputs)
+        for node in getattr(stack.pop(), step):
+            if id(node) not in seen:
+                seen.add(id(node))
+                stack.extend(getattr(node, step))
     return seen
 
 
 def classify(graph: gs.Graph, neurons) -> Regions:
     """Split the non-neuron nodes into pre / spiking / post regions (ids of nodes)."""
     neuron_ids = {id(n) for n in neurons}
-    down = _dependents(graph, neurons)
-    up = _ancestors(neurons)
+    down = _reachable(neurons, downstream=True)
+    up = _reachable(neurons, downstream=False)
     regions = Regions()
     for node in graph.nodes:
         if id(node) in neuron_ids:
