@@ -116,3 +116,24 @@ def nhwc_model():
     ]
     return make(nodes, {"w1": rng.normal(size=(5, 3, 3, 3)), "w2": rng.normal(size=(4, 5, 1, 1))},
                 ["N", 6, 6, 3], out_shape=["N", 4])
+
+
+def unet_like_model():
+    """Relu feeding both a MaxPool (down path) and a skip connection (U-Net style)."""
+    rng = np.random.default_rng(1)
+    nodes = [
+        helper.make_node("Conv", ["input", "w0"], ["c0"], name="conv0", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c0"], ["r0"], name="relu0"),
+        helper.make_node("Conv", ["r0", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),              # spike-driven, two consumers
+        helper.make_node("MaxPool", ["r1"], ["p1"], name="down", kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Conv", ["p1", "w2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("Resize", ["r2", "", "scales"], ["u2"], name="up", mode="nearest"),
+        helper.make_node("Concat", ["u2", "r1"], ["cat"], name="skip", axis=1),
+        helper.make_node("Conv", ["cat", "w3"], ["out"], name="head"),
+    ]
+    return make(nodes, {"w0": rng.normal(size=(3, 1, 3, 3)), "w1": rng.normal(size=(3, 3, 3, 3)) * 0.5,
+                        "w2": rng.normal(size=(4, 3, 3, 3)) * 0.5, "w3": rng.normal(size=(2, 7, 1, 1)),
+                        "scales": np.array([1, 1, 2, 2], np.float32)},
+                ["N", 1, 8, 8], out_shape=["N", 2, 8, 8])

@@ -136,3 +136,28 @@ def test_channel_axis_is_traced_through_transposes():
     x = np.random.default_rng(0).normal(size=(3, 6, 6, 3)).astype(np.float32)
     np.testing.assert_allclose(ops.session(snn).run(None, {"input": x})[0],
                                reference.run(snn, {"input": x})[0], rtol=1e-5, atol=1e-6)
+
+
+def test_pool_branch_gets_its_own_neuron_and_skip_keeps_the_original():
+    model = graphs.unet_like_model()
+    th = _thresholds(model, 1.0)
+    x = np.random.default_rng(0).normal(size=(4, 1, 8, 8)).astype(np.float32)
+    ann = ops.session(model, custom_ops=False).run(None, {"input": x})[0]
+    # the ANN with every activation clipped at theta = 1 (what the SNN's rates converge to)
+    clipped = onnx.ModelProto()
+    clipped.CopyFrom(model)
+    for node in clipped.graph.node:
+        if node.op_type == "Relu":
+            node.op_type = "Clip"
+            node.input.extend(["zero", "one"])
+    clipped.graph.initializer.extend([onnx.numpy_helper.from_array(np.array(0, np.float32), "zero"),
+                                      onnx.numpy_helper.from_array(np.array(1, np.float32), "one")])
+    target = ops.session(clipped, custom_ops=False).run(None, {"input": x})[0]
+    errors = []
+    for t in (16, 64, 256):
+        snn, layers = to_snn(model, th, SNNConfig(timesteps=t))
+        roles = {l.name: l.role for l in layers}
+        assert roles["relu1"] == "neuron" and roles["relu1>down"] == "after spiking max pool"
+        errors.append(np.abs(ops.session(snn).run(None, {"input": x})[0] - target).mean())
+    assert errors[0] > errors[1] > errors[2] and errors[2] < 0.02 * np.abs(target).mean() + 0.01
+    assert not np.allclose(ann, target)   # the clip matters: the test is not trivial
