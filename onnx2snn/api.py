@@ -48,10 +48,12 @@ def calibrate(model: onnx.ModelProto, source, config: cal.CalibConfig = cal.Cali
               progress: bool = False) -> cal.Thresholds:
     """Thresholds for `model` from a data source (see data.open_data)."""
     config.validate()
+    batch = D.resolve_batch(config.batch_size, D.model_inputs(model), 100)
+    config = cal.CalibConfig(**{**config.__dict__, "batch_size": batch})
     n = len(source) if isinstance(source, D.Source) else None
     iters = cal.batches_needed(config, n)
     layout = getattr(source, "layout", "NCHW")
-    batches = D.calibration_batches(source, config.batch_size, iters, config.seed, config.augment, layout)
+    batches = D.calibration_batches(source, batch, iters, config.seed, config.augment, layout)
     cfg = cal.CalibConfig(**{**config.__dict__, "iters": iters})
     return cal.calibrate(model, batches, cfg, progress=progress)
 
@@ -95,7 +97,9 @@ def convert(model_path, data=None, data_loader=None, output=None,
     if check_samples and source is not None:
         ts = check_timesteps or sorted({max(1, snn.timesteps // 4), max(1, snn.timesteps // 2), snn.timesteps})
         ts = [t for t in ts if t > snn.delay]
-        batches = D.eval_batches(source, max(1, min(calib.batch_size, 32)), check_samples)
+        inputs = D.model_inputs(model)
+        batches = D.eval_batches(source, D.resolve_batch(None, inputs, 32), check_samples,
+                                 exact=D.static_batch(inputs) is not None)
         result.check = ev.evaluate(snn_model, batches, ts, ann=model, progress=progress,
                                    total=min(check_samples, len(source)) if isinstance(source, D.Source) else None)
     return result
@@ -142,12 +146,14 @@ def evaluate_file(snn_path, data=None, data_loader=None, ann_path=None, timestep
                   progress: bool = False) -> ev.EvalResult:
     snn_model = load_snn(snn_path)
     ev.snn_metadata(snn_model)
-    batch_size = batch_size or auto_batch_size(snn_model, max(timesteps))
+    inputs = D.model_inputs(snn_model)
+    batch_size = D.resolve_batch(batch_size, inputs, auto_batch_size(snn_model, max(timesteps)))
     prep = prep or recorded_preprocess(snn_model)
     ann = M.load(ann_path) if ann_path else None
     source = D.open_data(data, data_loader, D.model_inputs(snn_model), prep)
     total = min(limit or len(source), len(source)) if isinstance(source, D.Source) else None
-    return ev.evaluate(snn_model, D.eval_batches(source, batch_size, limit), timesteps, ann,
+    return ev.evaluate(snn_model, D.eval_batches(source, batch_size, limit, exact=D.static_batch(inputs) is not None),
+                       timesteps, ann,
                        progress=progress, total=total)
 
 

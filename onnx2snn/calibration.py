@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 class CalibConfig:
     method: str = "ltb"
     iters: int = 1000
-    batch_size: int = 100
+    batch_size: int | None = None   # None: 100, or the model's fixed batch size
     lr: float = 1.0
     percentile: float = 99.9
     seed: int = 0
@@ -42,7 +42,7 @@ class CalibConfig:
             raise UserError(f"--method {self.method}: unknown (choose from {', '.join(probes.METHODS)})")
         if self.iters < 1:
             raise UserError(f"--iters {self.iters}: must be >= 1")
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise UserError(f"--batch-size {self.batch_size}: must be >= 1")
         if not (0 < self.percentile <= 100):
             raise UserError(f"--percentile {self.percentile}: must be in (0, 100]")
@@ -217,5 +217,5 @@ def calibrate(model, batches, config: CalibConfig, progress: bool = False, threa
 def batches_needed(config: CalibConfig, n_samples: int | None) -> int:
     """max/percentile see each sample once at most; LTB runs all --iters batches."""
     if config.method in ("max", "percentile") and n_samples:
-        return min(config.iters, math.ceil(n_samples / config.batch_size))
+        return min(config.iters, math.ceil(n_samples / (config.batch_size or 100)))
     return config.iters

@@ -85,7 +85,8 @@ def _parser() -> argparse.ArgumentParser:
                         "per layer; max: max-norm; percentile: robust-norm")
     g.add_argument("--percentile", type=float, default=99.9, help="percentile for --method percentile (99.9)")
     g.add_argument("--iters", type=int, default=1000, help="calibration batches (1000); max/percentile stop after one pass")
-    g.add_argument("--batch-size", type=int, default=100, help="samples per calibration batch (100)")
+    g.add_argument("--batch-size", type=int,
+                   help="samples per calibration batch (100; a model with a fixed batch size uses that)")
     g.add_argument("--lr", type=float, default=1.0, help="LTB learning rate (1.0)")
     g.add_argument("--seed", type=int, default=0, help="shuffling/augmentation seed (0)")
     g.add_argument("--augment", action="store_true", help="random flips and padded crops of image batches")
@@ -208,8 +209,9 @@ def _run(args) -> int:
         raise UserError(f"-o {out}: folder does not exist")
     chunks = {n: [] for n in names}
     steps = int(get_metadata(snn).get("onnx2snn.timesteps", 64))
-    batch = args.batch_size or api.auto_batch_size(snn, steps)
-    for feeds, _ in D.eval_batches(source, batch, args.limit):
+    inputs = D.model_inputs(snn)
+    batch = D.resolve_batch(args.batch_size, inputs, api.auto_batch_size(snn, steps))
+    for feeds, _ in D.eval_batches(source, batch, args.limit, exact=D.static_batch(inputs) is not None):
         for n, v in zip(names, ops.run_checked(sess, names, feeds, "run")):
             chunks[n].append(v)
     # per-sample outputs are concatenated; per-batch scalars (onnx2snn_steps) are stacked

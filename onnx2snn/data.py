@@ -62,6 +62,28 @@ def model_inputs(model) -> list:
     return out
 
 
+def static_batch(inputs) -> int | None:
+    """The fixed batch size of the model's inputs (exports with a static first dimension), if any."""
+    sizes = {i.shape[0] for i in inputs if i.shape}
+    if len(sizes) == 1:
+        size = sizes.pop()
+        if isinstance(size, int) and size > 0:
+            return size
+    return None
+
+
+def resolve_batch(requested: int | None, inputs, default: int, flag: str = "--batch-size") -> int:
+    """`requested`, or the default; a model with a fixed batch size B accepts only B."""
+    fixed = static_batch(inputs)
+    if fixed is None:
+        return requested or default
+    if requested and requested != fixed:
+        names = ", ".join(f"'{i.name}'" for i in inputs)
+        raise UserError(f"{flag} {requested}: the model's input {names} has a fixed batch size of {fixed}; "
+                        f"use {flag} {fixed} or re-export the model with a dynamic batch")
+    return fixed
+
+
 def parse_floats(text: str | None, flag: str):
     if text is None:
         return None
@@ -359,8 +381,9 @@ def calibration_batches(source, batch_size: int, iters: int, seed: int, augment:
         yield feeds
 
 
-def eval_batches(source, batch_size: int, limit: int | None = None):
-    """(feeds, labels) in order, at most `limit` samples."""
+def eval_batches(source, batch_size: int, limit: int | None = None, exact: bool = False):
+    """(feeds, labels) in order, at most `limit` samples. With `exact` (a model with a fixed batch
+    size) a last batch that would be short is skipped, with a warning."""
     if isinstance(source, LoaderScript):
         seen = 0
         for feeds, labels in source.batches():
@@ -378,4 +401,9 @@ def eval_batches(source, batch_size: int, limit: int | None = None):
     order = np.arange(n) if limit is None or limit >= n else \
         np.sort(np.random.default_rng(0).permutation(n)[:limit])
     for start in range(0, len(order), batch_size):
-        yield source.batch(list(order[start:start + batch_size]))
+        chunk = list(order[start:start + batch_size])
+        if exact and len(chunk) < batch_size:
+            log.warning("the last %d sample(s) do not fill the model's fixed batch of %d and are skipped",
+                        len(chunk), batch_size)
+            return
+        yield source.batch(chunk)

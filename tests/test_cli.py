@@ -152,3 +152,20 @@ def test_unknown_flag_and_bad_choice_are_one_line_exit_1(cnn_path):
     assert code == 1 and len(lines) == 1 and "--no-such-flag" in lines[0]
     code, _, err = _cli(cnn_path, "--method", "magic")
     assert code == 1 and len(err.strip().splitlines()) == 1 and "magic" in err
+
+
+def test_fixed_batch_model_uses_its_batch_size(tmp_path):
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    import graphs
+    import onnx
+    path = tmp_path / "fixed.onnx"
+    onnx.save(graphs.fixed_batch_mlp(), path)            # input [1, 2, 2, 2]
+    data = tmp_path / "d.npz"
+    np.savez(data, input=np.random.default_rng(0).normal(size=(7, 2, 2, 2)).astype(np.float32))
+    code, _, err = _cli(path, "--data", data, "--batch-size", 100, "-o", tmp_path / "x.onnx")
+    _one_line_error(code, err, "--batch-size 100", "fixed batch size of 1")
+    code, out, err = _cli(path, "--data", data, "--iters", 5, "-o", tmp_path / "x.onnx", "--check", 5)
+    assert code == 0, err
+    code, out, err = _cli("eval", tmp_path / "x.onnx", "--data", data, "--ann", path, "-T", "8,16", "-q")
+    assert code == 0, err
+    assert "samples: 7" in out
