@@ -69,6 +69,22 @@ def _simulation_model(snn: onnx.ModelProto, t_max: int, readouts):
     return gs.export_onnx(graph, do_type_check=False), counts
 
 
+def _loop_history_model(snn: onnx.ModelProto, t_max: int, readouts):
+    """A looped SNN at T = t_max that also returns each readout's accumulated sum after every
+    iteration (scan outputs): the running sums at every multiple of the chunk size."""
+    model = _with_timesteps(snn, t_max)
+    loop = next(n for n in model.graph.node if n.op_type == "Loop")
+    body = next(a.g for a in loop.attribute if a.name == "body")
+    for r in readouts:
+        per_iter, history = f"{r['acc']}/per_iteration", f"{r['acc']}/history"
+        body.node.append(onnx.helper.make_node("Identity", [r["acc"]], [per_iter], name=f"{per_iter}/copy"))
+        body.output.append(onnx.helper.make_tensor_value_info(per_iter, onnx.TensorProto.FLOAT, None))
+        loop.output.append(history)
+        model.graph.output.append(onnx.helper.make_tensor_value_info(history, onnx.TensorProto.FLOAT, None))
+        r["history"] = history
+    return model
+
+
 def _head_model(snn: onnx.ModelProto, readouts):
     """The part of the SNN after the readout, taking the averaged tensors as inputs."""
     graph = gs.import_onnx(snn)
@@ -170,25 +186,30 @@ def _evaluate_each_t(snn, batches, ts, ann, progress, total, threads) -> EvalRes
 
 def evaluate(snn: onnx.ModelProto, batches, timesteps, ann: onnx.ModelProto | None = None,
              progress: bool = False, total: int | None = None, threads: int = 0) -> EvalResult:
-    meta = get_metadata(snn)
-    if meta.get("onnx2snn.form") == "loop":
-        ts = sorted(set(int(t) for t in timesteps))
-        return _evaluate_each_t(snn, batches, ts, ann, progress, total, threads)
     meta = snn_metadata(snn)
-    readouts = json.loads(meta["onnx2snn.readout"])
     delay = int(meta.get("onnx2snn.delay", 0))
     ts = sorted(set(int(t) for t in timesteps))
     if not ts or ts[0] <= delay:
         raise UserError(f"--timesteps: every T must exceed the model's delay D={delay}")
     t_max = ts[-1]
+    looped = meta.get("onnx2snn.form") == "loop"
+    chunk = int(meta.get("onnx2snn.chunk", 1))
+    if looped and (int(meta.get("onnx2snn.early_exit", 0)) or any(t % chunk for t in ts)
+                   or "onnx2snn.readout" not in meta):
+        # early exit decides its own steps; sums exist only at multiples of the chunk size
+        return _evaluate_each_t(snn, batches, ts, ann, progress, total, threads)
+    readouts = json.loads(meta["onnx2snn.readout"])
     costs = json.loads(meta.get("onnx2snn.costs", "{}"))
     fanout = costs.get("fanout", {})
-    sim_model, counts = _simulation_model(snn, t_max, readouts)
+    if looped:
+        sim_model, counts = _loop_history_model(snn, t_max, readouts), []
+    else:
+        sim_model, counts = _simulation_model(snn, t_max, readouts)
     sim = ops.session(sim_model, threads)
     head = ops.session(_head_model(snn, readouts), threads)
     ann_sess = ops.session(ann, threads, custom_ops=False) if ann is not None else None
     out_names = [score_output(snn)]
-    step_names = [r["steps"] for r in readouts]
+    step_names = [r["history"] if looped else r["steps"] for r in readouts]
     head_inputs = {i.name for i in head.get_inputs()}
     sim_inputs = {i.name for i in sim.get_inputs()}
 
@@ -213,8 +234,11 @@ def evaluate(snn: onnx.ModelProto, batches, timesteps, ann: onnx.ModelProto | No
             cum = np.cumsum(per_step.astype(np.float64))
             for t in ts:
                 spikes[t] += cum[t - 1] * fanout.get(name, 0.0)
-        sums = [np.cumsum(s.reshape((t_max, batch) + s.shape[1:]).astype(np.float64), axis=0)
-                for s in steps]
+        if looped:   # running sums after each iteration, steps < D already left out
+            sums = [s.astype(np.float64) for s in steps]
+        else:
+            sums = [np.cumsum(s.reshape((t_max, batch) + s.shape[1:]).astype(np.float64), axis=0)
+                    for s in steps]
         ann_out = ann_sess.run(out_names, feeds)[0] if ann_sess is not None else None
         if labels is None:
             has_labels = False
@@ -225,7 +249,10 @@ def evaluate(snn: onnx.ModelProto, batches, timesteps, ann: onnx.ModelProto | No
         for t in ts:
             head_feeds = {k: v for k, v in feeds.items() if k in head_inputs}
             for r, cs in zip(readouts, sums):
-                total_t = cs[t - 1] - (cs[delay - 1] if delay else 0.0)
+                if looped:
+                    total_t = cs[t // chunk - 1]
+                else:
+                    total_t = cs[t - 1] - (cs[delay - 1] if delay else 0.0)
                 head_feeds[r["mean"]] = (total_t / (t - delay)).astype(np.float32)
             out = head.run(out_names[:1], head_feeds)[0]
             if labels is not None:

@@ -188,14 +188,17 @@ def to_loop(model: onnx.ModelProto, thresholds, config, metadata=None):
     count = b.op("Cast", [b.op("Max", [b.op("Sub", [steps_entry[3], b.const(np.array(D, np.int64))],
                                             dtype=np.int64), b.const(np.array(1, np.int64))], dtype=np.int64)],
                  {"to": onnx.TensorProto.FLOAT})
-    finals = {id(t): acc[3] for (t, _, _), acc in zip(leaving, accs)}
-    for t, post, is_output in leaving:
-        def mean_of(x, out, final=finals[id(t)]):
-            return b.op("Div", [final, count], out=[out] if out is not None else None)
+    readouts = []
+    for (t, post, is_output), acc in zip(leaving, accs):
+        def mean_of(x, out, acc=acc):
+            mean = b.op("Div", [acc[3], count], out=[out] if out is not None else None)
+            readouts.append({"acc": acc[2].name, "mean": mean.name})   # lets eval read every T
+            return mean
         connect_readout(p, t, post, is_output, mean_of)
     if config.early_exit:
         graph.outputs = list(graph.outputs) + [_steps_output(b, steps_entry[3])]
-    form = {"onnx2snn.form": "loop", "onnx2snn.chunk": K, "onnx2snn.early_exit": int(config.early_exit)}
+    form = {"onnx2snn.form": "loop", "onnx2snn.chunk": K, "onnx2snn.early_exit": int(config.early_exit),
+            "onnx2snn.readout": json.dumps(readouts)}
     if config.early_exit:
         form["onnx2snn.early_exit_rule"] = json.dumps({"stable_steps": config.exit_stable,
                                                        "margin": config.exit_margin,

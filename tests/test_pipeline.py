@@ -87,3 +87,18 @@ def test_relu6_threshold_is_capped_by_the_clip(mlp_path, digits_npz, tmp_path):
     # the softmax head runs once on averaged values: outputs are probabilities
     out = ops.session(result.output).run(None, {"input": np.load(calib)["input"][:5]})[0]
     np.testing.assert_allclose(out.sum(1), 1.0, rtol=1e-5)
+
+
+def test_looped_model_eval_from_one_simulation_equals_runs_per_t(cnn_path, digits_npz, tmp_path):
+    from onnx2snn.evaluate import _evaluate_each_t, evaluate
+    calib, test = digits_npz
+    result = onnx2snn.convert(cnn_path, data=str(calib), output=tmp_path / "l.onnx", calib=CalibConfig(iters=30),
+                              snn=SNNConfig(timesteps=32, form="loop", chunk=4, delay=4))
+    data = np.load(test)
+    batches = [({"input": data["input"][:120]}, data["y"][:120])]
+    ann = M.load(cnn_path)
+    once = evaluate(result.snn, batches, [8, 16, 64], ann)
+    each = _evaluate_each_t(result.snn, batches, [8, 16, 64], ann, False, None, 0)
+    for a, b in zip(once.rows, each.rows):
+        assert a["T"] == b["T"] and a["accuracy"] == b["accuracy"] and a["agreement"] == b["agreement"]
+        assert a["rel_error"] == pytest.approx(b["rel_error"], rel=1e-6)
