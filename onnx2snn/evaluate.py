@@ -54,12 +54,15 @@ def _simulation_model(snn: onnx.ModelProto, t_max: int, readouts):
     extra, counts = [], []
     for node in [n for n in graph.nodes if n.op == "IFNeuron"]:
         node.attrs["timesteps"] = t_max
-        spikes = node.outputs[0]
+    for neuron in _neurons(snn):
+        spikes = tensors.get(neuron.get("tensor", ""))
+        if spikes is None:
+            continue
         fired = b.op("Cast", [b.op("Greater", [spikes, b.const(np.float32(0))], dtype=np.bool_)],
                      {"to": onnx.TensorProto.FLOAT})
         per_step = b.reduce("ReduceSum", b.reshape(fired, [t_max, -1]), [1], keepdims=0)
-        per_step.name = f"{node.name}/spike_count"
-        counts.append((node.name, per_step.name))
+        per_step.name = f"{neuron['name']}/spike_count"
+        counts.append((neuron["name"], per_step.name))
         extra.append(per_step)
     for r in readouts:
         t = tensors[r["steps"]]
@@ -69,12 +72,32 @@ def _simulation_model(snn: onnx.ModelProto, t_max: int, readouts):
     return gs.export_onnx(graph, do_type_check=False), counts
 
 
+def _neurons(snn: onnx.ModelProto) -> list:
+    return json.loads(get_metadata(snn).get("onnx2snn.neurons", "[]"))
+
+
 def _loop_history_model(snn: onnx.ModelProto, t_max: int, readouts):
-    """A looped SNN at T = t_max that also returns each readout's accumulated sum after every
-    iteration (scan outputs): the running sums at every multiple of the chunk size."""
+    """A looped SNN at T = t_max that also returns, after every iteration (scan outputs), each
+    readout's accumulated sum and each neuron's spike count."""
     model = _with_timesteps(snn, t_max)
     loop = next(n for n in model.graph.node if n.op_type == "Loop")
     body = next(a.g for a in loop.attribute if a.name == "body")
+    produced = {o for n in body.node for o in n.output}
+    counts = []
+    body.initializer.append(onnx.numpy_helper.from_array(np.array(0, np.float32), "onnx2snn.eval/zero"))
+    for neuron in _neurons(snn):
+        name = neuron.get("tensor", "")
+        if name not in produced:
+            continue
+        base = f"{neuron['name']}/eval"
+        body.node.extend([
+            onnx.helper.make_node("Greater", [name, "onnx2snn.eval/zero"], [f"{base}/fired"]),
+            onnx.helper.make_node("Cast", [f"{base}/fired"], [f"{base}/fired_f"], to=onnx.TensorProto.FLOAT),
+            onnx.helper.make_node("ReduceSum", [f"{base}/fired_f"], [f"{base}/count"], keepdims=0)])
+        body.output.append(onnx.helper.make_tensor_value_info(f"{base}/count", onnx.TensorProto.FLOAT, None))
+        loop.output.append(f"{base}/counts")
+        model.graph.output.append(onnx.helper.make_tensor_value_info(f"{base}/counts", onnx.TensorProto.FLOAT, None))
+        counts.append((neuron["name"], f"{base}/counts"))
     for r in readouts:
         per_iter, history = f"{r['acc']}/per_iteration", f"{r['acc']}/history"
         body.node.append(onnx.helper.make_node("Identity", [r["acc"]], [per_iter], name=f"{per_iter}/copy"))
@@ -82,7 +105,7 @@ def _loop_history_model(snn: onnx.ModelProto, t_max: int, readouts):
         loop.output.append(history)
         model.graph.output.append(onnx.helper.make_tensor_value_info(history, onnx.TensorProto.FLOAT, None))
         r["history"] = history
-    return model
+    return model, counts
 
 
 def _head_model(snn: onnx.ModelProto, readouts):
@@ -202,7 +225,7 @@ def evaluate(snn: onnx.ModelProto, batches, timesteps, ann: onnx.ModelProto | No
     costs = json.loads(meta.get("onnx2snn.costs", "{}"))
     fanout = costs.get("fanout", {})
     if looped:
-        sim_model, counts = _loop_history_model(snn, t_max, readouts), []
+        sim_model, counts = _loop_history_model(snn, t_max, readouts)
     else:
         sim_model, counts = _simulation_model(snn, t_max, readouts)
     sim = ops.session(sim_model, threads)
@@ -231,9 +254,9 @@ def evaluate(snn: onnx.ModelProto, batches, timesteps, ann: onnx.ModelProto | No
         values = ops.run_checked(sim, step_names + [c for _, c in counts], feeds, "evaluation")
         steps, spike_counts = values[:len(step_names)], values[len(step_names):]
         for (name, _), per_step in zip(counts, spike_counts):
-            cum = np.cumsum(per_step.astype(np.float64))
+            cum = np.cumsum(per_step.astype(np.float64))   # per step, or per iteration when looped
             for t in ts:
-                spikes[t] += cum[t - 1] * fanout.get(name, 0.0)
+                spikes[t] += cum[t // chunk - 1 if looped else t - 1] * fanout.get(name, 0.0)
         if looped:   # running sums after each iteration, steps < D already left out
             sums = [s.astype(np.float64) for s in steps]
         else:

@@ -126,6 +126,7 @@ def to_loop(model: onnx.ModelProto, thresholds, config, metadata=None):
     K, T, D = config.chunk, config.timesteps, config.delay
     iterations = math.ceil(T / K)
     rw.T.values = np.array([K], np.int64)        # unfold/tile inside the body use K rows per sample
+    rw.T.name = "onnx2snn.chunk_steps"
     lb = _LoopBuilder(p, config)
     tile_pre_inputs(p)                            # time-invariant inputs repeated K times, once
     _neuron_states(lb)
@@ -165,7 +166,7 @@ def to_loop(model: onnx.ModelProto, thresholds, config, metadata=None):
         cond_out = b.op("Identity", [cond_in], dtype=np.bool_)
     if config.portable:
         from .portable import lower_neurons
-        lower_neurons(graph, b, p.ranks)
+        lower_neurons(graph, b, p.ranks, rw.T)
     inside = {id(n) for n in p.ordered} | {id(n) for n in graph.nodes[marker:]}
     body_nodes = [n for n in graph.nodes if id(n) in inside and (n.inputs or n.outputs)]
     graph.nodes = [n for n in graph.nodes if id(n) not in inside]

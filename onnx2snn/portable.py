@@ -30,7 +30,8 @@ def _step(prefix: str, v_prev, x, theta_b, zero):
     return nodes, v_new, s
 
 
-def lower_neuron(graph: gs.Graph, b: Builder, node: gs.Node, rank: int) -> None:
+def lower_neuron(graph: gs.Graph, b: Builder, node: gs.Node, rank: int, steps_const=None) -> None:
+    """`steps_const`: the graph's shared int64 [1] step-count constant (so eval can change T)."""
     steps = int(node.attrs["timesteps"])
     v_init = np.float32(node.attrs.get("v_init", 0.5))
     x = node.inputs[0]
@@ -50,7 +51,8 @@ def lower_neuron(graph: gs.Graph, b: Builder, node: gs.Node, rank: int) -> None:
         if v_out is not None:
             b.op("Identity", [v_new], out=[v_out])
         return
-    per_step = b.op("Reshape", [x, b.concat([b.const(np.array([steps, -1], np.int64)), b.shape_tail(x)],
+    count = steps_const if steps_const is not None else b.const(np.array([steps], np.int64))
+    per_step = b.op("Reshape", [x, b.concat([count, b.const(np.array([-1], np.int64)), b.shape_tail(x)],
                                             dtype=np.int64)])
     v0 = v_in if v_in is not None else b.op(
         "Expand", [b.op("Mul", [theta_b, b.const(v_init)]), b.shape_tail(per_step)])
@@ -69,10 +71,10 @@ def lower_neuron(graph: gs.Graph, b: Builder, node: gs.Node, rank: int) -> None:
          out=[spikes])
 
 
-def lower_neurons(graph: gs.Graph, b: Builder, ranks: dict) -> None:
+def lower_neurons(graph: gs.Graph, b: Builder, ranks: dict, steps_const=None) -> None:
     """Replace every IFNeuron node of `graph` (not of its subgraphs) by standard ops."""
     saved = b.graph
     b.graph = graph
     for node in [n for n in graph.nodes if n.op == "IFNeuron"]:
-        lower_neuron(graph, b, node, ranks[node.name])
+        lower_neuron(graph, b, node, ranks[node.name], steps_const)
     b.graph = saved

@@ -311,7 +311,7 @@ def finish(p: Prepared, thresholds, config: SNNConfig, form_meta: dict, metadata
         "onnx2snn.method": thresholds.method,
         "onnx2snn.thresholds": json.dumps(thresholds.info, sort_keys=True),
         "onnx2snn.costs": json.dumps(p.costs),
-        "onnx2snn.neurons": json.dumps([{"name": l.name, "source": l.source, "role": l.role}
+        "onnx2snn.neurons": json.dumps([{"name": l.name, "source": l.source, "role": l.role, "tensor": l.tensor}
                                         for l in p.layers]),
     }
     meta.update(form_meta)
@@ -336,7 +336,7 @@ def to_snn(model: onnx.ModelProto, thresholds, config: SNNConfig, metadata: dict
         p.rw.spiking_maxpool(node)
     if config.portable:
         from .portable import lower_neurons
-        lower_neurons(p.graph, p.rw.b, p.ranks)
+        lower_neurons(p.graph, p.rw.b, p.ranks, p.rw.T)
     snn = finish(p, thresholds, config, {"onnx2snn.form": "unrolled",
                                          "onnx2snn.readout": json.dumps(p.rw.readouts)}, metadata)
     return snn, p.layers

@@ -123,3 +123,23 @@ def test_early_exit_keeps_accuracy_with_fewer_steps(cnn_path, digits_npz, tmp_pa
         steps.append(int(used))
     assert acc_early / len(x) >= acc_full / len(x) - 0.01
     assert 16 <= np.mean(steps) < 128 and all(s % 4 == 0 or s == 128 for s in steps)
+
+
+def test_eval_gives_the_same_numbers_and_spike_counts_in_every_form(cnn_path, digits_npz, tmp_path):
+    from onnx2snn.evaluate import evaluate
+    calib, test = digits_npz
+    ann = M.load(cnn_path)
+    th = onnx2snn.calibrate(ann, onnx2snn.api.open_source(ann, str(calib)), CalibConfig(iters=30))
+    data = np.load(test)
+    batches = [({"input": data["input"][:60]}, data["y"][:60])]
+    rows = {}
+    for kw in forms(32, 3):
+        if 8 % kw.get("chunk", 1):
+            continue                      # eval steps must be multiples of the chunk for one simulation
+        snn, _ = to_snn(ann, th, SNNConfig(timesteps=32, **kw))   # evaluated beyond the model's T too
+        rows[str(kw)] = [(r["T"], r["accuracy"], r["sops"]) for r in evaluate(snn, batches, [8, 16, 64], ann).rows]
+    first = next(iter(rows.values()))
+    assert all(r[2] > 0 for r in first)
+    for key, value in rows.items():
+        assert [(t, a) for t, a, _ in value] == [(t, a) for t, a, _ in first], key
+        np.testing.assert_allclose([s for _, _, s in value], [s for _, _, s in first], rtol=1e-3, err_msg=key)
