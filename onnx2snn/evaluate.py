@@ -161,50 +161,87 @@ def _with_timesteps(snn: onnx.ModelProto, t: int) -> onnx.ModelProto:
     return model
 
 
+class _Scores:
+    """Accuracy, top-1 agreement, relative error, SOPs and steps used, accumulated per T."""
+
+    def __init__(self, ts, ann_sess, out_name):
+        self.ts, self.ann_sess, self.out_name = ts, ann_sess, out_name
+        self.n = self.correct_ann = 0
+        self.err_den = 0.0
+        self.has_labels = True
+        self.stats = {t: {"correct": 0, "agree": 0, "err": 0.0, "steps": 0.0, "sops": 0.0} for t in ts}
+        self.ann_out = self.labels = None
+
+    def batch(self, feeds, labels):
+        """Start a batch: run the ANN once for it."""
+        self.labels = labels
+        self.has_labels &= labels is not None
+        self.ann_out = self.ann_sess.run([self.out_name], feeds)[0] if self.ann_sess is not None else None
+        if self.ann_out is not None:
+            self.err_den += float(np.sum(self.ann_out.astype(np.float64) ** 2))
+            if labels is not None:
+                self.correct_ann += int(np.sum(_top1(self.ann_out) == labels))
+
+    def add(self, t, out, steps_used=None):
+        st = self.stats[t]
+        if steps_used is not None:
+            st["steps"] += float(steps_used) * len(out)
+        if self.labels is not None:
+            st["correct"] += int(np.sum(_top1(out) == self.labels))
+        if self.ann_out is not None:
+            st["agree"] += int(np.sum(_top1(out) == _top1(self.ann_out)))
+            st["err"] += float(np.sum((out.astype(np.float64) - self.ann_out) ** 2))
+
+    def result(self, seconds, costs, sops: bool, steps: bool) -> EvalResult:
+        n = self.n
+        if n == 0:
+            raise UserError("evaluation received no data")
+        res = EvalResult(samples=n, ann_macs=float(costs.get("ann_macs", 0.0)), seconds=seconds)
+        if self.ann_sess is not None and self.has_labels:
+            res.ann_accuracy = self.correct_ann / n
+        with_ann = self.ann_sess is not None
+        for t in self.ts:
+            st = self.stats[t]
+            res.rows.append({
+                "T": t,
+                "accuracy": st["correct"] / n if self.has_labels else None,
+                "agreement": st["agree"] / n if with_ann else None,
+                "rel_error": float(np.sqrt(st["err"] / self.err_den)) if with_ann and self.err_den > 0 else None,
+                "sops": st["sops"] / n if sops else None,
+                "pre_macs": float(costs.get("pre_macs", 0.0)),
+                "steps_used": st["steps"] / n if steps else None,
+            })
+        return res
+
+
+def _progress(progress, total, t_max):
+    if not progress:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, desc=f"evaluating (T up to {t_max})", unit="img", leave=False, disable=None)
+
+
 def _evaluate_each_t(snn, batches, ts, ann, progress, total, threads) -> EvalResult:
-    """Looped SNNs: one run per T (the loop keeps no per-step history to read several T from)."""
-    batches = list(batches)
+    """Looped SNNs with early exit, or T not a multiple of the chunk: one run per T and batch."""
     sessions = {t: ops.session(_with_timesteps(snn, t), threads) for t in ts}
-    ann_sess = ops.session(ann, threads, custom_ops=False) if ann is not None else None
     out_name = score_output(snn)
     has_steps = any(o.name == "onnx2snn_steps" for o in snn.graph.output)
-    n, correct_ann, err_den, has_labels = 0, 0, 0.0, True
-    stats = {t: {"correct": 0, "agree": 0, "err": 0.0, "steps": 0.0} for t in ts}
+    names = [out_name] + (["onnx2snn_steps"] if has_steps else [])
+    scores = _Scores(ts, ops.session(ann, threads, custom_ops=False) if ann is not None else None, out_name)
+    bar = _progress(progress, total, ts[-1])
     start = time.perf_counter()
     for feeds, labels in batches:
-        batch = len(next(iter(feeds.values())))
-        ann_out = ann_sess.run([out_name], feeds)[0] if ann_sess is not None else None
-        has_labels &= labels is not None
-        if ann_out is not None:
-            err_den += float(np.sum(ann_out.astype(np.float64) ** 2))
-            if labels is not None:
-                correct_ann += int(np.sum(_top1(ann_out) == labels))
+        scores.batch(feeds, labels)
         for t in ts:
-            names = [out_name] + (["onnx2snn_steps"] if has_steps else [])
             values = ops.run_checked(sessions[t], names, feeds, "evaluation")
-            out, st = values[0], stats[t]
-            if has_steps:
-                st["steps"] += float(values[1]) * batch
-            if labels is not None:
-                st["correct"] += int(np.sum(_top1(out) == labels))
-            if ann_out is not None:
-                st["agree"] += int(np.sum(_top1(out) == _top1(ann_out)))
-                st["err"] += float(np.sum((out.astype(np.float64) - ann_out) ** 2))
-        n += batch
-    if n == 0:
-        raise UserError("evaluation received no data")
-    result = EvalResult(samples=n, seconds=time.perf_counter() - start,
-                        ann_macs=float(json.loads(get_metadata(snn).get("onnx2snn.costs", "{}")).get("ann_macs", 0)))
-    if ann is not None and has_labels:
-        result.ann_accuracy = correct_ann / n
-    for t in ts:
-        st = stats[t]
-        result.rows.append({"T": t, "accuracy": st["correct"] / n if has_labels else None,
-                            "agreement": st["agree"] / n if ann is not None else None,
-                            "rel_error": float(np.sqrt(st["err"] / err_den)) if ann is not None and err_den else None,
-                            "sops": None, "pre_macs": 0.0,
-                            "steps_used": st["steps"] / n if has_steps else None})
-    return result
+            scores.add(t, values[0], values[1] if has_steps else None)
+        scores.n += len(next(iter(feeds.values())))
+        if bar is not None:
+            bar.update(len(next(iter(feeds.values()))))
+    if bar is not None:
+        bar.close()
+    costs = json.loads(get_metadata(snn).get("onnx2snn.costs", "{}"))
+    return scores.result(time.perf_counter() - start, costs, sops=False, steps=has_steps)
 
 
 def evaluate(snn: onnx.ModelProto, batches, timesteps, ann: onnx.ModelProto | None = None,
@@ -230,23 +267,12 @@ def evaluate(snn: onnx.ModelProto, batches, timesteps, ann: onnx.ModelProto | No
         sim_model, counts = _simulation_model(snn, t_max, readouts)
     sim = ops.session(sim_model, threads)
     head = ops.session(_head_model(snn, readouts), threads)
-    ann_sess = ops.session(ann, threads, custom_ops=False) if ann is not None else None
-    out_names = [score_output(snn)]
+    out_name = score_output(snn)
     step_names = [r["history"] if looped else r["steps"] for r in readouts]
     head_inputs = {i.name for i in head.get_inputs()}
     sim_inputs = {i.name for i in sim.get_inputs()}
-
-    n = correct_ann = 0
-    correct = {t: 0 for t in ts}
-    agree = {t: 0 for t in ts}
-    err_num = {t: 0.0 for t in ts}
-    err_den = 0.0
-    spikes = {t: 0.0 for t in ts}
-    has_labels = True
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=total, desc=f"evaluating (T up to {t_max})", unit="img", leave=False, disable=None)
+    scores = _Scores(ts, ops.session(ann, threads, custom_ops=False) if ann is not None else None, out_name)
+    bar = _progress(progress, total, t_max)
     start = time.perf_counter()
     for feeds, labels in batches:
         feeds = {k: v for k, v in feeds.items() if k in sim_inputs}
@@ -256,51 +282,22 @@ def evaluate(snn: onnx.ModelProto, batches, timesteps, ann: onnx.ModelProto | No
         for (name, _), per_step in zip(counts, spike_counts):
             cum = np.cumsum(per_step.astype(np.float64))   # per step, or per iteration when looped
             for t in ts:
-                spikes[t] += cum[t // chunk - 1 if looped else t - 1] * fanout.get(name, 0.0)
+                scores.stats[t]["sops"] += cum[t // chunk - 1 if looped else t - 1] * fanout.get(name, 0.0)
         if looped:   # running sums after each iteration, steps < D already left out
             sums = [s.astype(np.float64) for s in steps]
         else:
             sums = [np.cumsum(s.reshape((t_max, batch) + s.shape[1:]).astype(np.float64), axis=0)
                     for s in steps]
-        ann_out = ann_sess.run(out_names, feeds)[0] if ann_sess is not None else None
-        if labels is None:
-            has_labels = False
-        if ann_out is not None:
-            err_den += float(np.sum(ann_out.astype(np.float64) ** 2))
-            if labels is not None:
-                correct_ann += int(np.sum(_top1(ann_out) == labels))
+        scores.batch(feeds, labels)
         for t in ts:
             head_feeds = {k: v for k, v in feeds.items() if k in head_inputs}
             for r, cs in zip(readouts, sums):
-                if looped:
-                    total_t = cs[t // chunk - 1]
-                else:
-                    total_t = cs[t - 1] - (cs[delay - 1] if delay else 0.0)
+                total_t = cs[t // chunk - 1] if looped else cs[t - 1] - (cs[delay - 1] if delay else 0.0)
                 head_feeds[r["mean"]] = (total_t / (t - delay)).astype(np.float32)
-            out = head.run(out_names[:1], head_feeds)[0]
-            if labels is not None:
-                correct[t] += int(np.sum(_top1(out) == labels))
-            if ann_out is not None:
-                agree[t] += int(np.sum(_top1(out) == _top1(ann_out)))
-                err_num[t] += float(np.sum((out.astype(np.float64) - ann_out) ** 2))
-        n += batch
+            scores.add(t, head.run([out_name], head_feeds)[0])
+        scores.n += batch
         if bar is not None:
             bar.update(batch)
     if bar is not None:
         bar.close()
-    if n == 0:
-        raise UserError("evaluation received no data")
-    result = EvalResult(samples=n, ann_macs=float(costs.get("ann_macs", 0.0)),
-                        seconds=time.perf_counter() - start)
-    if ann is not None and has_labels:
-        result.ann_accuracy = correct_ann / n
-    for t in ts:
-        result.rows.append({
-            "T": t,
-            "accuracy": correct[t] / n if has_labels else None,
-            "agreement": agree[t] / n if ann is not None else None,
-            "rel_error": float(np.sqrt(err_num[t] / err_den)) if ann is not None and err_den > 0 else None,
-            "sops": spikes[t] / n if counts else None,
-            "pre_macs": float(costs.get("pre_macs", 0.0)),
-        })
-    return result
+    return scores.result(time.perf_counter() - start, costs, sops=bool(counts), steps=False)
