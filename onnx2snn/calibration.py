@@ -13,8 +13,6 @@ import io
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +21,7 @@ import numpy as np
 
 from . import ops, probes
 from .errors import UserError
+from .model import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -68,14 +67,7 @@ class Thresholds:
         else:
             meta["thresholds"] = {k: [float(x) for x in v] for k, v in self.values.items()}
             data = json.dumps(meta, indent=1).encode()
-        folder = path.parent if str(path.parent) else Path(".")
-        if not folder.is_dir():
-            raise UserError(f"--save-thresholds {path}: folder {folder} does not exist")
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=folder)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-        return path
+        return write_atomic(path, data, "--save-thresholds")
 
     @staticmethod
     def load(path) -> "Thresholds":

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import sys
@@ -14,7 +15,7 @@ from . import api, ops
 from . import data as D
 from .calibration import CalibConfig
 from .errors import UserError
-from .model import get_metadata
+from .model import get_metadata, write_atomic
 from .probes import METHODS
 from .report import eval_table, layers_table
 from .rewrite import SNNConfig
@@ -185,12 +186,7 @@ def _eval(args) -> int:
                                prep, progress=not args.quiet)
     print(eval_table(result, args.e_sop, args.e_mac))
     if args.json:
-        path = Path(args.json)
-        if not (path.parent if str(path.parent) else Path(".")).is_dir():
-            raise UserError(f"--json {path}: folder does not exist")
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(result.to_json(), indent=1))
-        tmp.replace(path)
+        write_atomic(args.json, json.dumps(result.to_json(), indent=1).encode(), "--json")
     return 0
 
 
@@ -216,12 +212,12 @@ def _run(args) -> int:
             chunks[n].append(v)
     # per-sample outputs are concatenated; per-batch scalars (onnx2snn_steps) are stacked
     arrays = {n: np.concatenate(v) if v[0].ndim else np.stack(v) for n, v in chunks.items()}
-    tmp = out.with_name(out.name + ".tmp" + out.suffix)
+    buf = io.BytesIO()
     if out.suffix == ".npy":
-        np.save(tmp, next(iter(arrays.values())))
+        np.save(buf, next(iter(arrays.values())))
     else:
-        np.savez(tmp, **arrays)
-    tmp.replace(out)
+        np.savez(buf, **arrays)
+    write_atomic(out, buf.getvalue())
     print(f"wrote {', '.join(f'{k} {list(v.shape)}' for k, v in arrays.items())} to {out}")
     return 0
 

@@ -90,25 +90,32 @@ def export(graph: gs.Graph, base: onnx.ModelProto | None = None, extra_opsets=()
     return model
 
 
-def save_atomic(model: onnx.ModelProto, path, refuse=()) -> Path:
-    """Write `model` to `path` through a temporary file in the same folder, then rename."""
+def write_atomic(path, data: bytes, flag: str = "-o") -> Path:
+    """Write `data` to `path` through a temporary file in the same folder, then rename: a reader
+    never sees a half-written file and a failure leaves any previous file intact."""
     path = Path(path)
-    for other in refuse:
-        if Path(other).resolve() == path.resolve():
-            raise UserError(f"{path}: refusing to overwrite the input model; choose another -o")
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
-        raise UserError(f"{path}: folder {folder} does not exist")
+        raise UserError(f"{flag} {path}: folder {folder} does not exist")
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(model.SerializeToString())
+            fh.write(data)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
     return path
+
+
+def save_atomic(model: onnx.ModelProto, path, refuse=()) -> Path:
+    """Write `model` atomically, refusing to overwrite any path in `refuse` (the inputs)."""
+    path = Path(path)
+    for other in refuse:
+        if Path(other).resolve() == path.resolve():
+            raise UserError(f"{path}: refusing to overwrite the input model; choose another -o")
+    return write_atomic(path, model.SerializeToString())
 
 
 def set_metadata(model: onnx.ModelProto, items: dict) -> None:
