@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,7 +65,6 @@ def convert(model_path, data=None, data_loader=None, output=None,
             check_samples: int = 0, check_timesteps=(), progress: bool = False,
             write: bool = True) -> Conversion:
     """ANN file -> SNN file: load, calibrate (or reuse thresholds), rewrite, save atomically."""
-    import time
     calib.validate()
     snn.validate()
     model = M.load(model_path)

@@ -17,7 +17,8 @@ _PASS = {"Reshape", "Flatten", "Concat", "Add", "Sub", "Sum", "MaxPool", "Averag
          "Identity", "Dropout", "BatchNormalization", "ReduceMean", "Split", "Resize", "Neg"}
 
 
-def _shapes(model: onnx.ModelProto) -> dict:
+def shapes(model: onnx.ModelProto) -> dict:
+    """tensor name -> inferred shape (ints, None for unknown dims) of a shape-inferred model."""
     out = {}
     for vi in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
         tt = vi.type.tensor_type
@@ -36,14 +37,14 @@ def _per_sample(shape):
 
 def layer_macs(model: onnx.ModelProto) -> dict:
     """node name -> (MACs per sample, input elements per sample) for weighted layers."""
-    shapes = _shapes(model)
+    known = shapes(model)
     macs = {}
     for node in model.graph.node:
         if node.op_type not in _WEIGHTED or len(node.input) < 2:
             continue
-        out = _per_sample(shapes.get(node.output[0]))
-        inp = _per_sample(shapes.get(node.input[0]))
-        w = shapes.get(node.input[1])
+        out = _per_sample(known.get(node.output[0]))
+        inp = _per_sample(known.get(node.input[0]))
+        w = known.get(node.input[1])
         if out is None or inp is None or not w:
             continue
         if node.op_type == "Conv":
@@ -90,5 +91,5 @@ def totals(model: onnx.ModelProto) -> float:
 
 def largest_activation(model: onnx.ModelProto) -> int:
     """Elements per sample of the largest intermediate tensor (sizes the simulation batches)."""
-    sizes = [_per_sample(shape) for name, shape in _shapes(model).items()]
+    sizes = [_per_sample(shape) for name, shape in shapes(model).items()]
     return max([n for n in sizes if n] or [1])

@@ -29,7 +29,7 @@ class _LoopBuilder:
     def __init__(self, p, config):
         self.p, self.config = p, config
         self.b = p.rw.b
-        self.shapes = energy._shapes(p.model)
+        self.shapes = energy.shapes(p.model)
         self.carried = []   # (initial value outside, body input, body output, final value outside)
         self.K = config.chunk
         first = p.graph.inputs[0]
