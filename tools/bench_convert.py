@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from benchcommon import add_model_args, best_seconds
 
 import onnx2snn
 from onnx2snn import api, ops
@@ -61,16 +62,8 @@ def calibrate_isolated(args, method, iters):
 def speed(snn, ann, x, t, repeats=3):
     s_snn, s_ann = ops.session(snn), ops.session(ann, custom_ops=False)
     feeds = {"input": x}
-    s_snn.run(None, feeds), s_ann.run(None, feeds)
-    best_snn = best_ann = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        s_snn.run(None, feeds)
-        best_snn = min(best_snn, time.perf_counter() - start)
-        start = time.perf_counter()
-        for _ in range(5):
-            s_ann.run(None, feeds)
-        best_ann = min(best_ann, (time.perf_counter() - start) / 5)
+    best_snn = best_seconds(lambda: s_snn.run(None, feeds), repeats)
+    best_ann = best_seconds(lambda: s_ann.run(None, feeds), repeats, inner=5)
     n = len(x)
     return {"snn_ms_per_img": 1e3 * best_snn / n, "ann_ms_per_img": 1e3 * best_ann / n,
             "ratio_snn_over_T_ann": best_snn / (t * best_ann)}
@@ -78,11 +71,8 @@ def speed(snn, ann, x, t, repeats=3):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True)
+    add_model_args(p)
     p.add_argument("--calib", required=True)
-    p.add_argument("--val", required=True)
-    p.add_argument("--mean", type=lambda s: tuple(map(float, s.split(","))), default=(0.0,))
-    p.add_argument("--std", type=lambda s: tuple(map(float, s.split(","))), default=(1.0,))
     p.add_argument("--methods", default="ltb,percentile")
     p.add_argument("--iters", type=int, default=1000)
     p.add_argument("--cost-iters", type=int, default=200, help="iters for the timing/memory run")

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from benchcommon import add_model_args, best_seconds
 
 from onnx2snn import SNNConfig, Thresholds, ops, to_snn
 from onnx2snn import data as D
@@ -60,22 +61,13 @@ def peak_memory(path, x, portable):
 
 def time_per_image(path, x, portable, repeats=3):
     sess = ops.session(str(path), custom_ops=not portable)
-    sess.run(None, {"input": x})
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        sess.run(None, {"input": x})
-        best = min(best, time.perf_counter() - start)
-    return 1e3 * best / len(x)
+    return 1e3 * best_seconds(lambda: sess.run(None, {"input": x}), repeats) / len(x)
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True)
+    add_model_args(p)
     p.add_argument("--thresholds", required=True)
-    p.add_argument("--val", required=True)
-    p.add_argument("--mean", type=lambda s: tuple(map(float, s.split(","))), default=(0.0,))
-    p.add_argument("--std", type=lambda s: tuple(map(float, s.split(","))), default=(1.0,))
     p.add_argument("--out", default="bench_forms_out")
     p.add_argument("--speed-batch", type=int, default=16)
     p.add_argument("--exit-batch", type=int, default=1, help="early exit is decided per batch; 1 = per image")

@@ -1,0 +1,26 @@
+"""Pieces shared by the benchmarks in tools/."""
+from __future__ import annotations
+
+import argparse
+import time
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """--model, --val, --mean, --std: the model and its preprocessed validation images."""
+    floats = lambda s: tuple(map(float, s.split(",")))  # noqa: E731
+    p.add_argument("--model", required=True)
+    p.add_argument("--val", required=True)
+    p.add_argument("--mean", type=floats, default=(0.0,))
+    p.add_argument("--std", type=floats, default=(1.0,))
+
+
+def best_seconds(fn, repeats: int = 3, inner: int = 1) -> float:
+    """Best of `repeats` timings of `inner` calls of fn (after one warm-up call), per call."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        best = min(best, (time.perf_counter() - start) / inner)
+    return best
