@@ -36,43 +36,42 @@ struct ProbeTask {
   double* partial;         // [blocks][channels][2]: sum of excess, sum of relu
 };
 
+// Calls f(channel, threshold, offset) for each contiguous row of `inner` elements in the block.
+template <typename F>
+void ForEachRow(const ProbeTask& t, size_t block, F f) {
+  const int64_t begin = static_cast<int64_t>(block) * t.rows_per_block;
+  const int64_t end = std::min(begin + t.rows_per_block, t.outer);
+  for (int64_t o = begin; o < end; ++o)
+    for (int64_t c = 0; c < t.channels; ++c) f(c, t.theta[t.per_theta == 1 ? 0 : c], (o * t.channels + c) * t.inner);
+}
+
 void Statistics(void* data, size_t block) {
   const ProbeTask& t = *static_cast<const ProbeTask*>(data);
   double* acc = t.partial + block * t.channels * 2;
-  const int64_t begin = static_cast<int64_t>(block) * t.rows_per_block;
-  const int64_t end = std::min(begin + t.rows_per_block, t.outer);
-  for (int64_t o = begin; o < end; ++o) {
-    for (int64_t c = 0; c < t.channels; ++c) {
-      const float th = t.theta[t.per_theta == 1 ? 0 : c];
-      const float* xs = t.x + (o * t.channels + c) * t.inner;
-      float ex = 0.0f, act = 0.0f;  // float partials per row, summed in double across rows
-      for (int64_t i = 0; i < t.inner; ++i) {
-        const float v = xs[i];
-        const float d = v - th;
-        ex += d > 0.0f ? d : 0.0f;
-        act += v > 0.0f ? v : 0.0f;
-      }
-      acc[2 * c] += ex;
-      acc[2 * c + 1] += act;
+  ForEachRow(t, block, [&](int64_t c, float th, int64_t offset) {
+    const float* xs = t.x + offset;
+    float ex = 0.0f, act = 0.0f;  // float partials per row, summed in double across rows
+    for (int64_t i = 0; i < t.inner; ++i) {
+      const float v = xs[i];
+      const float d = v - th;
+      ex += d > 0.0f ? d : 0.0f;
+      act += v > 0.0f ? v : 0.0f;
     }
-  }
+    acc[2 * c] += ex;
+    acc[2 * c + 1] += act;
+  });
 }
 
 void Clip(void* data, size_t block) {
   const ProbeTask& t = *static_cast<const ProbeTask*>(data);
-  const int64_t begin = static_cast<int64_t>(block) * t.rows_per_block;
-  const int64_t end = std::min(begin + t.rows_per_block, t.outer);
-  for (int64_t o = begin; o < end; ++o) {
-    for (int64_t c = 0; c < t.channels; ++c) {
-      const float th = t.theta[t.per_theta == 1 ? 0 : c];
-      const float* xs = t.x + (o * t.channels + c) * t.inner;
-      float* ys = t.y + (o * t.channels + c) * t.inner;
-      for (int64_t i = 0; i < t.inner; ++i) {
-        const float v = xs[i] > 0.0f ? xs[i] : 0.0f;
-        ys[i] = v < th ? v : th;
-      }
+  ForEachRow(t, block, [&](int64_t, float th, int64_t offset) {
+    const float* xs = t.x + offset;
+    float* ys = t.y + offset;
+    for (int64_t i = 0; i < t.inner; ++i) {
+      const float v = xs[i] > 0.0f ? xs[i] : 0.0f;
+      ys[i] = v < th ? v : th;
     }
-  }
+  });
 }
 
 struct ProbeKernel {
