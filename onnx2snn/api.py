@@ -71,7 +71,7 @@ def convert(model_path, data=None, data_loader=None, output=None,
     out_path = Path(output) if output else default_output(model_path)
     if write and out_path.resolve() == Path(model_path).resolve():
         raise UserError(f"-o {out_path}: refusing to overwrite the input model")
-    check_convertible(model)
+    check_convertible(model, snn)
     source = None
     if data or data_loader:
         source = open_source(model, data, data_loader, prep)

@@ -204,7 +204,7 @@ def to_loop(model: onnx.ModelProto, thresholds, config, metadata=None):
         form["onnx2snn.early_exit_rule"] = json.dumps({"stable_steps": config.exit_stable,
                                                        "margin": config.exit_margin,
                                                        "min_steps": config.exit_min_steps})
-    snn = finish(p, thresholds, config, form, metadata)
+    snn = finish(p, p.thresholds, config, form, metadata)
     if config.early_exit:
         snn.graph.output[-1].CopyFrom(onnx.helper.make_tensor_value_info(STEPS_OUTPUT, onnx.TensorProto.INT64, []))
     return snn, p.layers

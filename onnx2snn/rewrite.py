@@ -194,6 +194,7 @@ class Prepared:
     ordered: list                   # spiking-region nodes and neurons, topological order
     costs: dict
     ranks: dict                     # neuron name -> rank of its input
+    thresholds: object              # the thresholds used (a placeholder when checking)
 
 
 def prepare(model: onnx.ModelProto, thresholds, config: SNNConfig) -> Prepared:
@@ -204,6 +205,9 @@ def prepare(model: onnx.ModelProto, thresholds, config: SNNConfig) -> Prepared:
     acts = find_activations(graph)
     if not acts:
         raise UserError("the model has no ReLU-like activation (Relu, or Clip with min 0) to convert")
+    if thresholds is None:   # placeholder: checks convertibility without calibrating
+        from .calibration import Thresholds
+        thresholds = Thresholds({a.name: np.ones(max(1, a.channels), np.float32) for a in acts}, "check")
     thresholds.check_against(acts, "thresholds")
     for act in acts:
         if act.input.dtype is not None and np.dtype(act.input.dtype) != np.float32:
@@ -238,7 +242,7 @@ def prepare(model: onnx.ModelProto, thresholds, config: SNNConfig) -> Prepared:
                     layer.role = "after pool (moved in front, per step)"
                 else:
                     layer.role = "after spiking max pool"
-    return Prepared(model, graph, rw, layers, neurons, regions, ordered, costs, ranks)
+    return Prepared(model, graph, rw, layers, neurons, regions, ordered, costs, ranks, thresholds)
 
 
 def tile_pre_inputs(p: Prepared) -> None:
@@ -337,7 +341,7 @@ def to_snn(model: onnx.ModelProto, thresholds, config: SNNConfig, metadata: dict
     if config.portable:
         from .portable import lower_neurons
         lower_neurons(p.graph, p.rw.b, p.ranks, p.rw.T)
-    snn = finish(p, thresholds, config, {"onnx2snn.form": "unrolled",
+    snn = finish(p, p.thresholds, config, {"onnx2snn.form": "unrolled",
                                          "onnx2snn.readout": json.dumps(p.rw.readouts)}, metadata)
     return snn, p.layers
 
@@ -357,12 +361,10 @@ def _free_batch_dims(nodes, regions) -> None:
             node.inputs[1] = gs.Constant(f"{node.name}.free_batch_shape", values.astype(np.int64))
 
 
-def check_convertible(model: onnx.ModelProto) -> None:
-    """Fail before calibration if the graph cannot become an SNN (runs the rewrite on dummy theta)."""
-    from .calibration import Thresholds
-    acts = find_activations(to_graph(infer_shapes(model)))
-    dummy = Thresholds({a.name: np.ones(max(1, a.channels), np.float32) for a in acts}, "check")
-    to_snn(model, dummy, SNNConfig(timesteps=1))
+def check_convertible(model: onnx.ModelProto, config: SNNConfig) -> None:
+    """Fail before calibration if the graph cannot become an SNN of the configured form (runs the
+    whole rewrite with placeholder thresholds)."""
+    to_snn(model, None, SNNConfig(**{**config.__dict__, "timesteps": max(1, config.delay + 1), "chunk": 1}))
 
 
 def _forget_inner_shapes(graph: gs.Graph):
