@@ -6,9 +6,10 @@
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,8 @@ from . import data as D
 from . import evaluate as ev
 from . import model as M
 from . import ops
+from .delay import AUTO, DelayChoice, choose_delay
+from .energy import largest_activation
 from .errors import UserError
 from .rewrite import SNNConfig, check_convertible, to_snn
 
@@ -34,6 +37,18 @@ class Conversion:
     calibration_seconds: float = 0.0
     check: ev.EvalResult | None = None
     inputs: list = field(default_factory=list)
+    delay: DelayChoice | None = None     # set when the delay was chosen from data
+
+
+def choose_delay_on(model: onnx.ModelProto, thresholds, snn: SNNConfig, source, samples: int = 200,
+                    threads: int = 0, progress: bool = False) -> DelayChoice:
+    """The readout delay for `snn.timesteps`, chosen on `samples` samples of `source` (a fixed random
+    subset when it holds more; the first batches of a loader script)."""
+    inputs = D.model_inputs(model)
+    batch = D.resolve_batch(None, inputs, min(samples, simulation_batch(largest_activation(model), snn.timesteps)))
+    batches = D.eval_batches(source, batch, samples, exact=D.static_batch(inputs) is not None)
+    total = min(samples, len(source)) if isinstance(source, D.Source) else None
+    return choose_delay(model, thresholds, snn, batches, threads, progress, total)
 
 
 def default_output(model_path) -> Path:
@@ -63,10 +78,17 @@ def convert(model_path, data=None, data_loader=None, output=None,
             calib: cal.CalibConfig = cal.CalibConfig(), snn: SNNConfig = SNNConfig(),
             prep: D.Preprocess = D.Preprocess(), thresholds=None, save_thresholds=None,
             check_samples: int = 0, check_timesteps=(), progress: bool = False,
-            write: bool = True) -> Conversion:
-    """ANN file -> SNN file: load, calibrate (or reuse thresholds), rewrite, save atomically."""
+            write: bool = True, delay_samples: int = 200) -> Conversion:
+    """ANN file -> SNN file: load, calibrate (or reuse thresholds), rewrite, save atomically.
+
+    With `snn.delay == "auto"` the readout delay is chosen on `delay_samples` samples of the data
+    (see delay.py)."""
     calib.validate()
     snn.validate()
+    if snn.delay == AUTO and not (data or data_loader):
+        raise UserError("--delay auto: needs --data (or --data-loader) to choose the delay from")
+    if delay_samples < 1:
+        raise UserError(f"--delay-samples {delay_samples}: must be >= 1")
     model = M.load(model_path)
     out_path = Path(output) if output else default_output(model_path)
     if write and out_path.resolve() == Path(model_path).resolve():
@@ -89,11 +111,16 @@ def convert(model_path, data=None, data_loader=None, output=None,
     used_prep = getattr(source, "prep", None) or prep
     metadata = {"onnx2snn.preprocessing": used_prep.to_json(),
                 "onnx2snn.source_model": Path(model_path).name}
+    delay_choice = None
+    if snn.delay == AUTO:
+        delay_choice = choose_delay_on(model, th, snn, source, delay_samples, progress=progress)
+        snn = replace(snn, delay=delay_choice.delay)
+        metadata["onnx2snn.delay_choice"] = json.dumps(delay_choice.to_json())
     snn_model, layers = to_snn(model, th, snn, metadata)
     if write:
         M.save_atomic(snn_model, out_path, refuse=[model_path])
     result = Conversion(out_path if write else None, snn_model, layers, th, seconds,
-                        inputs=D.model_inputs(model))
+                        inputs=D.model_inputs(model), delay=delay_choice)
     if check_samples and source is not None:
         ts = check_timesteps or sorted({max(1, snn.timesteps // 4), max(1, snn.timesteps // 2), snn.timesteps})
         ts = [t for t in ts if t > snn.delay]
@@ -127,25 +154,37 @@ def recorded_preprocess(model: onnx.ModelProto, mean=None, std=None, size=None, 
                         size if size is not None else base.size, layout or base.layout)
 
 
+def simulation_batch(largest_activation: int, t_max: int, budget_mb: float = 2048) -> int:
+    """Samples per unrolled simulation batch so that T_max x batch x the largest activation (a few
+    copies alive at once) stays within `budget_mb`; at most 64."""
+    if not largest_activation:
+        return 16
+    per_sample_mb = 4 * t_max * largest_activation * 4 / 2 ** 20
+    return int(max(1, min(64, budget_mb // max(per_sample_mb, 1e-9))))
+
+
 def auto_batch_size(snn_model: onnx.ModelProto, t_max: int, budget_mb: float = 2048) -> int:
-    """Samples per simulation batch so that T_max x batch x the largest activation (a few copies
-    alive at once) stays within `budget_mb` for the unrolled form; looped models use 16."""
-    import json
+    """Simulation batch for a converted model (see simulation_batch); looped models use 16."""
     meta = M.get_metadata(snn_model)
     if meta.get("onnx2snn.form") == "loop":
         return 16
     largest = json.loads(meta.get("onnx2snn.costs", "{}")).get("largest_activation", 0)
-    if not largest:
-        return 16
-    per_sample_mb = 4 * t_max * largest * 4 / 2 ** 20
-    return int(max(1, min(64, budget_mb // max(per_sample_mb, 1e-9))))
+    return simulation_batch(largest, t_max, budget_mb)
 
 
-def evaluate_file(snn_path, data=None, data_loader=None, ann_path=None, timesteps=(16, 32, 64),
+def default_timesteps(snn_model: onnx.ModelProto) -> list:
+    """T/4, T/2 and T of a converted model, those above its readout delay."""
+    meta = ev.snn_metadata(snn_model)
+    t, delay = int(meta.get("onnx2snn.timesteps", 64)), int(meta.get("onnx2snn.delay", 0))
+    return sorted({x for x in (t // 4, t // 2, t) if x > delay})
+
+
+def evaluate_file(snn_path, data=None, data_loader=None, ann_path=None, timesteps=None,
                   batch_size: int | None = None, limit: int | None = None, prep: D.Preprocess | None = None,
                   progress: bool = False) -> ev.EvalResult:
+    """Evaluate a converted model at each T of `timesteps` (default: default_timesteps)."""
     snn_model = load_snn(snn_path)
-    ev.snn_metadata(snn_model)
+    timesteps = list(timesteps) if timesteps else default_timesteps(snn_model)
     inputs = D.model_inputs(snn_model)
     batch_size = D.resolve_batch(batch_size, inputs, auto_batch_size(snn_model, max(timesteps)))
     prep = prep or recorded_preprocess(snn_model)

@@ -64,6 +64,15 @@ class _Parser(argparse.ArgumentParser):
         self.exit(1, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def _delay(text: str):
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {text!r}") from None
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="onnx2snn",
@@ -95,7 +104,11 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--save-thresholds", metavar="FILE", help="save the calibrated thresholds (.json or .npz)")
     s = c.add_argument_group("spiking network")
     s.add_argument("-T", "--timesteps", type=int, default=64, help="simulation steps (64)")
-    s.add_argument("--delay", type=int, default=0, help="readout averages steps D+1..T (0)")
+    s.add_argument("--delay", type=_delay, default=0, metavar="D|auto",
+                   help="readout averages steps D+1..T (0); auto: the D in 0..3T/4 that brings the SNN's "
+                        "output closest to the ANN's on --delay-samples calibration samples")
+    s.add_argument("--delay-samples", type=int, default=200, metavar="N",
+                   help="samples used by --delay auto (200)")
     s.add_argument("--v-init", type=float, default=0.5, help="initial membrane potential, fraction of theta (0.5)")
     s.add_argument("--maxpool", choices=["spiking", "move"], default="spiking",
                    help="MaxPool fed by spikes: spiking = pool running sums of currents, converges to the "
@@ -124,7 +137,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("snn", help="a model written by onnx2snn")
     _data_flags(e, "Defaults for preprocessing come from the SNN's metadata.")
     e.add_argument("--ann", help="the original ANN, for agreement and relative output error")
-    e.add_argument("--timesteps", "-T", default="16,32,64", help="comma list of T (16,32,64)")
+    e.add_argument("--timesteps", "-T",
+                   help="comma list of T (default: the model's T/4, T/2 and T, those above its readout delay)")
     e.add_argument("--limit", type=int, help="evaluate at most N samples (a fixed random subset)")
     e.add_argument("--batch-size", type=int,
                    help="samples per simulation batch; memory grows with T x batch (default: sized from the "
@@ -160,7 +174,8 @@ def _convert(args) -> int:
         snn=SNNConfig(args.timesteps, args.delay, args.v_init, args.maxpool, args.form, args.chunk,
                       args.portable, args.early_exit, args.exit_stable, args.exit_margin, args.exit_min_steps), prep=_prep(args),
         thresholds=args.thresholds, save_thresholds=args.save_thresholds,
-        check_samples=args.check if (args.data or args.data_loader) else 0, progress=not args.quiet)
+        check_samples=args.check if (args.data or args.data_loader) else 0, progress=not args.quiet,
+        delay_samples=args.delay_samples)
     if not args.quiet:
         th = result.thresholds
         how = (f"{th.info.get('iters')} batches in {result.calibration_seconds:.1f}s" if "iters" in th.info
@@ -169,6 +184,10 @@ def _convert(args) -> int:
             (", portable" if args.portable else "") + (", early exit" if args.early_exit else "")
         print(f"converted {args.model} -> {result.output}  ({form}, T={args.timesteps}, "
               f"method {th.method}, {how})")
+        if result.delay is not None:
+            c = result.delay
+            print(f"delay D={c.delay} chosen on {c.samples} samples: relative output error vs the ANN "
+                  f"{c.rel_error.get(c.delay, 0):.4f} (D=0: {c.rel_error.get(0, 0):.4f})")
         print(layers_table(result.layers))
         if result.check is not None:
             print(f"\ncheck on calibration samples (SNN vs ANN):")
@@ -182,7 +201,8 @@ def _eval(args) -> int:
     snn = api.load_snn(args.snn)
     prep = _prep(args, api.recorded_preprocess(snn))
     result = api.evaluate_file(args.snn, args.data, args.data_loader, args.ann,
-                               _int_list(args.timesteps, "--timesteps"), args.batch_size, args.limit,
+                               _int_list(args.timesteps, "--timesteps") if args.timesteps else None,
+                               args.batch_size, args.limit,
                                prep, progress=not args.quiet)
     print(eval_table(result, args.e_sop, args.e_mac))
     if args.json:

@@ -44,8 +44,9 @@ def snn_metadata(model: onnx.ModelProto) -> dict:
     return meta
 
 
-def _simulation_model(snn: onnx.ModelProto, t_max: int, readouts):
-    """The SNN at T = t_max, also returning each readout's per-step tensor and spike counts."""
+def simulation_model(snn: onnx.ModelProto, t_max: int, readouts, spike_counts: bool = True):
+    """The unrolled SNN at T = t_max, also returning each readout's per-step tensor and (optionally)
+    each neuron's spike count per step."""
     graph = gs.import_onnx(snn)
     b = Builder(graph, default_opset(snn), "onnx2snn.eval")
     tensors = graph.tensors()
@@ -54,7 +55,7 @@ def _simulation_model(snn: onnx.ModelProto, t_max: int, readouts):
     extra, counts = [], []
     for node in [n for n in graph.nodes if n.op == "IFNeuron"]:
         node.attrs["timesteps"] = t_max
-    for neuron in _neurons(snn):
+    for neuron in _neurons(snn) if spike_counts else []:
         spikes = tensors.get(neuron.get("tensor", ""))
         if spikes is None:
             continue
@@ -108,7 +109,7 @@ def _loop_history_model(snn: onnx.ModelProto, t_max: int, readouts):
     return model, counts
 
 
-def _head_model(snn: onnx.ModelProto, readouts):
+def head_model(snn: onnx.ModelProto, readouts):
     """The part of the SNN after the readout, taking the averaged tensors as inputs."""
     graph = gs.import_onnx(snn)
     tensors = graph.tensors()
@@ -123,7 +124,7 @@ def _head_model(snn: onnx.ModelProto, readouts):
     return gs.export_onnx(graph, do_type_check=False)
 
 
-def _top1(x):
+def top1(x):
     x = np.asarray(x)
     if x.ndim == 1 and x.dtype.kind in "iu":      # the output already is a class label
         return x
@@ -180,16 +181,16 @@ class _Scores:
         if self.ann_out is not None:
             self.err_den += float(np.sum(self.ann_out.astype(np.float64) ** 2))
             if labels is not None:
-                self.correct_ann += int(np.sum(_top1(self.ann_out) == labels))
+                self.correct_ann += int(np.sum(top1(self.ann_out) == labels))
 
     def add(self, t, out, steps_used=None):
         st = self.stats[t]
         if steps_used is not None:
             st["steps"] += float(steps_used) * len(out)
         if self.labels is not None:
-            st["correct"] += int(np.sum(_top1(out) == self.labels))
+            st["correct"] += int(np.sum(top1(out) == self.labels))
         if self.ann_out is not None:
-            st["agree"] += int(np.sum(_top1(out) == _top1(self.ann_out)))
+            st["agree"] += int(np.sum(top1(out) == top1(self.ann_out)))
             st["err"] += float(np.sum((out.astype(np.float64) - self.ann_out) ** 2))
 
     def result(self, seconds, costs, sops: bool, steps: bool) -> EvalResult:
@@ -264,9 +265,9 @@ def evaluate(snn: onnx.ModelProto, batches, timesteps, ann: onnx.ModelProto | No
     if looped:
         sim_model, counts = _loop_history_model(snn, t_max, readouts)
     else:
-        sim_model, counts = _simulation_model(snn, t_max, readouts)
+        sim_model, counts = simulation_model(snn, t_max, readouts)
     sim = ops.session(sim_model, threads)
-    head = ops.session(_head_model(snn, readouts), threads)
+    head = ops.session(head_model(snn, readouts), threads)
     out_name = score_output(snn)
     step_names = [r["history"] if looped else r["steps"] for r in readouts]
     head_inputs = {i.name for i in head.get_inputs()}

@@ -32,7 +32,7 @@ _FLOATS = (np.float16, np.float32, np.float64)
 @dataclass(frozen=True)
 class SNNConfig:
     timesteps: int = 64
-    delay: int = 0
+    delay: int | str = 0        # "auto": chosen from data by api.convert (see delay.py)
     v_init: float = 0.5
     maxpool: str = "spiking"   # "move": the paper's plain move (baseline; biased on spikes)
     form: str = "unrolled"     # or "loop"
@@ -56,8 +56,10 @@ class SNNConfig:
             raise UserError(f"--maxpool {self.maxpool}: expected spiking or move")
         if self.timesteps < 1:
             raise UserError(f"--timesteps {self.timesteps}: must be >= 1")
-        if not 0 <= self.delay < self.timesteps:
-            raise UserError(f"--delay {self.delay}: must be in [0, timesteps)")
+        if self.delay == "auto":
+            return
+        if not isinstance(self.delay, int) or not 0 <= self.delay < self.timesteps:
+            raise UserError(f"--delay {self.delay}: must be 'auto' or an integer in [0, timesteps)")
 
 
 @dataclass
@@ -329,6 +331,8 @@ def finish(p: Prepared, thresholds, config: SNNConfig, form_meta: dict, metadata
 
 def to_snn(model: onnx.ModelProto, thresholds, config: SNNConfig, metadata: dict | None = None):
     """The SNN (ModelProto) in the configured form, and the list of converted layers."""
+    if not isinstance(config.delay, int):
+        raise UserError(f"--delay {config.delay}: resolve 'auto' with api.convert (or delay.choose_delay) first")
     if config.form == "loop":
         from .loop import to_loop
         return to_loop(model, thresholds, config, metadata)
@@ -364,7 +368,8 @@ def _free_batch_dims(nodes, regions) -> None:
 def check_convertible(model: onnx.ModelProto, config: SNNConfig) -> None:
     """Fail before calibration if the graph cannot become an SNN of the configured form (runs the
     whole rewrite with placeholder thresholds)."""
-    to_snn(model, None, SNNConfig(**{**config.__dict__, "timesteps": max(1, config.delay + 1), "chunk": 1}))
+    delay = 0 if config.delay == "auto" else config.delay
+    to_snn(model, None, SNNConfig(**{**config.__dict__, "delay": delay, "timesteps": max(1, delay + 1), "chunk": 1}))
 
 
 def _forget_inner_shapes(graph: gs.Graph):

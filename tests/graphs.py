@@ -137,3 +137,19 @@ def unet_like_model():
                         "w2": rng.normal(size=(4, 3, 3, 3)) * 0.5, "w3": rng.normal(size=(2, 7, 1, 1)),
                         "scales": np.array([1, 1, 2, 2], np.float32)},
                 ["N", 1, 8, 8], out_shape=["N", 2, 8, 8])
+
+
+def deep_chain_model(depth=12, features=16, classes=5, seed=0):
+    """input -> depth x (Gemm with random mixed-sign weights and biases -> Relu) -> Gemm readout.
+    Spikes from inputs that cancel arrive unevenly at first: the readout has a start-up transient."""
+    rng = np.random.default_rng(seed)
+    nodes, inits, x = [], {}, "input"
+    for i in range(depth):
+        inits[f"w{i}"] = rng.normal(size=(features, features)) * np.sqrt(2.0 / features)
+        inits[f"b{i}"] = rng.normal(size=(features,)) * 0.1
+        nodes += [helper.make_node("Gemm", [x, f"w{i}", f"b{i}"], [f"g{i}"], name=f"gemm{i}"),
+                  helper.make_node("Relu", [f"g{i}"], [f"r{i}"], name=f"relu{i}")]
+        x = f"r{i}"
+    inits["wout"] = rng.normal(size=(features, classes))
+    nodes.append(helper.make_node("Gemm", [x, "wout"], ["out"], name="readout"))
+    return make(nodes, inits, ["N", features], out_shape=["N", classes])

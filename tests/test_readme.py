@@ -35,3 +35,20 @@ def test_demo_command_runs_and_reports(tmp_path):
     assert sorted(acc) == [8, 16, 32, 64]
     ann = float(re.search(r"ANN accuracy: ([\d.]+)%", proc.stdout).group(1))
     assert ann > 95 and acc[64] >= ann - 2
+
+
+def test_python_api_snippet_runs(cnn_path, digits_npz, tmp_path, monkeypatch):
+    """The README's API example, run as written on the digits CNN (paths and input substituted)."""
+    import numpy as np
+    text = (ROOT / "README.md").read_text()
+    code = re.search(r"## Python API\s+```python\n(.*?)```", text, re.S).group(1)
+    calib, test = digits_npz
+    code = (code.replace('"model.onnx"', repr(str(cnn_path))).replace('"calib/"', repr(str(calib)))
+            .replace('"val/"', repr(str(test))).replace("iters=1000", "iters=20")
+            .replace("mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)", ""))
+    monkeypatch.chdir(tmp_path)
+    scope = {"x": np.load(test)["input"][:4]}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert (tmp_path / "model.snn.onnx").exists()
+    assert scope["outputs"]["logits"].shape == (4, 10)
+    assert scope["ev"].rows[0]["T"] == 64 and scope["ev"].rows[0]["agreement"] > 0.5

@@ -2,7 +2,7 @@
 
     python tools/bench_convert.py --model ../shared/bench/models/resnet32_cifar10.onnx \\
         --calib ../shared/bench/cifar10/calib --val ../shared/bench/cifar10/val \\
-        --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 --methods ltb,percentile
+        --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 --methods ltb,percentile [--delays 0,auto]
 
 Every ratio is measured in this one run on this machine. Calibration is timed on batches held in
 memory (decoding excluded) against the ANN's plain inference over the same batches; peak memory
@@ -32,7 +32,7 @@ from onnx2snn.rewrite import SNNConfig, to_snn
 def _calibrate_child(args, method, iters, queue):
     ann = M.load(args.model)
     src = D.open_data(args.calib, None, D.model_inputs(ann), D.Preprocess(args.mean, args.std))
-    cfg = CalibConfig(method=method, iters=iters, batch_size=args.batch_size, augment=args.augment)
+    cfg = CalibConfig(method=method, iters=iters, batch_size=args.batch_size, augment=args.augment, lr=args.lr)
     n = batches_needed(cfg, len(src))
     batches = list(D.calibration_batches(src, args.batch_size, n, 0, args.augment))
     sess = ops.session(ann, custom_ops=False)
@@ -42,7 +42,7 @@ def _calibrate_child(args, method, iters, queue):
     ann_s = time.perf_counter() - start
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
-    th = calibrate(ann, batches, CalibConfig(method=method, iters=n, batch_size=args.batch_size))
+    th = calibrate(ann, batches, CalibConfig(method=method, iters=n, batch_size=args.batch_size, lr=args.lr))
     cal_s = time.perf_counter() - start
     queue.put({"method": method, "batches": n, "calib_s": cal_s, "ann_same_batches_s": ann_s,
                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -69,6 +69,27 @@ def speed(snn, ann, x, t, repeats=3):
             "ratio_snn_over_T_ann": best_snn / (t * best_ann)}
 
 
+def evaluate_variant(args, ann, th, pool, delay, ts, val, calib_src):
+    """Rows {T, D, accuracy, agreement, rel_error}: one simulation up to max(ts) for a fixed delay;
+    with 'auto' the delay is chosen per T on calibration samples and each T is simulated alone."""
+    keys = ("T", "accuracy", "agreement", "rel_error")
+    batches = lambda: D.eval_batches(val, args.eval_batch, args.limit)
+    if delay != "auto":
+        d = int(delay)
+        snn, _ = to_snn(ann, th, SNNConfig(timesteps=max(ts), delay=d, maxpool=pool))
+        ev = evaluate(snn, batches(), [t for t in ts if t > d], ann)
+        return [dict({k: r[k] for k in keys}, D=d) for r in ev.rows], ev.ann_accuracy
+    rows, ann_acc = [], None
+    for t in ts:
+        cfg = SNNConfig(timesteps=t, maxpool=pool)
+        choice = api.choose_delay_on(ann, th, cfg, calib_src, args.delay_samples)
+        snn, _ = to_snn(ann, th, SNNConfig(timesteps=t, delay=choice.delay, maxpool=pool))
+        ev = evaluate(snn, batches(), [t], ann)
+        rows.append(dict({k: ev.rows[0][k] for k in keys}, D=choice.delay))
+        ann_acc = ev.ann_accuracy
+    return rows, ann_acc
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(p)
@@ -81,7 +102,14 @@ def main():
     p.add_argument("--timesteps", default="16,32,64,128")
     p.add_argument("--limit", type=int)
     p.add_argument("--eval-batch", type=int, default=20)
+    p.add_argument("--lr", type=float, default=1.0, help="LTB learning rate (1.0)")
+    p.add_argument("--delays", default="0",
+                   help="readout delays to evaluate, comma list of integers and/or 'auto' (chosen per T on "
+                        "--delay-samples calibration samples, then each T simulated on its own)")
+    p.add_argument("--delay-samples", type=int, default=200)
     p.add_argument("--also-move", action="store_true", help="also evaluate the paper's plain MaxPool move")
+    p.add_argument("--skip-cost", action="store_true", help="skip the calibration time/memory run")
+    p.add_argument("--skip-speed", action="store_true", help="skip the T=64 speed run")
     p.add_argument("--cost-only", action="store_true", help="only the calibration time/memory run")
     p.add_argument("--json")
     args = p.parse_args()
@@ -91,39 +119,42 @@ def main():
     val = D.open_data(args.val, None, D.model_inputs(ann), prep)
     report = {"model": Path(args.model).name, "iters": args.iters, "batch_size": args.batch_size, "runs": []}
 
-    cost = calibrate_isolated(args, "ltb", args.cost_iters)
-    report["calibration_cost"] = {k: v for k, v in cost.items() if k not in ("thresholds", "info")}
-    c = report["calibration_cost"]
-    print(f"[cost] ltb {c['batches']} batches x {args.batch_size}: calibration {c['calib_s']:.1f}s, "
-          f"ANN over the same batches {c['ann_same_batches_s']:.1f}s, "
-          f"ratio {c['calib_s'] / c['ann_same_batches_s']:.2f}; peak RSS {c['peak_rss_mb']:.0f} MB "
-          f"(before calibration {c['rss_before_calib_mb']:.0f} MB)", flush=True)
-
+    if not args.skip_cost:
+        cost = calibrate_isolated(args, "ltb", args.cost_iters)
+        report["calibration_cost"] = {k: v for k, v in cost.items() if k not in ("thresholds", "info")}
+        c = report["calibration_cost"]
+        print(f"[cost] ltb {c['batches']} batches x {args.batch_size}: calibration {c['calib_s']:.1f}s, "
+              f"ANN over the same batches {c['ann_same_batches_s']:.1f}s, "
+              f"ratio {c['calib_s'] / c['ann_same_batches_s']:.2f}; peak RSS {c['peak_rss_mb']:.0f} MB "
+              f"(before calibration {c['rss_before_calib_mb']:.0f} MB)", flush=True)
     if args.cost_only:
         return
+    calib_src = D.open_data(args.calib, None, D.model_inputs(ann), prep)
     for method in args.methods.split(","):
         res = calibrate_isolated(args, method, args.iters)
         th = onnx2snn.Thresholds({k: np.asarray(v, np.float32) for k, v in res["thresholds"].items()},
                                  method, res["info"])
-        variants = [("spiking", method)] + ([("move", method + "+move")] if args.also_move else [])
-        for pool, label in variants:
-            snn, _ = to_snn(ann, th, SNNConfig(timesteps=max(ts), maxpool=pool))
-            start = time.perf_counter()
-            ev = evaluate(snn, D.eval_batches(val, args.eval_batch, args.limit), ts, ann)
-            row = {"label": label, "calib_s": res["calib_s"], "batches": res["batches"],
-                   "ann_accuracy": ev.ann_accuracy, "eval_s": time.perf_counter() - start,
-                   "snn": [{k: r[k] for k in ("T", "accuracy", "agreement", "rel_error")} for r in ev.rows]}
-            report["runs"].append(row)
-            accs = "  ".join(f"T={r['T']}: {100 * r['accuracy']:.1f}%" for r in ev.rows)
-            print(f"[{label}] ANN {100 * ev.ann_accuracy:.1f}%  SNN {accs}  "
-                  f"(calibration {res['calib_s']:.0f}s, {res['batches']} batches)", flush=True)
+        pools = [("spiking", method)] + ([("move", method + "+move")] if args.also_move else [])
+        for pool, base in pools:
+            for delay in args.delays.split(","):
+                label = base + ("" if delay == "0" else f"+delay={delay}")
+                start = time.perf_counter()
+                rows, ann_acc = evaluate_variant(args, ann, th, pool, delay, ts, val, calib_src)
+                row = {"label": label, "calib_s": res["calib_s"], "batches": res["batches"],
+                       "ann_accuracy": ann_acc, "eval_s": time.perf_counter() - start, "snn": rows}
+                report["runs"].append(row)
+                accs = "  ".join(f"T={r['T']}" + ("" if delay == "0" else f" (D={r['D']})") +
+                                 f": {100 * r['accuracy']:.1f}%" for r in rows)
+                print(f"[{label}] ANN {100 * ann_acc:.1f}%  SNN {accs}  "
+                      f"(calibration {res['calib_s']:.0f}s, {res['batches']} batches)", flush=True)
 
-    snn64, _ = to_snn(ann, th, SNNConfig(timesteps=64))
-    x, _ = val.batch(list(range(16)))
-    sp = speed(snn64, ann, x["input"], 64)
-    report["speed_T64"] = sp
-    print(f"[speed] T=64: SNN {sp['snn_ms_per_img']:.1f} ms/img, ANN {sp['ann_ms_per_img']:.3f} ms/img, "
-          f"SNN / (T x ANN) = {sp['ratio_snn_over_T_ann']:.2f}", flush=True)
+    if not args.skip_speed:
+        snn64, _ = to_snn(ann, th, SNNConfig(timesteps=64))
+        x, _ = val.batch(list(range(16)))
+        sp = speed(snn64, ann, x["input"], 64)
+        report["speed_T64"] = sp
+        print(f"[speed] T=64: SNN {sp['snn_ms_per_img']:.1f} ms/img, ANN {sp['ann_ms_per_img']:.3f} ms/img, "
+              f"SNN / (T x ANN) = {sp['ratio_snn_over_T_ann']:.2f}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
 
