@@ -266,7 +266,7 @@ def evaluate(snn: onnx.ModelProto, batches, timesteps, ann: onnx.ModelProto | No
         sim_model, counts = _loop_history_model(snn, t_max, readouts)
     else:
         sim_model, counts = simulation_model(snn, t_max, readouts)
-    sim = ops.session(sim_model, threads)
+    sim = ops.session(sim_model, threads, in_order=True)
     head = ops.session(head_model(snn, readouts), threads)
     out_name = score_output(snn)
     step_names = [r["history"] if looped else r["steps"] for r in readouts]

@@ -40,8 +40,12 @@ def session_options(threads: int = 0) -> ort.SessionOptions:
     return opts
 
 
-def session(model, threads: int = 0, custom_ops: bool = True) -> ort.InferenceSession:
-    """An onnxruntime CPU session for `model` (path, bytes or ModelProto) with our ops registered."""
+def session(model, threads: int = 0, custom_ops: bool = True, in_order: bool = False) -> ort.InferenceSession:
+    """An onnxruntime CPU session for `model` (path, bytes or ModelProto) with our ops registered.
+
+    `in_order`: priority-based execution order. Evaluation graphs hang side branches (spike counts)
+    off every neuron; in onnxruntime's default order those run late and every neuron's T*N-row
+    tensor stays alive (ResNet-32, T=128, 64 samples: 10 GB instead of 2.2 GB)."""
     if custom_ops:
         opts = session_options(threads)
     else:
@@ -49,6 +53,8 @@ def session(model, threads: int = 0, custom_ops: bool = True) -> ort.InferenceSe
         opts.log_severity_level = 3
         if threads:
             opts.intra_op_num_threads = threads
+    if in_order:
+        opts.execution_order = ort.ExecutionOrder.PRIORITY_BASED
     if hasattr(model, "SerializeToString"):
         model = model.SerializeToString()
     elif isinstance(model, Path):
