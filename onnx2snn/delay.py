@@ -82,10 +82,7 @@ def choose_delay(ann: onnx.ModelProto, thresholds, config: SNNConfig, batches,
         ref = ann_sess.run([out_name], feeds)[0].astype(np.float64)
         den += float(np.sum(ref ** 2))
         steps = ops.run_checked(sim, [r["steps"] for r in readouts], feeds, "choosing the delay")
-        # running sums with a leading zero: the mean over steps D+1..T is (S[T] - S[D]) / (T - D)
-        sums = [np.concatenate([np.zeros((1, batch) + s.shape[1:]),
-                                np.cumsum(s.reshape((t, batch) + s.shape[1:]).astype(np.float64), axis=0)])
-                for s in steps]
+        sums = ev.running_sums(steps, t, batch)     # mean over steps D+1..T: (S[T] - S[D]) / (T - D)
         base = {k: v for k, v in feeds.items() if k in head_inputs}
         for d in ds:
             head_feeds = dict(base)

@@ -109,6 +109,14 @@ def _loop_history_model(snn: onnx.ModelProto, t_max: int, readouts):
     return model, counts
 
 
+def running_sums(step_tensors, t_max: int, batch: int) -> list:
+    """Per readout, float64 running sums over the steps of a [T*N, ...] tensor with a leading zero
+    row: S[t] - S[d] is the sum over steps d+1..t."""
+    return [np.concatenate([np.zeros((1, batch) + s.shape[1:]),
+                            np.cumsum(s.reshape((t_max, batch) + s.shape[1:]).astype(np.float64), axis=0)])
+            for s in step_tensors]
+
+
 def head_model(snn: onnx.ModelProto, readouts):
     """The part of the SNN after the readout, taking the averaged tensors as inputs."""
     graph = gs.import_onnx(snn)
@@ -287,13 +295,12 @@ def evaluate(snn: onnx.ModelProto, batches, timesteps, ann: onnx.ModelProto | No
         if looped:   # running sums after each iteration, steps < D already left out
             sums = [s.astype(np.float64) for s in steps]
         else:
-            sums = [np.cumsum(s.reshape((t_max, batch) + s.shape[1:]).astype(np.float64), axis=0)
-                    for s in steps]
+            sums = running_sums(steps, t_max, batch)
         scores.batch(feeds, labels)
         for t in ts:
             head_feeds = {k: v for k, v in feeds.items() if k in head_inputs}
             for r, cs in zip(readouts, sums):
-                total_t = cs[t // chunk - 1] if looped else cs[t - 1] - (cs[delay - 1] if delay else 0.0)
+                total_t = cs[t // chunk - 1] if looped else cs[t] - cs[delay]
                 head_feeds[r["mean"]] = (total_t / (t - delay)).astype(np.float32)
             scores.add(t, head.run([out_name], head_feeds)[0])
         scores.n += batch
