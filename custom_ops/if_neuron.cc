@@ -4,7 +4,7 @@
 //   x      float32 [K*N, ...]: K time steps of N samples, time-major (step t = rows t*N..t*N+N-1).
 //   theta  float32 [C] or [1]: threshold per channel of axis `axis`.
 //   v_in   float32 [N, ...] (optional): membrane potential carried in from earlier steps; when it is
-//          absent the potential starts at v_init * theta (DESIGN.md section 2).
+//          absent the potential starts at v_init * theta (README, "Neuron").
 //   spikes float32 like x: theta where the neuron fired, 0 elsewhere (weighted spikes).
 //   v_out  float32 [N, ...] (optional): membrane potential after the K steps.
 // Attributes: timesteps K (int, >= 1), axis (int, default 1), v_init (float, default 0.5).

@@ -1,14 +1,24 @@
-"""onnx2snn: training-free conversion of ONNX ReLU networks into spiking networks for onnxruntime."""
-__version__ = "0.1.0"
+"""onnx2snn: training-free conversion of ONNX ReLU networks into spiking networks for onnxruntime.
 
-from .api import Conversion, calibrate, convert, evaluate_file, load_snn, run, session  # noqa: E402
-from .calibration import CalibConfig, Thresholds  # noqa: E402
-from .data import Preprocess  # noqa: E402
-from .errors import UserError  # noqa: E402
-from .neuron import if_neuron  # noqa: E402
-from .ops import library_path  # noqa: E402
-from .rewrite import SNNConfig, to_snn  # noqa: E402
+The public names below are imported on first use, so `import onnx2snn.cli` (the command line)
+starts without loading onnxruntime.
+"""
+from importlib import import_module
 
-__all__ = ["Conversion", "calibrate", "convert", "evaluate_file", "load_snn", "run", "session",
-           "CalibConfig", "Thresholds", "Preprocess", "UserError", "if_neuron", "library_path",
-           "SNNConfig", "to_snn"]
+from ._version import __version__
+
+_EXPORTS = {
+    "Conversion": "api", "calibrate": "api", "convert": "api", "evaluate_file": "api", "load_snn": "api",
+    "run": "api", "session": "api",
+    "CalibConfig": "config", "SNNConfig": "config",
+    "Thresholds": "thresholds", "Preprocess": "data", "UserError": "errors",
+    "if_neuron": "neuron", "library_path": "runtime", "to_snn": "snn",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'onnx2snn' has no attribute {name!r}")

@@ -1,16 +1,22 @@
-"""Find the ReLU-like activations of a graph, their channel axes, and the graph's time regions.
+"""Analyse an ANN once: its ReLU-like activations, their channel axes, the graph's time regions and
+every node that blocks conversion, with the reason.
 
-Regions (DESIGN.md section 2): `pre` nodes do not depend on any neuron and run once; `spiking`
-nodes depend on a neuron and feed another one, so they run at every step and must be linear in the
-time-varying signal; `post` nodes depend on a neuron but feed none and run once on averaged values.
+Regions: `pre` nodes do not depend on any neuron and run once; `spiking` nodes depend on a neuron
+and feed another one, so they run at every step and must be linear in the time-varying signal;
+`post` nodes depend on a neuron but feed none and run once on averaged values.
+
+`analyse(model)` imports the model into onnx-graphsurgeon and folds its constants once; every later
+stage (probes, the rewrite, the convertibility check) works on `Analysis.copy()`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
+from . import model as M
 from .errors import UserError
 from .model import constant_value
 
@@ -28,7 +34,7 @@ _FIRST_VARYING = {"Div"}
 _SHAPE_PRESERVING = {"Add", "Sub", "Mul", "Div", "BatchNormalization", "Identity", "Dropout", "Neg"}
 
 
-@dataclass
+@dataclass(frozen=True)
 class Activation:
     node: gs.Node
     kind: str              # "Relu" or "Clip"
@@ -205,3 +211,69 @@ def nonlinear_nodes(graph: gs.Graph, neurons, regions: Regions) -> list:
 
 def describe(problems) -> str:
     return ", ".join(f"{n.op} '{n.name}' ({why})" for n, why in problems)
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """One ANN, analysed once. `graph` is never modified: stages rewrite `copy()`."""
+    model: onnx.ModelProto      # checked and shape-inferred
+    graph: gs.Graph             # constants folded, every node named
+    opset: int
+    activations: tuple          # Activation, referring to nodes of `graph`
+    regions: Regions            # with the activations standing in for neurons
+    problems: tuple             # (node, reason) for nodes between spiking layers that block conversion
+
+    def copy(self):
+        """(graph, activations): a fresh copy of the graph and the activations bound to its nodes."""
+        graph = self.graph.copy()
+        # onnx-graphsurgeon's exporter appends to `import_domains` in place: give each copy its own
+        graph.import_domains = [onnx.helper.make_opsetid(o.domain, o.version) for o in self.model.opset_import]
+        by_name = {n.name: n for n in graph.nodes}
+        return graph, [replace(a, node=by_name[a.name]) for a in self.activations]
+
+    def require_convertible(self) -> None:
+        """Raise the user error that explains why this graph cannot become an SNN, if any."""
+        if not self.activations:
+            raise UserError("the model has no ReLU-like activation (Relu, or Clip with min 0) to convert")
+        for act in self.activations:
+            if act.input.dtype is not None and np.dtype(act.input.dtype) != np.float32:
+                raise UserError(f"node '{act.name}': activations are {np.dtype(act.input.dtype)}; the IF "
+                                "neuron runs in float32 (convert the model to float32 first)")
+        if self.problems:
+            raise UserError(f"cannot convert {len(self.problems)} node(s) between spiking layers: "
+                            f"{describe(self.problems)}")
+
+
+def _name_nodes(graph: gs.Graph) -> None:
+    """Give unnamed and duplicate-named nodes unique names (thresholds and reports are keyed by
+    node name)."""
+    taken = {n.name for n in graph.nodes if n.name}
+    seen = set()
+    for i, node in enumerate(graph.nodes):
+        if node.name and node.name not in seen:
+            seen.add(node.name)
+            continue
+        k, name = i, f"{node.op}_{i}"
+        while name in taken:
+            k += 1
+            name = f"{node.op}_{k}"
+        node.name = name
+        taken.add(name)
+        seen.add(name)
+
+
+def analyse(model) -> Analysis:
+    """Analyse a model (path or ModelProto): load, import and fold once, find what converts."""
+    proto = M.load_proto(model)
+    graph = M.to_graph(proto)
+    _name_nodes(graph)
+    acts = tuple(find_activations(graph))
+    nodes = [a.node for a in acts]
+    regions = classify(graph, nodes)
+    problems = tuple(nonlinear_nodes(graph, nodes, regions))
+    return Analysis(proto, graph, M.default_opset(proto), acts, regions, problems)
+
+
+def as_analysis(model) -> Analysis:
+    """An Analysis as it is, or the analysis of a ModelProto or path."""
+    return model if isinstance(model, Analysis) else analyse(model)

@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
 import time
@@ -19,11 +20,17 @@ from . import calibration as cal
 from . import data as D
 from . import evaluate as ev
 from . import model as M
-from . import ops
-from .delay import AUTO, DelayChoice, choose_delay
+from . import runtime
+from .analyse import Analysis, analyse, as_analysis
+from .config import AUTO, CalibConfig, SNNConfig
+from .delay import DelayChoice, choose_delay
 from .energy import largest_activation
 from .errors import UserError
-from .rewrite import SNNConfig, check_convertible, to_snn
+from .files import Files, write_atomic
+from .snn import check as check_form
+from .snn import to_snn
+from .snn.info import Provenance, SNNInfo
+from .thresholds import Thresholds
 
 log = logging.getLogger(__name__)
 
@@ -33,22 +40,11 @@ class Conversion:
     output: Path | None
     snn: onnx.ModelProto
     layers: list
-    thresholds: cal.Thresholds
+    thresholds: Thresholds
     calibration_seconds: float = 0.0
     check: ev.EvalResult | None = None
     inputs: list = field(default_factory=list)
     delay: DelayChoice | None = None     # set when the delay was chosen from data
-
-
-def choose_delay_on(model: onnx.ModelProto, thresholds, snn: SNNConfig, source, samples: int = 200,
-                    threads: int = 0, progress: bool = False) -> DelayChoice:
-    """The readout delay for `snn.timesteps`, chosen on `samples` samples of `source` (a fixed random
-    subset when it holds more; the first batches of a loader script)."""
-    inputs = D.model_inputs(model)
-    batch = D.resolve_batch(None, inputs, min(samples, simulation_batch(largest_activation(model), snn.timesteps)))
-    batches = D.eval_batches(source, batch, samples, exact=D.static_batch(inputs) is not None)
-    total = min(samples, len(source)) if isinstance(source, D.Source) else None
-    return choose_delay(model, thresholds, snn, batches, threads, progress, total)
 
 
 def default_output(model_path) -> Path:
@@ -56,69 +52,100 @@ def default_output(model_path) -> Path:
     return p.with_name(p.name[:-5] + ".snn.onnx" if p.name.endswith(".onnx") else p.name + ".snn.onnx")
 
 
-def open_source(model: onnx.ModelProto, data=None, data_loader=None, prep: D.Preprocess | None = None):
+def open_source(model: onnx.ModelProto, data=None, data_loader=None, prep: D.Preprocess | None = None,
+                files: Files | None = None):
+    """The data source of --data / --data-loader for `model`'s inputs (paths recorded in `files`)."""
+    if files is not None:
+        if data_loader:
+            files.input(data_loader.rpartition(":")[0] or data_loader, "--data-loader")
+        elif data:
+            files.input(data, "--data", folder_ok=True)
     return D.open_data(data, data_loader, D.model_inputs(model), prep or D.Preprocess())
 
 
-def calibrate(model: onnx.ModelProto, source, config: cal.CalibConfig = cal.CalibConfig(),
-              progress: bool = False) -> cal.Thresholds:
-    """Thresholds for `model` from a data source (see data.open_data)."""
-    config.validate()
-    batch = D.resolve_batch(config.batch_size, D.model_inputs(model), 100)
-    config = cal.CalibConfig(**{**config.__dict__, "batch_size": batch})
+def calibrate(model, source, config: CalibConfig = CalibConfig(), progress: bool = False) -> Thresholds:
+    """Thresholds for `model` (Analysis, ModelProto or path) from a data source (data.open_data)."""
+    analysis = as_analysis(model)
+    batch = D.resolve_batch(config.batch_size, D.model_inputs(analysis.model), 100)
+    config = replace(config, batch_size=batch)
     n = len(source) if isinstance(source, D.Source) else None
     iters = cal.batches_needed(config, n)
     layout = getattr(source, "layout", "NCHW")
-    batches = D.calibration_batches(source, batch, iters, config.seed, config.augment, layout)
-    cfg = cal.CalibConfig(**{**config.__dict__, "iters": iters})
-    return cal.calibrate(model, batches, cfg, progress=progress)
+    nonfinite = D.NonFinite(config.skip_nonfinite)
+    batches = D.calibration_batches(source, batch, iters, config.seed, config.augment, layout, nonfinite)
+    th = cal.calibrate(analysis, batches, replace(config, iters=iters), progress=progress)
+    if nonfinite.skipped:
+        th.info["skipped_nonfinite_batches"] = nonfinite.skipped
+        log.warning("skipped %d calibration batch(es) holding NaN or Inf", nonfinite.skipped)
+    return th
+
+
+def choose_delay_on(analysis, thresholds, snn: SNNConfig, source, samples: int = 200,
+                    threads: int = 0, progress: bool = False) -> DelayChoice:
+    """The readout delay for `snn.timesteps`, chosen on `samples` samples of `source` (a fixed random
+    subset when it holds more; the first batches of a loader script)."""
+    analysis = as_analysis(analysis)
+    inputs = D.model_inputs(analysis.model)
+    largest = largest_activation(analysis.model)
+    batch = D.resolve_batch(None, inputs, min(samples, ev.simulation_batch(largest, snn.timesteps)))
+    batches = D.eval_batches(source, batch, samples, exact=D.static_batch(inputs) is not None)
+    total = min(samples, len(source)) if isinstance(source, D.Source) else None
+    return choose_delay(analysis, thresholds, snn, batches, threads, progress, total)
 
 
 def convert(model_path, data=None, data_loader=None, output=None,
-            calib: cal.CalibConfig = cal.CalibConfig(), snn: SNNConfig = SNNConfig(),
+            calib: CalibConfig = CalibConfig(), snn: SNNConfig = SNNConfig(),
             prep: D.Preprocess = D.Preprocess(), thresholds=None, save_thresholds=None,
             check_samples: int = 0, check_timesteps=(), progress: bool = False,
             write: bool = True, delay_samples: int = 200) -> Conversion:
-    """ANN file -> SNN file: load, calibrate (or reuse thresholds), rewrite, save atomically.
+    """ANN file -> SNN file: load, analyse, calibrate (or reuse thresholds), rewrite, save atomically.
 
     With `snn.delay == "auto"` the readout delay is chosen on `delay_samples` samples of the data
-    (see delay.py)."""
-    calib.validate()
-    snn.validate()
+    (see delay.py). Every output is checked against every input before any work is done."""
     if snn.delay == AUTO and not (data or data_loader):
         raise UserError("--delay auto: needs --data (or --data-loader) to choose the delay from")
-    if delay_samples < 1:
-        raise UserError(f"--delay-samples {delay_samples}: must be >= 1")
+    if isinstance(delay_samples, bool) or not isinstance(delay_samples, int) or delay_samples < 1:
+        raise UserError(f"--delay-samples {delay_samples}: must be an integer >= 1")
+    if isinstance(check_samples, bool) or not isinstance(check_samples, int) or check_samples < 0:
+        raise UserError(f"--check {check_samples}: must be an integer >= 0")
+    files = Files()
+    files.input(model_path, "model")
+    if thresholds is not None and not isinstance(thresholds, Thresholds):
+        files.input(thresholds, "--thresholds")
     model = M.load(model_path)
+    source = open_source(model, data, data_loader, prep, files) if (data or data_loader) else None
     out_path = Path(output) if output else default_output(model_path)
-    if write and out_path.resolve() == Path(model_path).resolve():
-        raise UserError(f"-o {out_path}: refusing to overwrite the input model")
-    check_convertible(model, snn)
-    source = None
-    if data or data_loader:
-        source = open_source(model, data, data_loader, prep)
+    if write:
+        files.output(out_path, "-o")
+    if save_thresholds:
+        files.output(save_thresholds, "--save-thresholds")
+        if write and Path(save_thresholds).resolve() == out_path.resolve():
+            raise UserError(f"--save-thresholds {save_thresholds}: is also the -o output")
+    analysis = analyse(model)
+    check_form(analysis, snn)
     seconds = 0.0
     if thresholds is not None:
-        th = thresholds if isinstance(thresholds, cal.Thresholds) else cal.Thresholds.load(thresholds)
+        th = thresholds if isinstance(thresholds, Thresholds) else Thresholds.load(thresholds)
+        th.validate("--thresholds")
     else:
         if source is None:
             raise UserError("--data: calibration data is needed (or --thresholds FILE to reuse thresholds)")
         start = time.perf_counter()
-        th = calibrate(model, source, calib, progress)
+        th = calibrate(analysis, source, calib, progress)
         seconds = time.perf_counter() - start
-        if save_thresholds:
-            th.save(save_thresholds)
-    used_prep = getattr(source, "prep", None) or prep
-    metadata = {"onnx2snn.preprocessing": used_prep.to_json(),
-                "onnx2snn.source_model": Path(model_path).name}
+    th.check_against(analysis.activations, "--thresholds" if thresholds is not None else "calibration")
     delay_choice = None
     if snn.delay == AUTO:
-        delay_choice = choose_delay_on(model, th, snn, source, delay_samples, progress=progress)
+        delay_choice = choose_delay_on(analysis, th, snn, source, delay_samples, progress=progress)
         snn = replace(snn, delay=delay_choice.delay)
-        metadata["onnx2snn.delay_choice"] = json.dumps(delay_choice.to_json())
-    snn_model, layers = to_snn(model, th, snn, metadata)
+    used_prep = getattr(source, "prep", None) or prep
+    provenance = Provenance(used_prep.to_json(), Path(model_path).name,
+                            delay_choice.to_json() if delay_choice else None)
+    snn_model, layers = to_snn(analysis, th, snn, provenance)
+    if save_thresholds:
+        th.save(save_thresholds)
     if write:
-        M.save_atomic(snn_model, out_path, refuse=[model_path])
+        write_atomic(out_path, snn_model.SerializeToString(), "-o")
     result = Conversion(out_path if write else None, snn_model, layers, th, seconds,
                         inputs=D.model_inputs(model), delay=delay_choice)
     if check_samples and source is not None:
@@ -133,77 +160,102 @@ def convert(model_path, data=None, data_loader=None, output=None,
 
 
 def load_snn(path) -> onnx.ModelProto:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such file")
-    try:
-        model = onnx.load(str(path))
-    except Exception as err:
-        raise UserError(f"{path}: not an ONNX model ({type(err).__name__})") from None
-    if not model.graph.node:
-        raise UserError(f"{path}: not an ONNX model (no graph nodes)")
+    """A model written by onnx2snn (its metadata is checked)."""
+    model = M.read(path, "SNN")
+    SNNInfo.from_metadata(model, str(path))
     return model
 
 
 def recorded_preprocess(model: onnx.ModelProto, mean=None, std=None, size=None, layout=None) -> D.Preprocess:
     """The conversion's preprocessing, overridden by any flag given."""
-    meta = M.get_metadata(model)
-    base = D.Preprocess.from_json(meta["onnx2snn.preprocessing"]) if "onnx2snn.preprocessing" in meta \
+    info = SNNInfo.from_metadata(model)
+    base = D.Preprocess.from_json(info.provenance.preprocessing) if info.provenance.preprocessing \
         else D.Preprocess()
     return D.Preprocess(mean if mean is not None else base.mean, std if std is not None else base.std,
                         size if size is not None else base.size, layout or base.layout)
 
 
-def simulation_batch(largest_activation: int, t_max: int, budget_mb: float = 2048) -> int:
-    """Samples per unrolled simulation batch so that T_max x batch x the largest activation stays
-    within `budget_mb`, counting eight float32 copies alive at once (ResNet-32 at T=128: 32 samples,
-    2.6 GB peak RSS for the whole eval); at most 64."""
-    if not largest_activation:
-        return 16
-    per_sample_mb = 8 * t_max * largest_activation * 4 / 2 ** 20
-    return int(max(1, min(64, budget_mb // max(per_sample_mb, 1e-9))))
-
-
-def auto_batch_size(snn_model: onnx.ModelProto, t_max: int, budget_mb: float = 2048) -> int:
-    """Simulation batch for a converted model (see simulation_batch); looped models use 16."""
-    meta = M.get_metadata(snn_model)
-    if meta.get("onnx2snn.form") == "loop":
-        return 16
-    largest = json.loads(meta.get("onnx2snn.costs", "{}")).get("largest_activation", 0)
-    return simulation_batch(largest, t_max, budget_mb)
-
-
-def default_timesteps(snn_model: onnx.ModelProto) -> list:
-    """T/4, T/2 and T of a converted model, those above its readout delay."""
-    meta = ev.snn_metadata(snn_model)
-    t, delay = int(meta.get("onnx2snn.timesteps", 64)), int(meta.get("onnx2snn.delay", 0))
-    return sorted({x for x in (t // 4, t // 2, t) if x > delay})
+def _positive(value, flag: str):
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise UserError(f"{flag} {value}: must be an integer >= 1")
 
 
 def evaluate_file(snn_path, data=None, data_loader=None, ann_path=None, timesteps=None,
                   batch_size: int | None = None, limit: int | None = None, prep: D.Preprocess | None = None,
-                  progress: bool = False) -> ev.EvalResult:
-    """Evaluate a converted model at each T of `timesteps` (default: default_timesteps)."""
+                  progress: bool = False, report=None) -> ev.EvalResult:
+    """Evaluate a converted model at each T of `timesteps` (default: the model's T/4, T/2, T);
+    with `report`, also write the results as JSON there (atomically)."""
+    _positive(batch_size, "--batch-size")
+    _positive(limit, "--limit")
+    files = Files()
+    files.input(snn_path, "SNN")
     snn_model = load_snn(snn_path)
-    timesteps = list(timesteps) if timesteps else default_timesteps(snn_model)
+    info = SNNInfo.from_metadata(snn_model, str(snn_path))
+    timesteps = list(timesteps) if timesteps else ev.default_timesteps(info)
     inputs = D.model_inputs(snn_model)
-    batch_size = D.resolve_batch(batch_size, inputs, auto_batch_size(snn_model, max(timesteps)))
+    batch_size = D.resolve_batch(batch_size, inputs, ev.auto_batch_size(info, max(timesteps)))
     prep = prep or recorded_preprocess(snn_model)
-    ann = M.load(ann_path) if ann_path else None
-    source = D.open_data(data, data_loader, D.model_inputs(snn_model), prep)
+    ann = None
+    if ann_path:
+        files.input(ann_path, "--ann")
+        ann = M.load(ann_path)
+    source = open_source(snn_model, data, data_loader, prep, files)
+    if report:
+        files.output(report, "--json")
     total = min(limit or len(source), len(source)) if isinstance(source, D.Source) else None
-    return ev.evaluate(snn_model, D.eval_batches(source, batch_size, limit, exact=D.static_batch(inputs) is not None),
-                       timesteps, ann,
-                       progress=progress, total=total)
+    batches = D.eval_batches(source, batch_size, limit, exact=D.static_batch(inputs) is not None)
+    result = ev.evaluate(snn_model, batches, timesteps, ann, progress=progress, total=total)
+    if report:
+        write_atomic(report, json.dumps(result.to_json(), indent=1, sort_keys=True).encode(), "--json")
+    return result
+
+
+def run_file(snn_path, output, data=None, data_loader=None, batch_size: int | None = None,
+             limit: int | None = None, prep: D.Preprocess | None = None) -> dict:
+    """Run a converted model over a data set and write its outputs (.npy: one output; .npz keyed
+    by output name) atomically; returns the arrays."""
+    _positive(batch_size, "--batch-size")
+    _positive(limit, "--limit")
+    files = Files()
+    files.input(snn_path, "SNN")
+    snn = load_snn(snn_path)
+    info = SNNInfo.from_metadata(snn, str(snn_path))
+    source = open_source(snn, data, data_loader, prep or recorded_preprocess(snn), files)
+    out = Path(output)
+    if out.suffix not in (".npy", ".npz"):
+        raise UserError(f"-o {out}: expected a .npy or .npz file name")
+    files.output(out, "-o")
+    sess = runtime.session(snn)
+    names = [o.name for o in sess.get_outputs()]
+    if out.suffix == ".npy" and len(names) != 1:
+        raise UserError(f"-o {out}: the model has {len(names)} outputs; use .npz")
+    inputs = D.model_inputs(snn)
+    batch = D.resolve_batch(batch_size, inputs, ev.auto_batch_size(info, info.timesteps))
+    chunks = {n: [] for n in names}
+    for feeds, _ in D.eval_batches(source, batch, limit, exact=D.static_batch(inputs) is not None):
+        for n, v in zip(names, runtime.run_checked(sess, names, feeds, "run")):
+            chunks[n].append(v)
+    if not chunks[names[0]]:
+        raise UserError("run: received no data")
+    # per-sample outputs are concatenated; per-batch scalars (onnx2snn_steps) are stacked
+    arrays = {n: np.concatenate(v) if v[0].ndim else np.stack(v) for n, v in chunks.items()}
+    buf = io.BytesIO()
+    if out.suffix == ".npy":
+        np.save(buf, next(iter(arrays.values())))
+    else:
+        np.savez(buf, **arrays)
+    write_atomic(out, buf.getvalue())
+    return arrays
 
 
 def session(model, threads: int = 0):
-    """onnxruntime session for a converted model (path or ModelProto) with the IF op registered."""
-    return ops.session(model, threads)
+    """onnxruntime session for a converted model (path or ModelProto); the IF op library is
+    registered when the model uses it."""
+    return runtime.session(model, threads)
 
 
 def run(snn_path, feeds: dict, threads: int = 0) -> dict:
     """Run a converted model on one feed dict; returns {output name: array}."""
-    sess = ops.session(str(snn_path), threads)
+    sess = runtime.session(str(snn_path), threads)
     names = [o.name for o in sess.get_outputs()]
     return dict(zip(names, sess.run(names, feeds)))

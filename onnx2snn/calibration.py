@@ -1,6 +1,6 @@
 """Threshold calibration: stream batches through the probed model in onnxruntime, update in NumPy.
 
-Methods (DESIGN.md section 1):
+Methods (README "How it works", step 3):
 - ltb: channel-wise local threshold balancing (Bu et al.): theta += lr * 2 * mean((x-theta)H(x-theta)).
 - ltb-layer: the same with one theta per layer.
 - max: the largest activation seen (max-norm), one theta per layer.
@@ -9,95 +9,19 @@ Methods (DESIGN.md section 1):
 """
 from __future__ import annotations
 
-import io
-import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from . import ops, probes
+from . import probes, runtime
+from .analyse import Analysis, as_analysis
+from .config import CalibConfig
 from .errors import UserError
-from .model import write_atomic
+from .thresholds import Thresholds
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class CalibConfig:
-    method: str = "ltb"
-    iters: int = 1000
-    batch_size: int | None = None   # None: 100, or the model's fixed batch size
-    lr: float = 1.0
-    percentile: float = 99.9
-    seed: int = 0
-    augment: bool = False
-
-    def validate(self):
-        if self.method not in probes.METHODS:
-            raise UserError(f"--method {self.method}: unknown (choose from {', '.join(probes.METHODS)})")
-        if self.iters < 1:
-            raise UserError(f"--iters {self.iters}: must be >= 1")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise UserError(f"--batch-size {self.batch_size}: must be >= 1")
-        if not (0 < self.percentile <= 100):
-            raise UserError(f"--percentile {self.percentile}: must be in (0, 100]")
-        if not self.lr > 0:
-            raise UserError(f"--lr {self.lr}: must be > 0")
-
-
-@dataclass
-class Thresholds:
-    """theta per activation (node name -> float32 vector of length C, or 1 for one per layer)."""
-    values: dict
-    method: str = "ltb"
-    info: dict = field(default_factory=dict)
-
-    def save(self, path) -> Path:
-        """Write JSON (or NPZ when the name ends in .npz) atomically."""
-        path = Path(path)
-        meta = {"format": "onnx2snn-thresholds", "version": 1, "method": self.method, "info": self.info}
-        if path.suffix.lower() == ".npz":
-            buf = io.BytesIO()
-            np.savez(buf, __meta__=np.array(json.dumps(meta)), **self.values)
-            data = buf.getvalue()
-        else:
-            meta["thresholds"] = {k: [float(x) for x in v] for k, v in self.values.items()}
-            data = json.dumps(meta, indent=1).encode()
-        return write_atomic(path, data, "--save-thresholds")
-
-    @staticmethod
-    def load(path) -> "Thresholds":
-        path = Path(path)
-        if not path.is_file():
-            raise UserError(f"--thresholds {path}: no such file")
-        try:
-            if path.suffix.lower() == ".npz":
-                with np.load(path, allow_pickle=False) as z:
-                    meta = json.loads(str(z["__meta__"])) if "__meta__" in z else {}
-                    values = {k: np.asarray(z[k], np.float32).reshape(-1) for k in z.files if k != "__meta__"}
-            else:
-                meta = json.loads(path.read_text())
-                if meta.get("format") != "onnx2snn-thresholds":
-                    raise ValueError("not an onnx2snn thresholds file")
-                values = {k: np.asarray(v, np.float32).reshape(-1) for k, v in meta["thresholds"].items()}
-        except (ValueError, KeyError, OSError) as err:
-            raise UserError(f"--thresholds {path}: cannot read thresholds ({err})") from None
-        return Thresholds(values, meta.get("method", "unknown"), dict(meta.get("info", {}), file=str(path)))
-
-    def check_against(self, acts, where: str):
-        names = {a.name for a in acts}
-        missing = sorted(names - set(self.values))
-        if missing:
-            raise UserError(f"{where}: no thresholds for activation(s) {', '.join(missing[:5])}"
-                            f"{' ...' if len(missing) > 5 else ''}")
-        for a in acts:
-            n = self.values[a.name].size
-            if n != 1 and a.channels and n != a.channels:
-                raise UserError(f"{where}: node '{a.name}' has {a.channels} channels, thresholds have {n}")
 
 
 class _Ltb:
@@ -160,11 +84,11 @@ class _Percentile(_Max):
         return None
 
 
-def calibrate(model, batches, config: CalibConfig, progress: bool = False, threads: int = 0):
-    """Thresholds for every activation of `model` (a ModelProto) from an iterable of feed dicts."""
-    config.validate()
-    probe_model, probe_list = probes.build(model, config.method, config.percentile)
-    sess = ops.session(probe_model, threads=threads)
+def calibrate(analysis: Analysis, batches, config: CalibConfig, progress: bool = False, threads: int = 0):
+    """Thresholds for every activation of the analysed model from an iterable of feed dicts."""
+    analysis = as_analysis(analysis)
+    probe_model, probe_list = probes.build(analysis, config.method, config.percentile)
+    sess = runtime.session(probe_model, threads=threads)
     input_names = {i.name for i in sess.get_inputs()}
     fetch = sorted({p.stat for p in probe_list} | {p.clip_error for p in probe_list if p.clip_error}
                    | {p.activity for p in probe_list if p.activity})
@@ -183,7 +107,7 @@ def calibrate(model, batches, config: CalibConfig, progress: bool = False, threa
         feeds = {k: v for k, v in feeds.items() if k in input_names}
         feeds.update(state.feeds())
         start = time.perf_counter()
-        values = ops.run_checked(sess, fetch, feeds, "calibration")
+        values = runtime.run_checked(sess, fetch, feeds, "calibration")
         run_time += time.perf_counter() - start
         err = state.update(dict(zip(fetch, values)))
         iters += 1
@@ -197,13 +121,13 @@ def calibrate(model, batches, config: CalibConfig, progress: bool = False, threa
     if iters == 0:
         raise UserError("calibration received no data")
     info = {"iters": iters, "samples": samples, "batch_size": config.batch_size, "lr": config.lr,
-            "seed": config.seed, "augment": config.augment, "session_seconds": round(run_time, 3)}
+            "seed": config.seed, "augment": config.augment}
     if config.method == "percentile":
         info["percentile"] = config.percentile
     if err is not None:
         info["final_clip_error"] = err
     log.info("calibrated %d activations in %d batches (%.2fs in onnxruntime)", len(probe_list), iters, run_time)
-    return Thresholds(state.result(), config.method, info)
+    return Thresholds(state.result(), config.method, info).validate("calibration")
 
 
 def batches_needed(config: CalibConfig, n_samples: int | None) -> int:

@@ -1,24 +1,18 @@
-"""Command line: `onnx2snn MODEL --data DIR` (convert), `eval`, `run`, `demo`."""
+"""Command line: `onnx2snn MODEL --data DIR` (convert), `eval`, `run`, `demo`.
+
+Importing this module is cheap (argparse and the config only); the library is imported inside
+`main`, so `--help` is fast and Ctrl-C during start-up ends with one line like any other.
+"""
 from __future__ import annotations
 
 import argparse
-import io
-import json
 import logging
 import sys
-from pathlib import Path
+import traceback
 
-import numpy as np
-
-from . import __version__, energy
-from . import api, ops
-from . import data as D
-from .calibration import CalibConfig
+from ._version import __version__
+from .config import E_MAC_PJ, E_SOP_PJ, METHODS, CalibConfig, SNNConfig, check_energy
 from .errors import UserError
-from .model import get_metadata, write_atomic
-from .probes import METHODS
-from .report import eval_table, layers_table
-from .rewrite import SNNConfig
 
 COMMANDS = ("convert", "eval", "run", "demo")
 
@@ -47,7 +41,8 @@ def _data_flags(p: argparse.ArgumentParser, required_note: str):
     g.add_argument("--layout", choices=["NCHW", "NHWC"], help="image layout (default: from the model's input shape)")
 
 
-def _prep(args, recorded=None) -> D.Preprocess:
+def _prep(args, recorded=None):
+    from . import data as D
     mean = D.parse_floats(args.mean, "--mean")
     std = D.parse_floats(args.std, "--std")
     size = tuple(_int_list(args.size, "--size")) if args.size else None
@@ -100,6 +95,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--lr", type=float, default=1.0, help="LTB learning rate (1.0)")
     g.add_argument("--seed", type=int, default=0, help="shuffling/augmentation seed (0)")
     g.add_argument("--augment", action="store_true", help="random flips and padded crops of image batches")
+    g.add_argument("--skip-nonfinite", action="store_true",
+                   help="skip (and count) calibration batches holding NaN or Inf instead of stopping")
     g.add_argument("--thresholds", metavar="FILE", help="reuse thresholds (JSON/NPZ) and skip calibration")
     g.add_argument("--save-thresholds", metavar="FILE", help="save the calibrated thresholds (.json or .npz)")
     s = c.add_argument_group("spiking network")
@@ -144,8 +141,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="samples per simulation batch; memory grows with T x batch (default: sized from the "
                         "model's largest activation to stay near 2 GB, at most 64)")
     e.add_argument("--json", metavar="FILE", help="also write the results as JSON")
-    e.add_argument("--e-sop", type=float, default=energy.E_SOP_PJ, help="pJ per synaptic operation (0.077)")
-    e.add_argument("--e-mac", type=float, default=energy.E_MAC_PJ, help="pJ per MAC (12.5)")
+    e.add_argument("--e-sop", type=float, default=E_SOP_PJ, help="pJ per synaptic operation (0.077)")
+    e.add_argument("--e-mac", type=float, default=E_MAC_PJ, help="pJ per MAC (12.5)")
     e.add_argument("-v", "--verbose", action="store_true")
     e.add_argument("-q", "--quiet", action="store_true")
 
@@ -168,18 +165,23 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _convert(args) -> int:
+    from . import api
+    from .report import eval_table, layers_table
+    calib = CalibConfig(method=args.method, iters=args.iters, batch_size=args.batch_size, lr=args.lr,
+                        percentile=args.percentile, seed=args.seed, augment=args.augment,
+                        skip_nonfinite=args.skip_nonfinite)
+    snn = SNNConfig(timesteps=args.timesteps, delay=args.delay, v_init=args.v_init, maxpool=args.maxpool,
+                    form=args.form, chunk=args.chunk, portable=args.portable, early_exit=args.early_exit,
+                    exit_stable=args.exit_stable, exit_margin=args.exit_margin, exit_min_steps=args.exit_min_steps)
     result = api.convert(
-        args.model, data=args.data, data_loader=args.data_loader, output=args.output,
-        calib=CalibConfig(args.method, args.iters, args.batch_size, args.lr, args.percentile, args.seed, args.augment),
-        snn=SNNConfig(args.timesteps, args.delay, args.v_init, args.maxpool, args.form, args.chunk,
-                      args.portable, args.early_exit, args.exit_stable, args.exit_margin, args.exit_min_steps), prep=_prep(args),
-        thresholds=args.thresholds, save_thresholds=args.save_thresholds,
+        args.model, data=args.data, data_loader=args.data_loader, output=args.output, calib=calib, snn=snn,
+        prep=_prep(args), thresholds=args.thresholds, save_thresholds=args.save_thresholds,
         check_samples=args.check if (args.data or args.data_loader) else 0, progress=not args.quiet,
         delay_samples=args.delay_samples)
     if not args.quiet:
         th = result.thresholds
-        how = (f"{th.info.get('iters')} batches in {result.calibration_seconds:.1f}s" if "iters" in th.info
-               else f"thresholds from {th.info.get('file')}")
+        how = (f"{th.info.get('iters')} batches in {result.calibration_seconds:.1f}s" if args.thresholds is None
+               else f"thresholds from {args.thresholds}")
         form = args.form + (f", chunk {args.chunk}" if args.form == "loop" else "") + \
             (", portable" if args.portable else "") + (", early exit" if args.early_exit else "")
         print(f"converted {args.model} -> {result.output}  ({form}, T={args.timesteps}, "
@@ -190,7 +192,7 @@ def _convert(args) -> int:
                   f"{c.rel_error.get(c.delay, 0):.4f} (D=0: {c.rel_error.get(0, 0):.4f})")
         print(layers_table(result.layers))
         if result.check is not None:
-            print(f"\ncheck on calibration samples (SNN vs ANN):")
+            print("\ncheck on calibration samples (SNN vs ANN):")
             print(eval_table(result.check))
     else:
         print(result.output)
@@ -198,47 +200,24 @@ def _convert(args) -> int:
 
 
 def _eval(args) -> int:
+    from . import api
+    from .report import eval_table
+    check_energy(args.e_sop, args.e_mac)
     snn = api.load_snn(args.snn)
     prep = _prep(args, api.recorded_preprocess(snn))
     result = api.evaluate_file(args.snn, args.data, args.data_loader, args.ann,
                                _int_list(args.timesteps, "--timesteps") if args.timesteps else None,
-                               args.batch_size, args.limit,
-                               prep, progress=not args.quiet)
+                               args.batch_size, args.limit, prep, progress=not args.quiet, report=args.json)
     print(eval_table(result, args.e_sop, args.e_mac))
-    if args.json:
-        write_atomic(args.json, json.dumps(result.to_json(), indent=1).encode(), "--json")
     return 0
 
 
 def _run(args) -> int:
+    from . import api
     snn = api.load_snn(args.snn)
-    prep = _prep(args, api.recorded_preprocess(snn))
-    source = D.open_data(args.data, args.data_loader, D.model_inputs(snn), prep)
-    sess = api.session(snn)
-    names = [o.name for o in sess.get_outputs()]
-    out = Path(args.output)
-    if out.suffix not in (".npy", ".npz"):
-        raise UserError(f"-o {out}: expected a .npy or .npz file name")
-    if out.suffix == ".npy" and len(names) != 1:
-        raise UserError(f"-o {out}: the model has {len(names)} outputs; use .npz")
-    if not (out.parent if str(out.parent) else Path(".")).is_dir():
-        raise UserError(f"-o {out}: folder does not exist")
-    chunks = {n: [] for n in names}
-    steps = int(get_metadata(snn).get("onnx2snn.timesteps", 64))
-    inputs = D.model_inputs(snn)
-    batch = D.resolve_batch(args.batch_size, inputs, api.auto_batch_size(snn, steps))
-    for feeds, _ in D.eval_batches(source, batch, args.limit, exact=D.static_batch(inputs) is not None):
-        for n, v in zip(names, ops.run_checked(sess, names, feeds, "run")):
-            chunks[n].append(v)
-    # per-sample outputs are concatenated; per-batch scalars (onnx2snn_steps) are stacked
-    arrays = {n: np.concatenate(v) if v[0].ndim else np.stack(v) for n, v in chunks.items()}
-    buf = io.BytesIO()
-    if out.suffix == ".npy":
-        np.save(buf, next(iter(arrays.values())))
-    else:
-        np.savez(buf, **arrays)
-    write_atomic(out, buf.getvalue())
-    print(f"wrote {', '.join(f'{k} {list(v.shape)}' for k, v in arrays.items())} to {out}")
+    arrays = api.run_file(args.snn, args.output, args.data, args.data_loader, args.batch_size, args.limit,
+                          _prep(args, api.recorded_preprocess(snn)))
+    print(f"wrote {', '.join(f'{k} {list(v.shape)}' for k, v in arrays.items())} to {args.output}")
     return 0
 
 
@@ -249,6 +228,15 @@ def _demo(args) -> int:
 
 
 def main(argv=None) -> int:
+    """Exit code 0 on success, 1 on any error (one line on stderr), 130 on Ctrl-C."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("onnx2snn: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] not in COMMANDS and not argv[0].startswith("-"):
         argv = ["convert"] + argv
@@ -257,15 +245,27 @@ def main(argv=None) -> int:
     if not args.command:
         parser.print_help()
         return 1
-    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
+    verbose = getattr(args, "verbose", False)
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return {"convert": _convert, "eval": _eval, "run": _run, "demo": _demo}[args.command](args)
     except UserError as err:
+        if verbose:
+            traceback.print_exc()
         print(f"onnx2snn: error: {err}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("onnx2snn: interrupted", file=sys.stderr)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except MemoryError:
+        print("onnx2snn: error: out of memory; use a smaller --batch-size or fewer timesteps", file=sys.stderr)
+        return 1
+    except Exception as err:  # a bug: one line by default, the traceback with -v
+        if verbose:
+            traceback.print_exc()
+        first = (str(err).strip().splitlines() or [""])[0][:300]
+        print(f"onnx2snn: error: internal error ({type(err).__name__}: {first}); rerun with -v for the "
+              "traceback and report it", file=sys.stderr)
         return 1
 
 

@@ -38,6 +38,17 @@ class Preprocess:
     size: tuple | None = None      # (H, W); None = from the model's input shape
     layout: str | None = None      # "NCHW" or "NHWC"; None = from the model's input shape
 
+    def __post_init__(self):
+        for flag, values in (("--mean", self.mean), ("--std", self.std)):
+            if not len(values) or not all(np.isfinite(v) for v in values):
+                raise UserError(f"--{flag[2:]} {','.join(map(str, values))}: expected finite numbers")
+        if any(v <= 0 for v in self.std):
+            raise UserError(f"--std {','.join(map(str, self.std))}: values must be > 0")
+        if self.size is not None and (len(self.size) != 2 or any(int(v) < 1 for v in self.size)):
+            raise UserError(f"--size {self.size}: expected two positive integers H,W")
+        if self.layout not in (None, "NCHW", "NHWC"):
+            raise UserError(f"--layout {self.layout}: expected NCHW or NHWC")
+
     def to_json(self) -> str:
         return json.dumps(asdict(self))
 
@@ -104,6 +115,29 @@ class Source:
     def batch(self, indices):
         raise NotImplementedError
 
+    def describe(self, index: int) -> str:
+        """Where sample `index` comes from (a file, or a file and a position), for messages."""
+        raise NotImplementedError
+
+
+def _first_nonfinite(feeds: dict):
+    """(input name, row) of the first sample holding NaN or Inf in a float input, else None."""
+    for name, x in feeds.items():
+        x = np.asarray(x)
+        if x.dtype.kind != "f" or x.ndim == 0:
+            continue
+        bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+        if bad.any():
+            return name, int(np.argmax(bad))
+    return None
+
+
+def _check_dtype(where: str, info: InputInfo, dtype) -> None:
+    """Float data fed to an integer input would be truncated without a word: refuse it."""
+    if np.dtype(dtype).kind == "f" and info.dtype.kind in "iub":
+        raise UserError(f"{where}: input '{info.name}' takes {info.dtype} but the data is {np.dtype(dtype)}; "
+                        "refusing to truncate (give integer arrays)")
+
 
 def _check_fits(where: str, info: InputInfo, sample_shape: tuple):
     if info.shape is None:
@@ -157,8 +191,6 @@ class ImageFolder(Source):
         for arr, flag in ((self.mean, "--mean"), (self.std, "--std")):
             if arr.size not in (1, self.channels):
                 raise UserError(f"{flag}: {arr.size} values given, the input has {self.channels} channels")
-        if np.any(self.std == 0):
-            raise UserError("--std: values must be non-zero")
         self.prep = Preprocess(tuple(map(float, self.mean)), tuple(map(float, self.std)), self.size, layout)
         sample = (self.channels,) + self.size if layout == "NCHW" else self.size + (self.channels,)
         _check_fits(str(root), self.info, sample)
@@ -180,6 +212,9 @@ class ImageFolder(Source):
             arr = arr[:, :, None]
         arr = (arr - self.mean) / self.std
         return arr.transpose(2, 0, 1) if self.layout == "NCHW" else arr
+
+    def describe(self, index: int) -> str:
+        return str(self.files[index])
 
     def batch(self, indices):
         x = np.stack([self._load(self.files[i]) for i in indices]).astype(self.info.dtype)
@@ -217,6 +252,7 @@ class ArrayFiles(Source):
     def __init__(self, files, inputs, where: str):
         self.inputs = inputs
         self.chunks = []  # (feeds dict of arrays, labels or None, length)
+        self.files = list(files)
         for f in files:
             arrays = self._open(f)
             label = next((arrays.pop(k) for k in LABEL_KEYS if k in arrays), None)
@@ -232,6 +268,7 @@ class ArrayFiles(Source):
             n = lengths.pop()
             for info in inputs:
                 _check_fits(str(f), info, tuple(arrays[info.name].shape[1:]))
+                _check_dtype(str(f), info, arrays[info.name].dtype)
             if label is not None and len(label) != n:
                 raise UserError(f"{f}: labels 'y' have {len(label)} entries for {n} samples")
             self.chunks.append(({i.name: arrays[i.name] for i in inputs}, label, n))
@@ -253,6 +290,10 @@ class ArrayFiles(Source):
 
     def __len__(self):
         return int(self.starts[-1])
+
+    def describe(self, index: int) -> str:
+        c = int(np.searchsorted(self.starts, index, side="right") - 1)
+        return f"{self.files[c]} sample {int(index - self.starts[c])}"
 
     def batch(self, indices):
         indices = np.asarray(indices)
@@ -289,10 +330,20 @@ class LoaderScript:
             raise UserError(f"--data-loader {spec}: {path} has no function {func}")
         self.fn, self.spec, self.inputs = getattr(module, func), spec, inputs
 
+    def _call(self):
+        """The user's iterable, with any exception it raises turned into one line naming it."""
+        try:
+            yield from self.fn()
+        except UserError:
+            raise
+        except Exception as err:
+            msg = (str(err).strip().splitlines() or [""])[0]
+            raise UserError(f"--data-loader {self.spec}: raised {type(err).__name__}: {msg}") from None
+
     def batches(self):
         """Yield (feeds, labels) forever-or-once; the caller decides when to stop."""
         count = 0
-        for item in self.fn():
+        for item in self._call():
             if not isinstance(item, dict):
                 raise UserError(f"--data-loader {self.spec}: yielded {type(item).__name__}, expected a dict")
             item = dict(item)
@@ -301,9 +352,14 @@ class LoaderScript:
             if missing:
                 raise UserError(f"--data-loader {self.spec}: batch lacks input(s) {', '.join(missing)}")
             feeds = {}
+            where = f"--data-loader {self.spec}: batch {count}"
             for info in self.inputs:
-                arr = np.asarray(item[info.name]).astype(info.dtype)
-                _check_fits(f"--data-loader {self.spec}", info, arr.shape[1:])
+                raw = np.asarray(item[info.name])
+                if raw.ndim == 0 or raw.dtype.kind not in "biuf":
+                    raise UserError(f"{where}: input '{info.name}' must be a numeric array with a batch axis")
+                _check_dtype(where, info, raw.dtype)
+                arr = raw.astype(info.dtype)
+                _check_fits(where, info, arr.shape[1:])
                 feeds[info.name] = arr
             count += 1
             yield feeds, labels
@@ -350,20 +406,49 @@ def _augment(x: np.ndarray, layout: str, rng: np.random.Generator, pad: int = 4)
     return x
 
 
+class NonFinite:
+    """What to do with samples holding NaN or Inf: stop with an error naming the sample (default),
+    or skip the batch and count it."""
+
+    def __init__(self, skip: bool = False):
+        self.skip, self.skipped = skip, 0
+
+    def ok(self, feeds: dict, where) -> bool:
+        bad = _first_nonfinite(feeds)
+        if bad is None:
+            return True
+        if self.skip:
+            self.skipped += 1
+            return False
+        name, row = bad
+        raise UserError(f"{where(row)}: input '{name}' holds NaN or Inf (fix the data, or pass "
+                        "--skip-nonfinite to skip such batches)")
+
+
+def _where(source, indices):
+    return lambda row: source.describe(int(indices[row]))
+
+
 def calibration_batches(source, batch_size: int, iters: int, seed: int, augment: bool = False,
-                        layout: str = "NCHW"):
+                        layout: str = "NCHW", nonfinite: NonFinite | None = None):
     """`iters` batches; samples reused in a fresh shuffled order whenever the data runs out."""
     rng = np.random.default_rng(seed)
+    nonfinite = nonfinite or NonFinite()
     if isinstance(source, LoaderScript):
         produced = 0
         while produced < iters:
-            for feeds, _ in source.batches():
+            before = produced
+            for k, (feeds, _) in enumerate(source.batches()):
                 if produced >= iters:
                     return
+                if not nonfinite.ok(feeds, lambda row, k=k: f"--data-loader {source.spec}: batch {k} row {row}"):
+                    continue
                 if augment:
-                    feeds = {k: _augment(v, layout, rng) if v.ndim == 4 else v for k, v in feeds.items()}
+                    feeds = {name: _augment(v, layout, rng) if v.ndim == 4 else v for name, v in feeds.items()}
                 produced += 1
                 yield feeds
+            if produced == before:
+                return   # every batch was skipped: nothing more will come
         return
     n = len(source)
     order, pos = rng.permutation(n), 0
@@ -376,6 +461,8 @@ def calibration_batches(source, batch_size: int, iters: int, seed: int, augment:
             take.extend(order[pos:pos + step])
             pos += step
         feeds, _ = source.batch(take)
+        if not nonfinite.ok(feeds, _where(source, take)):
+            continue
         if augment:
             feeds = {k: _augment(v, layout, rng) if v.ndim == 4 else v for k, v in feeds.items()}
         yield feeds
@@ -384,11 +471,13 @@ def calibration_batches(source, batch_size: int, iters: int, seed: int, augment:
 def eval_batches(source, batch_size: int, limit: int | None = None, exact: bool = False):
     """(feeds, labels) in order, at most `limit` samples. With `exact` (a model with a fixed batch
     size) a last batch that would be short is skipped, with a warning."""
+    check = NonFinite()
     if isinstance(source, LoaderScript):
         seen = 0
-        for feeds, labels in source.batches():
+        for k, (feeds, labels) in enumerate(source.batches()):
             if limit is not None and seen >= limit:
                 return
+            check.ok(feeds, lambda row, k=k: f"--data-loader {source.spec}: batch {k} row {row}")
             if limit is not None:
                 keep = limit - seen
                 feeds = {k: v[:keep] for k, v in feeds.items()}
@@ -406,4 +495,6 @@ def eval_batches(source, batch_size: int, limit: int | None = None, exact: bool 
             log.warning("the last %d sample(s) do not fill the model's fixed batch of %d and are skipped",
                         len(chunk), batch_size)
             return
-        yield source.batch(chunk)
+        feeds, labels = source.batch(chunk)
+        check.ok(feeds, _where(source, chunk))
+        yield feeds, labels

@@ -7,9 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import api
-from .calibration import CalibConfig
+from .config import CalibConfig, SNNConfig
 from .report import eval_table, layers_table
-from .rewrite import SNNConfig
 
 HERE = Path(__file__).resolve().parent / "demo_data"
 MODEL = HERE / "digits_cnn.onnx"

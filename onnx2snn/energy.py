@@ -8,25 +8,13 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-E_SOP_PJ = 0.077   # 77 fJ per synaptic operation
-E_MAC_PJ = 12.5    # 12.5 pJ per multiply-accumulate (FLOP)
+from .model import shapes
+
 
 _WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 _PASS = {"Reshape", "Flatten", "Concat", "Add", "Sub", "Sum", "MaxPool", "AveragePool",
          "GlobalAveragePool", "Slice", "Pad", "Mul", "Div", "Transpose", "Squeeze", "Unsqueeze",
          "Identity", "Dropout", "BatchNormalization", "ReduceMean", "Split", "Resize", "Neg"}
-
-
-def shapes(model: onnx.ModelProto) -> dict:
-    """tensor name -> inferred shape (ints, None for unknown dims) of a shape-inferred model."""
-    out = {}
-    for vi in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
-        tt = vi.type.tensor_type
-        if tt.HasField("shape"):
-            out[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
-    for init in model.graph.initializer:
-        out[init.name] = list(init.dims)
-    return out
 
 
 def _per_sample(shape):
@@ -47,10 +35,13 @@ def layer_macs(model: onnx.ModelProto) -> dict:
         w = known.get(node.input[1])
         if out is None or inp is None or not w:
             continue
+        if node.op_type == "ConvTranspose":
+            # weights [C_in, C_out / groups, k...]: every input element meets (C_out / groups) * k
+            # weights (outputs cropped by padding are counted: they are computed)
+            macs[node.name] = (inp * int(np.prod(w[1:])), inp)
+            continue
         if node.op_type == "Conv":
             per_out = int(np.prod(w[1:]))            # (C_in / groups) * kernel
-        elif node.op_type == "ConvTranspose":
-            per_out = int(np.prod(w[2:])) * w[0] // max(1, w[1] or 1)
         elif node.op_type == "Gemm":
             trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
             per_out = w[1] if trans_b else w[0]

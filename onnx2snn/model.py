@@ -1,9 +1,8 @@
-"""Loading, checking and normalising ONNX models; saving them atomically."""
+"""ONNX models in and out: load (check, shape inference, opset upgrade), import into
+onnx-graphsurgeon, export, metadata, and the shape table read from inference."""
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -16,24 +15,33 @@ from .errors import UserError
 log = logging.getLogger(__name__)
 
 MIN_OPSET = 13  # Unsqueeze/ReduceSum with axes inputs, CumSum; older models are upgraded to it
+_READ_ERRORS = (DecodeError, RuntimeError, ValueError, OSError, onnx.checker.ValidationError)
+
+
+def read(path, what: str = "model") -> onnx.ModelProto:
+    """Parse an ONNX file (with its external data) or fail with one line naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
+    try:
+        model = onnx.load(str(path))
+    except DecodeError:
+        raise UserError(f"{path}: not an ONNX {what} (the file does not parse as ONNX protobuf)") from None
+    except _READ_ERRORS as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise UserError(f"{path}: cannot read the {what} ({type(err).__name__}: {first})") from None
+    if not model.graph.node:
+        raise UserError(f"{path}: not an ONNX {what} (no graph nodes)")
+    return model
+
 
 
 def load(path) -> onnx.ModelProto:
     """Read, check and shape-infer an ONNX model; upgrade opsets older than MIN_OPSET."""
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"{path}: no such file")
-    if not path.is_file():
-        raise UserError(f"{path}: not a file")
-    try:
-        model = onnx.load(str(path))
-    except (DecodeError, RuntimeError, ValueError) as err:
-        raise UserError(f"{path}: not an ONNX model ({type(err).__name__})") from None
-    if not model.graph.node:
-        raise UserError(f"{path}: not an ONNX model (no graph nodes)")
+    model = read(path)
     try:
         onnx.checker.check_model(model)
-    except onnx.checker.ValidationError as err:
+    except (onnx.checker.ValidationError, ValueError) as err:
         first = str(err).strip().splitlines()[0]
         raise UserError(f"{path}: invalid ONNX model: {first}") from None
     opset = default_opset(model)
@@ -70,6 +78,8 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
 def to_graph(model: onnx.ModelProto) -> gs.Graph:
     """Import into onnx-graphsurgeon and fold constants (the one IR used until save)."""
     graph = gs.import_onnx(model)
+    # the importer keeps the model's own opset list, which export would extend in place: copy it
+    graph.import_domains = [onnx.helper.make_opsetid(o.domain, o.version) for o in model.opset_import]
     try:
         graph.fold_constants(error_ok=True).cleanup()
     except Exception as err:  # folding is an optimisation
@@ -90,32 +100,16 @@ def export(graph: gs.Graph, base: onnx.ModelProto | None = None, extra_opsets=()
     return model
 
 
-def write_atomic(path, data: bytes, flag: str = "-o") -> Path:
-    """Write `data` to `path` through a temporary file in the same folder, then rename: a reader
-    never sees a half-written file and a failure leaves any previous file intact."""
-    path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise UserError(f"{flag} {path}: folder {folder} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def save_atomic(model: onnx.ModelProto, path, refuse=()) -> Path:
-    """Write `model` atomically, refusing to overwrite any path in `refuse` (the inputs)."""
-    path = Path(path)
-    for other in refuse:
-        if Path(other).resolve() == path.resolve():
-            raise UserError(f"{path}: refusing to overwrite the input model; choose another -o")
-    return write_atomic(path, model.SerializeToString())
+def uses_domain(model: onnx.ModelProto, domain: str) -> bool:
+    """Whether any node of the model (subgraphs included) belongs to `domain`."""
+    def walk(graph) -> bool:
+        for node in graph.node:
+            if node.domain == domain:
+                return True
+            if any(a.type == onnx.AttributeProto.GRAPH and walk(a.g) for a in node.attribute):
+                return True
+        return False
+    return walk(model.graph)
 
 
 def set_metadata(model: onnx.ModelProto, items: dict) -> None:
@@ -131,8 +125,16 @@ def get_metadata(model: onnx.ModelProto) -> dict:
     return {p.key: p.value for p in model.metadata_props}
 
 
-def is_constant(tensor) -> bool:
-    return isinstance(tensor, gs.Constant)
+def shapes(model: onnx.ModelProto) -> dict:
+    """tensor name -> inferred shape (ints, None for unknown dims) of a shape-inferred model."""
+    out = {}
+    for vi in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
+        tt = vi.type.tensor_type
+        if tt.HasField("shape"):
+            out[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+    for init in model.graph.initializer:
+        out[init.name] = list(init.dims)
+    return out
 
 
 def constant_value(tensor):

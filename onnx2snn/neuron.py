@@ -1,11 +1,15 @@
-"""NumPy reference of the integrate-and-fire neuron (DESIGN.md section 2).
+"""The IF neuron's contract: its operator domain and the NumPy reference.
 
-This is the oracle for the C++ operator and for every graph form: the arithmetic is float32 in the
-same order as the operator, so results are identical bit for bit.
+The reference is the oracle for the C++ operator (custom_ops/if_neuron.cc) and for every graph
+form: the arithmetic is float32 in the same order as the operator, so results are identical bit for
+bit. The semantics are those of the README's "Neuron" section.
 """
 from __future__ import annotations
 
 import numpy as np
+
+DOMAIN = "ai.onnx2snn"     # custom-op domain of IFNeuron and ReLUXProbe
+OPSET_VERSION = 1
 
 
 def if_neuron(x: np.ndarray, theta: np.ndarray, timesteps: int, axis: int = 1, v_init: float = 0.5,

@@ -1,7 +1,7 @@
 """Replace activations with ReLUX probes whose per-channel statistics are reduced in the graph.
 
 Per calibration batch a probe returns one small vector, never the activation: memory does not
-depend on activation sizes times batches (DESIGN.md section 1, step 2).
+depend on activation sizes times batches.
 """
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from .analyse import find_activations
-from .build import Builder
+from .analyse import Analysis, as_analysis
+from .builder import Builder
+from .config import METHODS
 from .errors import UserError
-from .model import default_opset, export, infer_shapes, to_graph
-from .ops import DOMAIN, OPSET_VERSION
+from .model import export
+from .neuron import DOMAIN, OPSET_VERSION
 
-METHODS = ("ltb", "ltb-layer", "max", "percentile")
 LR_INPUT = "onnx2snn.step"  # 2 * lr, fed each batch
 
 
@@ -80,7 +80,7 @@ def _percentile_probe(b: Builder, act, percentile: float):
     return b.reshape(b.op("Gather", [values, last], {"axis": 0}), [])
 
 
-def build(model: onnx.ModelProto, method: str = "ltb", percentile: float = 99.9,
+def build(analysis: Analysis, method: str = "ltb", percentile: float = 99.9,
           keep_outputs: bool = False, expose_inputs: bool = False):
     """Calibration model and the list of probes.
 
@@ -90,14 +90,13 @@ def build(model: onnx.ModelProto, method: str = "ltb", percentile: float = 99.9,
     """
     if method not in METHODS:
         raise UserError(f"--method {method}: unknown (choose from {', '.join(METHODS)})")
-    model = infer_shapes(model)
-    graph = to_graph(model)
-    acts = find_activations(graph)
-    if not acts:
+    analysis = as_analysis(analysis)
+    if not analysis.activations:
         raise UserError("the model has no ReLU-like activation (Relu, or Clip with min 0) to convert")
+    graph, acts = analysis.copy()
     model_outputs = list(graph.outputs) if keep_outputs else []
     exposed = [a.input for a in acts] if expose_inputs else []
-    b = Builder(graph, default_opset(model), "onnx2snn.probe")
+    b = Builder(graph, analysis.opset, "onnx2snn.probe")
     layerwise = method != "ltb"
     step = gs.Variable(LR_INPUT, np.float32, [])
     inputs = list(graph.inputs)
@@ -129,4 +128,4 @@ def build(model: onnx.ModelProto, method: str = "ltb", percentile: float = 99.9,
     for t in outputs + exposed:
         t.dtype = np.float32
     extra = [(DOMAIN, OPSET_VERSION)] if method in ("ltb", "ltb-layer") else []
-    return export(graph, model, extra_opsets=extra), probes
+    return export(graph, analysis.model, extra_opsets=extra), probes

@@ -8,8 +8,7 @@ import numpy as np
 from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
 
-from .neuron import if_neuron
-from .ops import DOMAIN
+from .neuron import DOMAIN, if_neuron
 
 
 class IFNeuron(OpRun):

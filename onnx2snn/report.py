@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import energy
+from .config import E_MAC_PJ, E_SOP_PJ
 
 
 def _pct(x):
@@ -19,7 +19,7 @@ def layers_table(layers) -> str:
     return _format(rows)
 
 
-def eval_table(result, e_sop: float = energy.E_SOP_PJ, e_mac: float = energy.E_MAC_PJ) -> str:
+def eval_table(result, e_sop: float = E_SOP_PJ, e_mac: float = E_MAC_PJ) -> str:
     lines = [f"samples: {result.samples}"]
     if result.ann_accuracy is not None:
         lines.append(f"ANN accuracy: {_pct(result.ann_accuracy)}"

@@ -5,7 +5,8 @@ import pytest
 
 import graphs
 import onnx2snn
-from onnx2snn import CalibConfig, SNNConfig, Thresholds, ops, reference, to_snn
+from onnx2snn.neuron import DOMAIN, OPSET_VERSION
+from onnx2snn import CalibConfig, SNNConfig, Thresholds, runtime, reference, to_snn
 from onnx2snn import model as M
 from onnx2snn.analyse import find_activations
 
@@ -25,7 +26,7 @@ FORMS = forms(T, 3)
 
 
 def _run(snn, x, portable):
-    return ops.session(snn, custom_ops=not portable).run(None, {"input": x})[0]
+    return runtime.session(snn).run(None, {"input": x})[0]
 
 
 def _power_of_two_thresholds(model):
@@ -53,7 +54,7 @@ def test_forms_agree_exactly_on_exactly_representable_models(make):
         assert np.array_equal(got, want), kw
         if kw.get("portable"):
             assert all(o.domain in ("", "ai.onnx") for o in snn.opset_import)
-            assert not any(n.domain == ops.DOMAIN for n in snn.graph.node)
+            assert not any(n.domain == DOMAIN for n in snn.graph.node)
 
 
 @pytest.mark.parametrize("fixture", ["resnet_path", "mlp_path"])
@@ -98,7 +99,7 @@ def test_loop_memory_state_does_not_grow_with_t():
     large, _ = to_snn(model, th, SNNConfig(timesteps=4096, form="loop", chunk=2))
     assert abs(len(small.SerializeToString()) - len(large.SerializeToString())) < 16
     x = np.ones((2, 2, 4, 4), np.float32)
-    assert ops.session(large).run(None, {"input": x})[0].shape == (2, 3)
+    assert runtime.session(large).run(None, {"input": x})[0].shape == (2, 3)
 
 
 def test_early_exit_keeps_accuracy_with_fewer_steps(cnn_path, digits_npz, tmp_path):
@@ -112,7 +113,7 @@ def test_early_exit_keeps_accuracy_with_fewer_steps(cnn_path, digits_npz, tmp_pa
                              snn=SNNConfig(timesteps=128, form="loop", chunk=4, early_exit=True))
     data = np.load(test)
     x, y = data["input"], data["y"]
-    s_full, s_early = ops.session(full.output), ops.session(early.output)
+    s_full, s_early = runtime.session(full.output), runtime.session(early.output)
     assert [o.name for o in s_early.get_outputs()] == ["logits", "onnx2snn_steps"]
     acc_full = acc_early = 0
     steps = []

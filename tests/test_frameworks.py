@@ -6,7 +6,7 @@ import onnx
 import pytest
 
 import onnx2snn
-from onnx2snn import CalibConfig, SNNConfig, evaluate_file, ops
+from onnx2snn import CalibConfig, SNNConfig, evaluate_file, runtime
 
 
 def test_scikit_learn_mlp_via_skl2onnx(digits_data, tmp_path):
@@ -23,7 +23,7 @@ def test_scikit_learn_mlp_via_skl2onnx(digits_data, tmp_path):
     np.savez(tmp_path / "test.npz", **{name: flat_test, "y": y_test})
     result = onnx2snn.convert(path, data=str(tmp_path / "calib.npz"), output=tmp_path / "mlp.snn.onnx",
                               calib=CalibConfig(iters=200), snn=SNNConfig(timesteps=64))
-    sess = ops.session(result.output)
+    sess = runtime.session(result.output)
     # a drop-in replacement: label (int64) and probabilities, computed once from averaged values
     assert [o.name for o in sess.get_outputs()] == [o.name for o in model.graph.output]
     label, proba = sess.run(None, {name: flat_test[:20]})
@@ -49,8 +49,8 @@ def test_torch_export_dynamo_model(digits_data, tmp_path):
     result = onnx2snn.convert(tmp_path / "dyn.onnx", data=str(tmp_path / "calib.npz"), output=tmp_path / "d.snn.onnx",
                               calib=CalibConfig(iters=50, batch_size=2), snn=SNNConfig(timesteps=64))
     assert len(result.layers) == 3
-    ann = ops.session(tmp_path / "dyn.onnx", custom_ops=False)
-    snn = ops.session(result.output)
+    ann = runtime.session(tmp_path / "dyn.onnx")
+    snn = runtime.session(result.output)
     agree = np.mean([ann.run(None, {"input": x_test[i:i + 2]})[0].argmax(1) ==
                      snn.run(None, {"input": x_test[i:i + 2]})[0].argmax(1) for i in range(0, 200, 2)])
     assert agree >= 0.95

@@ -5,19 +5,20 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from onnx2snn import if_neuron, library_path, ops
+from onnx2snn.neuron import DOMAIN, OPSET_VERSION
+from onnx2snn import if_neuron, library_path, runtime
 
 
 def _op_model(timesteps, axis, v_init, with_state):
     inputs = ["x", "theta"] + (["v"] if with_state else [])
     outputs = ["s"] + (["v_out"] if with_state else [])
-    node = helper.make_node("IFNeuron", inputs, outputs, domain=ops.DOMAIN, timesteps=timesteps,
+    node = helper.make_node("IFNeuron", inputs, outputs, domain=DOMAIN, timesteps=timesteps,
                             axis=axis, v_init=v_init)
     vi = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in inputs]
     vo = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outputs]
     graph = helper.make_graph([node], "if", vi, vo)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
-                                                   helper.make_opsetid(ops.DOMAIN, ops.OPSET_VERSION)])
+                                                   helper.make_opsetid(DOMAIN, OPSET_VERSION)])
 
 
 CASES = [
@@ -41,7 +42,7 @@ def test_op_matches_reference_exactly(shape, axis, timesteps, layerwise):
     if channels > 2:
         theta[1] = 0.0                 # a silent channel
     v_init = float(rng.choice([0.0, 0.5, 0.25]))
-    sess = ops.session(_op_model(timesteps, axis, v_init, False))
+    sess = runtime.session(_op_model(timesteps, axis, v_init, False))
     got = sess.run(None, {"x": x, "theta": theta})[0]
     want = if_neuron(x, theta, timesteps, axis, v_init)
     assert got.dtype == np.float32
@@ -59,8 +60,8 @@ def test_op_state_in_and_out_matches_reference_and_chains():
     x = rng.normal(size=(t * n, c, 5)).astype(np.float32)
     theta = rng.uniform(0.2, 1.0, size=c).astype(np.float32)
     whole = if_neuron(x, theta, t)
-    sess = ops.session(_op_model(4, 1, 0.5, True))
-    sess6 = ops.session(_op_model(6, 1, 0.5, True))
+    sess = runtime.session(_op_model(4, 1, 0.5, True))
+    sess6 = runtime.session(_op_model(6, 1, 0.5, True))
     v0 = (np.float32(0.5) * np.broadcast_to(theta[:, None], (n, c, 5))).astype(np.float32)
     s1, v1 = sess.run(None, {"x": x[:4 * n], "theta": theta, "v": v0})
     s2, v2 = sess6.run(None, {"x": x[4 * n:], "theta": theta, "v": v1})
@@ -70,13 +71,13 @@ def test_op_state_in_and_out_matches_reference_and_chains():
 
 
 def test_op_bad_inputs_raise_onnxruntime_errors_not_crashes():
-    sess = ops.session(_op_model(4, 1, 0.5, False))
+    sess = runtime.session(_op_model(4, 1, 0.5, False))
     x = np.zeros((8, 3, 2), np.float32)
     with pytest.raises(Exception, match="theta has 2 values"):
         sess.run(None, {"x": x, "theta": np.ones(2, np.float32)})
     with pytest.raises(Exception, match="not a multiple of timesteps"):
         sess.run(None, {"x": x[:7], "theta": np.ones(3, np.float32)})
-    state = ops.session(_op_model(4, 1, 0.5, True))
+    state = runtime.session(_op_model(4, 1, 0.5, True))
     with pytest.raises(Exception, match="state input has shape"):
         state.run(None, {"x": x, "theta": np.ones(3, np.float32), "v": np.zeros((3, 3, 2), np.float32)})
     # the session still works afterwards
@@ -92,13 +93,13 @@ def test_library_path_is_inside_the_package():
 
 def _probe_model(axis, with_cap):
     inputs = ["x", "theta", "step"] + (["cap"] if with_cap else [])
-    node = helper.make_node("ReLUXProbe", inputs, ["y", "grad", "excess", "activity"], domain=ops.DOMAIN, axis=axis)
+    node = helper.make_node("ReLUXProbe", inputs, ["y", "grad", "excess", "activity"], domain=DOMAIN, axis=axis)
     graph = helper.make_graph([node], "probe",
                               [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in inputs],
                               [helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
                                for n in ("y", "grad", "excess", "activity")])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
-                                                   helper.make_opsetid(ops.DOMAIN, ops.OPSET_VERSION)])
+                                                   helper.make_opsetid(DOMAIN, OPSET_VERSION)])
 
 
 @pytest.mark.parametrize("shape,axis,layerwise,cap", [((8, 5, 6, 6), 1, False, None), ((40, 7), 1, False, 1.5),
@@ -113,7 +114,7 @@ def test_probe_op_matches_numpy(shape, axis, layerwise, cap):
     feeds = {"x": x, "theta": theta, "step": step}
     if cap is not None:
         feeds["cap"] = np.array(cap, np.float32)
-    y, grad, excess, activity = ops.session(_probe_model(axis, cap is not None)).run(None, feeds)
+    y, grad, excess, activity = runtime.session(_probe_model(axis, cap is not None)).run(None, feeds)
     th_b = theta.reshape((-1,) + (1,) * (x.ndim - 1 - axis)) if not layerwise else theta
     axes = tuple(range(x.ndim)) if layerwise else tuple(i for i in range(x.ndim) if i != axis)
     want_grad = np.maximum(x.astype(np.float64) - th_b, 0).mean(axis=axes)
@@ -128,7 +129,7 @@ def test_probe_op_matches_numpy(shape, axis, layerwise, cap):
 
 
 def test_probe_op_rejects_wrong_theta_length():
-    sess = ops.session(_probe_model(1, False))
+    sess = runtime.session(_probe_model(1, False))
     with pytest.raises(Exception, match="theta has 2 values"):
         sess.run(None, {"x": np.zeros((2, 3, 4), np.float32), "theta": np.zeros(2, np.float32),
                         "step": np.array(1, np.float32)})

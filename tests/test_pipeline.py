@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import onnx2snn
-from onnx2snn import CalibConfig, SNNConfig, Thresholds, evaluate_file, ops, reference
+from onnx2snn import CalibConfig, SNNConfig, Thresholds, evaluate_file, runtime, reference
 from onnx2snn import model as M
 
 TS = (8, 16, 32, 64, 128)
@@ -34,7 +34,7 @@ def test_eval_at_t_equals_the_converted_model_run_directly(cnn_path, digits_npz,
                               calib=CalibConfig(iters=20), snn=SNNConfig(timesteps=24, delay=3))
     x = np.load(test)["input"][:40]
     y = np.load(test)["y"][:40]
-    direct = ops.session(result.output).run(None, {"input": x})[0]
+    direct = runtime.session(result.output).run(None, {"input": x})[0]
     from onnx2snn.evaluate import evaluate
     ev = evaluate(result.snn, [({"input": x}, y)], [10, 24, 40], ann=M.load(cnn_path))
     row = {r["T"]: r for r in ev.rows}[24]
@@ -46,7 +46,7 @@ def test_onnxruntime_matches_the_numpy_simulation(resnet_path, digits_npz, tmp_p
     result = onnx2snn.convert(resnet_path, data=str(calib), output=tmp_path / "r.snn.onnx",
                               calib=CalibConfig(iters=20), snn=SNNConfig(timesteps=16))
     x = np.load(test)["input"][:20]
-    got = ops.session(result.output).run(None, {"input": x})[0]
+    got = runtime.session(result.output).run(None, {"input": x})[0]
     want = reference.run(result.snn, {"input": x})[0]
     scale = np.abs(want).max()
     assert np.abs(got - want).mean() <= 1e-4 * scale     # conv rounding may flip a rare spike
@@ -85,12 +85,13 @@ def test_relu6_threshold_is_capped_by_the_clip(mlp_path, digits_npz, tmp_path):
     capped = [l for l in result.layers if "Clip" in l.source]
     assert capped and all(np.max(l.theta) <= 6.0 for l in capped)
     # the softmax head runs once on averaged values: outputs are probabilities
-    out = ops.session(result.output).run(None, {"input": np.load(calib)["input"][:5]})[0]
+    out = runtime.session(result.output).run(None, {"input": np.load(calib)["input"][:5]})[0]
     np.testing.assert_allclose(out.sum(1), 1.0, rtol=1e-5)
 
 
 def test_looped_model_eval_from_one_simulation_equals_runs_per_t(cnn_path, digits_npz, tmp_path):
-    from onnx2snn.evaluate import _evaluate_each_t, evaluate
+    from onnx2snn.evaluate import evaluate, window_scores
+    from onnx2snn.snn.info import SNNInfo
     calib, test = digits_npz
     result = onnx2snn.convert(cnn_path, data=str(calib), output=tmp_path / "l.onnx", calib=CalibConfig(iters=30),
                               snn=SNNConfig(timesteps=32, form="loop", chunk=4, delay=4))
@@ -98,7 +99,10 @@ def test_looped_model_eval_from_one_simulation_equals_runs_per_t(cnn_path, digit
     batches = [({"input": data["input"][:120]}, data["y"][:120])]
     ann = M.load(cnn_path)
     once = evaluate(result.snn, batches, [8, 16, 64], ann)
-    each = _evaluate_each_t(result.snn, batches, [8, 16, 64], ann, False, None, 0)
-    for a, b in zip(once.rows, each.rows):
-        assert a["T"] == b["T"] and a["accuracy"] == b["accuracy"] and a["agreement"] == b["agreement"]
-        assert a["rel_error"] == pytest.approx(b["rel_error"], rel=1e-6)
+    # T = 9, 17, 63 are off the chunk grid: each is simulated on its own
+    each, _, _ = window_scores(result.snn, SNNInfo.from_metadata(result.snn), [(8, 4), (16, 4), (64, 4), (9, 4)],
+                               batches, ann)
+    for a in once.rows:
+        key = (a["T"], 4)
+        assert a["accuracy"] == each.accuracy(key) and a["agreement"] == each.agreement(key)
+        assert a["rel_error"] == pytest.approx(each.rel_error(key), rel=1e-6)

@@ -4,8 +4,9 @@ import onnx
 import pytest
 
 from onnx2snn import model as M
-from onnx2snn import ops, probes
-from onnx2snn.calibration import CalibConfig, calibrate
+from onnx2snn import runtime, probes
+from onnx2snn.calibration import calibrate
+from onnx2snn.config import CalibConfig
 
 
 def _feeds(sess_inputs, x, theta_value, probe_list, step=2.0):
@@ -22,17 +23,17 @@ def _feeds(sess_inputs, x, theta_value, probe_list, step=2.0):
 def test_probed_graph_with_infinite_theta_reproduces_the_ann(request, fixture, digits_data):
     ann = M.load(request.getfixturevalue(fixture))
     probed, probe_list = probes.build(ann, "ltb", keep_outputs=True)
-    sess = ops.session(probed)
+    sess = runtime.session(probed)
     x = digits_data[2][:50]
     out = sess.run(["logits"], _feeds(sess.get_inputs(), x, np.inf, probe_list))[0]
-    want = ops.session(ann, custom_ops=False).run(["logits"], {"input": x})[0]
+    want = runtime.session(ann).run(["logits"], {"input": x})[0]
     np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())  # fusion rounding
 
 
 def test_in_graph_ltb_statistics_equal_numpy(cnn_path, digits_data):
     ann = M.load(cnn_path)
     probed, probe_list = probes.build(ann, "ltb", expose_inputs=True)
-    sess = ops.session(probed)
+    sess = runtime.session(probed)
     x = digits_data[0][:64]
     theta = 0.3
     names = [o.name for o in sess.get_outputs()]
@@ -54,7 +55,7 @@ def test_in_graph_percentile_and_max_statistics_equal_numpy(cnn_path, digits_dat
     x = digits_data[0][:50]
     for method in ("percentile", "max"):
         probed, probe_list = probes.build(ann, method, percentile=99.0, expose_inputs=True)
-        sess = ops.session(probed)
+        sess = runtime.session(probed)
         names = [o.name for o in sess.get_outputs()]
         out = dict(zip(names, sess.run(names, {"input": x})))
         acts = [n for n in names if n not in {p.stat for p in probe_list}]
@@ -75,7 +76,7 @@ def test_ltb_update_matches_numpy_and_layers_see_clipped_outputs(cnn_path, digit
     x = digits_data[0][:100]
     th = calibrate(ann, [{"input": x}, {"input": x}], CalibConfig(iters=2, batch_size=100, lr=0.5))
     probed, probe_list = probes.build(ann, "ltb", expose_inputs=True)
-    sess = ops.session(probed)
+    sess = runtime.session(probed)
     names = [o.name for o in sess.get_outputs()]
     theta = {p.name: np.zeros(p.theta_shape, np.float32) for p in probe_list}
     for _ in range(2):

@@ -6,7 +6,8 @@ import onnx
 import pytest
 
 import graphs
-from onnx2snn import SNNConfig, Thresholds, UserError, ops, reference, to_snn
+from onnx2snn.neuron import DOMAIN, OPSET_VERSION
+from onnx2snn import SNNConfig, Thresholds, UserError, runtime, reference, to_snn
 from onnx2snn import model as M
 
 
@@ -31,7 +32,7 @@ def test_spiking_max_pool_rate_converges_to_max_of_input_rates():
     for t in (8, 32, 128, 512):
         snn, layers = to_snn(model, _thresholds(model, 1.0), SNNConfig(timesteps=t))
         assert [l.role for l in layers] == ["neuron", "after spiking max pool"]
-        out = ops.session(snn).run(None, {"input": x})[0]
+        out = runtime.session(snn).run(None, {"input": x})[0]
         errors.append(np.abs(out - target).mean())
         # what the paper's plain move computes on spikes: max over each step's input spikes
         from onnx2snn import if_neuron
@@ -52,7 +53,7 @@ def test_time_invariant_max_pool_is_moved_in_front_and_exact():
     # max and clip commute per channel: pool(clip(c)) == clip(pool(c)) exactly
     c1 = reference.run(_cut(model, "c1"), {"input": x})[0]
     assert np.array_equal(_maxpool(np.clip(c1, 0, 2)), np.clip(_maxpool(c1), 0, 2))
-    got = ops.session(snn).run(None, {"input": x})[0]
+    got = runtime.session(snn).run(None, {"input": x})[0]
     want = reference.run(snn, {"input": x})[0]   # NumPy neuron, exactly representable values
     assert np.array_equal(got, want)
 
@@ -76,8 +77,8 @@ def test_snn_is_a_drop_in_replacement_with_metadata():
     assert json.loads(meta["onnx2snn.thresholds"]) == {"source": "test"}
     assert "onnx2snn.version" in meta
     neurons = [n for n in snn.graph.node if n.op_type == "IFNeuron"]
-    assert len(neurons) == 2 and all(n.domain == ops.DOMAIN for n in neurons)
-    out = ops.session(snn).run(None, {"input": np.ones((3, 2, 6, 6), np.float32)})[0]
+    assert len(neurons) == 2 and all(n.domain == DOMAIN for n in neurons)
+    out = runtime.session(snn).run(None, {"input": np.ones((3, 2, 6, 6), np.float32)})[0]
     assert out.shape == (3, 5) and out.dtype == np.float32
 
 
@@ -86,7 +87,7 @@ def test_delay_discards_the_first_steps():
     x = np.ones((2, 2, 6, 6), np.float32)
     th = _thresholds(model, 2.0)
     snn, _ = to_snn(model, th, SNNConfig(timesteps=12, delay=4))
-    got = ops.session(snn).run(None, {"input": x})[0]
+    got = runtime.session(snn).run(None, {"input": x})[0]
     assert np.array_equal(got, reference.run(snn, {"input": x})[0])
 
 
@@ -109,7 +110,7 @@ def test_fixed_batch_reshape_is_freed_for_time_folding():
     x = np.random.default_rng(0).normal(size=(1, 2, 2, 2)).astype(np.float32)
     for form in ("unrolled", "loop"):
         snn, _ = to_snn(model, th, SNNConfig(timesteps=8, form=form))
-        got = ops.session(snn).run(None, {"input": x})[0]
+        got = runtime.session(snn).run(None, {"input": x})[0]
         assert got.shape == (1, 3)
         np.testing.assert_allclose(got, reference.run(to_snn(model, th, SNNConfig(timesteps=8))[0],
                                                       {"input": x})[0], rtol=1e-5, atol=1e-6)
@@ -134,7 +135,7 @@ def test_channel_axis_is_traced_through_transposes():
                      "relu2": np.linspace(0.5, 1, 4).astype(np.float32)}, "manual")
     snn, _ = to_snn(model, th, SNNConfig(timesteps=16))
     x = np.random.default_rng(0).normal(size=(3, 6, 6, 3)).astype(np.float32)
-    np.testing.assert_allclose(ops.session(snn).run(None, {"input": x})[0],
+    np.testing.assert_allclose(runtime.session(snn).run(None, {"input": x})[0],
                                reference.run(snn, {"input": x})[0], rtol=1e-5, atol=1e-6)
 
 
@@ -142,7 +143,7 @@ def test_pool_branch_gets_its_own_neuron_and_skip_keeps_the_original():
     model = graphs.unet_like_model()
     th = _thresholds(model, 1.0)
     x = np.random.default_rng(0).normal(size=(4, 1, 8, 8)).astype(np.float32)
-    ann = ops.session(model, custom_ops=False).run(None, {"input": x})[0]
+    ann = runtime.session(model).run(None, {"input": x})[0]
     # the ANN with every activation clipped at theta = 1 (what the SNN's rates converge to)
     clipped = onnx.ModelProto()
     clipped.CopyFrom(model)
@@ -152,12 +153,12 @@ def test_pool_branch_gets_its_own_neuron_and_skip_keeps_the_original():
             node.input.extend(["zero", "one"])
     clipped.graph.initializer.extend([onnx.numpy_helper.from_array(np.array(0, np.float32), "zero"),
                                       onnx.numpy_helper.from_array(np.array(1, np.float32), "one")])
-    target = ops.session(clipped, custom_ops=False).run(None, {"input": x})[0]
+    target = runtime.session(clipped).run(None, {"input": x})[0]
     errors = []
     for t in (16, 64, 256):
         snn, layers = to_snn(model, th, SNNConfig(timesteps=t))
         roles = {l.name: l.role for l in layers}
         assert roles["relu1"] == "neuron" and roles["relu1>down"] == "after spiking max pool"
-        errors.append(np.abs(ops.session(snn).run(None, {"input": x})[0] - target).mean())
+        errors.append(np.abs(runtime.session(snn).run(None, {"input": x})[0] - target).mean())
     assert errors[0] > errors[1] > errors[2] and errors[2] < 0.02 * np.abs(target).mean() + 0.01
     assert not np.allclose(ann, target)   # the clip matters: the test is not trivial

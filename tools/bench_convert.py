@@ -21,12 +21,13 @@ import numpy as np
 from benchcommon import add_model_args, best_seconds
 
 import onnx2snn
-from onnx2snn import api, ops
+from onnx2snn import api, runtime
 from onnx2snn import data as D
 from onnx2snn import model as M
-from onnx2snn.calibration import CalibConfig, batches_needed, calibrate
+from onnx2snn.calibration import batches_needed, calibrate
+from onnx2snn.config import CalibConfig, SNNConfig
 from onnx2snn.evaluate import evaluate
-from onnx2snn.rewrite import SNNConfig, to_snn
+from onnx2snn.snn import to_snn
 
 
 def _calibrate_child(args, method, iters, queue):
@@ -35,7 +36,7 @@ def _calibrate_child(args, method, iters, queue):
     cfg = CalibConfig(method=method, iters=iters, batch_size=args.batch_size, augment=args.augment, lr=args.lr)
     n = batches_needed(cfg, len(src))
     batches = list(D.calibration_batches(src, args.batch_size, n, 0, args.augment))
-    sess = ops.session(ann, custom_ops=False)
+    sess = runtime.session(ann)
     start = time.perf_counter()
     for b in batches:
         sess.run(None, b)
@@ -60,7 +61,7 @@ def calibrate_isolated(args, method, iters):
 
 
 def speed(snn, ann, x, t, repeats=3):
-    s_snn, s_ann = ops.session(snn), ops.session(ann, custom_ops=False)
+    s_snn, s_ann = runtime.session(snn), runtime.session(ann)
     feeds = {"input": x}
     best_snn = best_seconds(lambda: s_snn.run(None, feeds), repeats)
     best_ann = best_seconds(lambda: s_ann.run(None, feeds), repeats, inner=5)

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 from benchcommon import add_model_args, best_seconds
 
-from onnx2snn import SNNConfig, Thresholds, ops, to_snn
+from onnx2snn import SNNConfig, Thresholds, runtime, to_snn
+from onnx2snn.files import write_atomic
 from onnx2snn import data as D
 from onnx2snn import model as M
 
@@ -43,7 +44,7 @@ def _rss_mb():
 
 
 def _memory_child(path, x, portable, queue):
-    sess = ops.session(path, threads=0, custom_ops=not portable)
+    sess = runtime.session(path, threads=0)
     before = _rss_mb()
     sess.run(None, {"input": x})
     queue.put({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "before_run_mb": before})
@@ -60,7 +61,7 @@ def peak_memory(path, x, portable):
 
 
 def time_per_image(path, x, portable, repeats=3):
-    sess = ops.session(str(path), custom_ops=not portable)
+    sess = runtime.session(str(path))
     return 1e3 * best_seconds(lambda: sess.run(None, {"input": x}), repeats) / len(x)
 
 
@@ -88,7 +89,7 @@ def main():
         row = {}
         for t in (16, 256):
             path = out / f"{name}_T{t}.onnx"
-            M.save_atomic(to_snn(ann, th, SNNConfig(timesteps=t, **kw))[0], path)
+            write_atomic(path, to_snn(ann, th, SNNConfig(timesteps=t, **kw))[0].SerializeToString())
             row[t] = peak_memory(path, one["input"], kw.get("portable", False))
         ratio = row[256]["peak_mb"] / row[16]["peak_mb"]
         inc = [row[t]["peak_mb"] - row[t]["before_run_mb"] for t in (16, 256)]
@@ -101,7 +102,7 @@ def main():
     base = None
     for name, kw in ({} if args.only_exit else FORMS).items():
         path = out / f"{name}_T64.onnx"
-        M.save_atomic(to_snn(ann, th, SNNConfig(timesteps=64, **kw))[0], path)
+        write_atomic(path, to_snn(ann, th, SNNConfig(timesteps=64, **kw))[0].SerializeToString())
         ms = time_per_image(path, x["input"], kw.get("portable", False))
         base = base or ms
         report["speed_T64"][name] = {"ms_per_img": ms, "vs_unrolled": ms / base}
@@ -112,9 +113,9 @@ def main():
             Path(args.json).write_text(json.dumps(report, indent=1, default=str))
         return
     full_path, ee_path = out / "full_T128.onnx", out / "early_T128.onnx"
-    M.save_atomic(to_snn(ann, th, SNNConfig(timesteps=128, form="loop", chunk=8))[0], full_path)
-    M.save_atomic(to_snn(ann, th, SNNConfig(timesteps=128, form="loop", chunk=8, early_exit=True))[0], ee_path)
-    s_full, s_ee = ops.session(str(full_path)), ops.session(str(ee_path))
+    write_atomic(full_path, to_snn(ann, th, SNNConfig(timesteps=128, form="loop", chunk=8))[0].SerializeToString())
+    write_atomic(ee_path, to_snn(ann, th, SNNConfig(timesteps=128, form="loop", chunk=8, early_exit=True))[0].SerializeToString())
+    s_full, s_ee = runtime.session(str(full_path)), runtime.session(str(ee_path))
     ok_full = ok_ee = n = 0
     steps = []
     t_full = t_ee = 0.0

@@ -1,4 +1,4 @@
-"""Regenerate the demo bundled in onnx2snn/demo/: a digits CNN (ONNX) and its data (NPZ).
+"""Regenerate the demo bundled in onnx2snn/demo_data/: a digits CNN (ONNX) and its data (NPZ).
 
     python tools/make_demo.py            # needs the `test` extra (torch, scikit-learn)
 """

@@ -9,16 +9,18 @@ the model also outputs the number of steps it used.
 """
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from . import energy
-from .errors import UserError
-from .rewrite import BIG, boundary, connect_readout, finish, prepare, spiking_pools, tile_pre_inputs
+from ..errors import UserError
+from ..model import shapes
+from .info import Provenance
+from .portable import lower_neurons
+from .prepare import Prepared, boundary, connect_readout, describe_snn, finish, spiking_pools, tile_pre_inputs
+from .timefold import TimeFold, theta_broadcast
 
 TRIP_NAME = "onnx2snn.loop_iterations"
 STEPS_NAME = "onnx2snn.loop_timesteps"
@@ -26,12 +28,12 @@ STEPS_OUTPUT = "onnx2snn_steps"
 
 
 class _LoopBuilder:
-    def __init__(self, p, config):
-        self.p, self.config = p, config
-        self.b = p.rw.b
-        self.shapes = energy.shapes(p.model)
+    def __init__(self, p: Prepared):
+        self.p, self.config = p, p.config
+        self.b = p.b
+        self.shapes = shapes(p.analysis.model)
         self.carried = []   # (initial value outside, body input, body output, final value outside)
-        self.K = config.chunk
+        self.K = p.config.chunk
         first = p.graph.inputs[0]
         self.b.prefix = "onnx2snn.loop/batch"
         self.batch = self.b.op("Slice", [self.b.op("Shape", [first], dtype=np.int64),
@@ -72,11 +74,8 @@ def _neuron_states(lb: _LoopBuilder):
     for n in lb.p.neurons:
         n.attrs["timesteps"] = lb.K
         b.prefix = f"{n.name}/v0"
-        theta = np.asarray(n.inputs[1].values, np.float32).reshape(-1)
-        rank = lb.p.ranks[n.name]
-        axis = int(n.attrs["axis"]) % rank
-        shape = [theta.size] + [1] * (rank - 1 - axis) if theta.size > 1 else [1]
-        theta_b = gs.Constant(f"{n.name}.theta_v0", theta.reshape(shape))
+        theta_b = gs.Constant(f"{n.name}.theta_v0",
+                              theta_broadcast(n.inputs[1].values, int(n.attrs["axis"]), lb.p.ranks[n.name]))
         state_shape, _ = lb.state_shape(n.outputs[0])
         v0 = b.op("Expand", [b.op("Mul", [theta_b, b.const(np.float32(n.attrs["v_init"]))]), state_shape])
         entry = lb.carry(f"{n.name}/v", v0)
@@ -97,37 +96,13 @@ def _pool_states(lb: _LoopBuilder):
     return pools
 
 
-def _stateful_pool(lb: _LoopBuilder, node, sums, peak):
-    b, rw = lb.b, lb.p.rw
-    b.prefix = f"{node.name}/spiking"
-    x, out = node.inputs[0], node.outputs[0]
-    steps = rw.unfold(x)
-    zero, one, big = (b.const(np.array([v], np.int64)) for v in (0, 1, BIG))
-    axis0 = b.const(np.array([0], np.int64))
-    first = b.op("Add", [b.op("Slice", [steps, zero, one, axis0]), b.op("Unsqueeze", [sums[1], axis0])])
-    running = b.op("CumSum", [b.concat([first, b.op("Slice", [steps, one, big, axis0])], axis=0),
-                              b.const(np.array(0, np.int64))])
-    sums[2] = b.op("Squeeze", [b.op("Slice", [running, b.const(np.array([-1], np.int64)), big, axis0]), axis0])
-    pooled = gs.Variable(f"{node.name}/pooled_sums", np.float32)
-    node.inputs = [rw.fold(running, x)]
-    node.outputs = [pooled]
-    p_steps = rw.unfold(pooled)
-    before = b.op("Slice", [p_steps, zero, b.const(np.array([-1], np.int64)), axis0])
-    shifted = b.concat([b.op("Unsqueeze", [peak[1], axis0]), before], axis=0)
-    peak[2] = b.op("Squeeze", [b.op("Slice", [p_steps, b.const(np.array([-1], np.int64)), big, axis0]), axis0])
-    b.op("Reshape", [b.op("Sub", [p_steps, shifted]),
-                     b.concat([b.const(np.array([-1], np.int64)), b.shape_tail(pooled)], dtype=np.int64)],
-         out=[out])
-
-
-def to_loop(model: onnx.ModelProto, thresholds, config, metadata=None):
-    p = prepare(model, thresholds, config)
-    graph, rw, b = p.graph, p.rw, p.rw.b
+def build(p: Prepared, provenance: Provenance | None = None) -> onnx.ModelProto:
+    graph, b, config = p.graph, p.b, p.config
     K, T, D = config.chunk, config.timesteps, config.delay
     iterations = math.ceil(T / K)
-    rw.T.values = np.array([K], np.int64)        # unfold/tile inside the body use K rows per sample
-    rw.T.name = "onnx2snn.chunk_steps"
-    lb = _LoopBuilder(p, config)
+    p.steps.values = np.array([K], np.int64)     # unfold/tile inside the body use K rows per sample
+    p.steps.name = "onnx2snn.chunk_steps"
+    lb = _LoopBuilder(p)
     tile_pre_inputs(p)                            # time-invariant inputs repeated K times, once
     _neuron_states(lb)
     pools = _pool_states(lb)
@@ -144,7 +119,7 @@ def to_loop(model: onnx.ModelProto, thresholds, config, metadata=None):
     iteration = gs.Variable("onnx2snn.iteration", np.int64, [])
     cond_in = gs.Variable("onnx2snn.cond_in", np.bool_, [])
     for node, sums, peak in pools:
-        _stateful_pool(lb, node, sums, peak)
+        sums[2], peak[2] = p.fold.spiking_pool(node, (sums[1], peak[1]))
     b.prefix = "onnx2snn.loop/steps"
     t_total = gs.Constant(STEPS_NAME, np.array(T, np.int64))
     start = b.op("Mul", [iteration, b.const(np.array(K, np.int64))], dtype=np.int64)
@@ -156,17 +131,13 @@ def to_loop(model: onnx.ModelProto, thresholds, config, metadata=None):
                 dtype=np.int64)
     steps_entry[2] = done
     for (t, _, _), acc in zip(leaving, accs):
-        b.prefix = f"{t.name}/accumulate"
-        _, rank = lb.state_shape(t)
-        w = b.reshape(weight, [K] + [1] * rank)
-        acc[2] = b.op("Add", [acc[1], b.reduce("ReduceSum", b.op("Mul", [rw.unfold(t), w]), [0], keepdims=0)])
+        acc[2] = p.fold.accumulate_readout(t, acc[1], weight, lb.state_shape(t)[1])
     if ee is not None:
         cond_out = _early_exit_body(lb, config, leaving, accs, done, ee)
     else:
         cond_out = b.op("Identity", [cond_in], dtype=np.bool_)
     if config.portable:
-        from .portable import lower_neurons
-        lower_neurons(graph, b, p.ranks, rw.T)
+        lower_neurons(graph, b, p.ranks, p.steps)
     inside = {id(n) for n in p.ordered} | {id(n) for n in graph.nodes[marker:]}
     body_nodes = [n for n in graph.nodes if id(n) in inside and (n.inputs or n.outputs)]
     graph.nodes = [n for n in graph.nodes if id(n) not in inside]
@@ -186,9 +157,7 @@ def to_loop(model: onnx.ModelProto, thresholds, config, metadata=None):
 
     # ---- after the loop: averages feed the head ----------------------------------------------
     b.prefix = "onnx2snn.readout"
-    count = b.op("Cast", [b.op("Max", [b.op("Sub", [steps_entry[3], b.const(np.array(D, np.int64))],
-                                            dtype=np.int64), b.const(np.array(1, np.int64))], dtype=np.int64)],
-                 {"to": onnx.TensorProto.FLOAT})
+    count = TimeFold.averaged_steps(b, steps_entry[3], D)
     readouts = []
     for (t, post, is_output), acc in zip(leaving, accs):
         def mean_of(x, out, acc=acc):
@@ -198,16 +167,12 @@ def to_loop(model: onnx.ModelProto, thresholds, config, metadata=None):
         connect_readout(p, t, post, is_output, mean_of)
     if config.early_exit:
         graph.outputs = list(graph.outputs) + [_steps_output(b, steps_entry[3])]
-    form = {"onnx2snn.form": "loop", "onnx2snn.chunk": K, "onnx2snn.early_exit": int(config.early_exit),
-            "onnx2snn.readout": json.dumps(readouts)}
-    if config.early_exit:
-        form["onnx2snn.early_exit_rule"] = json.dumps({"stable_steps": config.exit_stable,
-                                                       "margin": config.exit_margin,
-                                                       "min_steps": config.exit_min_steps})
-    snn = finish(p, p.thresholds, config, form, metadata)
+    rule = {"stable_steps": config.exit_stable, "margin": config.exit_margin,
+            "min_steps": config.exit_min_steps} if config.early_exit else None
+    snn = finish(p, describe_snn(p, readouts, provenance, rule))
     if config.early_exit:
         snn.graph.output[-1].CopyFrom(onnx.helper.make_tensor_value_info(STEPS_OUTPUT, onnx.TensorProto.INT64, []))
-    return snn, p.layers
+    return snn
 
 
 def _steps_output(b, steps):
@@ -251,9 +216,7 @@ def _clone_head(lb: _LoopBuilder, leaving, current):
 def _early_exit_body(lb: _LoopBuilder, config, leaving, accs, done, ee):
     b = lb.b
     b.prefix = "onnx2snn.early_exit"
-    count = b.op("Cast", [b.op("Max", [b.op("Sub", [done, b.const(np.array(config.delay, np.int64))],
-                                            dtype=np.int64), b.const(np.array(1, np.int64))], dtype=np.int64)],
-                 {"to": onnx.TensorProto.FLOAT})
+    count = TimeFold.averaged_steps(b, done, config.delay)
     current = [b.op("Div", [acc[2], count]) for acc in accs]
     head = _clone_head(lb, leaving, current)
     b.prefix = "onnx2snn.early_exit"

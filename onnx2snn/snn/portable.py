@@ -7,14 +7,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .build import Builder
-
-
-def _theta_broadcast(node: gs.Node, rank: int) -> gs.Constant:
-    theta = np.asarray(node.inputs[1].values, np.float32).reshape(-1)
-    axis = int(node.attrs.get("axis", 1)) % max(rank, 1)
-    shape = [theta.size] + [1] * (rank - 1 - axis) if theta.size > 1 else [1]
-    return gs.Constant(f"{node.name}.theta_b", theta.reshape(shape))
+from ..builder import Builder
+from .timefold import theta_broadcast
 
 
 def _step(prefix: str, v_prev, x, theta_b, zero):
@@ -38,7 +32,8 @@ def lower_neuron(graph: gs.Graph, b: Builder, node: gs.Node, rank: int, steps_co
     v_in = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2].name else None
     spikes = node.outputs[0]
     v_out = node.outputs[1] if len(node.outputs) > 1 else None
-    theta_b = _theta_broadcast(node, rank)
+    theta_b = gs.Constant(f"{node.name}.theta_b",
+                          theta_broadcast(node.inputs[1].values, int(node.attrs.get("axis", 1)), rank))
     zero = gs.Constant(f"{node.name}.zero", np.array(0, np.float32))
     node.inputs.clear()
     node.outputs.clear()

@@ -1,0 +1,102 @@
+"""The choices of a conversion as frozen dataclasses, validated once when built.
+
+Build them with keywords and change them with `dataclasses.replace` (which validates again).
+Error messages name the command-line flag of the offending field.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .errors import UserError
+
+METHODS = ("ltb", "ltb-layer", "max", "percentile")
+FORMS = ("unrolled", "loop")
+MAXPOOLS = ("spiking", "move")
+AUTO = "auto"
+E_SOP_PJ = 0.077   # energy per synaptic operation, 77 fJ (Bu et al.)
+E_MAC_PJ = 12.5    # energy per multiply-accumulate (FLOP), 12.5 pJ
+
+
+def _int(flag: str, value, low: int, high: float = math.inf) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        bound = f">= {low}" if high == math.inf else f"in [{low}, {high}]"
+        raise UserError(f"{flag} {value}: must be an integer {bound}")
+
+
+def check_energy(e_sop, e_mac) -> None:
+    """The energy constants of the estimate (pJ): finite and > 0."""
+    _float("--e-sop", e_sop, 0.0, low_open=True)
+    _float("--e-mac", e_mac, 0.0, low_open=True)
+
+
+def _float(flag: str, value, low: float, high: float = math.inf, low_open: bool = False) -> None:
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{flag} {value}: must be a number") from None
+    ok = math.isfinite(x) and (x > low if low_open else x >= low) and x <= high
+    if not ok:
+        rng = f"{'>' if low_open else '>='} {low}" if high == math.inf else f"in [{low}, {high}]"
+        raise UserError(f"{flag} {value}: must be a finite number {rng}")
+
+
+@dataclass(frozen=True)
+class CalibConfig:
+    """How thresholds are calibrated (README "How it works", step 3)."""
+    method: str = "ltb"
+    iters: int = 1000
+    batch_size: int | None = None   # None: 100, or the model's fixed batch size
+    lr: float = 1.0
+    percentile: float = 99.9
+    seed: int = 0
+    augment: bool = False
+    skip_nonfinite: bool = False    # skip (and count) batches holding NaN/Inf instead of stopping
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise UserError(f"--method {self.method}: unknown (choose from {', '.join(METHODS)})")
+        _int("--iters", self.iters, 1)
+        if self.batch_size is not None:
+            _int("--batch-size", self.batch_size, 1)
+        _float("--lr", self.lr, 0.0, low_open=True)
+        _float("--percentile", self.percentile, 0.0, 100.0)
+        if not self.percentile > 0:
+            raise UserError(f"--percentile {self.percentile}: must be in (0, 100]")
+        _int("--seed", self.seed, 0)
+
+
+@dataclass(frozen=True)
+class SNNConfig:
+    """The spiking network to build (README "How it works", steps 4-8)."""
+    timesteps: int = 64
+    delay: int | str = 0        # "auto": chosen from data by api.convert (see delay.py)
+    v_init: float = 0.5         # initial membrane potential, fraction of theta
+    maxpool: str = "spiking"    # "move": the paper's plain move (baseline; biased on spikes)
+    form: str = "unrolled"      # or "loop"
+    chunk: int = 1              # loop: steps per iteration (time-batched inside)
+    portable: bool = False      # standard ONNX ops only (no custom domain)
+    early_exit: bool = False    # loop: stop when the top-1 is stable
+    exit_stable: int = 32       # ... unchanged for this many steps
+    exit_margin: float = 2.0    # ... and its margin over the runner-up exceeds this (output units)
+    exit_min_steps: int = 16    # ... never before this many steps
+
+    def __post_init__(self):
+        if self.form not in FORMS:
+            raise UserError(f"--form {self.form}: expected {' or '.join(FORMS)}")
+        if self.maxpool not in MAXPOOLS:
+            raise UserError(f"--maxpool {self.maxpool}: expected {' or '.join(MAXPOOLS)}")
+        _int("--timesteps", self.timesteps, 1)
+        _int("--chunk", self.chunk, 1)
+        if self.form != "loop" and self.chunk != 1:
+            raise UserError("--chunk needs --form loop")
+        if self.early_exit and self.form != "loop":
+            raise UserError("--early-exit needs --form loop")
+        _float("--v-init", self.v_init, 0.0, 1.0)
+        _int("--exit-stable", self.exit_stable, 1)
+        _float("--exit-margin", self.exit_margin, 0.0)
+        _int("--exit-min-steps", self.exit_min_steps, 0)
+        if self.delay != AUTO:
+            if isinstance(self.delay, bool) or not isinstance(self.delay, int) \
+                    or not 0 <= self.delay < self.timesteps:
+                raise UserError(f"--delay {self.delay}: must be 'auto' or an integer in [0, timesteps)")

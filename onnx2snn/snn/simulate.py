@@ -1,0 +1,124 @@
+"""The graphs evaluation runs, built from a converted model with the same builder as the forms:
+
+- `unrolled_steps`: the unrolled SNN at any T, also returning each readout's per-step tensor and
+  each neuron's spike count per step;
+- `loop_history`: a looped SNN that also returns, after every iteration, each readout's
+  accumulated sum and each neuron's spike count;
+- `head`: the part after the readout, fed the averaged tensors;
+- `with_timesteps`: a looped SNN set to run another number of steps.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from ..builder import Builder
+from ..model import default_opset
+from .info import SNNInfo
+from .loop import STEPS_NAME, TRIP_NAME
+from .prepare import T_NAME
+
+
+def _spike_count(b: Builder, spikes, leading) -> gs.Variable:
+    """Number of spikes (nonzero outputs) per row of `leading` ([-1] folds all: per step)."""
+    fired = b.op("Cast", [b.op("Greater", [spikes, b.const(np.float32(0))], dtype=np.bool_)],
+                 {"to": onnx.TensorProto.FLOAT})
+    if leading is None:
+        return b.reduce("ReduceSum", fired, None, keepdims=0)
+    return b.reduce("ReduceSum", b.reshape(fired, leading), [1], keepdims=0)
+
+
+def unrolled_steps(snn: onnx.ModelProto, info: SNNInfo, t_max: int, spike_counts: bool = True):
+    """(model, spike-count output per neuron) for the unrolled SNN at T = t_max; the model's extra
+    outputs are the readouts' [T*N, ...] tensors (named as in info.readouts) and the counts."""
+    graph = gs.import_onnx(snn)
+    b = Builder(graph, default_opset(snn), "onnx2snn.eval")
+    tensors = graph.tensors()
+    if T_NAME in tensors:
+        tensors[T_NAME].values = np.array([t_max], np.int64)
+    for node in graph.nodes:
+        if node.op == "IFNeuron":
+            node.attrs["timesteps"] = t_max
+    extra, counts = [], []
+    for neuron in info.neurons if spike_counts else []:
+        spikes = tensors.get(neuron.get("tensor", ""))
+        if spikes is None:
+            continue
+        b.prefix = f"{neuron['name']}/eval"
+        per_step = _spike_count(b, spikes, [t_max, -1])
+        per_step.name = f"{neuron['name']}/spike_count"
+        counts.append((neuron["name"], per_step.name))
+        extra.append(per_step)
+    for r in info.readouts:
+        t = tensors[r["steps"]]
+        t.dtype = np.float32
+        extra.append(t)
+    graph.outputs = list(graph.outputs) + extra
+    return gs.export_onnx(graph, do_type_check=False), counts
+
+
+def loop_history(snn: onnx.ModelProto, info: SNNInfo, t_max: int):
+    """(model, spike-count history per neuron, readout history names) for a looped SNN at T = t_max:
+    the Loop also emits, per iteration (scan outputs), each readout's accumulated sum and each
+    neuron's spike count."""
+    graph = gs.import_onnx(with_timesteps(snn, info, t_max))
+    loop = next(n for n in graph.nodes if n.op == "Loop")
+    body: gs.Graph = loop.attrs["body"]
+    b = Builder(body, default_opset(snn), "onnx2snn.eval")
+    inside = body.tensors()
+    counts, histories = [], []
+
+    def emit(tensor, name: str) -> str:
+        tensor.dtype = np.float32
+        body.outputs = list(body.outputs) + [tensor]
+        out = gs.Variable(name, np.float32)
+        loop.outputs = list(loop.outputs) + [out]
+        graph.outputs = list(graph.outputs) + [out]
+        return name
+
+    for neuron in info.neurons:
+        spikes = inside.get(neuron.get("tensor", ""))
+        if spikes is None:
+            continue
+        b.prefix = f"{neuron['name']}/eval"
+        counts.append((neuron["name"], emit(_spike_count(b, spikes, None), f"{neuron['name']}/eval/counts")))
+    for r in info.readouts:
+        b.prefix = f"{r['acc']}/eval"
+        copy = b.op("Identity", [inside[r["acc"]]])
+        histories.append(emit(copy, f"{r['acc']}/history"))
+    return gs.export_onnx(graph, do_type_check=False), counts, histories
+
+
+def head(snn: onnx.ModelProto, info: SNNInfo) -> onnx.ModelProto:
+    """The part of the SNN after the readout, taking the averaged tensors as inputs."""
+    graph = gs.import_onnx(snn)
+    tensors = graph.tensors()
+    means = []
+    for r in info.readouts:
+        t = tensors[r["mean"]]
+        t.inputs.clear()
+        t.dtype = np.float32
+        means.append(t)
+    graph.inputs = list(graph.inputs) + means
+    graph.cleanup()
+    return gs.export_onnx(graph, do_type_check=False)
+
+
+def with_timesteps(snn: onnx.ModelProto, info: SNNInfo, t: int) -> onnx.ModelProto:
+    """A looped SNN set to run `t` steps (its trip count and step limit are named initializers,
+    in the main graph or in the Loop body)."""
+    model = onnx.ModelProto()
+    model.CopyFrom(snn)
+    values = {TRIP_NAME: -(-t // info.chunk), STEPS_NAME: t}
+
+    def patch(graph):
+        for init in graph.initializer:
+            if init.name in values:
+                init.CopyFrom(onnx.numpy_helper.from_array(np.array(values[init.name], np.int64), init.name))
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    patch(attr.g)
+    patch(model.graph)
+    return model

@@ -1,0 +1,30 @@
+"""The unrolled form: time folded into the batch axis, T*N rows through every spiking layer.
+
+Each neuron is one IFNeuron node scanning its T steps in C++ (or, portable, a Scan of standard
+ops); the graph's size does not depend on T, its memory grows with T.
+"""
+from __future__ import annotations
+
+import onnx
+
+from .info import Provenance
+from .portable import lower_neurons
+from .prepare import Prepared, boundary, connect_readout, describe_snn, finish, spiking_pools, tile_pre_inputs
+
+
+def build(p: Prepared, provenance: Provenance | None = None) -> onnx.ModelProto:
+    tile_pre_inputs(p)
+    readouts = []
+
+    def mean_of(x, out):
+        mean = p.fold.mean_readout(x, p.config.delay, out)
+        readouts.append({"steps": x.name, "mean": mean.name})
+        return mean
+
+    for t, post, is_output in boundary(p):
+        connect_readout(p, t, post, is_output, mean_of)
+    for node in spiking_pools(p):
+        p.fold.spiking_pool(node)
+    if p.config.portable:
+        lower_neurons(p.graph, p.b, p.ranks, p.steps)
+    return finish(p, describe_snn(p, readouts, provenance))
