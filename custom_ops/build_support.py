@@ -2,7 +2,8 @@
 
 Headers are looked up in $ONNXRUNTIME_INCLUDE_DIR, /usr/include/onnxruntime, a per-user cache, or
 fetched into that cache from Debian trixie's libonnxruntime-dev with apt-get + dpkg -x (never
-installed into the system).
+installed into the system). The download is verified with Debian's archive keyring; without the
+keyring nothing is downloaded and the build stops with what to install or set.
 """
 import os
 import shutil
@@ -16,6 +17,9 @@ DEB_PACKAGE = "libonnxruntime-dev"
 DEB_SUITE = "trixie"
 DEB_MIRROR = "http://deb.debian.org/debian"
 SYSTEM_DIRS = (Path("/usr/include/onnxruntime"), Path("/usr/local/include/onnxruntime"))
+KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+MISSING = (f"onnxruntime C++ headers (onnxruntime_cxx_api.h) not found. Install Debian's {DEB_PACKAGE} "
+           "(trixie or newer) or set ONNXRUNTIME_INCLUDE_DIR to a folder holding onnxruntime's headers.")
 
 
 class BuildError(SystemExit):
@@ -34,8 +38,10 @@ def _fetch_debian_headers(cache):
     """Download libonnxruntime-dev from Debian trixie into `cache` without installing it."""
     if shutil.which("apt-get") is None or shutil.which("dpkg") is None:
         return None
-    keyring = "/usr/share/keyrings/debian-archive-keyring.gpg"
-    signed = f"[signed-by={keyring}] " if os.path.exists(keyring) else "[trusted=yes] "
+    if not os.path.exists(KEYRING):
+        raise BuildError(MISSING + f" (Debian's archive keyring {KEYRING} is absent, so nothing was "
+                         "downloaded: unsigned packages are never fetched)")
+    signed = f"[signed-by={KEYRING}] "
     with tempfile.TemporaryDirectory(prefix="onnx2snn-apt-") as tmp:
         tmp = Path(tmp)
         (tmp / "lists" / "partial").mkdir(parents=True)
@@ -89,11 +95,7 @@ def find_onnxruntime_headers():
     fetched = _fetch_debian_headers(_cache_dir())
     if fetched:
         return fetched
-    raise BuildError(
-        f"onnxruntime C++ headers ({HEADER}) not found. Install Debian's libonnxruntime-dev "
-        "(trixie or newer) or set ONNXRUNTIME_INCLUDE_DIR to a folder holding onnxruntime's headers."
-    )
-
+    raise BuildError(MISSING)
 
 
 def check_compiler():

@@ -80,24 +80,18 @@ void RunBlock(void* data, size_t index) {
 }
 
 struct IFNeuronKernel {
+  static constexpr const char* kName = "IFNeuron";
+  static constexpr size_t kInputs = 3, kRequiredInputs = 2, kOutputs = 2, kRequiredOutputs = 1;
   int64_t steps = 1;
   int64_t axis = 1;
   float v_init = 0.5f;
 
   explicit IFNeuronKernel(const OrtKernelInfo* info) {
     Ort::ConstKernelInfo ki(info);
-    steps = ki.GetAttribute<int64_t>("timesteps");
-    if (steps < 1) throw InvalidInput("IFNeuron: attribute timesteps must be >= 1");
-    try {
-      axis = ki.GetAttribute<int64_t>("axis");
-    } catch (const Ort::Exception&) {
-      axis = 1;
-    }
-    try {
-      v_init = ki.GetAttribute<float>("v_init");
-    } catch (const Ort::Exception&) {
-      v_init = 0.5f;
-    }
+    steps = OptionalAttribute<int64_t>(ki, "timesteps", 0, kName);
+    if (steps < 1) throw InvalidInput("IFNeuron: attribute timesteps (int) is required and must be >= 1");
+    axis = OptionalAttribute<int64_t>(ki, "axis", 1, kName);
+    v_init = OptionalAttribute<float>(ki, "v_init", 0.5f, kName);
   }
 
   void Compute(OrtKernelContext* context) {
@@ -109,14 +103,15 @@ struct IFNeuronKernel {
     const std::vector<int64_t> tshape = theta.GetTensorTypeAndShapeInfo().GetShape();
     const int64_t rank = static_cast<int64_t>(shape.size());
     if (rank < 1) throw InvalidInput("IFNeuron: input must have rank >= 1 (time-major batch axis first)");
+    const int64_t total = ElementCount(shape, "IFNeuron: input");
     if (shape[0] % steps != 0) {
       throw InvalidInput("IFNeuron: first dimension of input " + ShapeString(shape) +
                          " is not a multiple of timesteps=" + std::to_string(steps));
     }
     const int64_t ax = axis < 0 ? axis + rank : axis;
-    int64_t channels = 1;
-    for (int64_t d : tshape) channels *= d;
     if (tshape.size() > 1) throw InvalidInput("IFNeuron: theta must be a vector, got " + ShapeString(tshape));
+    const int64_t channels = ElementCount(tshape, "IFNeuron: theta");
+    if (channels == 0) throw InvalidInput("IFNeuron: theta is empty");
     if (channels != 1) {
       if (ax < 1 || ax >= rank) {
         throw InvalidInput("IFNeuron: axis " + std::to_string(axis) + " is out of range for input " +
@@ -128,9 +123,6 @@ struct IFNeuronKernel {
                            " channels on axis " + std::to_string(ax));
       }
     }
-    if (channels == 0) throw InvalidInput("IFNeuron: theta is empty");
-    int64_t total = 1;
-    for (int64_t d : shape) total *= d;
     const int64_t step_size = total / steps;
     int64_t inner = 1;
     if (channels != 1)
@@ -173,32 +165,10 @@ struct IFNeuronKernel {
   OrtStatusPtr ComputeV2(OrtKernelContext* context) { return GuardCompute([&] { Compute(context); }); }
 };
 
-struct IFNeuronCustomOp : Ort::CustomOpBase<IFNeuronCustomOp, IFNeuronKernel, true> {
-  OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const {
-    try {
-      *kernel = new IFNeuronKernel(info);
-      return nullptr;
-    } catch (const std::exception& e) {
-      return api.CreateStatus(ORT_INVALID_ARGUMENT, e.what());
-    }
-  }
-  const char* GetName() const { return "IFNeuron"; }
-  size_t GetInputTypeCount() const { return 3; }
-  ONNXTensorElementDataType GetInputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
-  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const {
-    return index < 2 ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
-  }
-  size_t GetOutputTypeCount() const { return 2; }
-  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
-  OrtCustomOpInputOutputCharacteristic GetOutputCharacteristic(size_t index) const {
-    return index < 1 ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
-  }
-};
-
 }  // namespace
 
 const OrtCustomOp* IFNeuronOp() {
-  static IFNeuronCustomOp op;
+  static FloatOp<IFNeuronKernel> op;
   return &op;
 }
 

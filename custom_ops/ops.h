@@ -7,6 +7,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace onnx2snn {
@@ -39,6 +40,73 @@ OrtStatusPtr GuardCompute(F&& body) {
   } catch (const std::exception& e) {
     return Ort::GetApi().CreateStatus(ORT_FAIL, e.what());
   }
+}
+
+// Optional attribute: `fallback` when the node does not have it; InvalidInput when it has it with
+// another type (a v_init given as an int must not be silently replaced by the default).
+template <typename T>
+T OptionalAttribute(const Ort::ConstKernelInfo& info, const char* name, T fallback, const char* op) {
+  try {
+    return info.GetAttribute<T>(name);
+  } catch (const Ort::Exception&) {
+  }
+  bool other_type = false;
+  try {
+    info.GetAttribute<int64_t>(name);
+    other_type = true;
+  } catch (const Ort::Exception&) {
+  }
+  try {
+    info.GetAttribute<float>(name);
+    other_type = true;
+  } catch (const Ort::Exception&) {
+  }
+  try {
+    info.GetAttribute<std::string>(name);
+    other_type = true;
+  } catch (const Ort::Exception&) {
+  }
+  if (other_type) {
+    throw InvalidInput(std::string(op) + ": attribute " + name + " has the wrong type (expected " +
+                       (std::is_same<T, float>::value ? "float" : "int") + ")");
+  }
+  return fallback;
+}
+
+// The onnxruntime description of one of the library's float32 operators. `Kernel` provides kName,
+// kInputs / kRequiredInputs, kOutputs / kRequiredOutputs, a constructor from OrtKernelInfo and
+// Compute(OrtKernelContext*); errors become statuses, never exceptions across the C API.
+template <typename Kernel>
+struct FloatOp : Ort::CustomOpBase<FloatOp<Kernel>, Kernel, true> {
+  OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const {
+    try {
+      *kernel = new Kernel(info);
+      return nullptr;
+    } catch (const std::exception& e) {
+      return api.CreateStatus(ORT_INVALID_ARGUMENT, e.what());
+    }
+  }
+  const char* GetName() const { return Kernel::kName; }
+  size_t GetInputTypeCount() const { return Kernel::kInputs; }
+  ONNXTensorElementDataType GetInputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const {
+    return index < Kernel::kRequiredInputs ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
+  }
+  size_t GetOutputTypeCount() const { return Kernel::kOutputs; }
+  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+  OrtCustomOpInputOutputCharacteristic GetOutputCharacteristic(size_t index) const {
+    return index < Kernel::kRequiredOutputs ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
+  }
+};
+
+// Element count of a shape, refusing negative (symbolic) dims.
+inline int64_t ElementCount(const std::vector<int64_t>& shape, const char* what) {
+  int64_t n = 1;
+  for (int64_t d : shape) {
+    if (d < 0) throw InvalidInput(std::string(what) + " has a negative dimension " + ShapeString(shape));
+    n *= d;
+  }
+  return n;
 }
 
 const OrtCustomOp* IFNeuronOp();

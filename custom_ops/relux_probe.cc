@@ -75,15 +75,13 @@ void Clip(void* data, size_t block) {
 }
 
 struct ProbeKernel {
+  static constexpr const char* kName = "ReLUXProbe";
+  static constexpr size_t kInputs = 4, kRequiredInputs = 3, kOutputs = 4, kRequiredOutputs = 4;
   int64_t axis = 1;
 
   explicit ProbeKernel(const OrtKernelInfo* info) {
     Ort::ConstKernelInfo ki(info);
-    try {
-      axis = ki.GetAttribute<int64_t>("axis");
-    } catch (const Ort::Exception&) {
-      axis = 1;
-    }
+    axis = OptionalAttribute<int64_t>(ki, "axis", 1, kName);
   }
 
   void Compute(OrtKernelContext* context) {
@@ -93,8 +91,10 @@ struct ProbeKernel {
     Ort::ConstValue step_v = ctx.GetInput(2);
     const std::vector<int64_t> shape = x.GetTensorTypeAndShapeInfo().GetShape();
     const int64_t rank = static_cast<int64_t>(shape.size());
+    ElementCount(shape, "ReLUXProbe: input");
     const int64_t per_theta = static_cast<int64_t>(theta.GetTensorTypeAndShapeInfo().GetElementCount());
     if (rank < 1) throw InvalidInput("ReLUXProbe: input must have rank >= 1");
+    if (per_theta < 1) throw InvalidInput("ReLUXProbe: theta is empty");
     const int64_t ax = axis < 0 ? axis + rank : axis;
     if (ax < 0 || ax >= rank) throw InvalidInput("ReLUXProbe: axis out of range for input " + ShapeString(shape));
     if (per_theta != 1 && per_theta != shape[ax]) {
@@ -110,6 +110,8 @@ struct ProbeKernel {
     if (ctx.GetInputCount() > 3) {
       Ort::ConstValue c = ctx.GetInput(3);
       if (static_cast<const OrtValue*>(c) != nullptr) {
+        if (c.GetTensorTypeAndShapeInfo().GetElementCount() != 1)
+          throw InvalidInput("ReLUXProbe: cap must hold exactly one value");
         has_cap = true;
         cap = c.GetTensorData<float>()[0];
       }
@@ -172,29 +174,10 @@ struct ProbeKernel {
   OrtStatusPtr ComputeV2(OrtKernelContext* context) { return GuardCompute([&] { Compute(context); }); }
 };
 
-struct ProbeOp : Ort::CustomOpBase<ProbeOp, ProbeKernel, true> {
-  OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const {
-    try {
-      *kernel = new ProbeKernel(info);
-      return nullptr;
-    } catch (const std::exception& e) {
-      return api.CreateStatus(ORT_INVALID_ARGUMENT, e.what());
-    }
-  }
-  const char* GetName() const { return "ReLUXProbe"; }
-  size_t GetInputTypeCount() const { return 4; }
-  ONNXTensorElementDataType GetInputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
-  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const {
-    return index < 3 ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
-  }
-  size_t GetOutputTypeCount() const { return 4; }
-  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
-};
-
 }  // namespace
 
 const OrtCustomOp* ReLUXProbeOp() {
-  static ProbeOp op;
+  static FloatOp<ProbeKernel> op;
   return &op;
 }
 

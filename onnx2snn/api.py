@@ -180,17 +180,22 @@ def _positive(value, flag: str):
         raise UserError(f"{flag} {value}: must be an integer >= 1")
 
 
-def evaluate_file(snn_path, data=None, data_loader=None, ann_path=None, timesteps=None,
-                  batch_size: int | None = None, limit: int | None = None, prep: D.Preprocess | None = None,
-                  progress: bool = False, report=None) -> ev.EvalResult:
-    """Evaluate a converted model at each T of `timesteps` (default: the model's T/4, T/2, T);
-    with `report`, also write the results as JSON there (atomically)."""
+def _open_snn(snn_path, batch_size, limit):
+    """(files, SNN model, its info): the flags checked, the SNN read and remembered as an input."""
     _positive(batch_size, "--batch-size")
     _positive(limit, "--limit")
     files = Files()
     files.input(snn_path, "SNN")
     snn_model = load_snn(snn_path)
-    info = SNNInfo.from_metadata(snn_model, str(snn_path))
+    return files, snn_model, SNNInfo.from_metadata(snn_model, str(snn_path))
+
+
+def evaluate_file(snn_path, data=None, data_loader=None, ann_path=None, timesteps=None,
+                  batch_size: int | None = None, limit: int | None = None, prep: D.Preprocess | None = None,
+                  progress: bool = False, report=None) -> ev.EvalResult:
+    """Evaluate a converted model at each T of `timesteps` (default: the model's T/4, T/2, T);
+    with `report`, also write the results as JSON there (atomically)."""
+    files, snn_model, info = _open_snn(snn_path, batch_size, limit)
     timesteps = list(timesteps) if timesteps else ev.default_timesteps(info)
     inputs = D.model_inputs(snn_model)
     batch_size = D.resolve_batch(batch_size, inputs, ev.auto_batch_size(info, max(timesteps)))
@@ -214,12 +219,7 @@ def run_file(snn_path, output, data=None, data_loader=None, batch_size: int | No
              limit: int | None = None, prep: D.Preprocess | None = None) -> dict:
     """Run a converted model over a data set and write its outputs (.npy: one output; .npz keyed
     by output name) atomically; returns the arrays."""
-    _positive(batch_size, "--batch-size")
-    _positive(limit, "--limit")
-    files = Files()
-    files.input(snn_path, "SNN")
-    snn = load_snn(snn_path)
-    info = SNNInfo.from_metadata(snn, str(snn_path))
+    files, snn, info = _open_snn(snn_path, batch_size, limit)
     source = open_source(snn, data, data_loader, prep or recorded_preprocess(snn), files)
     out = Path(output)
     if out.suffix not in (".npy", ".npz"):

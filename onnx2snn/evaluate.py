@@ -83,17 +83,28 @@ def _inputs(sess) -> set:
     return {i.name for i in sess.get_inputs()}
 
 
-class _Unrolled:
-    """One unrolled simulation at T_max per batch; any window (T, D) read from running sums."""
+class _OneSimulation:
+    """A simulation graph run once per batch up to T_max, and the head that turns each window's
+    averaged readout into the model's outputs."""
 
-    def __init__(self, snn, info: SNNInfo, windows, spike_counts: bool, threads: int):
+    def __init__(self, snn, info: SNNInfo, windows, sim_model, threads: int):
         self.info, self.windows, self.t_max = info, windows, max(t for t, _ in windows)
-        model, self.counts = simulate.unrolled_steps(snn, info, self.t_max, spike_counts)
-        self.sim = runtime.session(model, threads, in_order=True)
+        self.sim = runtime.session(sim_model, threads, in_order=True)
         self.head = runtime.session(simulate.head(snn, info), threads)
         self.out_name = score_output(snn)
         self.sim_in, self.head_in = _inputs(self.sim), _inputs(self.head)
         self.fanout = info.costs.get("fanout", {})
+
+    def _sops(self, cum, index: int):
+        return sum(c[index] * self.fanout.get(name, 0.0) for name, c in cum) if self.counts else None
+
+
+class _Unrolled(_OneSimulation):
+    """One unrolled simulation at T_max per batch; any window (T, D) read from running sums."""
+
+    def __init__(self, snn, info: SNNInfo, windows, spike_counts: bool, threads: int):
+        model, self.counts = simulate.unrolled_steps(snn, info, max(t for t, _ in windows), spike_counts)
+        super().__init__(snn, info, windows, model, threads)
 
     def __call__(self, feeds):
         feeds = {k: v for k, v in feeds.items() if k in self.sim_in}
@@ -108,22 +119,17 @@ class _Unrolled:
             head_feeds = dict(base)
             for r, s in zip(self.info.readouts, sums):
                 head_feeds[r["mean"]] = ((s[t] - s[d]) / (t - d)).astype(np.float32)
-            sops = sum(c[t - 1] * self.fanout.get(name, 0.0) for name, c in cum) if self.counts else None
+            sops = self._sops(cum, t - 1)
             yield (t, d), self.head.run([self.out_name], head_feeds)[0], {"sops": sops}
 
 
-class _History:
+class _History(_OneSimulation):
     """One looped simulation at T_max per batch; the loop's sums after each iteration give every T
     that is a multiple of the chunk (D is the model's)."""
 
     def __init__(self, snn, info: SNNInfo, windows, threads: int):
-        self.info, self.windows, self.t_max = info, windows, max(t for t, _ in windows)
-        model, self.counts, self.histories = simulate.loop_history(snn, info, self.t_max)
-        self.sim = runtime.session(model, threads, in_order=True)
-        self.head = runtime.session(simulate.head(snn, info), threads)
-        self.out_name = score_output(snn)
-        self.sim_in, self.head_in = _inputs(self.sim), _inputs(self.head)
-        self.fanout = info.costs.get("fanout", {})
+        model, self.counts, self.histories = simulate.loop_history(snn, info, max(t for t, _ in windows))
+        super().__init__(snn, info, windows, model, threads)
 
     def __call__(self, feeds):
         feeds = {k: v for k, v in feeds.items() if k in self.sim_in}
@@ -136,7 +142,7 @@ class _History:
             head_feeds = dict(base)
             for r, s in zip(self.info.readouts, sums):
                 head_feeds[r["mean"]] = (s[t // k - 1] / (t - d)).astype(np.float32)
-            sops = sum(c[t // k - 1] * self.fanout.get(name, 0.0) for name, c in cum) if self.counts else None
+            sops = self._sops(cum, t // k - 1)
             yield (t, d), self.head.run([self.out_name], head_feeds)[0], {"sops": sops}
 
 

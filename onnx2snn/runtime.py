@@ -14,6 +14,9 @@ from .model import uses_domain
 from .neuron import DOMAIN
 
 _ENV = "ONNX2SNN_OPS_LIBRARY"
+_STATE = ort.capi.onnxruntime_pybind11_state
+# onnxruntime's own log lines would break the one-line error rule: its errors reach us as exceptions
+ort.set_default_logger_severity(4)
 
 
 def library_path() -> str:
@@ -54,7 +57,7 @@ def session(model, threads: int = 0, in_order: bool = False) -> ort.InferenceSes
     off every neuron; in onnxruntime's default order those run late and every neuron's T*N-row
     tensor stays alive (ResNet-32, T=128, 64 samples: 10 GB instead of 2.2 GB)."""
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4
     if _needs_library(model):
         opts.register_custom_ops_library(library_path())
     if threads:
@@ -67,9 +70,8 @@ def session(model, threads: int = 0, in_order: bool = False) -> ort.InferenceSes
         model = str(model)
     try:
         return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
-    except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidGraph,
-            ort.capi.onnxruntime_pybind11_state.InvalidArgument, ort.capi.onnxruntime_pybind11_state.NotImplemented,
-            ort.capi.onnxruntime_pybind11_state.InvalidProtobuf) as err:
+    except (_STATE.Fail, _STATE.InvalidGraph, _STATE.InvalidArgument, _STATE.NotImplemented,
+            _STATE.InvalidProtobuf, _STATE.RuntimeException, _STATE.NoSuchFile) as err:
         first = str(err).strip().splitlines()[0]
         raise UserError(f"onnxruntime cannot load the model: {first}") from None
 
@@ -77,13 +79,12 @@ def session(model, threads: int = 0, in_order: bool = False) -> ort.InferenceSes
 def run_checked(sess: ort.InferenceSession, names, feeds: dict, what: str):
     """sess.run, with onnxruntime's complaints about the inputs, and allocation failures, turned
     into one-line user errors."""
-    from onnxruntime.capi import onnxruntime_pybind11_state as state
     try:
         return sess.run(names, feeds)
-    except (state.InvalidArgument, state.Fail) as err:
+    except (_STATE.InvalidArgument, _STATE.Fail) as err:
         first = str(err).strip().splitlines()[0]
         raise UserError(f"{what}: onnxruntime rejected the data: {first}") from None
-    except state.RuntimeException as err:
+    except _STATE.RuntimeException as err:
         first = str(err).strip().splitlines()[0]
         if "alloc" in first.lower() or "memory" in first.lower():
             raise UserError(f"{what}: out of memory in onnxruntime ({first}); use a smaller "

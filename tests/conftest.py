@@ -43,3 +43,21 @@ def resnet_path(tmp_path_factory):
 @pytest.fixture(scope="session")
 def mlp_path(tmp_path_factory):
     return _export(tmp_path_factory, "mlp", models.digits_mlp)
+
+
+# Two tiers: `pytest -m "not slow"` runs the unit tests (hand-built graphs, the C++ op, analysis,
+# builder, energy, every form) in well under a minute; the end-to-end tests train and export models,
+# spawn the command line or run exporters, and are marked slow. CI runs both tiers.
+_SLOW_FIXTURES = {"cnn_path", "resnet_path", "mlp_path", "digits_npz", "digits_data"}
+_SLOW_MODULES = {"test_cli", "test_frameworks", "test_readme", "test_hostile"}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: end-to-end test (trains/exports models or runs the CLI)")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1]
+        if module in _SLOW_MODULES or _SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

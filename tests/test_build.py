@@ -31,3 +31,12 @@ def test_missing_compiler_says_what_to_install(monkeypatch):
 
 def test_headers_found_here():
     assert (build_support.find_onnxruntime_headers() / "onnxruntime_cxx_api.h").exists()
+
+
+def test_no_unsigned_download_without_the_keyring(monkeypatch, tmp_path):
+    monkeypatch.setattr(build_support, "KEYRING", str(tmp_path / "absent.gpg"))
+    calls = []
+    monkeypatch.setattr(build_support.subprocess, "run", lambda *a, **k: calls.append(a))
+    with pytest.raises(SystemExit, match="ONNXRUNTIME_INCLUDE_DIR.*keyring .* is absent"):
+        build_support._fetch_debian_headers(tmp_path / "cache")
+    assert calls == []   # nothing was downloaded

@@ -44,18 +44,42 @@ def test_spiking_max_pool_rate_converges_to_max_of_input_rates():
     assert errors[-1] < naive_errors[-1] / 5, (errors, naive_errors)
 
 
+def _conv(x, w, pad):
+    """NCHW convolution in float64 NumPy (stride 1)."""
+    x = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    k = w.shape[2]
+    h, wd = x.shape[2] - k + 1, x.shape[3] - k + 1
+    cols = np.stack([x[:, :, i:i + h, j:j + wd] for i in range(k) for j in range(k)], axis=2)
+    return np.einsum("nckhw,ock->nohw", cols, w.reshape(w.shape[0], w.shape[1], -1))
+
+
 def test_time_invariant_max_pool_is_moved_in_front_and_exact():
+    """The pool after the first activation sees constant currents: the SNN pools them and puts the
+    neuron after the pool. Its outputs equal a NumPy simulation of that network written out here
+    (conv -> max pool -> IF -> conv -> IF -> mean over steps -> GAP -> Gemm), which never touches
+    the converter's graph, and converge to the clipped ANN as T grows."""
     model = graphs.stem_pool_model(integer=True)
-    th = _thresholds(model, 2.0)
-    snn, layers = to_snn(model, th, SNNConfig(timesteps=16))
-    assert layers[0].role.startswith("after pool (moved in front")
+    w = {i.name: onnx.numpy_helper.to_array(i).astype(np.float64) for i in model.graph.initializer}
+    th = Thresholds({"relu1": np.full(4, 2.0, np.float32), "relu2": np.full(6, 4.0, np.float32)}, "manual")
     x = np.round(np.random.default_rng(1).normal(size=(8, 2, 6, 6)) * 4).astype(np.float32) / 4
-    # max and clip commute per channel: pool(clip(c)) == clip(pool(c)) exactly
-    c1 = reference.run(_cut(model, "c1"), {"input": x})[0]
-    assert np.array_equal(_maxpool(np.clip(c1, 0, 2)), np.clip(_maxpool(c1), 0, 2))
-    got = runtime.session(snn).run(None, {"input": x})[0]
-    want = reference.run(snn, {"input": x})[0]   # NumPy neuron, exactly representable values
-    assert np.array_equal(got, want)
+    from onnx2snn import if_neuron
+    c1 = _conv(x.astype(np.float64), w["w1"], 1).astype(np.float32)      # exact: quarters x integers
+    errors = []
+    for t in (8, 64):
+        snn, layers = to_snn(model, th, SNNConfig(timesteps=t))
+        assert [l.role.startswith("after pool (moved in front") for l in layers] == [True, False]
+        s1 = if_neuron(np.tile(_maxpool(c1), (t, 1, 1, 1)), th.values["relu1"], t)
+        c2 = _conv(s1.astype(np.float64), w["w2"], 0).astype(np.float32)
+        s2 = if_neuron(c2, th.values["relu2"], t)
+        rate = s2.reshape(t, 8, 6, 3, 3).mean(axis=0).mean(axis=(2, 3))
+        want = rate.astype(np.float64) @ w["w3"].T
+        got = runtime.session(snn).run(None, {"input": x})[0]
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        # the clipped ANN with the same thresholds: the SNN's rates converge to it
+        a1 = np.clip(_maxpool(c1), 0, 2.0)
+        a2 = np.clip(_conv(a1.astype(np.float64), w["w2"], 0), 0, 4.0).mean(axis=(2, 3))
+        errors.append(np.abs(got - a2 @ w["w3"].T).mean())
+    assert errors[1] < errors[0] / 4, errors
 
 
 def _cut(model, tensor):
