@@ -21,12 +21,21 @@ def if_neuron(x: np.ndarray, theta: np.ndarray, timesteps: int, axis: int = 1, v
     """
     x = np.asarray(x, dtype=np.float32)
     theta = np.asarray(theta, dtype=np.float32).reshape(-1)
+    # the same refusals as the C++ operator, so a fuzzed case either fails in both or in neither
+    if timesteps < 1:
+        raise ValueError("timesteps must be >= 1")
+    if x.ndim < 1:
+        raise ValueError("input must have rank >= 1")
+    if theta.size == 0:
+        raise ValueError("theta is empty")
     if x.shape[0] % timesteps:
         raise ValueError(f"first dimension {x.shape[0]} is not a multiple of timesteps={timesteps}")
     steps = x.reshape((timesteps, x.shape[0] // timesteps) + x.shape[1:])
     if theta.size == 1:
         th = theta.reshape((1,) * (x.ndim))
     else:
+        if not -x.ndim <= axis < x.ndim or axis % x.ndim == 0:
+            raise ValueError(f"axis {axis} is out of range for rank {x.ndim} (axis 0 is time x batch)")
         ax = axis % x.ndim
         if x.shape[ax] != theta.size:
             raise ValueError(f"theta has {theta.size} values, input has {x.shape[ax]} channels")
@@ -38,6 +47,8 @@ def if_neuron(x: np.ndarray, theta: np.ndarray, timesteps: int, axis: int = 1, v
         state = (np.float32(v_init) * th).astype(np.float32)
     else:
         state = np.array(v, dtype=np.float32, copy=True)
+        if state.shape != steps.shape[1:]:
+            raise ValueError(f"state has shape {list(state.shape)}, expected {list(steps.shape[1:])}")
     out = np.empty_like(steps)
     zero = np.float32(0)
     for t in range(timesteps):
