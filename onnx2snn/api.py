@@ -109,7 +109,7 @@ def convert(model_path, data=None, data_loader=None, output=None,
     if isinstance(check_samples, bool) or not isinstance(check_samples, int) or check_samples < 0:
         raise UserError(f"--check {check_samples}: must be an integer >= 0")
     files = Files()
-    files.input(model_path, "model")
+    files.input(model_path, "the model")
     if thresholds is not None and not isinstance(thresholds, Thresholds):
         files.input(thresholds, "--thresholds")
     model = M.load(model_path)
@@ -185,7 +185,7 @@ def _open_snn(snn_path, batch_size, limit):
     _positive(batch_size, "--batch-size")
     _positive(limit, "--limit")
     files = Files()
-    files.input(snn_path, "SNN")
+    files.input(snn_path, "the SNN")
     snn_model = load_snn(snn_path)
     return files, snn_model, SNNInfo.from_metadata(snn_model, str(snn_path))
 

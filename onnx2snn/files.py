@@ -54,7 +54,7 @@ class Files:
             raise UserError(f"{flag} {p}: folder {p.parent} does not exist")
         for other_flag, other in self.inputs:
             if target == other:
-                raise UserError(f"{flag} {p}: is the input given as {other_flag}; refusing to overwrite it")
+                raise UserError(f"{flag} {p}: is also an input ({other_flag}); refusing to overwrite it")
             if other.is_dir() and other in target.parents:
                 raise UserError(f"{flag} {p}: lies inside the {other_flag} folder {other}; "
                                 "write it elsewhere")

@@ -81,14 +81,14 @@ def run_checked(sess: ort.InferenceSession, names, feeds: dict, what: str):
     into one-line user errors."""
     try:
         return sess.run(names, feeds)
-    except (_STATE.InvalidArgument, _STATE.Fail) as err:
+    except (_STATE.InvalidArgument, _STATE.Fail, _STATE.RuntimeException) as err:
         first = str(err).strip().splitlines()[0]
+        if "allocate" in first.lower() or "bad_alloc" in first.lower():
+            size = first.rsplit("of size", 1)[-1].strip() if "of size" in first else "?"
+            raise UserError(f"{what}: out of memory (onnxruntime could not allocate {size} bytes); use a "
+                            "smaller --batch-size or fewer timesteps") from None
+        if isinstance(err, _STATE.RuntimeException):
+            raise
         raise UserError(f"{what}: onnxruntime rejected the data: {first}") from None
-    except _STATE.RuntimeException as err:
-        first = str(err).strip().splitlines()[0]
-        if "alloc" in first.lower() or "memory" in first.lower():
-            raise UserError(f"{what}: out of memory in onnxruntime ({first}); use a smaller "
-                            "--batch-size or fewer timesteps") from None
-        raise
     except MemoryError:
         raise UserError(f"{what}: out of memory; use a smaller --batch-size or fewer timesteps") from None
