@@ -52,3 +52,19 @@ def test_python_api_snippet_runs(cnn_path, digits_npz, tmp_path, monkeypatch):
     assert (tmp_path / "model.snn.onnx").exists()
     assert scope["outputs"]["logits"].shape == (4, 10)
     assert scope["ev"].rows[0]["T"] == 64 and scope["ev"].rows[0]["agreement"] > 0.5
+
+
+def test_readme_layout_names_every_module():
+    """The README's layout section and the package agree: every module is listed."""
+    layout = (ROOT / "README.md").read_text().split("## Layout", 1)[1]
+    modules = [p for p in (ROOT / "onnx2snn").rglob("*.py") if p.name not in ("__init__.py", "__main__.py",
+                                                                            "_version.py")]
+    missing = [str(p.relative_to(ROOT)) for p in modules if f"`{p.name}`" not in layout]
+    assert not missing, missing
+
+
+def test_docstrings_point_only_at_files_in_the_repository():
+    import re as _re
+    for path in list((ROOT / "onnx2snn").rglob("*.py")) + list((ROOT / "custom_ops").glob("*")):
+        for name in _re.findall(r"\b([A-Za-z_]+\.md)\b", path.read_text()):
+            assert (ROOT / name).exists(), (path, name)
