@@ -79,7 +79,7 @@ void RunBlock(void* data, size_t index) {
   }
 }
 
-struct IFNeuronKernel {
+struct IFNeuronKernel : GuardedKernel<IFNeuronKernel> {
   static constexpr const char* kName = "IFNeuron";
   static constexpr size_t kInputs = 3, kRequiredInputs = 2, kOutputs = 2, kRequiredOutputs = 1;
   int64_t steps = 1;
@@ -161,15 +161,10 @@ struct IFNeuronKernel {
       ctx.ParallelFor(RunBlock, items, 0, &task);
     }
   }
-
-  OrtStatusPtr ComputeV2(OrtKernelContext* context) { return GuardCompute([&] { Compute(context); }); }
 };
 
 }  // namespace
 
-const OrtCustomOp* IFNeuronOp() {
-  static FloatOp<IFNeuronKernel> op;
-  return &op;
-}
+const OrtCustomOp* IFNeuronOp() { return OpInstance<IFNeuronKernel>(); }
 
 }  // namespace onnx2snn

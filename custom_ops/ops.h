@@ -99,6 +99,21 @@ struct FloatOp : Ort::CustomOpBase<FloatOp<Kernel>, Kernel, true> {
   }
 };
 
+// Base of the kernels: ComputeV2 runs Derived::Compute with exceptions turned into statuses.
+template <typename Derived>
+struct GuardedKernel {
+  OrtStatusPtr ComputeV2(OrtKernelContext* context) {
+    return GuardCompute([&] { static_cast<Derived*>(this)->Compute(context); });
+  }
+};
+
+// The one registered instance of an operator.
+template <typename Kernel>
+const OrtCustomOp* OpInstance() {
+  static FloatOp<Kernel> op;
+  return &op;
+}
+
 // Element count of a shape, refusing negative (symbolic) dims.
 inline int64_t ElementCount(const std::vector<int64_t>& shape, const char* what) {
   int64_t n = 1;

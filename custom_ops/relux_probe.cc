@@ -74,7 +74,7 @@ void Clip(void* data, size_t block) {
   });
 }
 
-struct ProbeKernel {
+struct ProbeKernel : GuardedKernel<ProbeKernel> {
   static constexpr const char* kName = "ReLUXProbe";
   static constexpr size_t kInputs = 4, kRequiredInputs = 3, kOutputs = 4, kRequiredOutputs = 4;
   int64_t axis = 1;
@@ -170,15 +170,10 @@ struct ProbeKernel {
     if (blocks > 1) ctx.ParallelFor(Clip, static_cast<size_t>(blocks), 0, &task);
     else if (blocks == 1) Clip(&task, 0);
   }
-
-  OrtStatusPtr ComputeV2(OrtKernelContext* context) { return GuardCompute([&] { Compute(context); }); }
 };
 
 }  // namespace
 
-const OrtCustomOp* ReLUXProbeOp() {
-  static FloatOp<ProbeKernel> op;
-  return &op;
-}
+const OrtCustomOp* ReLUXProbeOp() { return OpInstance<ProbeKernel>(); }
 
 }  // namespace onnx2snn

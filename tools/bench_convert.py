@@ -10,7 +10,6 @@ of calibration is the max RSS of a child process that only calibrates.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing as mp
 import resource
@@ -18,7 +17,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from benchcommon import add_model_args, best_seconds
+from benchcommon import best_seconds, parser
 
 import onnx2snn
 from onnx2snn import api, runtime
@@ -92,8 +91,7 @@ def evaluate_variant(args, ann, th, pool, delay, ts, val, calib_src):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_model_args(p)
+    p = parser(__doc__)
     p.add_argument("--calib", required=True)
     p.add_argument("--methods", default="ltb,percentile")
     p.add_argument("--iters", type=int, default=1000)

@@ -10,7 +10,6 @@ increment over the process's size just before the run is shown too. All ratios c
 """
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing as mp
 import resource
@@ -18,7 +17,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from benchcommon import add_model_args, best_seconds
+from benchcommon import best_seconds, parser
 
 from onnx2snn import SNNConfig, Thresholds, runtime, to_snn
 from onnx2snn.files import write_atomic
@@ -66,8 +65,7 @@ def time_per_image(path, x, portable, repeats=3):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_model_args(p)
+    p = parser(__doc__)
     p.add_argument("--thresholds", required=True)
     p.add_argument("--out", default="bench_forms_out")
     p.add_argument("--speed-batch", type=int, default=16)

@@ -5,6 +5,13 @@ import argparse
 import time
 
 
+def parser(doc: str) -> argparse.ArgumentParser:
+    """A benchmark's parser (its docstring as help) with the model arguments already added."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(p)
+    return p
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """--model, --val, --mean, --std: the model and its preprocessed validation images."""
     floats = lambda s: tuple(map(float, s.split(",")))  # noqa: E731
