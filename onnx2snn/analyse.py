@@ -10,6 +10,7 @@ stage (probes, the rewrite, the convertibility check) works on `Analysis.copy()`
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -19,6 +20,8 @@ import onnx_graphsurgeon as gs
 from . import model as M
 from .errors import UserError
 from .model import constant_value
+
+log = logging.getLogger(__name__)
 
 # Ops that are linear (affine) in one time-varying input; for the listed ones only the inputs named
 # here may vary over time (others must be time-invariant).
@@ -32,16 +35,24 @@ _LINEAR_ANY = {
 _ONE_VARYING = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Mul", "Einsum"}
 _FIRST_VARYING = {"Div"}
 _SHAPE_PRESERVING = {"Add", "Sub", "Mul", "Div", "BatchNormalization", "Identity", "Dropout", "Neg"}
+_ACTIVATIONS = ("Relu", "Clip", "LeakyRelu", "Max")
+# Element-wise ops that --keep-analog lets run on each step's input (not spiking; see README).
+ANALOG_OPS = {
+    "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Gelu", "Erf", "Softplus", "Softsign", "Elu", "Selu",
+    "Celu", "LeakyRelu", "PRelu", "Mish", "Exp", "Log", "Sqrt", "Abs", "Pow", "Reciprocal", "Mul", "Div",
+    "Relu", "Clip", "Max", "Min", "Sin", "Cos",
+}
 
 
 @dataclass(frozen=True)
 class Activation:
     node: gs.Node
-    kind: str              # "Relu" or "Clip"
+    kind: str              # "Relu", "Clip", "LeakyRelu" (alpha 0) or "Max" (with 0)
     axis: int              # channel axis (non-negative) of the activation tensor
     rank: int
     channels: int          # size of the channel axis, 0 when unknown
     cap: float | None      # Clip max (ReLU6): the threshold never exceeds it
+    input_index: int = 0   # which input carries the signal (Max(0, x) has it second)
 
     @property
     def name(self) -> str:
@@ -49,7 +60,7 @@ class Activation:
 
     @property
     def input(self) -> gs.Tensor:
-        return self.node.inputs[0]
+        return self.node.inputs[self.input_index]
 
     @property
     def output(self) -> gs.Tensor:
@@ -76,13 +87,36 @@ def _clip_bounds(node: gs.Node):
     return float(lo), (None if hi is None else float(hi))
 
 
-def is_relu_like(node: gs.Node) -> bool:
+def _zero_operand(node: gs.Node):
+    """For Max(x, 0) / Max(0, x): the index of x, else None."""
+    if len(node.inputs) != 2:
+        return None
+    for i in (0, 1):
+        value = constant_value(node.inputs[1 - i])
+        if value is not None and value.size == 1 and float(value.reshape(-1)[0]) == 0.0 \
+                and constant_value(node.inputs[i]) is None:
+            return i
+    return None
+
+
+def relu_input(node: gs.Node):
+    """The index of the signal input when `node` computes max(x, 0) (possibly capped), else None:
+    Relu; Clip(min 0[, max c > 0]); LeakyRelu with alpha 0; Max(x, 0)."""
     if node.op == "Relu":
-        return True
+        return 0
     if node.op == "Clip":
         bounds = _clip_bounds(node)
-        return bounds is not None and bounds[0] == 0.0 and (bounds[1] is None or bounds[1] > 0)
-    return False
+        ok = bounds is not None and bounds[0] == 0.0 and (bounds[1] is None or bounds[1] > 0)
+        return 0 if ok else None
+    if node.op == "LeakyRelu":
+        return 0 if float(node.attrs.get("alpha", 0.01)) == 0.0 else None
+    if node.op == "Max":
+        return _zero_operand(node)
+    return None
+
+
+def is_relu_like(node: gs.Node) -> bool:
+    return relu_input(node) is not None
 
 
 def tensor_rank(tensor: gs.Tensor):
@@ -103,7 +137,7 @@ def _producer_axis(tensor: gs.Tensor, rank: int):
             return (tensor_rank(current) or rank) - 1, perms
         if producer.op == "Transpose":
             perms.append(list(producer.attrs.get("perm", [])))
-        elif producer.op not in _SHAPE_PRESERVING and producer.op not in ("Relu", "Clip", "Concat"):
+        elif producer.op not in _SHAPE_PRESERVING and producer.op not in _ACTIVATIONS + ("Concat",):
             return None, perms
         varying = [t for t in producer.inputs if not isinstance(t, gs.Constant) and t.name]
         if not varying:
@@ -130,20 +164,20 @@ def channel_axis(tensor: gs.Tensor, rank: int) -> int:
 def find_activations(graph: gs.Graph) -> list:
     acts = []
     for node in graph.nodes:
-        if not is_relu_like(node):
+        index = relu_input(node)
+        if index is None:
             continue
-        rank = tensor_rank(node.outputs[0]) or tensor_rank(node.inputs[0])
+        signal = node.inputs[index]
+        rank = tensor_rank(node.outputs[0]) or tensor_rank(signal)
         if rank is None:
             raise UserError(f"node '{node.name}' ({node.op}): rank of its input is unknown; "
                             "export the model with static ranks")
-        axis = channel_axis(node.inputs[0], rank) if rank >= 2 else 0
-        shape = node.outputs[0].shape or node.inputs[0].shape
+        axis = channel_axis(signal, rank) if rank >= 2 else 0
+        shape = node.outputs[0].shape or signal.shape
         dim = shape[axis] if shape is not None and axis < len(shape) else None
         channels = dim if isinstance(dim, (int, np.integer)) and dim > 0 else 0
-        cap = None
-        if node.op == "Clip":
-            cap = _clip_bounds(node)[1]
-        acts.append(Activation(node, node.op, axis, rank, int(channels), cap))
+        cap = _clip_bounds(node)[1] if node.op == "Clip" else None
+        acts.append(Activation(node, node.op, axis, rank, int(channels), None if cap is None else float(cap), index))
     return acts
 
 
@@ -184,8 +218,9 @@ def time_varying(tensor: gs.Tensor, varying_ids: set) -> bool:
     return bool(tensor.inputs) and id(tensor.inputs[0]) in varying_ids
 
 
-def nonlinear_nodes(graph: gs.Graph, neurons, regions: Regions) -> list:
-    """(node, reason) for every spiking-region node that is not linear in the spikes."""
+def nonlinear_nodes(graph: gs.Graph, neurons, regions: Regions, keep_analog: bool = False) -> list:
+    """(node, reason) for every spiking-region node that is not linear in the spikes. With
+    `keep_analog`, element-wise ops (ANALOG_OPS) are accepted: they run on each step's input."""
     varying = regions.spiking | {id(n) for n in neurons}
     problems = []
     for node in graph.nodes:
@@ -193,20 +228,28 @@ def nonlinear_nodes(graph: gs.Graph, neurons, regions: Regions) -> list:
             continue
         inputs = [t for t in node.inputs if t.name]
         moving = [i for i, t in enumerate(inputs) if time_varying(t, varying)]
-        if node.op in _LINEAR_ANY:
-            if node.op in ("Gather", "GatherElements") and 0 not in moving:
-                problems.append((node, "indices vary over time"))
-            continue
-        if node.op in _ONE_VARYING:
-            if len(moving) > 1:
-                problems.append((node, "multiplies two time-varying tensors"))
-            continue
-        if node.op in _FIRST_VARYING:
-            if moving != [0]:
-                problems.append((node, "divides by a time-varying tensor"))
-            continue
-        problems.append((node, "not linear in the spikes"))
+        reason = _nonlinearity(node, moving)
+        if reason and not (keep_analog and node.op in ANALOG_OPS):
+            problems.append((node, reason))
     return problems
+
+
+def analog_nodes(graph: gs.Graph, neurons, regions: Regions) -> list:
+    """The spiking-region nodes that only --keep-analog lets through."""
+    kept = {id(n) for n, _ in nonlinear_nodes(graph, neurons, regions, keep_analog=True)}
+    return [n for n, _ in nonlinear_nodes(graph, neurons, regions) if id(n) not in kept]
+
+
+def _nonlinearity(node: gs.Node, moving) -> str | None:
+    if node.op in _LINEAR_ANY:
+        if node.op in ("Gather", "GatherElements") and 0 not in moving:
+            return "indices vary over time"
+        return None
+    if node.op in _ONE_VARYING:
+        return "multiplies two time-varying tensors" if len(moving) > 1 else None
+    if node.op in _FIRST_VARYING:
+        return "divides by a time-varying tensor" if moving != [0] else None
+    return "not linear in the spikes"
 
 
 def describe(problems) -> str:
@@ -231,7 +274,11 @@ class Analysis:
         by_name = {n.name: n for n in graph.nodes}
         return graph, [replace(a, node=by_name[a.name]) for a in self.activations]
 
-    def require_convertible(self) -> None:
+    def blocking(self, keep_analog: bool = False) -> list:
+        """(node, reason) for the nodes that stop conversion (fewer with --keep-analog)."""
+        return [(n, why) for n, why in self.problems if not (keep_analog and n.op in ANALOG_OPS)]
+
+    def require_convertible(self, keep_analog: bool = False) -> None:
         """Raise the user error that explains why this graph cannot become an SNN, if any."""
         if not self.activations:
             raise UserError("the model has no ReLU-like activation (Relu, or Clip with min 0) to convert")
@@ -239,9 +286,12 @@ class Analysis:
             if act.input.dtype is not None and np.dtype(act.input.dtype) != np.float32:
                 raise UserError(f"node '{act.name}': activations are {np.dtype(act.input.dtype)}; the IF "
                                 "neuron runs in float32 (convert the model to float32 first)")
-        if self.problems:
-            raise UserError(f"cannot convert {len(self.problems)} node(s) between spiking layers: "
-                            f"{describe(self.problems)}")
+        blocking = self.blocking(keep_analog)
+        if blocking:
+            hint = "" if keep_analog or any(n.op not in ANALOG_OPS for n, _ in blocking) else \
+                "; --keep-analog runs them on each step's input instead"
+            raise UserError(f"cannot convert {len(blocking)} node(s) between spiking layers: "
+                            f"{describe(blocking)}{hint}")
 
 
 def _name_nodes(graph: gs.Graph) -> None:
@@ -277,3 +327,31 @@ def analyse(model) -> Analysis:
 def as_analysis(model) -> Analysis:
     """An Analysis as it is, or the analysis of a ModelProto or path."""
     return model if isinstance(model, Analysis) else analyse(model)
+
+
+def check_shapes(analysis: Analysis, feeds: dict, session) -> Analysis:
+    """The activations' ranks and channel counts checked against what onnxruntime computes for
+    `feeds` (a first batch): inferred shapes are trusted only once they match. A channel count
+    inference could not give is filled in; a conflict is reported as a model problem.
+    `session` builds an onnxruntime session from a ModelProto."""
+    acts = [a for a in analysis.activations if a.input.name not in feeds]
+    probe = onnx.ModelProto()
+    probe.CopyFrom(analysis.model)
+    del probe.graph.output[:]
+    probe.graph.output.extend(onnx.helper.make_tensor_value_info(a.input.name, onnx.TensorProto.FLOAT, None)
+                              for a in acts)
+    values = dict(zip([a.input.name for a in acts], session(probe).run([a.input.name for a in acts], feeds)))
+    values.update({k: v for k, v in feeds.items()})
+    checked = []
+    for act in analysis.activations:
+        value = values[act.input.name]
+        if value.ndim != act.rank:
+            raise UserError(f"node '{act.name}': the model declares rank {act.rank} for its input "
+                            f"'{act.input.name}' but onnxruntime computes {list(value.shape)}; the "
+                            "exported shapes are inconsistent (re-export the model)")
+        channels = int(value.shape[act.axis]) if act.rank else 1
+        if act.channels and act.channels != channels:
+            log.warning("node '%s': shape inference gave %d channels on axis %d, onnxruntime computes %d; "
+                        "using %d", act.name, act.channels, act.axis, channels, channels)
+        checked.append(replace(act, channels=channels))
+    return replace(analysis, activations=tuple(checked))

@@ -21,7 +21,7 @@ from . import data as D
 from . import evaluate as ev
 from . import model as M
 from . import runtime
-from .analyse import Analysis, analyse, as_analysis
+from .analyse import analyse, as_analysis, check_shapes
 from .config import AUTO, CalibConfig, SNNConfig
 from .delay import DelayChoice, choose_delay
 from .energy import largest_activation
@@ -80,6 +80,17 @@ def calibrate(model, source, config: CalibConfig = CalibConfig(), progress: bool
     return th
 
 
+def _first_batch(source, model) -> dict:
+    """A first small batch of the data (the model's fixed batch size if it has one)."""
+    inputs = D.model_inputs(model)
+    if isinstance(source, D.Source):
+        n = min(len(source), D.resolve_batch(None, inputs, 2))
+        feeds, _ = source.batch(list(range(n)))
+    else:
+        feeds, _ = next(iter(source.batches()))
+    return {k: v for k, v in feeds.items() if k in {i.name for i in inputs}}
+
+
 def choose_delay_on(analysis, thresholds, snn: SNNConfig, source, samples: int = 200,
                     threads: int = 0, progress: bool = False) -> DelayChoice:
     """The readout delay for `snn.timesteps`, chosen on `samples` samples of `source` (a fixed random
@@ -122,6 +133,8 @@ def convert(model_path, data=None, data_loader=None, output=None,
         if write and Path(save_thresholds).resolve() == out_path.resolve():
             raise UserError(f"--save-thresholds {save_thresholds}: is also the -o output")
     analysis = analyse(model)
+    if source is not None:
+        analysis = check_shapes(analysis, _first_batch(source, model), runtime.session)
     check_form(analysis, snn)
     seconds = 0.0
     if thresholds is not None:
@@ -226,7 +239,12 @@ def run_file(snn_path, output, data=None, data_loader=None, batch_size: int | No
         raise UserError(f"-o {out}: expected a .npy or .npz file name")
     files.output(out, "-o")
     sess = runtime.session(snn)
-    names = [o.name for o in sess.get_outputs()]
+    names = [o.name for o in sess.get_outputs() if o.type.startswith("tensor(")]
+    skipped = [o.name for o in sess.get_outputs() if not o.type.startswith("tensor(")]
+    if skipped:
+        log.warning("run: output(s) %s are not tensors (e.g. a ZipMap) and are not saved", ", ".join(skipped))
+    if not names:
+        raise UserError(f"-o {out}: the model has no tensor output to save")
     if out.suffix == ".npy" and len(names) != 1:
         raise UserError(f"-o {out}: the model has {len(names)} outputs; use .npz")
     inputs = D.model_inputs(snn)

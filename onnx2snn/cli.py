@@ -14,7 +14,7 @@ from ._version import __version__
 from .config import E_MAC_PJ, E_SOP_PJ, METHODS, CalibConfig, SNNConfig, check_energy
 from .errors import UserError
 
-COMMANDS = ("convert", "eval", "run", "demo")
+COMMANDS = ("convert", "eval", "run", "demo", "inspect")
 
 
 def _int_list(text: str, flag: str):
@@ -115,6 +115,9 @@ def _parser() -> argparse.ArgumentParser:
                         "loop: an ONNX Loop over steps, memory independent of T")
     s.add_argument("--chunk", type=int, default=1, metavar="K",
                    help="with --form loop: K steps per loop iteration, time-batched (1)")
+    s.add_argument("--keep-analog", action="store_true",
+                   help="let element-wise non-ReLU ops between spiking layers (Sigmoid, Tanh, HardSwish, GELU, "
+                        "SiLU, ...) run on each step's input instead of refusing the model; they do not spike")
     s.add_argument("--portable", action="store_true",
                    help="standard ONNX ops only (no custom op library needed), same outputs")
     s.add_argument("--early-exit", action="store_true",
@@ -155,6 +158,14 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--limit", type=int)
     r.add_argument("-v", "--verbose", action="store_true")
 
+    i = sub.add_parser("inspect", help="say what conversion will do, without data or calibration",
+                       description="Activations, max pools, regions, blocking nodes with reasons and the inputs' "
+                                   "preprocessing. Exit code 0 when the model converts, 1 when it does not.")
+    i.add_argument("model", help="the trained ANN (.onnx)")
+    i.add_argument("--keep-analog", action="store_true", help="as for convert: judge with --keep-analog")
+    i.add_argument("--json", action="store_true", help="print JSON instead of text")
+    i.add_argument("-v", "--verbose", action="store_true")
+
     d = sub.add_parser("demo", help="convert the bundled digits CNN on bundled data and evaluate it",
                        description="No downloads: a small CNN trained on scikit-learn's digits ships with the package.")
     d.add_argument("-o", "--output", default="digits_cnn.snn.onnx", help="where to write the demo SNN")
@@ -172,7 +183,8 @@ def _convert(args) -> int:
                         skip_nonfinite=args.skip_nonfinite)
     snn = SNNConfig(timesteps=args.timesteps, delay=args.delay, v_init=args.v_init, maxpool=args.maxpool,
                     form=args.form, chunk=args.chunk, portable=args.portable, early_exit=args.early_exit,
-                    exit_stable=args.exit_stable, exit_margin=args.exit_margin, exit_min_steps=args.exit_min_steps)
+                    exit_stable=args.exit_stable, exit_margin=args.exit_margin, exit_min_steps=args.exit_min_steps,
+                    keep_analog=args.keep_analog)
     result = api.convert(
         args.model, data=args.data, data_loader=args.data_loader, output=args.output, calib=calib, snn=snn,
         prep=_prep(args), thresholds=args.thresholds, save_thresholds=args.save_thresholds,
@@ -221,6 +233,16 @@ def _run(args) -> int:
     return 0
 
 
+def _inspect(args) -> int:
+    import json
+
+    from .inspection import inspect_model
+    from .report import inspection_text
+    report = inspect_model(args.model, keep_analog=args.keep_analog)
+    print(json.dumps(report, indent=1) if args.json else inspection_text(report))
+    return 0 if report["convertible"] else 1
+
+
 def _demo(args) -> int:
     from . import demo
     print(demo.run(args.output, iters=args.iters, progress=not args.quiet))
@@ -234,6 +256,10 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("onnx2snn: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:          # the reader went away (`| head`): stop quietly, as a pipe stage does
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 def _main(argv=None) -> int:
@@ -249,13 +275,14 @@ def _main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        return {"convert": _convert, "eval": _eval, "run": _run, "demo": _demo}[args.command](args)
+        return {"convert": _convert, "eval": _eval, "run": _run, "demo": _demo,
+                "inspect": _inspect}[args.command](args)
     except UserError as err:
         if verbose:
             traceback.print_exc()
         print(f"onnx2snn: error: {err}", file=sys.stderr)
         return 1
-    except (KeyboardInterrupt, SystemExit):
+    except (KeyboardInterrupt, SystemExit, BrokenPipeError):
         raise
     except MemoryError:
         print("onnx2snn: error: out of memory; use a smaller --batch-size or fewer timesteps", file=sys.stderr)

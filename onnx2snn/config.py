@@ -80,6 +80,7 @@ class SNNConfig:
     exit_stable: int = 32       # ... unchanged for this many steps
     exit_margin: float = 2.0    # ... and its margin over the runner-up exceeds this (output units)
     exit_min_steps: int = 16    # ... never before this many steps
+    keep_analog: bool = False   # element-wise non-ReLU ops between neurons run per step (not spiking)
 
     def __post_init__(self):
         if self.form not in FORMS:

@@ -38,14 +38,18 @@ class EvalResult:
 
 
 def score_output(model: onnx.ModelProto) -> str:
-    """The output compared across T: the first float output of rank >= 2 (class scores), else the
-    first output (scikit-learn models put the label first and the probabilities second)."""
-    for out in model.graph.output:
+    """The output compared across T: the first float tensor output of rank >= 2 (class scores),
+    else the first tensor output (scikit-learn's label when its probabilities are a ZipMap
+    sequence of maps). Outputs that are not tensors are never scored."""
+    tensors = [o for o in model.graph.output if o.type.HasField("tensor_type")]
+    for out in tensors:
         tt = out.type.tensor_type
         if tt.elem_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16) \
                 and tt.HasField("shape") and len(tt.shape.dim) >= 2:
             return out.name
-    return model.graph.output[0].name
+    if not tensors:
+        raise UserError("the model has no tensor output to score")
+    return tensors[0].name
 
 
 def simulation_batch(largest_activation: int, t_max: int, budget_mb: float = 2048) -> int:
@@ -89,9 +93,9 @@ class _OneSimulation:
 
     def __init__(self, snn, info: SNNInfo, windows, sim_model, threads: int):
         self.info, self.windows, self.t_max = info, windows, max(t for t, _ in windows)
-        self.sim = runtime.session(sim_model, threads, in_order=True)
-        self.head = runtime.session(simulate.head(snn, info), threads)
         self.out_name = score_output(snn)
+        self.sim = runtime.session(sim_model, threads, in_order=True)
+        self.head = runtime.session(simulate.head(snn, info, self.out_name), threads)
         self.sim_in, self.head_in = _inputs(self.sim), _inputs(self.head)
         self.fanout = info.costs.get("fanout", {})
 

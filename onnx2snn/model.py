@@ -68,11 +68,21 @@ def default_opset(model: onnx.ModelProto) -> int:
 
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Shapes from ONNX's own inference over the graph. The exporter's value_info records are
+    hints, not facts (some exporters write stale ones): they are dropped before inference and
+    kept only for tensors inference cannot type."""
+    declared = list(model.graph.value_info)
+    bare = onnx.ModelProto()
+    bare.CopyFrom(model)
+    del bare.graph.value_info[:]
     try:
-        return onnx.shape_inference.infer_shapes(model, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(bare, data_prop=True)
     except Exception as err:  # shape inference is best effort; the rewrite only needs ranks
         log.warning("shape inference failed: %s", err)
         return model
+    known = {vi.name for vi in inferred.graph.value_info}
+    inferred.graph.value_info.extend(vi for vi in declared if vi.name not in known)
+    return inferred
 
 
 def to_graph(model: onnx.ModelProto) -> gs.Graph:

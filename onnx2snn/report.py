@@ -47,3 +47,31 @@ def _format(rows) -> str:
         if k == 0:
             out.append("  ".join("-" * w for w in widths))
     return "\n".join(out)
+
+
+def inspection_text(d: dict) -> str:
+    """The `onnx2snn inspect` report for people (the dict is inspection.inspect_model's)."""
+    lines = [f"model: {d['model']} (opset {d['opset']}" + (f", {d['producer']})" if d["producer"] else ")")]
+    lines.append("inputs:")
+    lines += [f"  {i['name']}: {i['dtype']} {i['shape']} - {i['data']}" for i in d["inputs"]]
+    lines.append("outputs: " + ", ".join(f"{o['name']} {o['type']}" for o in d["outputs"]))
+    rows = [("activation", "kind", "channel axis", "channels", "cap")]
+    rows += [(a["name"], a["kind"], str(a["axis"]), str(a["channels"] or "?"),
+              "-" if a["cap"] is None else f"{a['cap']:g}") for a in d["activations"]]
+    lines += [f"\n{len(d['activations'])} activation(s) become IF neurons:", _format(rows)]
+    if d["maxpools"]:
+        lines.append("\nmax pools after activations:")
+        lines += [f"  {p['name']} (after {p['after']}): {p['handling']}" for p in d["maxpools"]]
+    r = d["regions"]
+    lines.append(f"\nregions: {len(r['pre'])} node(s) run once before the first neuron, {len(r['spiking'])} "
+                 f"between neurons at every step, {len(r['post'])} once on the averaged readout")
+    if d["analog"]:
+        lines.append("kept analog (--keep-analog, not spiking): " + ", ".join(d["analog"]))
+    if d["blocking"]:
+        lines.append(f"\nnot convertible: {len(d['blocking'])} blocking node(s):")
+        lines += [f"  {b['op'] or ''} '{b['node']}': {b['reason']}" + (" (--keep-analog would keep it analog)"
+                                                                     if b["keep_analog_helps"] else "")
+                  if b["node"] else f"  {b['reason']}" for b in d["blocking"]]
+    else:
+        lines.append("\nconvertible")
+    return "\n".join(lines)

@@ -48,7 +48,8 @@ class Scores:
         if self.ann_sess is not None:
             ann_feeds = {k: v for k, v in feeds.items() if k in self.ann_inputs}
             self._ann_out = runtime.run_checked(self.ann_sess, [self.out_name], ann_feeds, "--ann")[0]
-            self.err_den += float(np.sum(self._ann_out.astype(np.float64) ** 2))
+            if self._ann_out.dtype.kind == "f":          # labels have agreement but no L2 error
+                self.err_den += float(np.sum(self._ann_out.astype(np.float64) ** 2))
             if labels is not None:
                 self.correct_ann += int(np.sum(top1(self._ann_out) == labels))
 
@@ -65,7 +66,8 @@ class Scores:
                 raise UserError(f"--ann: its output '{self.out_name}' has shape {list(np.shape(self._ann_out))}, "
                                 f"the SNN's {list(np.shape(out))}; is it the model that was converted?")
             t.agree += int(np.sum(top1(out) == top1(self._ann_out)))
-            t.err += float(np.sum((out.astype(np.float64) - self._ann_out) ** 2))
+            if self._ann_out.dtype.kind == "f":
+                t.err += float(np.sum((out.astype(np.float64) - self._ann_out) ** 2))
 
     # ---- per-window figures (None when not measured) ----------------------------------------
     def accuracy(self, key):

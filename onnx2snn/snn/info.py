@@ -40,6 +40,7 @@ class SNNInfo:
     readouts: list                 # unrolled: {steps, mean}; loop: {acc, mean}
     chunk: int = 1
     early_exit: dict | None = None     # {stable_steps, margin, min_steps} when the loop exits early
+    analog: list = field(default_factory=list)   # nodes kept analog between neurons (--keep-analog)
     provenance: Provenance = field(default_factory=Provenance)
     version: str = __version__
 
@@ -56,6 +57,8 @@ class SNNInfo:
             "readout": json.dumps(self.readouts),
             "source_model": self.provenance.source_model,
         }
+        if self.analog:
+            meta["analog"] = json.dumps(self.analog)
         if self.looped:
             meta.update(chunk=self.chunk, early_exit=int(self.early_exit is not None))
             if self.early_exit is not None:
@@ -81,6 +84,7 @@ class SNNInfo:
                 costs=json.loads(meta.get("costs", "{}")), neurons=json.loads(meta.get("neurons", "[]")),
                 readouts=json.loads(meta.get("readout", "[]")), chunk=int(meta.get("chunk", 1)),
                 early_exit=json.loads(meta["early_exit_rule"]) if early else None,
+                analog=json.loads(meta.get("analog", "[]")),
                 provenance=Provenance(meta.get("preprocessing"), meta.get("source_model", ""),
                                       json.loads(meta["delay_choice"]) if "delay_choice" in meta else None),
                 version=meta["version"])

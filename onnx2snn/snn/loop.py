@@ -192,9 +192,13 @@ def _early_exit_states(lb: _LoopBuilder, config):
 
 
 def _clone_head(lb: _LoopBuilder, leaving, current):
-    """Copy the post-region nodes that compute the first output, reading the running means."""
+    """Copy the post-region nodes that compute the first score output, reading the running means."""
     p = lb.p
-    target = p.graph.outputs[0]
+    scores = [t for t in p.graph.outputs if t.dtype is not None and np.dtype(t.dtype).kind == "f"
+              and t.shape is not None and len(t.shape) >= 2]
+    if not scores:
+        raise UserError("--early-exit needs an output of class scores (a float tensor of rank >= 2)")
+    target = scores[0]
     memo = {id(t): m for (t, _, _), m in zip(leaving, current)}
     if id(target) in memo:
         return memo[id(target)]

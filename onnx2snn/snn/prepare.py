@@ -16,7 +16,7 @@ import onnx_graphsurgeon as gs
 
 from .. import energy
 from .._version import __version__
-from ..analyse import Analysis, Regions, classify, describe, nonlinear_nodes
+from ..analyse import Analysis, Regions, analog_nodes, classify, describe, nonlinear_nodes
 from ..builder import Builder
 from ..config import SNNConfig
 from ..errors import UserError
@@ -56,6 +56,7 @@ class Prepared:
     costs: dict
     ranks: dict                     # neuron name -> rank of its input
     steps: gs.Constant              # T_NAME: steps per graph run, changed by the loop to K
+    analog: list                    # names of the nodes kept analog between neurons (--keep-analog)
     fold: TimeFold = field(init=False)
 
     def __post_init__(self):
@@ -115,7 +116,7 @@ def _costs(analysis: Analysis, graph: gs.Graph, regions: Regions, layers) -> dic
 def prepare(analysis: Analysis, thresholds: Thresholds | None, config: SNNConfig) -> Prepared:
     """Neurons in place of activations, MaxPools handled, regions checked; no time handling yet.
     `thresholds=None` uses placeholders (to check convertibility before calibrating)."""
-    analysis.require_convertible()
+    analysis.require_convertible(config.keep_analog)
     graph, acts = analysis.copy()
     thresholds = thresholds if thresholds is not None else Thresholds.placeholder(acts)
     thresholds.check_against(acts, "thresholds")
@@ -125,7 +126,7 @@ def prepare(analysis: Analysis, thresholds: Thresholds | None, config: SNNConfig
     names = {n.name for n in neurons}
     layers = [l for l in layers if l.name in names]
     regions = classify(graph, neurons)
-    problems = nonlinear_nodes(graph, neurons, regions)
+    problems = nonlinear_nodes(graph, neurons, regions, config.keep_analog)
     if problems:
         raise UserError(f"cannot convert {len(problems)} node(s) between spiking layers: {describe(problems)}")
     varying = regions.spiking | {id(n) for n in neurons}
@@ -138,9 +139,10 @@ def prepare(analysis: Analysis, thresholds: Thresholds | None, config: SNNConfig
             layer.role = _pool_role(pool, regions, config)
     rank_of = {a.name: a.rank for a in acts}
     steps = gs.Constant(T_NAME, np.array([config.timesteps], np.int64))
+    analog = [n.name for n in analog_nodes(graph, neurons, regions)] if config.keep_analog else []
     return Prepared(analysis, config, thresholds, graph, Builder(graph, analysis.opset, "onnx2snn"), layers,
                     neurons, regions, ordered, _costs(analysis, graph, regions, layers),
-                    {l.name: rank_of[l.source] for l in layers}, steps)
+                    {l.name: rank_of[l.source] for l in layers}, steps, analog)
 
 
 def _free_batch_dims(nodes, regions: Regions) -> None:
@@ -225,7 +227,7 @@ def describe_snn(p: Prepared, readouts: list, provenance: Provenance | None, ear
                    thresholds=p.thresholds.info, costs=p.costs,
                    neurons=[{"name": l.name, "source": l.source, "role": l.role, "tensor": l.tensor}
                             for l in p.layers],
-                   readouts=readouts, chunk=c.chunk, early_exit=early_exit,
+                   readouts=readouts, chunk=c.chunk, early_exit=early_exit, analog=p.analog,
                    provenance=provenance or Provenance())
 
 

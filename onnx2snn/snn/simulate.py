@@ -54,8 +54,8 @@ def unrolled_steps(snn: onnx.ModelProto, info: SNNInfo, t_max: int, spike_counts
         t = tensors[r["steps"]]
         t.dtype = np.float32
         extra.append(t)
-    graph.outputs = list(graph.outputs) + extra
-    return gs.export_onnx(graph, do_type_check=False), counts
+    graph.outputs = extra          # the model's own outputs (maybe maps or sequences) are not needed
+    return gs.export_onnx(graph.cleanup(), do_type_check=False), counts
 
 
 def loop_history(snn: onnx.ModelProto, info: SNNInfo, t_max: int):
@@ -69,12 +69,14 @@ def loop_history(snn: onnx.ModelProto, info: SNNInfo, t_max: int):
     inside = body.tensors()
     counts, histories = [], []
 
+    emitted = []
+
     def emit(tensor, name: str) -> str:
         tensor.dtype = np.float32
         body.outputs = list(body.outputs) + [tensor]
         out = gs.Variable(name, np.float32)
         loop.outputs = list(loop.outputs) + [out]
-        graph.outputs = list(graph.outputs) + [out]
+        emitted.append(out)
         return name
 
     for neuron in info.neurons:
@@ -87,11 +89,13 @@ def loop_history(snn: onnx.ModelProto, info: SNNInfo, t_max: int):
         b.prefix = f"{r['acc']}/eval"
         copy = b.op("Identity", [inside[r["acc"]]])
         histories.append(emit(copy, f"{r['acc']}/history"))
-    return gs.export_onnx(graph, do_type_check=False), counts, histories
+    graph.outputs = emitted        # the model's own outputs (maybe maps or sequences) are not needed
+    return gs.export_onnx(graph.cleanup(), do_type_check=False), counts, histories
 
 
-def head(snn: onnx.ModelProto, info: SNNInfo) -> onnx.ModelProto:
-    """The part of the SNN after the readout, taking the averaged tensors as inputs."""
+def head(snn: onnx.ModelProto, info: SNNInfo, output: str) -> onnx.ModelProto:
+    """The part of the SNN after the readout that computes `output`, taking the averaged tensors
+    as inputs."""
     graph = gs.import_onnx(snn)
     tensors = graph.tensors()
     means = []
@@ -101,6 +105,7 @@ def head(snn: onnx.ModelProto, info: SNNInfo) -> onnx.ModelProto:
         t.dtype = np.float32
         means.append(t)
     graph.inputs = list(graph.inputs) + means
+    graph.outputs = [tensors[output]]
     graph.cleanup()
     return gs.export_onnx(graph, do_type_check=False)
 
