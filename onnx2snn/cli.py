@@ -273,7 +273,7 @@ def _main(argv=None) -> int:
         return 1
     verbose = getattr(args, "verbose", False)
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+                        format="%(levelname)s %(name)s: %(message)s", force=True)
     try:
         return {"convert": _convert, "eval": _eval, "run": _run, "demo": _demo,
                 "inspect": _inspect}[args.command](args)

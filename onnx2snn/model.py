@@ -38,26 +38,32 @@ def read(path, what: str = "model") -> onnx.ModelProto:
 
 def load(path) -> onnx.ModelProto:
     """Read, check and shape-infer an ONNX model; upgrade opsets older than MIN_OPSET."""
-    model = read(path)
+    return checked(read(path), str(path))
+
+
+def checked(model: onnx.ModelProto, where: str = "model") -> onnx.ModelProto:
+    """onnx.checker, the opset upgrade (older than MIN_OPSET) and shape inference."""
     try:
         onnx.checker.check_model(model)
     except (onnx.checker.ValidationError, ValueError) as err:
         first = str(err).strip().splitlines()[0]
-        raise UserError(f"{path}: invalid ONNX model: {first}") from None
+        raise UserError(f"{where}: invalid ONNX model: {first}") from None
     opset = default_opset(model)
     if opset < MIN_OPSET:
-        log.info("upgrading %s from opset %d to %d", path, opset, MIN_OPSET)
+        log.info("upgrading %s from opset %d to %d", where, opset, MIN_OPSET)
         try:
             model = onnx.version_converter.convert_version(model, MIN_OPSET)
         except Exception as err:  # the converter raises assorted types
-            raise UserError(f"{path}: opset {opset} is too old and could not be upgraded to "
+            raise UserError(f"{where}: opset {opset} is too old and could not be upgraded to "
                             f"{MIN_OPSET} ({err})") from None
     return infer_shapes(model)
 
 
 def load_proto(model) -> onnx.ModelProto:
-    """A path or a ModelProto -> checked, shape-inferred ModelProto."""
-    return infer_shapes(model) if isinstance(model, onnx.ModelProto) else load(model)
+    """A path or a ModelProto -> checked, upgraded, shape-inferred ModelProto."""
+    if not isinstance(model, onnx.ModelProto):
+        return load(model)
+    return checked(model) if default_opset(model) < MIN_OPSET else infer_shapes(model)
 
 
 def default_opset(model: onnx.ModelProto) -> int:
