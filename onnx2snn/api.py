@@ -229,30 +229,31 @@ def evaluate_file(snn_path, data=None, data_loader=None, ann_path=None, timestep
 
 
 def run_file(snn_path, output, data=None, data_loader=None, batch_size: int | None = None,
-             limit: int | None = None, prep: D.Preprocess | None = None) -> dict:
-    """Run a converted model over a data set and write its outputs (.npy: one output; .npz keyed
-    by output name) atomically; returns the arrays."""
+             limit: int | None = None, prep: D.Preprocess | None = None, runtime_name: str = "onnxruntime") -> dict:
+    """Run a converted model over a data set on `runtime_name` (onnxruntime, openvino, tract) and
+    write its tensor outputs (.npy: one output; .npz keyed by output name) atomically; returns them."""
     files, snn, info = _open_snn(snn_path, batch_size, limit)
     source = open_source(snn, data, data_loader, prep or recorded_preprocess(snn), files)
     out = Path(output)
     if out.suffix not in (".npy", ".npz"):
         raise UserError(f"-o {out}: expected a .npy or .npz file name")
     files.output(out, "-o")
-    sess = runtime.session(snn)
-    names = [o.name for o in sess.get_outputs() if o.type.startswith("tensor(")]
-    skipped = [o.name for o in sess.get_outputs() if not o.type.startswith("tensor(")]
+    names = [o.name for o in snn.graph.output if o.type.HasField("tensor_type")]
+    skipped = [o.name for o in snn.graph.output if not o.type.HasField("tensor_type")]
     if skipped:
         log.warning("run: output(s) %s are not tensors (e.g. a ZipMap) and are not saved", ", ".join(skipped))
     if not names:
         raise UserError(f"-o {out}: the model has no tensor output to save")
     if out.suffix == ".npy" and len(names) != 1:
         raise UserError(f"-o {out}: the model has {len(names)} outputs; use .npz")
+    run_batch = runtime.backend(runtime_name, snn_path)
     inputs = D.model_inputs(snn)
     batch = D.resolve_batch(batch_size, inputs, ev.auto_batch_size(info, info.timesteps))
     chunks = {n: [] for n in names}
     for feeds, _ in D.eval_batches(source, batch, limit, exact=D.static_batch(inputs) is not None):
-        for n, v in zip(names, runtime.run_checked(sess, names, feeds, "run")):
-            chunks[n].append(v)
+        values = run_batch(feeds)
+        for n in names:
+            chunks[n].append(np.asarray(values[n]))
     if not chunks[names[0]]:
         raise UserError("run: received no data")
     # per-sample outputs are concatenated; per-batch scalars (onnx2snn_steps) are stacked

@@ -118,6 +118,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--keep-analog", action="store_true",
                    help="let element-wise non-ReLU ops between spiking layers (Sigmoid, Tanh, HardSwish, GELU, "
                         "SiLU, ...) run on each step's input instead of refusing the model; they do not spike")
+    s.add_argument("--loop-op", choices=["loop", "scan"], default="loop",
+                   help="with --form loop: an ONNX Loop (default), or a Scan over the iterations for runtimes "
+                        "without Loop (tract); no early exit with scan")
     s.add_argument("--portable", action="store_true",
                    help="standard ONNX ops only (no custom op library needed), same outputs")
     s.add_argument("--early-exit", action="store_true",
@@ -156,6 +159,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("-o", "--output", default="outputs.npz", help="output file (.npy or .npz)")
     r.add_argument("--batch-size", type=int, help="samples per run (default: sized from the model, see eval)")
     r.add_argument("--limit", type=int)
+    r.add_argument("--runtime", choices=["onnxruntime", "openvino", "tract"], default="onnxruntime",
+                   help="the runtime to run on (openvino and tract run --portable models; from the "
+                        "onnx2snn[runtimes] extra)")
     r.add_argument("-v", "--verbose", action="store_true")
 
     i = sub.add_parser("inspect", help="say what conversion will do, without data or calibration",
@@ -184,7 +190,7 @@ def _convert(args) -> int:
     snn = SNNConfig(timesteps=args.timesteps, delay=args.delay, v_init=args.v_init, maxpool=args.maxpool,
                     form=args.form, chunk=args.chunk, portable=args.portable, early_exit=args.early_exit,
                     exit_stable=args.exit_stable, exit_margin=args.exit_margin, exit_min_steps=args.exit_min_steps,
-                    keep_analog=args.keep_analog)
+                    keep_analog=args.keep_analog, loop_op=args.loop_op)
     result = api.convert(
         args.model, data=args.data, data_loader=args.data_loader, output=args.output, calib=calib, snn=snn,
         prep=_prep(args), thresholds=args.thresholds, save_thresholds=args.save_thresholds,
@@ -228,7 +234,7 @@ def _run(args) -> int:
     from . import api
     snn = api.load_snn(args.snn)
     arrays = api.run_file(args.snn, args.output, args.data, args.data_loader, args.batch_size, args.limit,
-                          _prep(args, api.recorded_preprocess(snn)))
+                          _prep(args, api.recorded_preprocess(snn)), runtime_name=args.runtime)
     print(f"wrote {', '.join(f'{k} {list(v.shape)}' for k, v in arrays.items())} to {args.output}")
     return 0
 

@@ -13,6 +13,7 @@ from .errors import UserError
 METHODS = ("ltb", "ltb-layer", "max", "percentile")
 FORMS = ("unrolled", "loop")
 MAXPOOLS = ("spiking", "move")
+LOOP_OPS = ("loop", "scan")
 AUTO = "auto"
 E_SOP_PJ = 0.077   # energy per synaptic operation, 77 fJ (Bu et al.)
 E_MAC_PJ = 12.5    # energy per multiply-accumulate (FLOP), 12.5 pJ
@@ -81,6 +82,7 @@ class SNNConfig:
     exit_margin: float = 2.0    # ... and its margin over the runner-up exceeds this (output units)
     exit_min_steps: int = 16    # ... never before this many steps
     keep_analog: bool = False   # element-wise non-ReLU ops between neurons run per step (not spiking)
+    loop_op: str = "loop"       # loop form: an ONNX Loop, or a Scan over iterations (runtimes without Loop)
 
     def __post_init__(self):
         if self.form not in FORMS:
@@ -93,6 +95,12 @@ class SNNConfig:
             raise UserError("--chunk needs --form loop")
         if self.early_exit and self.form != "loop":
             raise UserError("--early-exit needs --form loop")
+        if self.loop_op not in LOOP_OPS:
+            raise UserError(f"--loop-op {self.loop_op}: expected {' or '.join(LOOP_OPS)}")
+        if self.loop_op != "loop" and self.form != "loop":
+            raise UserError("--loop-op needs --form loop")
+        if self.early_exit and self.loop_op != "loop":
+            raise UserError("--early-exit needs --loop-op loop (a Scan cannot stop early)")
         _float("--v-init", self.v_init, 0.0, 1.0)
         _int("--exit-stable", self.exit_stable, 1)
         _float("--exit-margin", self.exit_margin, 0.0)

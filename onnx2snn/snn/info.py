@@ -41,6 +41,7 @@ class SNNInfo:
     chunk: int = 1
     early_exit: dict | None = None     # {stable_steps, margin, min_steps} when the loop exits early
     analog: list = field(default_factory=list)   # nodes kept analog between neurons (--keep-analog)
+    loop_op: str = "loop"                          # the looped form's ONNX op: Loop or Scan
     provenance: Provenance = field(default_factory=Provenance)
     version: str = __version__
 
@@ -60,7 +61,7 @@ class SNNInfo:
         if self.analog:
             meta["analog"] = json.dumps(self.analog)
         if self.looped:
-            meta.update(chunk=self.chunk, early_exit=int(self.early_exit is not None))
+            meta.update(chunk=self.chunk, early_exit=int(self.early_exit is not None), loop_op=self.loop_op)
             if self.early_exit is not None:
                 meta["early_exit_rule"] = json.dumps(self.early_exit, sort_keys=True)
         if self.provenance.preprocessing is not None:
@@ -84,7 +85,7 @@ class SNNInfo:
                 costs=json.loads(meta.get("costs", "{}")), neurons=json.loads(meta.get("neurons", "[]")),
                 readouts=json.loads(meta.get("readout", "[]")), chunk=int(meta.get("chunk", 1)),
                 early_exit=json.loads(meta["early_exit_rule"]) if early else None,
-                analog=json.loads(meta.get("analog", "[]")),
+                analog=json.loads(meta.get("analog", "[]")), loop_op=meta.get("loop_op", "loop"),
                 provenance=Provenance(meta.get("preprocessing"), meta.get("source_model", ""),
                                       json.loads(meta["delay_choice"]) if "delay_choice" in meta else None),
                 version=meta["version"])

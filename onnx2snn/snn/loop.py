@@ -1,4 +1,5 @@
-"""Looped SNN: one ONNX Loop over time whose body is the network for K steps (K = --chunk).
+"""Looped SNN: one ONNX Loop (or, for runtimes without Loop, a Scan over the iteration indices)
+over time whose body is the network for K steps (K = --chunk).
 
 Membrane potentials, the spiking max pools' running sums and the readout's accumulated sums are
 loop-carried values, so memory does not depend on T. Work before the first neuron runs once
@@ -18,7 +19,7 @@ import onnx_graphsurgeon as gs
 from ..errors import UserError
 from ..model import shapes
 from .info import Provenance
-from .portable import lower_neurons
+from .portable import EXPLICIT_MAX, lower_neurons
 from .prepare import Prepared, boundary, connect_readout, describe_snn, finish, spiking_pools, tile_pre_inputs
 from .timefold import TimeFold, theta_broadcast
 
@@ -56,12 +57,18 @@ class _LoopBuilder:
                             f"'{tensor.name}', got {shape}; export the model with fixed sizes")
         return self.b.concat([self.batch, self.b.const(np.array(shape[1:], np.int64))], dtype=np.int64), len(shape)
 
-    def carry(self, name: str, initial, dtype=np.float32):
+    def carry(self, name: str, initial, dtype=np.float32, dims=None):
+        """A loop-carried value: [initial outside, body input, body output, final outside, dims]."""
         body_in = gs.Variable(f"{name}/in", dtype)
         final = gs.Variable(f"{name}/final", dtype)
-        entry = [initial, body_in, None, final]
+        entry = [initial, body_in, None, final, dims]
         self.carried.append(entry)
         return entry
+
+    def dims(self, tensor: gs.Tensor):
+        """[batch] + static dims of one step's `tensor` (see Prepared.state_dims)."""
+        shape = self.ann_shape(tensor)
+        return None if shape is None else [self.p.batch_dim] + list(shape[1:])
 
     def zeros(self, tensor):
         shape, _ = self.state_shape(tensor)
@@ -78,7 +85,7 @@ def _neuron_states(lb: _LoopBuilder):
                               theta_broadcast(n.inputs[1].values, int(n.attrs["axis"]), lb.p.ranks[n.name]))
         state_shape, _ = lb.state_shape(n.outputs[0])
         v0 = b.op("Expand", [b.op("Mul", [theta_b, b.const(np.float32(n.attrs["v_init"]))]), state_shape])
-        entry = lb.carry(f"{n.name}/v", v0)
+        entry = lb.carry(f"{n.name}/v", v0, dims=lb.dims(n.outputs[0]))
         v_out = gs.Variable(f"{n.name}/v_out", np.float32)
         n.inputs.append(entry[1])
         n.outputs.append(v_out)
@@ -90,8 +97,8 @@ def _pool_states(lb: _LoopBuilder):
     pools = []
     for node in spiking_pools(lb.p):
         lb.b.prefix = f"{node.name}/state0"
-        sums = lb.carry(f"{node.name}/sums", lb.zeros(node.inputs[0]))
-        peak = lb.carry(f"{node.name}/peak", lb.zeros(node.outputs[0]))
+        sums = lb.carry(f"{node.name}/sums", lb.zeros(node.inputs[0]), dims=lb.dims(node.inputs[0]))
+        peak = lb.carry(f"{node.name}/peak", lb.zeros(node.outputs[0]), dims=lb.dims(node.outputs[0]))
         pools.append((node, sums, peak))
     return pools
 
@@ -110,8 +117,8 @@ def build(p: Prepared, provenance: Provenance | None = None) -> onnx.ModelProto:
     accs = []
     for t, post, is_output in leaving:
         b.prefix = f"{t.name}/acc0"
-        accs.append(lb.carry(f"{t.name}/acc", lb.zeros(t)))
-    steps_entry = lb.carry("onnx2snn.steps", b.const(np.array(0, np.int64)), np.int64)
+        accs.append(lb.carry(f"{t.name}/acc", lb.zeros(t), dims=lb.dims(t)))
+    steps_entry = lb.carry("onnx2snn.steps", b.const(np.array(0, np.int64)), np.int64, dims=[])
     ee = _early_exit_states(lb, config) if config.early_exit else None
 
     # ---- body ---------------------------------------------------------------------------------
@@ -129,31 +136,50 @@ def build(p: Prepared, provenance: Provenance | None = None) -> onnx.ModelProto:
     weight = b.op("Cast", [counted], {"to": onnx.TensorProto.FLOAT})
     done = b.op("Min", [b.op("Add", [start, b.const(np.array(K, np.int64))], dtype=np.int64), t_total],
                 dtype=np.int64)
+    # steps done only grows; reading the carried count keeps every state input in use (tract drops
+    # unused Scan states and then miscounts them)
+    done = b.op("Max", [steps_entry[1], done], dtype=np.int64)
     steps_entry[2] = done
     for (t, _, _), acc in zip(leaving, accs):
         acc[2] = p.fold.accumulate_readout(t, acc[1], weight, lb.state_shape(t)[1])
     if ee is not None:
         cond_out = _early_exit_body(lb, config, leaving, accs, done, ee)
-    else:
+    elif config.loop_op == "loop":
         cond_out = b.op("Identity", [cond_in], dtype=np.bool_)
+    else:
+        cond_out = None
     if config.portable:
-        lower_neurons(graph, b, p.ranks, p.steps)
+        lower_neurons(graph, b, p, explicit=K <= EXPLICIT_MAX)
     inside = {id(n) for n in p.ordered} | {id(n) for n in graph.nodes[marker:]}
     body_nodes = [n for n in graph.nodes if id(n) in inside and (n.inputs or n.outputs)]
     graph.nodes = [n for n in graph.nodes if id(n) not in inside]
     for e in lb.carried:
         e[2].dtype = e[2].dtype or e[1].dtype
+    scan = config.loop_op == "scan"
+    carried_in, carried_out = [e[1] for e in lb.carried], [e[2] for e in lb.carried]
     body = gs.Graph(nodes=body_nodes, name="onnx2snn.time_step",
-                    inputs=[iteration, cond_in] + [e[1] for e in lb.carried],
-                    outputs=[cond_out] + [e[2] for e in lb.carried], opset=b.opset)
+                    inputs=carried_in + [iteration] if scan else [iteration, cond_in] + carried_in,
+                    outputs=carried_out if scan else [cond_out] + carried_out, opset=b.opset)
     for t in body.tensors().values():
         if isinstance(t, gs.Variable):
             t.shape = None   # ANN shapes do not hold for K steps folded into the batch
+    # ... but every body input and output has its dtype and full rank (static runtimes need them)
     iteration.shape, cond_in.shape = [], []
+    for e in lb.carried:
+        e[1].shape = e[2].shape = e[4]
+        p.typed[e[3].name] = e[4]
     trip = gs.Constant(TRIP_NAME, np.array(iterations, np.int64))
-    graph.nodes.append(gs.Node("Loop", "onnx2snn.time_loop", {"body": body},
-                               inputs=[trip, gs.Constant("onnx2snn.loop_cond", np.array(True))]
-                               + [e[0] for e in lb.carried], outputs=[e[3] for e in lb.carried]))
+    if scan:   # a Scan over the iteration indices carries the same state (runtimes without Loop)
+        b.prefix = "onnx2snn.scan"
+        indices = b.op("Range", [b.const(np.array(0, np.int64)), trip, b.const(np.array(1, np.int64))],
+                       dtype=np.int64)
+        graph.nodes.append(gs.Node("Scan", "onnx2snn.time_loop", {"body": body, "num_scan_inputs": 1},
+                                   inputs=[e[0] for e in lb.carried] + [indices],
+                                   outputs=[e[3] for e in lb.carried]))
+    else:
+        graph.nodes.append(gs.Node("Loop", "onnx2snn.time_loop", {"body": body},
+                                   inputs=[trip, gs.Constant("onnx2snn.loop_cond", np.array(True))]
+                                   + [e[0] for e in lb.carried], outputs=[e[3] for e in lb.carried]))
 
     # ---- after the loop: averages feed the head ----------------------------------------------
     b.prefix = "onnx2snn.readout"
@@ -188,7 +214,9 @@ def _early_exit_states(lb: _LoopBuilder, config):
                      dtype=np.int64)
     zeros = b.op("ConstantOfShape", [lb.batch], {"value": gs.Constant("z", np.array([0], np.int64))},
                  dtype=np.int64)
-    return lb.carry("onnx2snn.top1", minus_one, np.int64), lb.carry("onnx2snn.stable", zeros, np.int64)
+    batch = [lb.p.batch_dim]
+    return (lb.carry("onnx2snn.top1", minus_one, np.int64, dims=batch),
+            lb.carry("onnx2snn.stable", zeros, np.int64, dims=batch))
 
 
 def _clone_head(lb: _LoopBuilder, leaving, current):

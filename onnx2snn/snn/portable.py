@@ -24,8 +24,15 @@ def _step(prefix: str, v_prev, x, theta_b, zero):
     return nodes, v_new, s
 
 
-def lower_neuron(graph: gs.Graph, b: Builder, node: gs.Node, rank: int, steps_const=None) -> None:
-    """`steps_const`: the graph's shared int64 [1] step-count constant (so eval can change T)."""
+EXPLICIT_MAX = 16   # a loop body's K steps up to this many are written out, not scanned
+
+
+def lower_neuron(graph: gs.Graph, b: Builder, node: gs.Node, rank: int, steps_const=None, dims=None,
+                 explicit: bool = False) -> None:
+    """`steps_const`: the graph's shared int64 [1] step-count constant (so eval can change T);
+    `dims`: one step's shape ([batch] + static dims) for the Scan body's inputs and outputs;
+    `explicit`: write the steps out one after another instead of a Scan (a loop body's fixed K:
+    runtimes such as tract run nested Scans poorly)."""
     steps = int(node.attrs["timesteps"])
     v_init = np.float32(node.attrs.get("v_init", 0.5))
     x = node.inputs[0]
@@ -51,11 +58,14 @@ def lower_neuron(graph: gs.Graph, b: Builder, node: gs.Node, rank: int, steps_co
                                             dtype=np.int64)])
     v0 = v_in if v_in is not None else b.op(
         "Expand", [b.op("Mul", [theta_b, b.const(v_init)]), b.shape_tail(per_step)])
+    if explicit:
+        _explicit_steps(graph, b, node.name, steps, per_step, v0, theta_b, zero, x, spikes, v_out)
+        return
     v_prev = gs.Variable(f"{node.name}/scan/v_prev", np.float32)
     x_t = gs.Variable(f"{node.name}/scan/x_t", np.float32)
     nodes, v_new, s = _step(f"{node.name}/scan", v_prev, x_t, theta_b, zero)
-    for t in (v_prev, x_t, v_new, s):
-        t.shape = [f"{node.name}_d{i}" for i in range(rank)]  # onnxruntime wants Scan outputs ranked
+    for t in (v_prev, x_t, v_new, s):   # every runtime wants the Scan body's I/O typed and ranked
+        t.shape = list(dims) if dims is not None else [None] * rank
     body = gs.Graph(nodes=nodes, inputs=[v_prev, x_t], outputs=[v_new, s], name=f"{node.name}/scan_body",
                     opset=b.opset)
     v_final = v_out if v_out is not None else gs.Variable(f"{node.name}/v_final", np.float32)
@@ -66,10 +76,31 @@ def lower_neuron(graph: gs.Graph, b: Builder, node: gs.Node, rank: int, steps_co
          out=[spikes])
 
 
-def lower_neurons(graph: gs.Graph, b: Builder, ranks: dict, steps_const=None) -> None:
-    """Replace every IFNeuron node of `graph` (not of its subgraphs) by standard ops."""
+def _explicit_steps(graph, b: Builder, name: str, steps: int, per_step, v, theta_b, zero, x, spikes, v_out):
+    """The K steps of one neuron written out: the same float32 operations as the Scan body."""
+    axis0 = b.const(np.array([0], np.int64))
+    stacked = []
+    for t in range(steps):
+        b.prefix = f"{name}/portable/step{t}"
+        x_t = b.op("Squeeze", [b.op("Slice", [per_step, b.const(np.array([t], np.int64)),
+                                              b.const(np.array([t + 1], np.int64)), axis0]), axis0])
+        nodes, v, s = _step(b.prefix, v, x_t, theta_b, zero)
+        graph.nodes.extend(nodes)
+        stacked.append(b.op("Unsqueeze", [s, axis0]))
+    b.prefix = f"{name}/portable"
+    b.op("Reshape", [b.concat(stacked, axis=0), b.concat([b.const(np.array([-1], np.int64)), b.shape_tail(x)],
+                                                         dtype=np.int64)], out=[spikes])
+    if v_out is not None:
+        b.op("Identity", [v], out=[v_out])
+
+
+def lower_neurons(graph: gs.Graph, b: Builder, p, explicit: bool = False) -> None:
+    """Replace every IFNeuron node of `graph` (not of its subgraphs) by standard ops (`p`: the
+    Prepared graph: ranks, one step's dims per neuron and the shared step-count constant)."""
     saved = b.graph
     b.graph = graph
+    tensors = {l.name: l.tensor for l in p.layers}
     for node in [n for n in graph.nodes if n.op == "IFNeuron"]:
-        lower_neuron(graph, b, node, ranks[node.name], steps_const)
+        rank = p.ranks[node.name]
+        lower_neuron(graph, b, node, rank, p.steps, p.state_dims(tensors.get(node.name, ""), rank), explicit)
     b.graph = saved

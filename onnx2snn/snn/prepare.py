@@ -20,7 +20,7 @@ from ..analyse import Analysis, Regions, analog_nodes, classify, describe, nonli
 from ..builder import Builder
 from ..config import SNNConfig
 from ..errors import UserError
-from ..model import export, set_metadata
+from ..model import export, set_metadata, shapes
 from ..neuron import DOMAIN, OPSET_VERSION
 from ..thresholds import Thresholds
 from .info import Provenance, SNNInfo
@@ -57,10 +57,21 @@ class Prepared:
     ranks: dict                     # neuron name -> rank of its input
     steps: gs.Constant              # T_NAME: steps per graph run, changed by the loop to K
     analog: list                    # names of the nodes kept analog between neurons (--keep-analog)
+    batch_dim: object = None        # the ANN's batch dim: int, symbol (str) or None (unknown)
+    typed: dict = field(default_factory=dict)   # tensor name -> shape kept at export (rank for runtimes)
     fold: TimeFold = field(init=False)
 
     def __post_init__(self):
         self.fold = TimeFold(self.b, self.steps)
+        self.shapes = shapes(self.analysis.model)
+
+    def state_dims(self, ann_tensor: str, rank: int | None = None):
+        """[batch] + the ANN's static dims of one step's tensor (None where unknown): subgraph inputs
+        and outputs carry these so that runtimes compiling graphs statically know every rank."""
+        shape = self.shapes.get(ann_tensor)
+        if shape is None:
+            return None if rank is None else [self.batch_dim] + [None] * (rank - 1)
+        return [self.batch_dim] + [d if isinstance(d, int) and d > 0 else None for d in shape[1:]]
 
 
 def _neuron(graph: gs.Graph, x, out, theta: np.ndarray, axis: int, name: str, config: SNNConfig) -> gs.Node:
@@ -142,7 +153,18 @@ def prepare(analysis: Analysis, thresholds: Thresholds | None, config: SNNConfig
     analog = [n.name for n in analog_nodes(graph, neurons, regions)] if config.keep_analog else []
     return Prepared(analysis, config, thresholds, graph, Builder(graph, analysis.opset, "onnx2snn"), layers,
                     neurons, regions, ordered, _costs(analysis, graph, regions, layers),
-                    {l.name: rank_of[l.source] for l in layers}, steps, analog)
+                    {l.name: rank_of[l.source] for l in layers}, steps, analog, _batch_dim(analysis.model))
+
+
+def _batch_dim(model: onnx.ModelProto):
+    """The first input's batch dim as the ANN declares it: a number, a symbol, or None."""
+    init = {i.name for i in model.graph.initializer}
+    for vi in model.graph.input:
+        if vi.name in init or not vi.type.tensor_type.shape.dim:
+            continue
+        d = vi.type.tensor_type.shape.dim[0]
+        return d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+    return None
 
 
 def _free_batch_dims(nodes, regions: Regions) -> None:
@@ -181,6 +203,9 @@ def tile_pre_inputs(p: Prepared) -> None:
             if from_pre(t):
                 if t.name not in tiled:
                     tiled[t.name] = p.fold.tile(t)
+                    if t.shape is not None:   # S*N rows: the folded batch is unknown, the rest static
+                        p.typed[tiled[t.name].name] = [None] + [d if isinstance(d, int) and d > 0 else None
+                                                                for d in t.shape[1:]]
                 node.inputs[i] = tiled[t.name]
 
 
@@ -235,6 +260,9 @@ def finish(p: Prepared, info: SNNInfo) -> onnx.ModelProto:
     """Export the rewritten graph with the ANN's exact inputs/outputs and the SNN's metadata."""
     graph = p.graph
     _forget_inner_shapes(graph)
+    for name, t in graph.tensors().items():
+        if name in p.typed and isinstance(t, gs.Variable):
+            t.shape = p.typed[name]
     snn = export(graph, p.analysis.model, extra_opsets=[] if info.portable else [(DOMAIN, OPSET_VERSION)])
     _restore_io(snn, p.analysis.model)
     set_metadata(snn, info.to_metadata())

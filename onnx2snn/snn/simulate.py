@@ -63,7 +63,7 @@ def loop_history(snn: onnx.ModelProto, info: SNNInfo, t_max: int):
     the Loop also emits, per iteration (scan outputs), each readout's accumulated sum and each
     neuron's spike count."""
     graph = gs.import_onnx(with_timesteps(snn, info, t_max))
-    loop = next(n for n in graph.nodes if n.op == "Loop")
+    loop = next(n for n in graph.nodes if n.op in ("Loop", "Scan"))
     body: gs.Graph = loop.attrs["body"]
     b = Builder(body, default_opset(snn), "onnx2snn.eval")
     inside = body.tensors()

@@ -26,5 +26,5 @@ def build(p: Prepared, provenance: Provenance | None = None) -> onnx.ModelProto:
     for node in spiking_pools(p):
         p.fold.spiking_pool(node)
     if p.config.portable:
-        lower_neurons(p.graph, p.b, p.ranks, p.steps)
+        lower_neurons(p.graph, p.b, p)
     return finish(p, describe_snn(p, readouts, provenance))

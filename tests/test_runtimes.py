@@ -1,0 +1,153 @@
+"""Portable SNNs on other runtimes: OpenVINO and tract (PyPI, the `runtimes` extra) and
+onnxruntime-node / onnxruntime-web (npm, tests/js), against onnxruntime's outputs.
+
+Two models: one whose every sum is exactly representable (integer weights and inputs, power-of-two
+thresholds, 16 averaged steps), on which every runtime must give identical outputs whatever its
+convolution kernels; and a trained digits CNN, where runtimes' float rounding may flip a spike that
+sits exactly at threshold, so the bound is the one such flips allow: the same top-1 on >= 99% of
+the images and a mean relative difference <= 1e-2.
+"""
+import importlib.util
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+
+from onnx2snn import CalibConfig, SNNConfig, Thresholds, runtime, to_snn
+from onnx2snn.analyse import analyse
+
+JS = Path(__file__).resolve().parent / "js"
+# the forms each runtime implements (README "Deploying")
+FORMS = {
+    "unrolled": dict(),
+    "loop": dict(form="loop"),
+    "loop-chunk4": dict(form="loop", chunk=4),
+    "loop-scan": dict(form="loop", loop_op="scan"),
+}
+SUPPORTED = {
+    "openvino": ["unrolled", "loop", "loop-chunk4"],
+    "tract": ["loop-scan"],
+    "onnxruntime-node": list(FORMS),
+    "onnxruntime-web": list(FORMS),
+}
+
+
+def _exact_model():
+    """Conv-ReLU-Conv-Clip(0,6)-MaxPool(spiking)-Conv-Add(skip)-ReLU-MaxPool(spiking)-GAP-Gemm."""
+    rng = np.random.default_rng(0)
+    w = lambda *s: rng.integers(-2, 3, size=s).astype(np.float32)  # noqa: E731
+    nodes = [helper.make_node("Conv", ["input", "w0"], ["c0"], name="conv0", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c0"], ["r0"], name="relu0"),
+             helper.make_node("Conv", ["r0", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Clip", ["c1", "lo", "hi"], ["r1"], name="relu6"),
+             helper.make_node("MaxPool", ["r1"], ["p1"], name="pool1", kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Conv", ["p1", "w2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["c2", "p1"], ["s2"], name="skip"),
+             helper.make_node("Relu", ["s2"], ["r2"], name="relu2"),
+             helper.make_node("MaxPool", ["r2"], ["p2"], name="pool2", kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("GlobalAveragePool", ["p2"], ["g"], name="gap"),
+             helper.make_node("Flatten", ["g"], ["f"], name="flat"),
+             helper.make_node("Gemm", ["f", "wf"], ["logits"], name="fc", transB=1)]
+    inits = {"w0": w(4, 3, 3, 3), "w1": w(4, 4, 3, 3), "lo": np.array(0, np.float32), "hi": np.array(6, np.float32),
+             "w2": w(4, 4, 3, 3), "wf": w(5, 4)}
+    graph = helper.make_graph(nodes, "exact", [helper.make_tensor_value_info("input", 1, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("logits", 1, ["N", 5])],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    acts = analyse(model).activations
+    th = Thresholds({a.name: (2.0 ** rng.integers(0, 3, size=a.channels)).astype(np.float32) for a in acts}, "manual")
+    x = rng.integers(-2, 4, size=(6, 3, 8, 8)).astype(np.float32)
+    return model, th, x
+
+
+def _python_runtime(name):
+    if importlib.util.find_spec(name) is None:
+        pytest.skip(f"{name} is not installed (the onnx2snn[runtimes] extra)")
+
+
+def _js_runtime(name):
+    if shutil.which("node") is None:
+        pytest.skip("node is not installed")
+    if not (JS / "node_modules" / name).exists():
+        pytest.skip(f"{name} is not installed (cd tests/js && npm install --ignore-scripts)")
+
+
+def _run(name, path: Path, x: np.ndarray, tmp_path: Path, repeats: int = 1):
+    """(outputs of `name` for input x, best milliseconds per run)."""
+    if name.startswith("onnxruntime-"):
+        inp, out = tmp_path / "x.f32", tmp_path / "y.f32"
+        x.astype("<f4").tofile(inp)
+        proc = subprocess.run(["node", str(JS / "run.mjs"), name.split("-")[1], str(path), "input", str(inp),
+                               json.dumps(list(x.shape)), "logits", str(out), str(repeats)],
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        meta = json.loads(proc.stdout.strip().splitlines()[-1])
+        return np.fromfile(out, "<f4").reshape(meta["dims"]), meta["ms"]
+    import time
+    run = runtime.backend(name, path)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        y = run({"input": x})["logits"]
+        best = min(best, (time.perf_counter() - start) * 1e3)
+    return np.asarray(y), best
+
+
+@pytest.mark.parametrize("name", list(SUPPORTED))
+def test_exact_model_gives_identical_outputs_on_every_runtime(name, tmp_path):
+    (_python_runtime if not name.startswith("onnxruntime-") else _js_runtime)(name)
+    model, th, x = _exact_model()
+    for form in SUPPORTED[name]:
+        snn, _ = to_snn(model, th, SNNConfig(timesteps=16, portable=True, **FORMS[form]))
+        path = tmp_path / f"{form}.onnx"
+        onnx.save(snn, path)
+        want = runtime.session(snn).run(None, {"input": x})[0]
+        assert np.any(want != 0)
+        got, _ = _run(name, path, x, tmp_path)
+        assert np.array_equal(got, want), (name, form, np.abs(got - want).max())
+
+
+@pytest.mark.parametrize("name", list(SUPPORTED))
+def test_trained_model_agrees_on_every_runtime(name, cnn_path, digits_npz, tmp_path):
+    (_python_runtime if not name.startswith("onnxruntime-") else _js_runtime)(name)
+    from onnx2snn import api
+    ann = analyse(onnx.load(cnn_path))
+    th = api.calibrate(ann, api.open_source(ann.model, str(digits_npz[0])), CalibConfig(iters=30))
+    x = np.load(digits_npz[1])["input"][:200]
+    for form in SUPPORTED[name]:
+        snn, _ = to_snn(ann, th, SNNConfig(timesteps=32, portable=True, **FORMS[form]))
+        path = tmp_path / f"{form}.onnx"
+        onnx.save(snn, path)
+        want = runtime.session(snn).run(None, {"input": x})[0]
+        got, _ = _run(name, path, x, tmp_path)
+        agree = np.mean(got.argmax(1) == want.argmax(1))
+        rel = np.abs(got - want).mean() / np.abs(want).mean()
+        assert agree >= 0.99 and rel <= 1e-2, (name, form, agree, rel)
+
+
+def test_run_on_another_runtime_from_the_cli(tmp_path, capsys):
+    _python_runtime("openvino")
+    from onnx2snn.cli import main
+    model, th, x = _exact_model()
+    onnx.save(model, tmp_path / "m.onnx")
+    th.save(tmp_path / "th.json")
+    np.save(tmp_path / "x.npy", x)
+    assert main([str(tmp_path / "m.onnx"), "--thresholds", str(tmp_path / "th.json"), "-o", str(tmp_path / "p.onnx"),
+                 "-T", "16", "--portable", "-q"]) == 0
+    assert main(["run", str(tmp_path / "p.onnx"), "--data", str(tmp_path / "x.npy"), "-o", str(tmp_path / "ov.npy"),
+                 "--runtime", "openvino"]) == 0
+    assert main(["run", str(tmp_path / "p.onnx"), "--data", str(tmp_path / "x.npy"), "-o", str(tmp_path / "ort.npy")]) == 0
+    assert np.array_equal(np.load(tmp_path / "ov.npy"), np.load(tmp_path / "ort.npy"))
+    # a custom-op model cannot run elsewhere: one line that says what to do
+    assert main([str(tmp_path / "m.onnx"), "--thresholds", str(tmp_path / "th.json"), "-o", str(tmp_path / "c.onnx"),
+                 "-T", "16", "-q"]) == 0
+    capsys.readouterr()
+    assert main(["run", str(tmp_path / "c.onnx"), "--data", str(tmp_path / "x.npy"), "-o", str(tmp_path / "o.npy"),
+                 "--runtime", "openvino"]) == 1
+    assert "convert with --portable" in capsys.readouterr().err
