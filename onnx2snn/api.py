@@ -22,7 +22,7 @@ from . import evaluate as ev
 from . import model as M
 from . import runtime
 from .analyse import analyse, as_analysis, check_shapes
-from .config import AUTO, CalibConfig, SNNConfig
+from .config import AUTO, E_MAC_PJ, E_SOP_PJ, CalibConfig, SNNConfig, check_energy
 from .delay import DelayChoice, choose_delay
 from .energy import largest_activation
 from .errors import UserError
@@ -45,6 +45,7 @@ class Conversion:
     check: ev.EvalResult | None = None
     inputs: list = field(default_factory=list)
     delay: DelayChoice | None = None     # set when the delay was chosen from data
+    report: dict | None = None           # the check's report, with report_path / plot_dir
 
 
 def default_output(model_path) -> Path:
@@ -104,15 +105,42 @@ def choose_delay_on(analysis, thresholds, snn: SNNConfig, source, samples: int =
     return choose_delay(analysis, thresholds, snn, batches, threads, progress, total)
 
 
+PLOTS = ("accuracy_vs_T.png", "firing_rates.png", "rate_error.png", "thresholds.png")
+
+
+def _check_report_outputs(files: Files, report_path, plot_dir) -> None:
+    if report_path:
+        files.output(report_path, "--report")
+    if plot_dir:
+        if not Path(plot_dir).is_dir():
+            raise UserError(f"--plot {plot_dir}: not a folder")
+        for name in PLOTS:
+            files.output(Path(plot_dir) / name, "--plot")
+
+
+def write_report(result: ev.EvalResult, report_path=None, plot_dir=None, e_sop: float = E_SOP_PJ,
+                 e_mac: float = E_MAC_PJ, model: str = "") -> dict:
+    """The report (JSON) and plots of an evaluation with per-layer statistics."""
+    from .report import report_json
+    report = report_json(result, e_sop, e_mac, model)
+    if report_path:
+        write_atomic(report_path, json.dumps(report, indent=1, sort_keys=True).encode(), "--report")
+    if plot_dir:
+        from .plots import plot_report
+        plot_report(report, plot_dir)
+    return report
+
+
 def convert(model_path, data=None, data_loader=None, output=None,
             calib: CalibConfig = CalibConfig(), snn: SNNConfig = SNNConfig(),
             prep: D.Preprocess = D.Preprocess(), thresholds=None, save_thresholds=None,
             check_samples: int = 0, check_timesteps=(), progress: bool = False,
-            write: bool = True, delay_samples: int = 200) -> Conversion:
+            write: bool = True, delay_samples: int = 200, report_path=None, plot_dir=None) -> Conversion:
     """ANN file -> SNN file: load, analyse, calibrate (or reuse thresholds), rewrite, save atomically.
 
     With `snn.delay == "auto"` the readout delay is chosen on `delay_samples` samples of the data
-    (see delay.py). Every output is checked against every input before any work is done."""
+    (see delay.py). `report_path` / `plot_dir`: the check's report (JSON) and plots, per layer
+    included. Every output is checked against every input before any work is done."""
     if snn.delay == AUTO and not (data or data_loader):
         raise UserError("--delay auto: needs --data (or --data-loader) to choose the delay from")
     if isinstance(delay_samples, bool) or not isinstance(delay_samples, int) or delay_samples < 1:
@@ -132,6 +160,9 @@ def convert(model_path, data=None, data_loader=None, output=None,
         files.output(save_thresholds, "--save-thresholds")
         if write and Path(save_thresholds).resolve() == out_path.resolve():
             raise UserError(f"--save-thresholds {save_thresholds}: is also the -o output")
+    if (report_path or plot_dir) and not (check_samples and source is not None):
+        raise UserError("--report/--plot describe the check after converting: they need --data and --check N > 0")
+    _check_report_outputs(files, report_path, plot_dir)
     analysis = analyse(model)
     if source is not None:
         analysis = check_shapes(analysis, _first_batch(source, model), runtime.session)
@@ -168,7 +199,10 @@ def convert(model_path, data=None, data_loader=None, output=None,
         batches = D.eval_batches(source, D.resolve_batch(None, inputs, 32), check_samples,
                                  exact=D.static_batch(inputs) is not None)
         result.check = ev.evaluate(snn_model, batches, ts, ann=model, progress=progress,
-                                   total=min(check_samples, len(source)) if isinstance(source, D.Source) else None)
+                                   total=min(check_samples, len(source)) if isinstance(source, D.Source) else None,
+                                   layers=bool(report_path or plot_dir))
+        if report_path or plot_dir:
+            result.report = write_report(result.check, report_path, plot_dir, model=Path(model_path).name)
     return result
 
 
@@ -205,9 +239,12 @@ def _open_snn(snn_path, batch_size, limit):
 
 def evaluate_file(snn_path, data=None, data_loader=None, ann_path=None, timesteps=None,
                   batch_size: int | None = None, limit: int | None = None, prep: D.Preprocess | None = None,
-                  progress: bool = False, report=None) -> ev.EvalResult:
-    """Evaluate a converted model at each T of `timesteps` (default: the model's T/4, T/2, T);
-    with `report`, also write the results as JSON there (atomically)."""
+                  progress: bool = False, json_path=None, report_path=None, plot_dir=None,
+                  e_sop: float = E_SOP_PJ, e_mac: float = E_MAC_PJ) -> ev.EvalResult:
+    """Evaluate a converted model at each T of `timesteps` (default: the model's T/4, T/2, T).
+    `json_path`: the short results as JSON; `report_path` / `plot_dir`: the full report (per layer,
+    SOP90/95, frames per joule) and its plots. Files are written atomically."""
+    check_energy(e_sop, e_mac)
     files, snn_model, info = _open_snn(snn_path, batch_size, limit)
     timesteps = list(timesteps) if timesteps else ev.default_timesteps(info)
     inputs = D.model_inputs(snn_model)
@@ -218,13 +255,17 @@ def evaluate_file(snn_path, data=None, data_loader=None, ann_path=None, timestep
         files.input(ann_path, "--ann")
         ann = M.load(ann_path)
     source = open_source(snn_model, data, data_loader, prep, files)
-    if report:
-        files.output(report, "--json")
+    if json_path:
+        files.output(json_path, "--json")
+    _check_report_outputs(files, report_path, plot_dir)
     total = min(limit or len(source), len(source)) if isinstance(source, D.Source) else None
     batches = D.eval_batches(source, batch_size, limit, exact=D.static_batch(inputs) is not None)
-    result = ev.evaluate(snn_model, batches, timesteps, ann, progress=progress, total=total)
-    if report:
-        write_atomic(report, json.dumps(result.to_json(), indent=1, sort_keys=True).encode(), "--json")
+    result = ev.evaluate(snn_model, batches, timesteps, ann, progress=progress, total=total,
+                         layers=bool(report_path or plot_dir))
+    if json_path:
+        write_atomic(json_path, json.dumps(result.to_json(), indent=1, sort_keys=True).encode(), "--json")
+    if report_path or plot_dir:
+        result.report = write_report(result, report_path, plot_dir, e_sop, e_mac, Path(snn_path).name)
     return result
 
 

@@ -132,6 +132,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--exit-min-steps", type=int, default=16, help="early exit: never before this many steps (16)")
     s.add_argument("--check", type=int, default=64, metavar="N",
                    help="after converting, compare SNN and ANN on N calibration samples at T/4, T/2, T (64; 0 = skip)")
+    s.add_argument("--report", metavar="FILE.json",
+                   help="the check's full report: per layer (firing rate, silent/saturated neurons, rate error), "
+                        "per T, SOP90/SOP95, frames per joule")
+    s.add_argument("--plot", metavar="DIR", help="the check's plots as PNG files in DIR (needs matplotlib)")
     c.add_argument("-v", "--verbose", action="store_true", help="log details")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bars or tables")
 
@@ -147,6 +151,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="samples per simulation batch; memory grows with T x batch (default: sized from the "
                         "model's largest activation to stay near 2 GB, at most 64)")
     e.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    e.add_argument("--report", metavar="FILE.json",
+                   help="full report: per layer (firing rate, silent/saturated neurons, rate error vs the ANN's "
+                        "clipped activation), per T (accuracy, agreement, SOPs, energy), SOP90/SOP95, frames per joule")
+    e.add_argument("--plot", metavar="DIR",
+                   help="PNG plots in DIR: accuracy vs T, firing rates, rate errors, thresholds (needs matplotlib)")
     e.add_argument("--e-sop", type=float, default=E_SOP_PJ, help="pJ per synaptic operation (0.077)")
     e.add_argument("--e-mac", type=float, default=E_MAC_PJ, help="pJ per MAC (12.5)")
     e.add_argument("-v", "--verbose", action="store_true")
@@ -183,7 +192,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _convert(args) -> int:
     from . import api
-    from .report import eval_table, layers_table
+    from .report import eval_table, layers_table, report_lines
     calib = CalibConfig(method=args.method, iters=args.iters, batch_size=args.batch_size, lr=args.lr,
                         percentile=args.percentile, seed=args.seed, augment=args.augment,
                         skip_nonfinite=args.skip_nonfinite)
@@ -195,7 +204,7 @@ def _convert(args) -> int:
         args.model, data=args.data, data_loader=args.data_loader, output=args.output, calib=calib, snn=snn,
         prep=_prep(args), thresholds=args.thresholds, save_thresholds=args.save_thresholds,
         check_samples=args.check if (args.data or args.data_loader) else 0, progress=not args.quiet,
-        delay_samples=args.delay_samples)
+        delay_samples=args.delay_samples, report_path=args.report, plot_dir=args.plot)
     if not args.quiet:
         th = result.thresholds
         how = (f"{th.info.get('iters')} batches in {result.calibration_seconds:.1f}s" if args.thresholds is None
@@ -212,6 +221,8 @@ def _convert(args) -> int:
         if result.check is not None:
             print("\ncheck on calibration samples (SNN vs ANN):")
             print(eval_table(result.check))
+        if result.report is not None:
+            print(report_lines(result.report))
     else:
         print(result.output)
     return 0
@@ -219,14 +230,17 @@ def _convert(args) -> int:
 
 def _eval(args) -> int:
     from . import api
-    from .report import eval_table
+    from .report import eval_table, report_lines
     check_energy(args.e_sop, args.e_mac)
     snn = api.load_snn(args.snn)
     prep = _prep(args, api.recorded_preprocess(snn))
     result = api.evaluate_file(args.snn, args.data, args.data_loader, args.ann,
                                _int_list(args.timesteps, "--timesteps") if args.timesteps else None,
-                               args.batch_size, args.limit, prep, progress=not args.quiet, report=args.json)
+                               args.batch_size, args.limit, prep, progress=not args.quiet, json_path=args.json,
+                               report_path=args.report, plot_dir=args.plot, e_sop=args.e_sop, e_mac=args.e_mac)
     print(eval_table(result, args.e_sop, args.e_mac))
+    if result.report is not None:
+        print(report_lines(result.report))
     return 0
 
 

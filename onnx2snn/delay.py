@@ -58,7 +58,7 @@ def choose_delay(analysis: Analysis, thresholds, config: SNNConfig, batches, thr
         return DelayChoice(0, 0, {}, {})
     ds = candidates(t)
     windows = [(t, d) for d in ds]
-    scores, _, _ = window_scores(snn, info, windows, batches, analysis.model, spike_counts=False,
+    scores, _, _, _ = window_scores(snn, info, windows, batches, analysis.model, spike_counts=False,
                                  threads=threads, total=total,
                                  desc=f"choosing the delay (T={t})" if progress else None)
     if scores.err_den == 0:

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from . import runtime, scoring
+from . import probes, runtime, scoring
+from .analyse import as_analysis
 from .errors import UserError
 from .snn import simulate
 from .snn.info import SNNInfo
@@ -31,6 +32,9 @@ class EvalResult:
     rows: list = field(default_factory=list)   # dicts: T, accuracy, agreement, rel_error, sops, ...
     ann_macs: float = 0.0
     seconds: float = 0.0
+    layers: list = field(default_factory=list)   # per-layer statistics at layers_T (see _LayerStats)
+    layers_T: int | None = None
+    report: dict | None = None                   # report.report_json of this result, when asked for
 
     def to_json(self) -> dict:
         return {"samples": self.samples, "ann": {"accuracy": self.ann_accuracy},
@@ -87,12 +91,71 @@ def _inputs(sess) -> set:
     return {i.name for i in sess.get_inputs()}
 
 
+class _LayerStats:
+    """Per layer at T: firing rate (spikes per neuron per step), the fractions of silent (no spike)
+    and saturated (a spike at every step) neurons, and the rate error against the ANN's clipped
+    activation (the probed ANN with the SNN's thresholds): sum |rate x theta - clip(a, 0, theta)| /
+    sum |clip(a, 0, theta)| over neurons and samples."""
+
+    def __init__(self, snn, info: SNNInfo, ann, t: int, threads: int):
+        self.t, self.info = t, info
+        self.tally = {n["name"]: {"spikes": 0.0, "count": 0, "silent": 0, "saturated": 0, "err": 0.0, "ref": 0.0}
+                      for n in info.neurons}
+        self.thetas = simulate.neuron_thresholds(snn, info)
+        self.tensor = {n["name"]: n["tensor"] for n in info.neurons}
+        self.sess = None
+        if ann is not None:
+            analysis = as_analysis(ann)
+            names = sorted({self.tensor[n] for n in self.thetas})
+            model, probe_list = probes.build(analysis, "ltb", outputs=names)
+            theta_of = {n["source"]: self.thetas[n["name"]] for n in info.neurons if n["name"] in self.thetas}
+            self.fixed = {probes.LR_INPUT: np.zeros((), np.float32)}    # step 0: theta stays, y = clip
+            for pr in probe_list:
+                theta = np.asarray(theta_of.get(pr.name, np.ones(1, np.float32)), np.float32).reshape(-1)
+                self.fixed[pr.theta_input] = np.broadcast_to(theta, pr.theta_shape).astype(np.float32)
+            self.sess = runtime.session(model, threads)
+            self.names = names
+            self.inputs = _inputs(self.sess)
+
+    def add(self, feeds: dict, per_neuron: dict) -> None:
+        """per_neuron: name -> (summed weighted spikes, spike count), each [N * neurons], over T."""
+        clipped = {}
+        if self.sess is not None:
+            run_feeds = {k: v for k, v in feeds.items() if k in self.inputs}
+            run_feeds.update(self.fixed)
+            clipped = dict(zip(self.names, runtime.run_checked(self.sess, self.names, run_feeds, "report")))
+        for name, (total, fired) in per_neuron.items():
+            tl = self.tally[name]
+            tl["spikes"] += float(fired.sum())
+            tl["count"] += fired.size
+            tl["silent"] += int(np.sum(fired == 0))
+            tl["saturated"] += int(np.sum(fired >= self.t))
+            if self.tensor[name] in clipped:
+                a = clipped[self.tensor[name]].astype(np.float64).reshape(-1)
+                tl["err"] += float(np.abs(total.astype(np.float64) / self.t - a).sum())
+                tl["ref"] += float(np.abs(a).sum())
+
+    def rows(self) -> list:
+        out = []
+        for n in self.info.neurons:
+            tl, theta = self.tally[n["name"]], self.thetas.get(n["name"], np.zeros(1, np.float32))
+            count = max(tl["count"], 1)
+            out.append({"name": n["name"], "role": n["role"], "neurons": tl["count"],
+                        "theta": {"mean": float(theta.mean()), "min": float(theta.min()), "max": float(theta.max()),
+                                  "zero": int(np.sum(theta == 0)), "values": [float(v) for v in theta]},
+                        "firing_rate": tl["spikes"] / (count * self.t), "silent": tl["silent"] / count,
+                        "saturated": tl["saturated"] / count,
+                        "rate_error": tl["err"] / tl["ref"] if self.sess is not None and tl["ref"] > 0 else None})
+        return out
+
+
 class _OneSimulation:
     """A simulation graph run once per batch up to T_max, and the head that turns each window's
     averaged readout into the model's outputs."""
 
-    def __init__(self, snn, info: SNNInfo, windows, sim_model, threads: int):
+    def __init__(self, snn, info: SNNInfo, windows, sim_model, threads: int, layers=None):
         self.info, self.windows, self.t_max = info, windows, max(t for t, _ in windows)
+        self.layers = layers
         self.out_name = score_output(snn)
         self.sim = runtime.session(sim_model, threads, in_order=True)
         self.head = runtime.session(simulate.head(snn, info, self.out_name), threads)
@@ -106,16 +169,22 @@ class _OneSimulation:
 class _Unrolled(_OneSimulation):
     """One unrolled simulation at T_max per batch; any window (T, D) read from running sums."""
 
-    def __init__(self, snn, info: SNNInfo, windows, spike_counts: bool, threads: int):
-        model, self.counts = simulate.unrolled_steps(snn, info, max(t for t, _ in windows), spike_counts)
-        super().__init__(snn, info, windows, model, threads)
+    def __init__(self, snn, info: SNNInfo, windows, spike_counts: bool, threads: int, layers=None):
+        model, self.counts, self.stats = simulate.unrolled_steps(snn, info, max(t for t, _ in windows),
+                                                                 spike_counts, layers is not None)
+        super().__init__(snn, info, windows, model, threads, layers)
 
     def __call__(self, feeds):
         feeds = {k: v for k, v in feeds.items() if k in self.sim_in}
         batch = len(next(iter(feeds.values())))
-        names = [r["steps"] for r in self.info.readouts] + [c for _, c in self.counts]
+        n_read, n_counts = len(self.info.readouts), len(self.counts)
+        names = [r["steps"] for r in self.info.readouts] + [c for _, c in self.counts] + \
+            [x for _, total, fired in self.stats for x in (total, fired)]
         values = runtime.run_checked(self.sim, names, feeds, "evaluation")
-        steps, spike_counts = values[:len(self.info.readouts)], values[len(self.info.readouts):]
+        steps, spike_counts = values[:n_read], values[n_read:n_read + n_counts]
+        if self.layers is not None:
+            rest = values[n_read + n_counts:]
+            self.layers.add(feeds, {name: (rest[2 * i], rest[2 * i + 1]) for i, (name, _, _) in enumerate(self.stats)})
         cum = [(name, np.cumsum(per_step.astype(np.float64))) for (name, _), per_step in zip(self.counts, spike_counts)]
         sums = running_sums(steps, self.t_max, batch)
         base = {k: v for k, v in feeds.items() if k in self.head_in}
@@ -131,15 +200,23 @@ class _History(_OneSimulation):
     """One looped simulation at T_max per batch; the loop's sums after each iteration give every T
     that is a multiple of the chunk (D is the model's)."""
 
-    def __init__(self, snn, info: SNNInfo, windows, threads: int):
-        model, self.counts, self.histories = simulate.loop_history(snn, info, max(t for t, _ in windows))
-        super().__init__(snn, info, windows, model, threads)
+    def __init__(self, snn, info: SNNInfo, windows, threads: int, layers=None):
+        model, self.counts, self.histories, self.stats = simulate.loop_history(
+            snn, info, max(t for t, _ in windows), layers is not None)
+        super().__init__(snn, info, windows, model, threads, layers)
 
     def __call__(self, feeds):
         feeds = {k: v for k, v in feeds.items() if k in self.sim_in}
-        values = runtime.run_checked(self.sim, self.histories + [c for _, c in self.counts], feeds, "evaluation")
-        sums = [s.astype(np.float64) for s in values[:len(self.histories)]]
-        cum = [(name, np.cumsum(v.astype(np.float64))) for (name, _), v in zip(self.counts, values[len(self.histories):])]
+        n_hist, n_counts = len(self.histories), len(self.counts)
+        names = self.histories + [c for _, c in self.counts] + [x for _, total, fired in self.stats
+                                                                   for x in (total, fired)]
+        values = runtime.run_checked(self.sim, names, feeds, "evaluation")
+        sums = [s.astype(np.float64) for s in values[:n_hist]]
+        cum = [(name, np.cumsum(v.astype(np.float64))) for (name, _), v in zip(self.counts, values[n_hist:n_hist + n_counts])]
+        if self.layers is not None:   # per-iteration sums: the first T_max / K iterations
+            rest, used = values[n_hist + n_counts:], self.t_max // self.info.chunk
+            self.layers.add(feeds, {name: (rest[2 * i][:used].sum(0), rest[2 * i + 1][:used].sum(0))
+                                    for i, (name, _, _) in enumerate(self.stats)})
         base = {k: v for k, v in feeds.items() if k in self.head_in}
         k = self.info.chunk
         for t, d in self.windows:
@@ -170,19 +247,26 @@ class _PerT:
 
 def window_scores(snn: onnx.ModelProto, info: SNNInfo, windows, batches, ann: onnx.ModelProto | None = None,
                   spike_counts: bool = True, threads: int = 0, desc: str | None = None,
-                  total: int | None = None) -> tuple:
-    """(Scores, sops measured, steps measured) of `snn` for each (T, D) window over `batches`."""
+                  total: int | None = None, layers: bool = False) -> tuple:
+    """(Scores, sops measured, steps measured, per-layer statistics at the largest T or None) of
+    `snn` for each (T, D) window over `batches`."""
     windows = sorted(set(windows))
     per_t = info.looped and (info.early_exit is not None or not info.readouts
                              or any(t % info.chunk for t, _ in windows))
     if info.looped and any(d != info.delay for _, d in windows):
         raise UserError("a looped model averages from its own delay only; evaluate other delays unrolled")
+    stats = None
+    if layers and not per_t:
+        stats = _LayerStats(snn, info, ann, max(t for t, _ in windows), threads)
+    elif layers:
+        log.warning("per-layer statistics need one simulation of all steps: not available with early exit "
+                    "or a T off the chunk grid")
     if per_t:
         outputs = _PerT(snn, info, windows, threads)
     elif info.looped:
-        outputs = _History(snn, info, windows, threads)
+        outputs = _History(snn, info, windows, threads, stats)
     else:
-        outputs = _Unrolled(snn, info, windows, spike_counts, threads)
+        outputs = _Unrolled(snn, info, windows, spike_counts, threads, stats)
     ann_sess = None
     if ann is not None:
         ann_sess = runtime.session(ann, threads)
@@ -197,20 +281,22 @@ def window_scores(snn: onnx.ModelProto, info: SNNInfo, windows, batches, ann: on
     scores = scoring.score(batches, outputs, windows, ann_sess, score_output(snn), bar)
     if scores.n == 0:
         raise UserError("evaluation received no data")
-    return scores, bool(getattr(outputs, "counts", None)), per_t and getattr(outputs, "has_steps", False)
+    return scores, bool(getattr(outputs, "counts", None)), per_t and getattr(outputs, "has_steps", False), stats
 
 
 def evaluate(snn: onnx.ModelProto, batches, timesteps, ann: onnx.ModelProto | None = None,
-             progress: bool = False, total: int | None = None, threads: int = 0) -> EvalResult:
-    """Accuracy, agreement, relative error and SOPs of `snn` at each T (averaging from its delay)."""
+             progress: bool = False, total: int | None = None, threads: int = 0, layers: bool = False) -> EvalResult:
+    """Accuracy, agreement, relative error and SOPs of `snn` at each T (averaging from its delay);
+    with `layers`, per-layer statistics at the largest T (see _LayerStats)."""
     info = SNNInfo.from_metadata(snn)
     ts = sorted(set(int(t) for t in timesteps))
     if not ts or ts[0] <= info.delay:
         raise UserError(f"--timesteps: every T must exceed the model's delay D={info.delay}")
     start = time.perf_counter()
     windows = [(t, info.delay) for t in ts]
-    scores, sops, steps = window_scores(snn, info, windows, batches, ann, threads=threads, total=total,
-                                        desc=f"evaluating (T up to {ts[-1]})" if progress else None)
+    scores, sops, steps, stats = window_scores(snn, info, windows, batches, ann, threads=threads, total=total,
+                                               desc=f"evaluating (T up to {ts[-1]})" if progress else None,
+                                               layers=layers)
     res = EvalResult(samples=scores.n, ann_accuracy=scores.ann_accuracy(),
                      ann_macs=float(info.costs.get("ann_macs", 0.0)), seconds=time.perf_counter() - start)
     for key in windows:
@@ -219,4 +305,6 @@ def evaluate(snn: onnx.ModelProto, batches, timesteps, ann: onnx.ModelProto | No
                          "rel_error": scores.rel_error(key), "sops": tally.sops / scores.n if sops else None,
                          "pre_macs": float(info.costs.get("pre_macs", 0.0)),
                          "steps_used": tally.steps / scores.n if steps else None})
+    if stats is not None:
+        res.layers, res.layers_T = stats.rows(), stats.t
     return res

@@ -81,12 +81,13 @@ def _percentile_probe(b: Builder, act, percentile: float):
 
 
 def build(analysis: Analysis, method: str = "ltb", percentile: float = 99.9,
-          keep_outputs: bool = False, expose_inputs: bool = False):
+          keep_outputs: bool = False, expose_inputs: bool = False, outputs=()):
     """Calibration model and the list of probes.
 
     Its outputs are the probe statistics only (so the head after the last probe is pruned);
-    `keep_outputs` also keeps the model's outputs and `expose_inputs` each activation's input
-    (both for tests and debugging: they cost memory).
+    `keep_outputs` also keeps the model's outputs, `expose_inputs` each activation's input, and
+    `outputs` the named tensors of the probed (clipped) network (for tests, reports and debugging:
+    they cost memory).
     """
     if method not in METHODS:
         raise UserError(f"--method {method}: unknown (choose from {', '.join(METHODS)})")
@@ -95,12 +96,16 @@ def build(analysis: Analysis, method: str = "ltb", percentile: float = 99.9,
         raise UserError("the model has no ReLU-like activation (Relu, or Clip with min 0) to convert")
     graph, acts = analysis.copy()
     model_outputs = list(graph.outputs) if keep_outputs else []
-    exposed = [a.input for a in acts] if expose_inputs else []
+    named = graph.tensors()
+    missing = [n for n in outputs if n not in named]
+    if missing:
+        raise UserError(f"tensor(s) {', '.join(missing)} are not in the model")
+    exposed = ([a.input for a in acts] if expose_inputs else []) + [named[n] for n in outputs]
     b = Builder(graph, analysis.opset, "onnx2snn.probe")
     layerwise = method != "ltb"
     step = gs.Variable(LR_INPUT, np.float32, [])
     inputs = list(graph.inputs)
-    outputs, probes = [], []
+    stats, probes = [], []
     for act in acts:
         b.prefix = f"{act.name}/probe"
         shape = _theta_shape(act, layerwise)
@@ -109,7 +114,7 @@ def build(analysis: Analysis, method: str = "ltb", percentile: float = 99.9,
             theta = gs.Variable(f"onnx2snn.theta:{act.name}", np.float32, list(shape))
             inputs.append(theta)
             stat, err, actv = _ltb_probe(b, act, theta, layerwise, step)
-            outputs += [err, actv]
+            stats += [err, actv]
             clip_err, activity = err.name, actv.name
         elif method == "max":
             theta = None
@@ -118,14 +123,14 @@ def build(analysis: Analysis, method: str = "ltb", percentile: float = 99.9,
             theta = None
             stat = _percentile_probe(b, act, percentile)
         stat.name = f"{act.name}/stat"
-        outputs.append(stat)
+        stats.append(stat)
         probes.append(Probe(act.name, theta.name if theta is not None else "", shape, stat.name,
                             clip_err, activity, act.channels, act.axis, act.cap))
     if method in ("ltb", "ltb-layer"):
         inputs.append(step)
     graph.inputs = inputs
-    graph.outputs = outputs + model_outputs + exposed
-    for t in outputs + exposed:
+    graph.outputs = stats + model_outputs + exposed
+    for t in stats + exposed:
         t.dtype = np.float32
     extra = [(DOMAIN, OPSET_VERSION)] if method in ("ltb", "ltb-layer") else []
     return export(graph, analysis.model, extra_opsets=extra), probes

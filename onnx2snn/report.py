@@ -1,4 +1,5 @@
-"""Plain-text tables for the CLI (the library never prints)."""
+"""What a conversion and an evaluation produced, for people (plain-text tables; the library never
+prints) and for machines (`report_json`: the schema is in the README, "Reports and plots")."""
 from __future__ import annotations
 
 import numpy as np
@@ -75,3 +76,57 @@ def inspection_text(d: dict) -> str:
     else:
         lines.append("\nconvertible")
     return "\n".join(lines)
+
+
+def _energy_pj(row, e_sop: float, e_mac: float):
+    if row.get("sops") is None:
+        return None
+    return row["pre_macs"] * e_mac + row["sops"] * e_sop
+
+
+def _sop_at(result, fraction: float):
+    """SOP90 / SOP95 (Bu et al.): the SOPs per image at the first evaluated T whose accuracy reaches
+    `fraction` of the ANN's (agreement with the ANN when there are no labels)."""
+    basis = "accuracy" if result.ann_accuracy is not None else "agreement"
+    target = fraction * (result.ann_accuracy if basis == "accuracy" else 1.0)
+    for r in result.rows:
+        if r.get(basis) is not None and r["sops"] is not None and r[basis] >= target:
+            return {"T": r["T"], "sops": r["sops"], "basis": basis}
+    return None
+
+
+def report_json(result, e_sop: float = E_SOP_PJ, e_mac: float = E_MAC_PJ, model: str = "") -> dict:
+    """The report of an evaluation: per T, per layer, and the paper's energy metrics."""
+    ann_pj = result.ann_macs * e_mac if result.ann_macs else None
+    rows = []
+    for r in result.rows:
+        pj = _energy_pj(r, e_sop, e_mac)
+        rows.append({"T": r["T"], "accuracy": r["accuracy"], "agreement": r["agreement"], "rel_error": r["rel_error"],
+                     "sops": r["sops"], "energy_pj": pj,
+                     "energy_ratio": pj / ann_pj if pj is not None and ann_pj else None,
+                     "frames_per_joule": 1e12 / pj if pj else None, "steps_used": r.get("steps_used")})
+    return {"model": model, "samples": result.samples,
+            "energy_constants_pj": {"sop": e_sop, "mac": e_mac},
+            "ann": {"accuracy": result.ann_accuracy, "macs": result.ann_macs or None, "energy_pj": ann_pj,
+                    "frames_per_joule": 1e12 / ann_pj if ann_pj else None},
+            "timesteps": rows, "sop90": _sop_at(result, 0.90), "sop95": _sop_at(result, 0.95),
+            "layers_T": result.layers_T, "layers": result.layers}
+
+
+def report_lines(report: dict) -> str:
+    """The short terminal summary of a report (the JSON has the rest)."""
+    parts = []
+    for key, label in (("sop90", "SOP90"), ("sop95", "SOP95")):
+        v = report[key]
+        parts.append(f"{label} {v['sops']:.3g} (T={v['T']})" if v else f"{label} not reached")
+    fpj = report["ann"]["frames_per_joule"]
+    best = [r["frames_per_joule"] for r in report["timesteps"] if r["frames_per_joule"]]
+    if fpj and best:
+        parts.append(f"frames/J: ANN {fpj:.3g}, SNN {best[-1]:.3g} at T={report['timesteps'][-1]['T']}")
+    if report["layers"]:
+        rates = [l["firing_rate"] for l in report["layers"]]
+        worst = max(report["layers"], key=lambda l: l["rate_error"] or 0)
+        parts.append(f"firing rate {min(rates):.3f}-{max(rates):.3f} spikes/neuron/step at T={report['layers_T']}")
+        if worst["rate_error"] is not None:
+            parts.append(f"largest rate error {worst['rate_error']:.3f} ({worst['name']})")
+    return "; ".join(parts)

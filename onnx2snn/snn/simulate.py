@@ -29,9 +29,20 @@ def _spike_count(b: Builder, spikes, leading) -> gs.Variable:
     return b.reduce("ReduceSum", b.reshape(fired, leading), [1], keepdims=0)
 
 
-def unrolled_steps(snn: onnx.ModelProto, info: SNNInfo, t_max: int, spike_counts: bool = True):
-    """(model, spike-count output per neuron) for the unrolled SNN at T = t_max; the model's extra
-    outputs are the readouts' [T*N, ...] tensors (named as in info.readouts) and the counts."""
+def _over_steps(b: Builder, spikes, steps: int):
+    """(sum of the weighted spikes, number of spikes) of each neuron over the `steps` steps of a
+    [steps*N, ...] tensor, flattened to [N * neurons per sample]."""
+    fired = b.op("Cast", [b.op("Greater", [spikes, b.const(np.float32(0))], dtype=np.bool_)],
+                 {"to": onnx.TensorProto.FLOAT})
+    return tuple(b.reduce("ReduceSum", b.reshape(t, [steps, -1]), [0], keepdims=0) for t in (spikes, fired))
+
+
+def unrolled_steps(snn: onnx.ModelProto, info: SNNInfo, t_max: int, spike_counts: bool = True,
+                   layer_stats: bool = False):
+    """(model, spike-count output per neuron, per-neuron statistics outputs) for the unrolled SNN at
+    T = t_max. The model's extra outputs are the readouts' [T*N, ...] tensors (named as in
+    info.readouts), each neuron's spike count per step, and with `layer_stats` each neuron's
+    summed weighted spikes and spike count over the T steps ([N * neurons], see _over_steps)."""
     graph = gs.import_onnx(snn)
     b = Builder(graph, default_opset(snn), "onnx2snn.eval")
     tensors = graph.tensors()
@@ -40,34 +51,40 @@ def unrolled_steps(snn: onnx.ModelProto, info: SNNInfo, t_max: int, spike_counts
     for node in graph.nodes:
         if node.op == "IFNeuron":
             node.attrs["timesteps"] = t_max
-    extra, counts = [], []
-    for neuron in info.neurons if spike_counts else []:
+    extra, counts, stats = [], [], []
+    for neuron in info.neurons if (spike_counts or layer_stats) else []:
         spikes = tensors.get(neuron.get("tensor", ""))
         if spikes is None:
             continue
         b.prefix = f"{neuron['name']}/eval"
-        per_step = _spike_count(b, spikes, [t_max, -1])
-        per_step.name = f"{neuron['name']}/spike_count"
-        counts.append((neuron["name"], per_step.name))
-        extra.append(per_step)
+        if spike_counts:
+            per_step = _spike_count(b, spikes, [t_max, -1])
+            per_step.name = f"{neuron['name']}/spike_count"
+            counts.append((neuron["name"], per_step.name))
+            extra.append(per_step)
+        if layer_stats:
+            total, fired = _over_steps(b, spikes, t_max)
+            stats.append((neuron["name"], total.name, fired.name))
+            extra += [total, fired]
     for r in info.readouts:
         t = tensors[r["steps"]]
         t.dtype = np.float32
         extra.append(t)
     graph.outputs = extra          # the model's own outputs (maybe maps or sequences) are not needed
-    return gs.export_onnx(graph.cleanup(), do_type_check=False), counts
+    return gs.export_onnx(graph.cleanup(), do_type_check=False), counts, stats
 
 
-def loop_history(snn: onnx.ModelProto, info: SNNInfo, t_max: int):
-    """(model, spike-count history per neuron, readout history names) for a looped SNN at T = t_max:
-    the Loop also emits, per iteration (scan outputs), each readout's accumulated sum and each
-    neuron's spike count."""
+def loop_history(snn: onnx.ModelProto, info: SNNInfo, t_max: int, layer_stats: bool = False):
+    """(model, spike-count history per neuron, readout history names, per-neuron statistics) for a
+    looped SNN at T = t_max: the Loop also emits, per iteration (scan outputs), each readout's
+    accumulated sum and each neuron's spike count; with `layer_stats` also each neuron's summed
+    weighted spikes and spike count over the iteration's K steps ([iterations, N * neurons])."""
     graph = gs.import_onnx(with_timesteps(snn, info, t_max))
     loop = next(n for n in graph.nodes if n.op in ("Loop", "Scan"))
     body: gs.Graph = loop.attrs["body"]
     b = Builder(body, default_opset(snn), "onnx2snn.eval")
     inside = body.tensors()
-    counts, histories = [], []
+    counts, histories, stats = [], [], []
 
     emitted = []
 
@@ -85,12 +102,34 @@ def loop_history(snn: onnx.ModelProto, info: SNNInfo, t_max: int):
             continue
         b.prefix = f"{neuron['name']}/eval"
         counts.append((neuron["name"], emit(_spike_count(b, spikes, None), f"{neuron['name']}/eval/counts")))
+        if layer_stats:
+            total, fired = _over_steps(b, spikes, info.chunk)
+            stats.append((neuron["name"], emit(total, f"{neuron['name']}/eval/spike_sums"),
+                          emit(fired, f"{neuron['name']}/eval/fire_counts")))
     for r in info.readouts:
         b.prefix = f"{r['acc']}/eval"
         copy = b.op("Identity", [inside[r["acc"]]])
         histories.append(emit(copy, f"{r['acc']}/history"))
     graph.outputs = emitted        # the model's own outputs (maybe maps or sequences) are not needed
-    return gs.export_onnx(graph.cleanup(), do_type_check=False), counts, histories
+    return gs.export_onnx(graph.cleanup(), do_type_check=False), counts, histories, stats
+
+
+def neuron_thresholds(snn: onnx.ModelProto, info: SNNInfo) -> dict:
+    """neuron name -> its thresholds (float32 [C] or [1]), read from the graph's constants (main
+    graph or loop body; custom-op or portable form)."""
+    found = {}
+
+    def walk(graph):
+        for init in graph.initializer:
+            for suffix in (".theta", ".theta_b"):
+                if init.name.endswith(suffix):
+                    found.setdefault(init.name[:-len(suffix)], onnx.numpy_helper.to_array(init).reshape(-1))
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    walk(attr.g)
+    walk(snn.graph)
+    return {n["name"]: found[n["name"]] for n in info.neurons if n["name"] in found}
 
 
 def head(snn: onnx.ModelProto, info: SNNInfo, output: str) -> onnx.ModelProto:
