@@ -66,8 +66,8 @@ void RunBlock(void* data, size_t index) {
     for (int64_t j = 0; j < n; ++j) vp[j] = t.v_init * tp[j];
   }
   for (int64_t s = 0; s < t.steps; ++s) {
-    const float* __restrict xs = t.x + s * t.step_size + begin;
-    float* __restrict out = t.spikes + s * t.step_size + begin;
+    const float* xs = t.x + s * t.step_size + begin;     // may alias `out` (in place)
+    float* out = t.spikes + s * t.step_size + begin;
     for (int64_t j = 0; j < n; ++j) {  // vectorised: branch-free select
       const float thj = tp[j];
       float vj = vp[j] + xs[j];
@@ -82,6 +82,7 @@ void RunBlock(void* data, size_t index) {
 struct IFNeuronKernel : GuardedKernel<IFNeuronKernel> {
   static constexpr const char* kName = "IFNeuron";
   static constexpr size_t kInputs = 3, kRequiredInputs = 2, kOutputs = 2, kRequiredOutputs = 1;
+  static constexpr int kInplaceInput = 0;   // spikes may overwrite x: each x is read before its spike is written
   int64_t steps = 1;
   int64_t axis = 1;
   float v_init = 0.5f;

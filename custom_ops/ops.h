@@ -4,6 +4,7 @@
 #include <onnxruntime_cxx_api.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -78,6 +79,23 @@ T OptionalAttribute(const Ort::ConstKernelInfo& info, const char* name, T fallba
 // Compute(OrtKernelContext*); errors become statuses, never exceptions across the C API.
 template <typename Kernel>
 struct FloatOp : Ort::CustomOpBase<FloatOp<Kernel>, Kernel, true> {
+  FloatOp() {
+    if (Kernel::kInplaceInput >= 0) {
+      // onnxruntime may reuse input kInplaceInput's buffer for output 0 (when nothing else reads
+      // it): the kernel reads each element before writing the same position.
+      OrtCustomOp::GetMayInplace = [](int** input_index, int** output_index) -> size_t {
+        *input_index = static_cast<int*>(std::malloc(sizeof(int)));
+        *output_index = static_cast<int*>(std::malloc(sizeof(int)));
+        **input_index = Kernel::kInplaceInput;
+        **output_index = 0;
+        return 1;
+      };
+      OrtCustomOp::ReleaseMayInplace = [](int* input_index, int* output_index) {
+        std::free(input_index);
+        std::free(output_index);
+      };
+    }
+  }
   OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const {
     try {
       *kernel = new Kernel(info);

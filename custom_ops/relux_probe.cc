@@ -77,6 +77,7 @@ void Clip(void* data, size_t block) {
 struct ProbeKernel : GuardedKernel<ProbeKernel> {
   static constexpr const char* kName = "ReLUXProbe";
   static constexpr size_t kInputs = 4, kRequiredInputs = 3, kOutputs = 4, kRequiredOutputs = 4;
+  static constexpr int kInplaceInput = -1;   // y must not overwrite x: the statistics pass reads x first
   int64_t axis = 1;
 
   explicit ProbeKernel(const OrtKernelInfo* info) {

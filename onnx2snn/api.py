@@ -73,7 +73,7 @@ def calibrate(model, source, config: CalibConfig = CalibConfig(), progress: bool
     iters = cal.batches_needed(config, n)
     layout = getattr(source, "layout", "NCHW")
     nonfinite = D.NonFinite(config.skip_nonfinite)
-    batches = D.calibration_batches(source, batch, iters, config.seed, config.augment, layout, nonfinite)
+    batches = D.prefetch(D.calibration_batches(source, batch, iters, config.seed, config.augment, layout, nonfinite))
     th = cal.calibrate(analysis, batches, replace(config, iters=iters), progress=progress)
     if nonfinite.skipped:
         th.info["skipped_nonfinite_batches"] = nonfinite.skipped

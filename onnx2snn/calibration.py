@@ -127,7 +127,8 @@ def calibrate(analysis: Analysis, batches, config: CalibConfig, progress: bool =
     if err is not None:
         info["final_clip_error"] = err
     log.info("calibrated %d activations in %d batches (%.2fs in onnxruntime)", len(probe_list), iters, run_time)
-    return Thresholds(state.result(), config.method, info).validate("calibration")
+    th = Thresholds(state.result(), config.method, info, stats={"session_seconds": run_time})
+    return th.validate("calibration")
 
 
 def batches_needed(config: CalibConfig, n_samples: int | None) -> int:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import queue
+import threading
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -466,6 +468,44 @@ def calibration_batches(source, batch_size: int, iters: int, seed: int, augment:
         if augment:
             feeds = {k: _augment(v, layout, rng) if v.ndim == 4 else v for k, v in feeds.items()}
         yield feeds
+
+
+def prefetch(batches, depth: int = 2):
+    """Yield the items of the iterable `batches`, produced `depth` ahead by a background thread, so
+    that decoding and augmenting the next batches overlaps onnxruntime running the current one
+    (both release the GIL). One producer keeps the order, so results are the same as without it;
+    an exception in the producer is raised here; closing the generator stops the producer."""
+    items: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+    done = object()
+
+    def produce():
+        try:
+            for item in batches:
+                while not stop.is_set():
+                    try:
+                        items.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            items.put((done, None))
+        except BaseException as err:   # handed to the consumer, which raises it
+            items.put((done, err))
+
+    thread = threading.Thread(target=produce, name="onnx2snn-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, err = items.get()
+            if item is done:
+                if err is not None:
+                    raise err
+                return
+            yield item
+    finally:
+        stop.set()
 
 
 def eval_batches(source, batch_size: int, limit: int | None = None, exact: bool = False):

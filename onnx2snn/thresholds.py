@@ -20,6 +20,7 @@ class Thresholds:
     values: dict
     method: str = "ltb"
     info: dict = field(default_factory=dict)
+    stats: dict = field(default_factory=dict, compare=False)   # run statistics, never saved (times)
 
     @staticmethod
     def placeholder(acts) -> "Thresholds":

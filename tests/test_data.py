@@ -84,3 +84,44 @@ def test_loader_script(tmp_path):
     assert sum(len(f["input"]) for f, _ in evals) == 3
     with pytest.raises(UserError, match="no function nope"):
         D.open_data(None, f"{script}:nope", INPUT, D.Preprocess())
+
+
+def test_prefetch_keeps_order_raises_and_stops():
+    import threading
+    assert list(D.prefetch(iter(range(50)), depth=3)) == list(range(50))
+
+    def failing():
+        yield 1
+        raise UserError("bad sample")
+    gen = D.prefetch(failing())
+    assert next(gen) == 1
+    with pytest.raises(UserError, match="bad sample"):
+        next(gen)
+    produced = []
+
+    def endless():
+        i = 0
+        while True:
+            produced.append(i)
+            yield i
+            i += 1
+    gen = D.prefetch(endless(), depth=2)
+    assert [next(gen) for _ in range(3)] == [0, 1, 2]
+    gen.close()
+    import time
+    time.sleep(0.5)
+    count = len(produced)
+    time.sleep(0.3)
+    assert len(produced) == count and count <= 7       # the producer stopped, a bounded queue ahead
+    assert not any(t.name == "onnx2snn-prefetch" and t.is_alive() for t in threading.enumerate())
+
+
+def test_calibration_with_prefetch_is_deterministic(tmp_path):
+    import graphs
+    from onnx2snn import CalibConfig, api
+    model = graphs.deep_chain_model(depth=3)
+    np.save(tmp_path / "d.npy", np.random.default_rng(0).normal(size=(64, 16)).astype(np.float32))
+    src = api.open_source(model, str(tmp_path / "d.npy"))
+    a = api.calibrate(model, src, CalibConfig(iters=6, batch_size=16, seed=3, augment=True))
+    b = api.calibrate(model, src, CalibConfig(iters=6, batch_size=16, seed=3, augment=True))
+    assert a.to_bytes(False) == b.to_bytes(False)
