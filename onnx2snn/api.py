@@ -29,6 +29,8 @@ from .errors import UserError
 from .files import Files, write_atomic
 from .snn import check as check_form
 from .snn import to_snn
+from .plots import plot_report
+from .report import report_json
 from .snn.info import Provenance, SNNInfo
 from .thresholds import Thresholds
 
@@ -119,14 +121,12 @@ def _check_report_outputs(files: Files, report_path, plot_dir) -> None:
 
 
 def write_report(result: ev.EvalResult, report_path=None, plot_dir=None, e_sop: float = E_SOP_PJ,
-                 e_mac: float = E_MAC_PJ, model: str = "") -> dict:
+                 e_mac: float = E_MAC_PJ, model: str = "", analog=()) -> dict:
     """The report (JSON) and plots of an evaluation with per-layer statistics."""
-    from .report import report_json
-    report = report_json(result, e_sop, e_mac, model)
+    report = report_json(result, e_sop, e_mac, model, analog)
     if report_path:
         write_atomic(report_path, json.dumps(report, indent=1, sort_keys=True).encode(), "--report")
     if plot_dir:
-        from .plots import plot_report
         plot_report(report, plot_dir)
     return report
 
@@ -202,7 +202,8 @@ def convert(model_path, data=None, data_loader=None, output=None,
                                    total=min(check_samples, len(source)) if isinstance(source, D.Source) else None,
                                    layers=bool(report_path or plot_dir))
         if report_path or plot_dir:
-            result.report = write_report(result.check, report_path, plot_dir, model=Path(model_path).name)
+            result.report = write_report(result.check, report_path, plot_dir, model=Path(model_path).name,
+                                         analog=SNNInfo.from_metadata(snn_model).analog)
     return result
 
 
@@ -265,7 +266,7 @@ def evaluate_file(snn_path, data=None, data_loader=None, ann_path=None, timestep
     if json_path:
         write_atomic(json_path, json.dumps(result.to_json(), indent=1, sort_keys=True).encode(), "--json")
     if report_path or plot_dir:
-        result.report = write_report(result, report_path, plot_dir, e_sop, e_mac, Path(snn_path).name)
+        result.report = write_report(result, report_path, plot_dir, e_sop, e_mac, Path(snn_path).name, info.analog)
     return result
 
 

@@ -193,6 +193,7 @@ def _parser() -> argparse.ArgumentParser:
 def _convert(args) -> int:
     from . import api
     from .report import eval_table, layers_table, report_lines
+    from .snn.info import SNNInfo
     calib = CalibConfig(method=args.method, iters=args.iters, batch_size=args.batch_size, lr=args.lr,
                         percentile=args.percentile, seed=args.seed, augment=args.augment,
                         skip_nonfinite=args.skip_nonfinite)
@@ -218,6 +219,9 @@ def _convert(args) -> int:
             print(f"delay D={c.delay} chosen on {c.samples} samples: relative output error vs the ANN "
                   f"{c.rel_error.get(c.delay, 0):.4f} (D=0: {c.rel_error.get(0, 0):.4f})")
         print(layers_table(result.layers))
+        analog = SNNInfo.from_metadata(result.snn).analog
+        if analog:
+            print(f"kept analog (not spiking, --keep-analog): {', '.join(analog)}")
         if result.check is not None:
             print("\ncheck on calibration samples (SNN vs ANN):")
             print(eval_table(result.check))

@@ -13,6 +13,9 @@ from google.protobuf.message import DecodeError
 from .errors import UserError
 
 log = logging.getLogger(__name__)
+# onnx-graphsurgeon prints its warnings on stdout (e.g. for scikit-learn's map outputs), which would
+# break `--json` output; onnx2snn reports what matters itself
+gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR
 
 MIN_OPSET = 13  # Unsqueeze/ReduceSum with axes inputs, CumSum; older models are upgraded to it
 _READ_ERRORS = (DecodeError, RuntimeError, ValueError, OSError, onnx.checker.ValidationError)

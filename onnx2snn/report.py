@@ -95,8 +95,9 @@ def _sop_at(result, fraction: float):
     return None
 
 
-def report_json(result, e_sop: float = E_SOP_PJ, e_mac: float = E_MAC_PJ, model: str = "") -> dict:
-    """The report of an evaluation: per T, per layer, and the paper's energy metrics."""
+def report_json(result, e_sop: float = E_SOP_PJ, e_mac: float = E_MAC_PJ, model: str = "", analog=()) -> dict:
+    """The report of an evaluation: per T, per layer, and the paper's energy metrics; `analog`:
+    the nodes kept analog between neurons (--keep-analog), which do not spike."""
     ann_pj = result.ann_macs * e_mac if result.ann_macs else None
     rows = []
     for r in result.rows:
@@ -110,7 +111,7 @@ def report_json(result, e_sop: float = E_SOP_PJ, e_mac: float = E_MAC_PJ, model:
             "ann": {"accuracy": result.ann_accuracy, "macs": result.ann_macs or None, "energy_pj": ann_pj,
                     "frames_per_joule": 1e12 / ann_pj if ann_pj else None},
             "timesteps": rows, "sop90": _sop_at(result, 0.90), "sop95": _sop_at(result, 0.95),
-            "layers_T": result.layers_T, "layers": result.layers}
+            "layers_T": result.layers_T, "layers": result.layers, "analog": list(analog)}
 
 
 def report_lines(report: dict) -> str:

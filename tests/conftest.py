@@ -49,7 +49,7 @@ def mlp_path(tmp_path_factory):
 # builder, energy, every form) in well under a minute; the end-to-end tests train and export models,
 # spawn the command line or run exporters, and are marked slow. CI runs both tiers.
 _SLOW_FIXTURES = {"cnn_path", "resnet_path", "mlp_path", "digits_npz", "digits_data"}
-_SLOW_MODULES = {"test_cli", "test_exporters", "test_readme"}
+_SLOW_MODULES = {"test_cli", "test_exporters", "test_readme", "test_runtimes"}
 
 
 def pytest_configure(config):

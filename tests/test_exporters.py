@@ -24,6 +24,11 @@ T = 128
 def _convert_and_check(path, x_train, y_train, x_test, y_test, tmp_path, capsys, iters=150, extra=()):
     """CLI conversion and eval; returns the eval JSON (and asserts the issue's targets)."""
     model = onnx.load(path)
+    # inspect first: the exporter's graph converts, with its activations found
+    capsys.readouterr()
+    assert main(["inspect", str(path), "--json"]) == 0
+    inspected = json.loads(capsys.readouterr().out)
+    assert inspected["convertible"] and len(inspected["activations"]) >= 1
     init = {i.name for i in model.graph.initializer}
     name = next(i.name for i in model.graph.input if i.name not in init)
     np.savez(tmp_path / "calib.npz", **{name: x_train, "y": y_train})

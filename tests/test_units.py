@@ -179,3 +179,19 @@ def test_the_op_library_is_registered_only_when_the_model_uses_it(monkeypatch):
     assert runtime.session(portable).run(None, {"input": x})[0].shape == (1, 5)
     with pytest.raises(UserError, match="ONNX2SNN_OPS_LIBRARY"):
         runtime.session(custom)
+
+
+def test_a_missing_runtime_package_is_named(monkeypatch, tmp_path):
+    import importlib
+    model = graphs.stem_pool_model()
+    portable, _ = to_snn(model, None, SNNConfig(timesteps=4, portable=True))
+    onnx.save(portable, tmp_path / "p.onnx")
+    real = importlib.import_module
+    monkeypatch.setattr(importlib, "import_module",
+                        lambda name, *a: (_ for _ in ()).throw(ImportError(name)) if name in ("openvino", "tract")
+                        else real(name, *a))
+    for name in ("openvino", "tract"):
+        with pytest.raises(UserError, match=rf"--runtime {name}: the Python package '{name}' is not installed"):
+            runtime.backend(name, tmp_path / "p.onnx")
+    with pytest.raises(UserError, match="--runtime cuda"):
+        runtime.backend("cuda", tmp_path / "p.onnx")
