@@ -23,6 +23,7 @@ from . import model as M
 from . import runtime
 from .analyse import analyse, as_analysis, check_shapes
 from .config import AUTO, E_MAC_PJ, E_SOP_PJ, CalibConfig, SNNConfig, check_energy
+from .correction import correct_bias
 from .delay import DelayChoice, choose_delay
 from .energy import largest_activation
 from .errors import UserError
@@ -94,6 +95,13 @@ def _first_batch(source, model) -> dict:
     return {k: v for k, v in feeds.items() if k in {i.name for i in inputs}}
 
 
+def _sample_feeds(source, model, samples: int) -> list:
+    """Up to `samples` samples of the data as a list of feed dicts (a fixed random subset)."""
+    inputs = D.model_inputs(model)
+    batch = D.resolve_batch(None, inputs, min(samples, 50))
+    return [f for f, _ in D.eval_batches(source, batch, samples, exact=D.static_batch(inputs) is not None)]
+
+
 def choose_delay_on(analysis, thresholds, snn: SNNConfig, source, samples: int = 200,
                     threads: int = 0, progress: bool = False) -> DelayChoice:
     """The readout delay for `snn.timesteps`, chosen on `samples` samples of `source` (a fixed random
@@ -135,7 +143,8 @@ def convert(model_path, data=None, data_loader=None, output=None,
             calib: CalibConfig = CalibConfig(), snn: SNNConfig = SNNConfig(),
             prep: D.Preprocess = D.Preprocess(), thresholds=None, save_thresholds=None,
             check_samples: int = 0, check_timesteps=(), progress: bool = False,
-            write: bool = True, delay_samples: int = 200, report_path=None, plot_dir=None) -> Conversion:
+            write: bool = True, delay_samples: int = 200, report_path=None, plot_dir=None,
+            correct_samples: int = 200) -> Conversion:
     """ANN file -> SNN file: load, analyse, calibrate (or reuse thresholds), rewrite, save atomically.
 
     With `snn.delay == "auto"` the readout delay is chosen on `delay_samples` samples of the data
@@ -143,6 +152,7 @@ def convert(model_path, data=None, data_loader=None, output=None,
     included. Every output is checked against every input before any work is done."""
     if snn.delay == AUTO and not (data or data_loader):
         raise UserError("--delay auto: needs --data (or --data-loader) to choose the delay from")
+    _positive(correct_samples, "--correct-samples")
     if isinstance(delay_samples, bool) or not isinstance(delay_samples, int) or delay_samples < 1:
         raise UserError(f"--delay-samples {delay_samples}: must be an integer >= 1")
     if isinstance(check_samples, bool) or not isinstance(check_samples, int) or check_samples < 0:
@@ -178,6 +188,10 @@ def convert(model_path, data=None, data_loader=None, output=None,
         th = calibrate(analysis, source, calib, progress)
         seconds = time.perf_counter() - start
     th.check_against(analysis.activations, "--thresholds" if thresholds is not None else "calibration")
+    if snn.correct == "bias" and not th.bias:
+        if source is None:
+            raise UserError("--correct bias: needs --data (or thresholds saved with their correction)")
+        th = correct_bias(analysis, th, snn, _sample_feeds(source, analysis.model, correct_samples))
     delay_choice = None
     if snn.delay == AUTO:
         delay_choice = choose_delay_on(analysis, th, snn, source, delay_samples, progress=progress)

@@ -106,6 +106,11 @@ def _parser() -> argparse.ArgumentParser:
                         "output closest to the ANN's on --delay-samples calibration samples")
     s.add_argument("--delay-samples", type=int, default=200, metavar="N",
                    help="samples used by --delay auto (200)")
+    s.add_argument("--correct", choices=["none", "bias"], default="none",
+                   help="post-conversion correction at T (Li et al.): bias adds to each neuron the per-channel mean "
+                        "difference between the ANN's clipped activation and the SNN's average output, layer by "
+                        "layer on --correct-samples calibration samples; stored with the thresholds (none)")
+    s.add_argument("--correct-samples", type=int, default=200, metavar="N", help="samples for --correct (200)")
     s.add_argument("--v-init", type=float, default=0.5, help="initial membrane potential, fraction of theta (0.5)")
     s.add_argument("--maxpool", choices=["spiking", "move"], default="spiking",
                    help="MaxPool fed by spikes: spiking = pool running sums of currents, converges to the "
@@ -200,12 +205,13 @@ def _convert(args) -> int:
     snn = SNNConfig(timesteps=args.timesteps, delay=args.delay, v_init=args.v_init, maxpool=args.maxpool,
                     form=args.form, chunk=args.chunk, portable=args.portable, early_exit=args.early_exit,
                     exit_stable=args.exit_stable, exit_margin=args.exit_margin, exit_min_steps=args.exit_min_steps,
-                    keep_analog=args.keep_analog, loop_op=args.loop_op)
+                    keep_analog=args.keep_analog, loop_op=args.loop_op, correct=args.correct)
     result = api.convert(
         args.model, data=args.data, data_loader=args.data_loader, output=args.output, calib=calib, snn=snn,
         prep=_prep(args), thresholds=args.thresholds, save_thresholds=args.save_thresholds,
         check_samples=args.check if (args.data or args.data_loader) else 0, progress=not args.quiet,
-        delay_samples=args.delay_samples, report_path=args.report, plot_dir=args.plot)
+        delay_samples=args.delay_samples, report_path=args.report, plot_dir=args.plot,
+        correct_samples=args.correct_samples)
     if not args.quiet:
         th = result.thresholds
         how = (f"{th.info.get('iters')} batches in {result.calibration_seconds:.1f}s" if args.thresholds is None

@@ -14,6 +14,7 @@ METHODS = ("ltb", "ltb-layer", "max", "percentile")
 FORMS = ("unrolled", "loop")
 MAXPOOLS = ("spiking", "move")
 LOOP_OPS = ("loop", "scan")
+CORRECTIONS = ("none", "bias")
 AUTO = "auto"
 E_SOP_PJ = 0.077   # energy per synaptic operation, 77 fJ (Bu et al.)
 E_MAC_PJ = 12.5    # energy per multiply-accumulate (FLOP), 12.5 pJ
@@ -83,6 +84,7 @@ class SNNConfig:
     exit_min_steps: int = 16    # ... never before this many steps
     keep_analog: bool = False   # element-wise non-ReLU ops between neurons run per step (not spiking)
     loop_op: str = "loop"       # loop form: an ONNX Loop, or a Scan over iterations (runtimes without Loop)
+    correct: str = "none"       # "bias": per-channel post-conversion correction at T (correction.py)
 
     def __post_init__(self):
         if self.form not in FORMS:
@@ -95,6 +97,8 @@ class SNNConfig:
             raise UserError("--chunk needs --form loop")
         if self.early_exit and self.form != "loop":
             raise UserError("--early-exit needs --form loop")
+        if self.correct not in CORRECTIONS:
+            raise UserError(f"--correct {self.correct}: expected {' or '.join(CORRECTIONS)}")
         if self.loop_op not in LOOP_OPS:
             raise UserError(f"--loop-op {self.loop_op}: expected {' or '.join(LOOP_OPS)}")
         if self.loop_op != "loop" and self.form != "loop":

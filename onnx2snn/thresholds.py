@@ -12,6 +12,7 @@ from .errors import UserError
 from .files import write_atomic
 
 FORMAT = "onnx2snn-thresholds"
+BIAS = "bias:"   # NPZ key prefix of the bias corrections
 
 
 @dataclass
@@ -21,6 +22,7 @@ class Thresholds:
     method: str = "ltb"
     info: dict = field(default_factory=dict)
     stats: dict = field(default_factory=dict, compare=False)   # run statistics, never saved (times)
+    bias: dict = field(default_factory=dict)   # neuron name -> per-channel input current (correction.py)
 
     @staticmethod
     def placeholder(acts) -> "Thresholds":
@@ -29,6 +31,9 @@ class Thresholds:
 
     def validate(self, where: str) -> "Thresholds":
         """Every theta finite and >= 0 (0 = a channel that never fired: it stays silent)."""
+        for name, b in self.bias.items():
+            if not np.all(np.isfinite(np.asarray(b))):
+                raise UserError(f"{where}: the bias correction of '{name}' is not finite")
         for name, v in self.values.items():
             v = np.asarray(v)
             if v.size == 0:
@@ -56,9 +61,12 @@ class Thresholds:
         meta = {"format": FORMAT, "version": 1, "method": self.method, "info": self.info}
         if npz:
             buf = io.BytesIO()
-            np.savez(buf, __meta__=np.array(json.dumps(meta, sort_keys=True)), **self.values)
+            np.savez(buf, __meta__=np.array(json.dumps(meta, sort_keys=True)), **self.values,
+                     **{BIAS + k: v for k, v in self.bias.items()})
             return buf.getvalue()
         meta["thresholds"] = {k: [float(x) for x in np.asarray(v).reshape(-1)] for k, v in self.values.items()}
+        if self.bias:
+            meta["bias"] = {k: [float(x) for x in np.asarray(v).reshape(-1)] for k, v in self.bias.items()}
         return json.dumps(meta, indent=1, sort_keys=True).encode()
 
     def save(self, path, flag: str = "--save-thresholds") -> Path:
@@ -77,7 +85,10 @@ class Thresholds:
             if path.suffix.lower() == ".npz":
                 with np.load(path, allow_pickle=False) as z:
                     meta = json.loads(str(z["__meta__"])) if "__meta__" in z else {}
-                    values = {k: np.asarray(z[k], np.float32).reshape(-1) for k in z.files if k != "__meta__"}
+                    values = {k: np.asarray(z[k], np.float32).reshape(-1) for k in z.files
+                              if k != "__meta__" and not k.startswith(BIAS)}
+                    bias = {k[len(BIAS):]: np.asarray(z[k], np.float32).reshape(-1) for k in z.files
+                            if k.startswith(BIAS)}
             else:
                 meta = json.loads(path.read_text())
                 if not isinstance(meta, dict) or meta.get("format") != FORMAT:
@@ -86,12 +97,13 @@ class Thresholds:
                 if not isinstance(table, dict):
                     raise ValueError("'thresholds' must map activation names to lists of numbers")
                 values = {str(k): _vector(k, v) for k, v in table.items()}
+                bias = {str(k): _vector(k, v) for k, v in (meta.get("bias") or {}).items()}
             if not isinstance(meta, dict) or not isinstance(meta.get("info", {}), dict):
                 raise ValueError("'info' must be an object")
         except (ValueError, KeyError, OSError, TypeError, UnicodeDecodeError) as err:
             raise UserError(f"{where}: cannot read thresholds ({err})") from None
         info = dict(meta.get("info", {}), file=path.name)
-        return Thresholds(values, str(meta.get("method", "unknown")), info).validate(where)
+        return Thresholds(values, str(meta.get("method", "unknown")), info, bias=bias).validate(where)
 
 
 def _vector(name, value) -> np.ndarray:

@@ -24,7 +24,7 @@ from ..model import export, set_metadata, shapes
 from ..neuron import DOMAIN, OPSET_VERSION
 from ..thresholds import Thresholds
 from .info import Provenance, SNNInfo
-from .timefold import TimeFold
+from .timefold import TimeFold, theta_broadcast
 
 T_NAME = "onnx2snn.timesteps"   # the int64 [1] step count that time folding reshapes with
 _FLOATS = (np.float16, np.float32, np.float64)
@@ -74,8 +74,15 @@ class Prepared:
         return [self.batch_dim] + [d if isinstance(d, int) and d > 0 else None for d in shape[1:]]
 
 
-def _neuron(graph: gs.Graph, x, out, theta: np.ndarray, axis: int, name: str, config: SNNConfig) -> gs.Node:
+def _neuron(graph: gs.Graph, x, out, theta: np.ndarray, axis: int, name: str, config: SNNConfig,
+            rank: int = 0, bias=None) -> gs.Node:
     theta_c = gs.Constant(f"{name}.theta", np.asarray(theta, np.float32).reshape(-1))
+    if bias is not None:   # the correction's constant input current, per channel (correction.py)
+        biased = gs.Variable(f"{name}/corrected_current", np.float32)
+        graph.nodes.append(gs.Node("Add", f"{name}/bias_correction",
+                                   inputs=[x, gs.Constant(f"{name}.bias", theta_broadcast(bias, axis, rank))],
+                                   outputs=[biased]))
+        x = biased
     node = gs.Node("IFNeuron", name, {"timesteps": config.timesteps, "axis": axis, "v_init": float(config.v_init)},
                    [x, theta_c], [out], domain=DOMAIN)
     graph.nodes.append(node)
@@ -99,10 +106,10 @@ def _place_neurons(graph: gs.Graph, acts, thresholds: Thresholds, config: SNNCon
             current = gs.Variable(f"{pool.name}/pooled_current", x.dtype)
             pool.outputs = [current]
             name = f"{act.name}>{pool.name}"
-            _neuron(graph, current, pooled_out, theta, act.axis, name, config)
+            _neuron(graph, current, pooled_out, theta, act.axis, name, config, act.rank, thresholds.bias.get(name))
             layers.append(Layer(name, act.name, "after pool", act.channels, theta, pooled_out.name))
         if y.outputs or y in graph.outputs:
-            _neuron(graph, x, y, theta, act.axis, act.name, config)
+            _neuron(graph, x, y, theta, act.axis, act.name, config, act.rank, thresholds.bias.get(act.name))
             layers.append(Layer(act.name, act.name, "neuron", act.channels, theta, y.name))
     return layers
 
