@@ -9,7 +9,6 @@ Prints, as ratios:
 - calibration: wall time (decoding included) and onnxruntime time over the ANN's inference on the
   same batches, with and without --augment;
 - peak RSS of each form's inference (a child process each).
-With torch and spikingjelly installed, SpikingJelly's converted model is timed beside it.
 """
 from __future__ import annotations
 
@@ -87,10 +86,6 @@ def main():
         t = best_seconds(lambda: sess.run(None, {"input": x}), 3)
         mem = "" if args.skip_memory else f", peak RSS {peak_rss_mb(snn.SerializeToString(), x):.0f} MB"
         print(f"{name:22} {1e3 * t:8.1f} ms  {t / floor:5.2f}x the floor{mem}", flush=True)
-    try:
-        import spikingjelly  # noqa: F401
-    except ImportError:
-        print("spikingjelly not installed: no comparison")
 
 
 if __name__ == "__main__":
