@@ -1,10 +1,12 @@
 // Integrate-and-fire neuron for onnxruntime's CPU provider (domain ai.onnx2snn, version 1).
 //
-// IFNeuron(x, theta[, v_in]) -> (spikes[, v_out])
+// IFNeuron(x, theta[, v_in[, v0]]) -> (spikes[, v_out])
 //   x      float32 [K*N, ...]: K time steps of N samples, time-major (step t = rows t*N..t*N+N-1).
 //   theta  float32 [C] or [1]: threshold per channel of axis `axis`.
-//   v_in   float32 [N, ...] (optional): membrane potential carried in from earlier steps; when it is
-//          absent the potential starts at v_init * theta (README, "Neuron").
+//   v_in   float32 [N, ...] (optional): membrane potential carried in from earlier steps.
+//   v0     float32 [prod(...)] or [1] (optional): the initial membrane potential of each neuron of one
+//          sample (or of all), in the input's units, the same for every sample. Without v_in and v0
+//          the potential starts at v_init * theta (README, "Neuron"); v_in takes precedence over v0.
 //   spikes float32 like x: theta where the neuron fired, 0 elsewhere (weighted spikes).
 //   v_out  float32 [N, ...] (optional): membrane potential after the K steps.
 // Attributes: timesteps K (int, >= 1), axis (int, default 1), v_init (float, default 0.5).
@@ -30,6 +32,7 @@ struct NeuronTask {
   const float* x;
   const float* theta;
   const float* v_in;  // may be null
+  const float* v0;    // may be null: initial potential per neuron of one sample ([per_sample] or [1])
   float* spikes;
   float* v_out;       // may be null
   int64_t steps;      // K
@@ -38,6 +41,8 @@ struct NeuronTask {
   int64_t channels;   // length of theta (1 = shared threshold)
   float v_init;
   int64_t block;      // elements per parallel work item
+  int64_t per_sample; // neurons per sample (step_size / N)
+  int64_t v0_size;    // 1 or per_sample
 };
 
 void RunBlock(void* data, size_t index) {
@@ -62,6 +67,13 @@ void RunBlock(void* data, size_t index) {
   }
   if (t.v_in) {
     std::copy(t.v_in + begin, t.v_in + end, vp);
+  } else if (t.v0) {
+    // neuron of element i is i % per_sample: walked incrementally
+    int64_t k = t.v0_size == 1 ? 0 : begin % t.per_sample;
+    for (int64_t j = 0; j < n; ++j) {
+      vp[j] = t.v0[k];
+      if (t.v0_size != 1 && ++k == t.per_sample) k = 0;
+    }
   } else {
     for (int64_t j = 0; j < n; ++j) vp[j] = t.v_init * tp[j];
   }
@@ -81,7 +93,7 @@ void RunBlock(void* data, size_t index) {
 
 struct IFNeuronKernel : GuardedKernel<IFNeuronKernel> {
   static constexpr const char* kName = "IFNeuron";
-  static constexpr size_t kInputs = 3, kRequiredInputs = 2, kOutputs = 2, kRequiredOutputs = 1;
+  static constexpr size_t kInputs = 4, kRequiredInputs = 2, kOutputs = 2, kRequiredOutputs = 1;
   static constexpr int kInplaceInput = 0;   // spikes may overwrite x: each x is read before its spike is written
   int64_t steps = 1;
   int64_t axis = 1;
@@ -142,6 +154,21 @@ struct IFNeuronKernel : GuardedKernel<IFNeuronKernel> {
         v_in = v.GetTensorData<float>();
       }
     }
+    int64_t per_sample = 1;
+    for (int64_t d = 1; d < rank; ++d) per_sample *= shape[d];
+    const float* v0 = nullptr;
+    int64_t v0_size = 0;
+    if (ctx.GetInputCount() > 3) {
+      Ort::ConstValue v = ctx.GetInput(3);
+      if (static_cast<const OrtValue*>(v) != nullptr) {
+        v0_size = ElementCount(v.GetTensorTypeAndShapeInfo().GetShape(), "IFNeuron: v0");
+        if (v0_size != 1 && v0_size != per_sample) {
+          throw InvalidInput("IFNeuron: v0 has " + std::to_string(v0_size) + " values; expected 1 or " +
+                             std::to_string(per_sample) + " (one per neuron of a sample of " + ShapeString(shape) + ")");
+        }
+        v0 = v.GetTensorData<float>();
+      }
+    }
     Ort::UnownedValue out = ctx.GetOutput(0, shape);
     float* v_out = nullptr;
     if (ctx.GetOutputCount() > 1) {
@@ -150,9 +177,9 @@ struct IFNeuronKernel : GuardedKernel<IFNeuronKernel> {
     }
     if (total == 0) return;
 
-    NeuronTask task{x.GetTensorData<float>(), theta.GetTensorData<float>(), v_in,
+    NeuronTask task{x.GetTensorData<float>(), theta.GetTensorData<float>(), v_in, v0,
                     out.GetTensorMutableData<float>(), v_out, steps, step_size, inner, channels,
-                    v_init, 0};
+                    v_init, 0, per_sample, v0_size};
     // Work items of ~16k neurons: large enough to amortise scheduling, small enough to balance.
     task.block = std::max<int64_t>(1, std::min<int64_t>(step_size, 16384));
     const size_t items = static_cast<size_t>((step_size + task.block - 1) / task.block);

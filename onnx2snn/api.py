@@ -23,7 +23,7 @@ from . import model as M
 from . import runtime
 from .analyse import analyse, as_analysis, check_shapes
 from .config import AUTO, E_MAC_PJ, E_SOP_PJ, CalibConfig, SNNConfig, check_energy
-from .correction import correct_bias
+from .correction import correct
 from .delay import DelayChoice, choose_delay
 from .energy import largest_activation
 from .errors import UserError
@@ -188,10 +188,10 @@ def convert(model_path, data=None, data_loader=None, output=None,
         th = calibrate(analysis, source, calib, progress)
         seconds = time.perf_counter() - start
     th.check_against(analysis.activations, "--thresholds" if thresholds is not None else "calibration")
-    if snn.correct == "bias" and not th.bias:
+    if snn.correct != "none" and not (th.bias or th.potential):
         if source is None:
-            raise UserError("--correct bias: needs --data (or thresholds saved with their correction)")
-        th = correct_bias(analysis, th, snn, _sample_feeds(source, analysis.model, correct_samples))
+            raise UserError(f"--correct {snn.correct}: needs --data (or thresholds saved with their correction)")
+        th = correct(analysis, th, snn, _sample_feeds(source, analysis.model, correct_samples), snn.correct)
     delay_choice = None
     if snn.delay == AUTO:
         delay_choice = choose_delay_on(analysis, th, snn, source, delay_samples, progress=progress)

@@ -106,10 +106,11 @@ def _parser() -> argparse.ArgumentParser:
                         "output closest to the ANN's on --delay-samples calibration samples")
     s.add_argument("--delay-samples", type=int, default=200, metavar="N",
                    help="samples used by --delay auto (200)")
-    s.add_argument("--correct", choices=["none", "bias"], default="none",
-                   help="post-conversion correction at T (Li et al.): bias adds to each neuron the per-channel mean "
-                        "difference between the ANN's clipped activation and the SNN's average output, layer by "
-                        "layer on --correct-samples calibration samples; stored with the thresholds (none)")
+    s.add_argument("--correct", choices=["none", "bias", "potential"], default="none",
+                   help="post-conversion correction at T (Li et al.), layer by layer on --correct-samples calibration "
+                        "samples, from the mean difference between the ANN's clipped activation and the SNN's "
+                        "average output: bias = a per-channel input current, potential = a per-neuron initial "
+                        "membrane potential; stored with the thresholds (none)")
     s.add_argument("--correct-samples", type=int, default=200, metavar="N", help="samples for --correct (200)")
     s.add_argument("--v-init", type=float, default=0.5, help="initial membrane potential, fraction of theta (0.5)")
     s.add_argument("--maxpool", choices=["spiking", "move"], default="spiking",

@@ -14,7 +14,7 @@ METHODS = ("ltb", "ltb-layer", "max", "percentile")
 FORMS = ("unrolled", "loop")
 MAXPOOLS = ("spiking", "move")
 LOOP_OPS = ("loop", "scan")
-CORRECTIONS = ("none", "bias")
+CORRECTIONS = ("none", "bias", "potential")
 AUTO = "auto"
 E_SOP_PJ = 0.077   # energy per synaptic operation, 77 fJ (Bu et al.)
 E_MAC_PJ = 12.5    # energy per multiply-accumulate (FLOP), 12.5 pJ
@@ -84,7 +84,7 @@ class SNNConfig:
     exit_min_steps: int = 16    # ... never before this many steps
     keep_analog: bool = False   # element-wise non-ReLU ops between neurons run per step (not spiking)
     loop_op: str = "loop"       # loop form: an ONNX Loop, or a Scan over iterations (runtimes without Loop)
-    correct: str = "none"       # "bias": per-channel post-conversion correction at T (correction.py)
+    correct: str = "none"       # "bias" (per channel) or "potential" (per neuron): correction at T (correction.py)
 
     def __post_init__(self):
         if self.form not in FORMS:

@@ -1,13 +1,16 @@
-"""Post-conversion bias correction (Li et al., "A free lunch from ANN", ICML 2021; combined with
-local threshold balancing in Bu et al., Table 3), done on calibration samples.
+"""Post-conversion correction (Li et al., "A free lunch from ANN", ICML 2021; combined with local
+threshold balancing in Bu et al., Table 3), done on calibration samples.
 
 Layer by layer from the input side, each neuron's average output over the T steps (spikes are
 theta-weighted, so the average is in the ANN's units) is compared with the ANN's clipped activation
 (the ANN with every activation clipped at the SNN's thresholds, which the SNN's rates approach).
-Their mean difference per channel becomes a constant input current added to the neuron at every
-step, which shifts its average output by about that much. Each layer is corrected before the next
-is measured, so later layers see corrected inputs. Statistics are per-channel sums reduced in the
-graph. The corrections live in the thresholds (`Thresholds.bias`): `--thresholds` reuses them.
+- bias: the mean difference per channel becomes a constant input current added at every step,
+  which shifts the average output by about that much;
+- potential: the mean difference per neuron e becomes extra initial membrane potential T * e (the
+  neuron then emits about T * e / theta more spikes of value theta over T steps).
+Each layer is corrected before the next is measured, so later layers see corrected inputs.
+Statistics are means reduced in the graph. The corrections live in the thresholds
+(`Thresholds.bias`, `Thresholds.potential`): `--thresholds` reuses them.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from .analyse import Analysis
 from .config import SNNConfig
 from .errors import UserError
 from .snn import simulate, to_snn
+from .snn.timefold import theta_broadcast
 from .thresholds import Thresholds
 
 log = logging.getLogger(__name__)
@@ -40,40 +44,50 @@ def _means(sess, names, batches, fixed=None) -> list:
     return [t / n for t in total]
 
 
-def _clipped_means(analysis: Analysis, thresholds: Thresholds, layers, shapes, batches) -> dict:
-    """Per-channel mean of the ANN's clipped activation for each layer's tensor."""
-    tensors = {l.tensor: shapes[l.name] for l in layers}
-    model, probe_list = probes.build(analysis, "ltb", outputs=list(tensors))
-    model, names = simulate.with_channel_means(model, tensors)
+def _clipped_means(analysis: Analysis, thresholds: Thresholds, layers, axes: dict, batches) -> dict:
+    """Mean of the ANN's clipped activation over `axes[layer]` for each layer's tensor."""
+    model, probe_list = probes.build(analysis, "ltb", outputs=sorted({l.tensor for l in layers}))
+    model, names = simulate.with_means(model, {l.tensor: axes[l.name] for l in layers})
     fixed = {probes.LR_INPUT: np.zeros((), np.float32)}        # step 0: theta stays, y = clip(x, 0, theta)
     for pr in probe_list:
         fixed[pr.theta_input] = np.broadcast_to(np.asarray(thresholds.values[pr.name], np.float32).reshape(-1),
                                                 pr.theta_shape).astype(np.float32)
-    return dict(zip(tensors, _means(runtime.session(model), names, batches, fixed)))
+    return dict(zip([l.tensor for l in layers], _means(runtime.session(model), names, batches, fixed)))
 
 
-def correct_bias(analysis: Analysis, thresholds: Thresholds, config: SNNConfig, batches) -> Thresholds:
-    """Thresholds with a per-channel bias correction for every neuron at `config.timesteps`.
-    `batches`: a list of feed dicts (calibration samples; reused for every layer)."""
+def correct(analysis: Analysis, thresholds: Thresholds, config: SNNConfig, batches, kind: str = "bias") -> Thresholds:
+    """Thresholds with a correction of `kind` ("bias" or "potential") for every neuron at
+    `config.timesteps`. `batches`: a list of feed dicts (calibration samples; reused per layer)."""
+    if kind not in ("bias", "potential"):
+        raise UserError(f"--correct {kind}: expected bias or potential")
     if not batches:
         raise UserError("--correct: received no samples")
     probe_cfg = replace(config, delay=0, form="unrolled", chunk=1, portable=False, early_exit=False,
-                        loop_op="loop")
-    _, layers = to_snn(analysis, thresholds, probe_cfg)
+                        loop_op="loop", correct="none")
+    plain = Thresholds(dict(thresholds.values), thresholds.method, dict(thresholds.info))
+    _, layers = to_snn(analysis, plain, probe_cfg)
     act_of = {a.name: a for a in analysis.activations}
-    shapes = {l.name: (act_of[l.source].axis, act_of[l.source].rank) for l in layers}
-    ann = _clipped_means(analysis, thresholds, layers, shapes, batches)
-    corrected = Thresholds(dict(thresholds.values), thresholds.method, dict(thresholds.info), bias={})
+    rank = {l.name: act_of[l.source].rank for l in layers}
+    axes = {l.name: simulate.channel_axes(act_of[l.source].axis, rank[l.name]) if kind == "bias" else [0]
+            for l in layers}
+    ann = _clipped_means(analysis, plain, layers, axes, batches)
+    corrected = plain
     before = []
+    t = config.timesteps
     for layer in layers:          # input side first: each layer is measured with the earlier ones corrected
         snn, _ = to_snn(analysis, corrected, probe_cfg)
-        model, names = simulate.with_channel_means(snn, {layer.tensor: shapes[layer.name]})
+        model, names = simulate.with_means(snn, {layer.tensor: axes[layer.name]})
         (snn_mean,) = _means(runtime.session(model), names, batches)
         diff = ann[layer.tensor] - snn_mean
         before.append(float(np.abs(diff).mean()))
-        corrected.bias[layer.name] = diff.astype(np.float32)
+        if kind == "bias":
+            corrected.bias[layer.name] = diff.astype(np.float32)
+        else:
+            start = np.broadcast_to(theta_broadcast(layer.theta, act_of[layer.source].axis, rank[layer.name]),
+                                    diff.shape) * np.float32(config.v_init)
+            corrected.potential[layer.name] = (start + t * diff).astype(np.float32).reshape(-1)
     n = sum(len(next(iter(f.values()))) for f in batches)
-    corrected.info = dict(corrected.info, correction={"kind": "bias", "timesteps": config.timesteps, "samples": n,
+    corrected.info = dict(corrected.info, correction={"kind": kind, "timesteps": t, "samples": n,
                                                       "mean_abs_difference": round(float(np.mean(before)), 6)})
-    log.info("bias correction at T=%d on %d samples: mean |difference| %.4g", config.timesteps, n, np.mean(before))
+    log.info("%s correction at T=%d on %d samples: mean |difference| %.4g", kind, t, n, np.mean(before))
     return corrected.validate("correction")

@@ -13,10 +13,12 @@ OPSET_VERSION = 1
 
 
 def if_neuron(x: np.ndarray, theta: np.ndarray, timesteps: int, axis: int = 1, v_init: float = 0.5,
-              v: np.ndarray | None = None, return_state: bool = False):
+              v: np.ndarray | None = None, return_state: bool = False, v0: np.ndarray | None = None):
     """Run an IF neuron over `timesteps` steps stacked time-major on axis 0 of `x`.
 
-    x: float32 [K*N, ...]; theta: [C] (channel axis `axis`) or [1]; v: optional state [N, ...].
+    x: float32 [K*N, ...]; theta: [C] (channel axis `axis`) or [1]; v: optional state [N, ...];
+    v0: optional initial potential of each neuron of one sample ([prod(...)] or [1]), used when
+    there is no state (else v_init * theta).
     Returns the weighted spikes (theta or 0) shaped like x, and the final state if asked.
     """
     x = np.asarray(x, dtype=np.float32)
@@ -43,7 +45,14 @@ def if_neuron(x: np.ndarray, theta: np.ndarray, timesteps: int, axis: int = 1, v
         shape[ax] = theta.size
         th = theta.reshape(shape)
     th = np.broadcast_to(th, steps.shape[1:])
-    if v is None:
+    if v is None and v0 is not None:
+        v0 = np.asarray(v0, dtype=np.float32).reshape(-1)
+        per_sample = int(np.prod(steps.shape[2:])) if steps.ndim > 2 else 1
+        if v0.size not in (1, per_sample):
+            raise ValueError(f"v0 has {v0.size} values; expected 1 or {per_sample}")
+        state = np.broadcast_to(v0.reshape(steps.shape[2:]) if v0.size == per_sample and steps.ndim > 2
+                                else v0.reshape(()), steps.shape[1:]).astype(np.float32).copy()
+    elif v is None:
         state = (np.float32(v_init) * th).astype(np.float32)
     else:
         state = np.array(v, dtype=np.float32, copy=True)

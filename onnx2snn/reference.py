@@ -14,9 +14,9 @@ from .neuron import DOMAIN, if_neuron
 class IFNeuron(OpRun):
     op_domain = DOMAIN
 
-    def _run(self, x, theta, v=None, timesteps=None, axis=1, v_init=0.5):
+    def _run(self, x, theta, v=None, v0=None, timesteps=None, axis=1, v_init=0.5):
         spikes, state = if_neuron(x, theta, int(timesteps), int(axis), np.float32(v_init), v=v,
-                                  return_state=True)
+                                  return_state=True, v0=v0)
         if len(self.output) > 1:
             return spikes, state
         return (spikes,)

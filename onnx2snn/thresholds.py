@@ -12,7 +12,8 @@ from .errors import UserError
 from .files import write_atomic
 
 FORMAT = "onnx2snn-thresholds"
-BIAS = "bias:"   # NPZ key prefix of the bias corrections
+BIAS = "bias:"             # NPZ key prefix of the bias corrections
+POTENTIAL = "potential:"   # NPZ key prefix of the initial potentials
 
 
 @dataclass
@@ -23,6 +24,7 @@ class Thresholds:
     info: dict = field(default_factory=dict)
     stats: dict = field(default_factory=dict, compare=False)   # run statistics, never saved (times)
     bias: dict = field(default_factory=dict)   # neuron name -> per-channel input current (correction.py)
+    potential: dict = field(default_factory=dict)   # neuron name -> initial potential per neuron of a sample
 
     @staticmethod
     def placeholder(acts) -> "Thresholds":
@@ -31,9 +33,10 @@ class Thresholds:
 
     def validate(self, where: str) -> "Thresholds":
         """Every theta finite and >= 0 (0 = a channel that never fired: it stays silent)."""
-        for name, b in self.bias.items():
-            if not np.all(np.isfinite(np.asarray(b))):
-                raise UserError(f"{where}: the bias correction of '{name}' is not finite")
+        for kind, table in (("bias", self.bias), ("potential", self.potential)):
+            for name, b in table.items():
+                if not np.all(np.isfinite(np.asarray(b))):
+                    raise UserError(f"{where}: the {kind} correction of '{name}' is not finite")
         for name, v in self.values.items():
             v = np.asarray(v)
             if v.size == 0:
@@ -62,11 +65,13 @@ class Thresholds:
         if npz:
             buf = io.BytesIO()
             np.savez(buf, __meta__=np.array(json.dumps(meta, sort_keys=True)), **self.values,
-                     **{BIAS + k: v for k, v in self.bias.items()})
+                     **{BIAS + k: v for k, v in self.bias.items()},
+                     **{POTENTIAL + k: v for k, v in self.potential.items()})
             return buf.getvalue()
         meta["thresholds"] = {k: [float(x) for x in np.asarray(v).reshape(-1)] for k, v in self.values.items()}
-        if self.bias:
-            meta["bias"] = {k: [float(x) for x in np.asarray(v).reshape(-1)] for k, v in self.bias.items()}
+        for key, table in (("bias", self.bias), ("potential", self.potential)):
+            if table:
+                meta[key] = {k: [float(x) for x in np.asarray(v).reshape(-1)] for k, v in table.items()}
         return json.dumps(meta, indent=1, sort_keys=True).encode()
 
     def save(self, path, flag: str = "--save-thresholds") -> Path:
@@ -86,9 +91,11 @@ class Thresholds:
                 with np.load(path, allow_pickle=False) as z:
                     meta = json.loads(str(z["__meta__"])) if "__meta__" in z else {}
                     values = {k: np.asarray(z[k], np.float32).reshape(-1) for k in z.files
-                              if k != "__meta__" and not k.startswith(BIAS)}
+                              if k != "__meta__" and not k.startswith((BIAS, POTENTIAL))}
                     bias = {k[len(BIAS):]: np.asarray(z[k], np.float32).reshape(-1) for k in z.files
                             if k.startswith(BIAS)}
+                    potential = {k[len(POTENTIAL):]: np.asarray(z[k], np.float32).reshape(-1) for k in z.files
+                                 if k.startswith(POTENTIAL)}
             else:
                 meta = json.loads(path.read_text())
                 if not isinstance(meta, dict) or meta.get("format") != FORMAT:
@@ -98,12 +105,14 @@ class Thresholds:
                     raise ValueError("'thresholds' must map activation names to lists of numbers")
                 values = {str(k): _vector(k, v) for k, v in table.items()}
                 bias = {str(k): _vector(k, v) for k, v in (meta.get("bias") or {}).items()}
+                potential = {str(k): _vector(k, v) for k, v in (meta.get("potential") or {}).items()}
             if not isinstance(meta, dict) or not isinstance(meta.get("info", {}), dict):
                 raise ValueError("'info' must be an object")
         except (ValueError, KeyError, OSError, TypeError, UnicodeDecodeError) as err:
             raise UserError(f"{where}: cannot read thresholds ({err})") from None
         info = dict(meta.get("info", {}), file=path.name)
-        return Thresholds(values, str(meta.get("method", "unknown")), info, bias=bias).validate(where)
+        return Thresholds(values, str(meta.get("method", "unknown")), info, bias=bias,
+                          potential=potential).validate(where)
 
 
 def _vector(name, value) -> np.ndarray:

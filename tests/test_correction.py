@@ -1,5 +1,6 @@
-"""Post-conversion bias correction: stored with the thresholds, applied the same way in every
-form, and it brings a deep SNN's output closer to its ANN at small T on held-out data."""
+"""Post-conversion corrections (bias per channel, initial potential per neuron): stored with the
+thresholds, applied the same way in every form and by the C++ op and the NumPy reference, and they
+bring a deep SNN's neurons and output closer to its ANN at small T on held-out data."""
 import numpy as np
 import pytest
 
@@ -7,37 +8,48 @@ import graphs
 from onnx2snn import CalibConfig, SNNConfig, Thresholds, UserError, reference, runtime, to_snn
 from onnx2snn.analyse import analyse
 from onnx2snn.calibration import calibrate
-from onnx2snn.correction import _clipped_means, _means, correct_bias
+from onnx2snn.correction import _clipped_means, _means, correct
 from onnx2snn.snn import simulate
 
 
 @pytest.mark.parametrize("suffix", [".json", ".npz"])
-def test_bias_is_saved_and_loaded_with_the_thresholds(tmp_path, suffix):
-    th = Thresholds({"relu1": np.ones(4, np.float32)}, "manual", bias={"relu1": np.array([0.5, -1, 0, 2], np.float32)})
+def test_corrections_are_saved_and_loaded_with_the_thresholds(tmp_path, suffix):
+    th = Thresholds({"relu1": np.ones(4, np.float32)}, "manual", bias={"relu1": np.array([0.5, -1, 0, 2], np.float32)},
+                    potential={"relu1": np.arange(36, dtype=np.float32) / 8})
     th.save(tmp_path / f"t{suffix}")
     back = Thresholds.load(tmp_path / f"t{suffix}")
     assert np.array_equal(back.bias["relu1"], th.bias["relu1"]) and list(back.values) == ["relu1"]
+    assert np.array_equal(back.potential["relu1"], th.potential["relu1"])
     bad = Thresholds({"relu1": np.ones(4, np.float32)}, "manual", bias={"relu1": np.array([np.nan] * 4, np.float32)})
     with pytest.raises(UserError, match="bias correction of 'relu1' is not finite"):
         bad.validate("t")
 
 
-def test_every_form_applies_the_bias_exactly():
+@pytest.mark.parametrize("kind", ["bias", "potential", "both"])
+def test_every_form_applies_the_corrections_exactly(kind):
+    """Exactly representable model, thresholds, currents and potentials: every form, the C++ op and
+    the NumPy reference agree bit for bit (tensor initial potential included)."""
     model = graphs.residual_integer_model()
     acts = analyse(model).activations
+    rng = np.random.default_rng(5)
+    sample = {"relu1": 4 * 4 * 4, "relu2>pool2": 4 * 2 * 2}           # neurons per sample of each layer
+    bias = {a.name: np.resize(np.array([0.5, -0.25, 1.0, 0.0], np.float32), a.channels) for a in acts}
+    potential = {name: (rng.integers(-4, 9, size=n) / 4).astype(np.float32) for name, n in sample.items()}
     th = Thresholds({a.name: np.full(a.channels, 2.0, np.float32) for a in acts}, "manual",
-                    bias={a.name: np.resize(np.array([0.5, -0.25, 1.0, 0.0], np.float32), a.channels) for a in acts})
+                    bias=bias if kind != "potential" else {}, potential=potential if kind != "bias" else {})
     x = np.random.default_rng(0).integers(-3, 6, size=(4, 2, 4, 4)).astype(np.float32)
     base, _ = to_snn(model, th, SNNConfig(timesteps=16))
     want = reference.run(base, {"input": x})[0]
     assert not np.array_equal(want, reference.run(to_snn(model, Thresholds(th.values, "manual"),
                                                          SNNConfig(timesteps=16))[0], {"input": x})[0])
-    for kw in (dict(), dict(portable=True), dict(form="loop", chunk=4), dict(form="loop", chunk=4, portable=True)):
+    for kw in (dict(), dict(portable=True), dict(form="loop", chunk=4), dict(form="loop", chunk=4, portable=True),
+               dict(form="loop", portable=True), dict(form="loop", chunk=32, portable=True)):
         got = runtime.session(to_snn(model, th, SNNConfig(timesteps=16, **kw))[0]).run(None, {"input": x})[0]
         assert np.array_equal(got, want), kw
 
 
-def test_correction_brings_a_deep_snn_closer_to_its_ann():
+@pytest.mark.parametrize("kind", ["bias", "potential"])
+def test_correction_brings_a_deep_snn_closer_to_its_ann(kind):
     model = graphs.deep_chain_model(depth=10, features=16, seed=2)
     rng = np.random.default_rng(0)
     calib = [{"input": rng.normal(size=(50, 16)).astype(np.float32)} for _ in range(4)]
@@ -45,19 +57,20 @@ def test_correction_brings_a_deep_snn_closer_to_its_ann():
     analysis = analyse(model)
     th = calibrate(analysis, calib * 25, CalibConfig(iters=100))
     cfg = SNNConfig(timesteps=16)
-    corrected = correct_bias(analysis, th, cfg, calib)
-    assert set(corrected.bias) == {a.name for a in analysis.activations}
-    assert corrected.info["correction"]["kind"] == "bias" and corrected.info["correction"]["samples"] == 200
+    corrected = correct(analysis, th, cfg, calib, kind)
+    table = corrected.bias if kind == "bias" else corrected.potential
+    assert set(table) == {a.name for a in analysis.activations}
+    assert corrected.info["correction"]["kind"] == kind and corrected.info["correction"]["samples"] == 200
     ann = runtime.session(model).run(None, {"input": test})[0]
     _, layers = to_snn(analysis, th, cfg)
     held = [{"input": test}]
-    ann_means = _clipped_means(analysis, th, layers, {l.name: (1, 2) for l in layers}, held)
+    ann_means = _clipped_means(analysis, th, layers, {l.name: [0] for l in layers}, held)
     err, diff = {}, {}
     for name, t in (("plain", th), ("corrected", corrected)):
         snn, _ = to_snn(analysis, t, cfg)
         out = runtime.session(snn).run(None, {"input": test})[0]
         err[name] = np.linalg.norm(out - ann) / np.linalg.norm(ann)
-        stats, names = simulate.with_channel_means(snn, {l.tensor: (1, 2) for l in layers})
+        stats, names = simulate.with_means(snn, {l.tensor: [0] for l in layers})
         means = _means(runtime.session(stats), names, held)
         diff[name] = np.mean([np.abs(ann_means[l.tensor] - m).mean() for l, m in zip(layers, means)])
     # held-out samples: each neuron's mean output is much closer to the ANN's, and so is the output

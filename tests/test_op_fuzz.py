@@ -28,7 +28,7 @@ VALUES = [-3.0, -1.0, -0.25, 0.0, 0.125, 0.5, 1.0, 2.5, 7.0, np.nan, np.inf, -np
 
 def _session(op, inputs, outputs, attrs):
     node = helper.make_node(op, inputs, outputs, domain=DOMAIN, **attrs)
-    graph = helper.make_graph([node], "fuzz", [helper.make_tensor_value_info(n, 1, None) for n in inputs],
+    graph = helper.make_graph([node], "fuzz", [helper.make_tensor_value_info(n, 1, None) for n in inputs if n],
                               [helper.make_tensor_value_info(n, 1, None) for n in outputs])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
                                                     helper.make_opsetid(DOMAIN, OPSET_VERSION)])
@@ -62,19 +62,25 @@ def neuron_cases(draw):
     elif v_init != "missing":
         attrs["v_init"] = float(v_init)
     state = draw(st.sampled_from([None, "right", "wrong"]))
+    per_sample = int(np.prod(shape[1:])) if rank > 1 else 1
+    v0_size = draw(st.sampled_from([None, None, 1, per_sample, per_sample + 1]))
+    v0 = None if v0_size is None else draw(_array([v0_size]))
     return (draw(_array(shape)), draw(_array([channels])), attrs, state,
-            draw(_array([max(1, rows // steps) if state == "wrong" else rows // steps] + shape[1:])))
+            draw(_array([max(1, rows // steps) if state == "wrong" else rows // steps] + shape[1:])), v0)
 
 
 @FUZZ
 @given(neuron_cases())
 def test_if_neuron_matches_the_reference_or_fails_cleanly(case):
-    x, theta, attrs, state, v = case
-    inputs, outputs = ["x", "theta"] + (["v"] if state else []), ["spikes"] + (["v_out"] if state else [])
-    feeds = {"x": x, "theta": theta, **({"v": v} if state else {})}
+    x, theta, attrs, state, v, v0 = case
+    inputs = ["x", "theta"] + (["v"] if state else ([""] if v0 is not None else [])) + (["v0"] if v0 is not None else [])
+    outputs = ["spikes"] + (["v_out"] if state else [])
+    feeds = {"x": x, "theta": theta, **({"v": v} if state else {}), **({"v0": v0} if v0 is not None else {})}
     try:
         want = if_neuron(x, theta, attrs["timesteps"], attrs["axis"], attrs.get("v_init", 0.5),
-                         v=v if state else None, return_state=True)
+                         v=v if state else None, return_state=True, v0=v0)
+        if v0 is not None and state and v0.size not in (1, int(np.prod(x.shape[1:])) if x.ndim > 1 else 1):
+            want = None                                     # the op checks v0 even when the state wins
         if state == "wrong" and v.shape[0] * max(1, attrs["timesteps"]) != x.shape[0]:
             want = None
         if isinstance(attrs.get("v_init"), int):

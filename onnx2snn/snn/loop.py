@@ -84,10 +84,15 @@ def _neuron_states(lb: _LoopBuilder):
         theta_b = gs.Constant(f"{n.name}.theta_v0",
                               theta_broadcast(n.inputs[1].values, int(n.attrs["axis"]), lb.p.ranks[n.name]))
         state_shape, _ = lb.state_shape(n.outputs[0])
-        v0 = b.op("Expand", [b.op("Mul", [theta_b, b.const(np.float32(n.attrs["v_init"]))]), state_shape])
+        if len(n.inputs) > 3:     # a corrected initial potential per neuron of a sample (correction.py)
+            sample = lb.ann_shape(n.outputs[0])[1:]
+            start = b.reshape(n.inputs[3], sample if n.inputs[3].values.size > 1 else [1] * len(sample))
+        else:
+            start = b.op("Mul", [theta_b, b.const(np.float32(n.attrs["v_init"]))])
+        v0 = b.op("Expand", [start, state_shape])
         entry = lb.carry(f"{n.name}/v", v0, dims=lb.dims(n.outputs[0]))
         v_out = gs.Variable(f"{n.name}/v_out", np.float32)
-        n.inputs.append(entry[1])
+        n.inputs = n.inputs[:2] + [entry[1]]
         n.outputs.append(v_out)
         entry[2] = v_out
 

@@ -8,6 +8,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..builder import Builder
+from ..errors import UserError
 from .timefold import theta_broadcast
 
 
@@ -37,6 +38,7 @@ def lower_neuron(graph: gs.Graph, b: Builder, node: gs.Node, rank: int, steps_co
     v_init = np.float32(node.attrs.get("v_init", 0.5))
     x = node.inputs[0]
     v_in = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2].name else None
+    v0_c = node.inputs[3] if len(node.inputs) > 3 else None      # initial potential per neuron of a sample
     spikes = node.outputs[0]
     v_out = node.outputs[1] if len(node.outputs) > 1 else None
     theta_b = gs.Constant(f"{node.name}.theta_b",
@@ -45,8 +47,14 @@ def lower_neuron(graph: gs.Graph, b: Builder, node: gs.Node, rank: int, steps_co
     node.inputs.clear()
     node.outputs.clear()
     b.prefix = f"{node.name}/portable"
+    start = b.op("Mul", [theta_b, b.const(v_init)])
+    if v0_c is not None:
+        sample = list(dims[1:]) if dims is not None and all(isinstance(d, int) for d in dims[1:]) else None
+        if v0_c.values.size > 1 and sample is None:
+            raise UserError(f"node '{node.name}': a per-neuron initial potential needs the model's static shapes")
+        start = b.reshape(v0_c, sample if v0_c.values.size > 1 else [1] * max(rank - 1, 1))
     if steps == 1:
-        v0 = v_in if v_in is not None else b.op("Mul", [theta_b, b.const(v_init)])
+        v0 = v_in if v_in is not None else start
         nodes, v_new, s = _step(b.prefix, v0, x, theta_b, zero)
         graph.nodes.extend(nodes)
         b.op("Identity", [s], out=[spikes])
@@ -56,8 +64,7 @@ def lower_neuron(graph: gs.Graph, b: Builder, node: gs.Node, rank: int, steps_co
     count = steps_const if steps_const is not None else b.const(np.array([steps], np.int64))
     per_step = b.op("Reshape", [x, b.concat([count, b.const(np.array([-1], np.int64)), b.shape_tail(x)],
                                             dtype=np.int64)])
-    v0 = v_in if v_in is not None else b.op(
-        "Expand", [b.op("Mul", [theta_b, b.const(v_init)]), b.shape_tail(per_step)])
+    v0 = v_in if v_in is not None else b.op("Expand", [start, b.shape_tail(per_step)])
     if explicit:
         _explicit_steps(graph, b, node.name, steps, per_step, v0, theta_b, zero, x, spikes, v_out)
         return

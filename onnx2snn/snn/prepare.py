@@ -75,7 +75,9 @@ class Prepared:
 
 
 def _neuron(graph: gs.Graph, x, out, theta: np.ndarray, axis: int, name: str, config: SNNConfig,
-            rank: int = 0, bias=None) -> gs.Node:
+            rank: int = 0, bias=None, v0=None) -> gs.Node:
+    """An IFNeuron node; `bias`: per-channel input current, `v0`: initial potential per neuron of a
+    sample (the corrections of correction.py)."""
     theta_c = gs.Constant(f"{name}.theta", np.asarray(theta, np.float32).reshape(-1))
     if bias is not None:   # the correction's constant input current, per channel (correction.py)
         biased = gs.Variable(f"{name}/corrected_current", np.float32)
@@ -83,8 +85,11 @@ def _neuron(graph: gs.Graph, x, out, theta: np.ndarray, axis: int, name: str, co
                                    inputs=[x, gs.Constant(f"{name}.bias", theta_broadcast(bias, axis, rank))],
                                    outputs=[biased]))
         x = biased
+    inputs = [x, theta_c]
+    if v0 is not None:
+        inputs += [gs.Variable.empty(), gs.Constant(f"{name}.v0", np.asarray(v0, np.float32).reshape(-1))]
     node = gs.Node("IFNeuron", name, {"timesteps": config.timesteps, "axis": axis, "v_init": float(config.v_init)},
-                   [x, theta_c], [out], domain=DOMAIN)
+                   inputs, [out], domain=DOMAIN)
     graph.nodes.append(node)
     return node
 
@@ -106,10 +111,12 @@ def _place_neurons(graph: gs.Graph, acts, thresholds: Thresholds, config: SNNCon
             current = gs.Variable(f"{pool.name}/pooled_current", x.dtype)
             pool.outputs = [current]
             name = f"{act.name}>{pool.name}"
-            _neuron(graph, current, pooled_out, theta, act.axis, name, config, act.rank, thresholds.bias.get(name))
+            _neuron(graph, current, pooled_out, theta, act.axis, name, config, act.rank, thresholds.bias.get(name),
+                    thresholds.potential.get(name))
             layers.append(Layer(name, act.name, "after pool", act.channels, theta, pooled_out.name))
         if y.outputs or y in graph.outputs:
-            _neuron(graph, x, y, theta, act.axis, act.name, config, act.rank, thresholds.bias.get(act.name))
+            _neuron(graph, x, y, theta, act.axis, act.name, config, act.rank, thresholds.bias.get(act.name),
+                    thresholds.potential.get(act.name))
             layers.append(Layer(act.name, act.name, "neuron", act.channels, theta, y.name))
     return layers
 

@@ -168,20 +168,23 @@ def with_timesteps(snn: onnx.ModelProto, info: SNNInfo, t: int) -> onnx.ModelPro
     return model
 
 
-def with_channel_means(model: onnx.ModelProto, tensors: dict) -> tuple:
-    """(model, output names): `model` returning, instead of its outputs, the per-channel means of
-    each tensor in `tensors` (name -> (channel axis, rank)) over all other axes (for a time-folded
-    tensor: over steps, samples and positions): statistics reduced in the graph, so no activation
-    leaves it."""
+def with_means(model: onnx.ModelProto, tensors: dict) -> tuple:
+    """(model, output names): `model` returning, instead of its outputs, the mean of each tensor in
+    `tensors` (name -> axes) over those axes (a time-folded tensor's axis 0 holds steps and samples):
+    statistics reduced in the graph, so no activation leaves it."""
     graph = gs.import_onnx(model)
     b = Builder(graph, default_opset(model), "onnx2snn.stats")
     found = graph.tensors()
     outs = []
-    for name, (axis, rank) in tensors.items():
-        b.prefix = f"{name}/channel_mean"
-        axes = [a for a in range(rank) if a != axis] if rank > 1 else [0]
-        mean = b.reduce("ReduceMean", found[name], axes, keepdims=0)
-        mean.name = f"{name}/channel_mean"
+    for name, axes in tensors.items():
+        b.prefix = f"{name}/mean"
+        mean = b.reduce("ReduceMean", found[name], list(axes), keepdims=0)
+        mean.name = f"{name}/mean"
         outs.append(mean)
     graph.outputs = outs
     return gs.export_onnx(graph.cleanup(), do_type_check=False), [o.name for o in outs]
+
+
+def channel_axes(axis: int, rank: int) -> list:
+    """Every axis but the channel axis (per-channel statistics)."""
+    return [a for a in range(rank) if a != axis] if rank > 1 else [0]
