@@ -34,6 +34,7 @@ from .plots import plot_report
 from .report import report_json
 from .snn.info import Provenance, SNNInfo
 from .thresholds import Thresholds
+from .tuning import choose_snapshot, snapshot_points
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class Conversion:
     inputs: list = field(default_factory=list)
     delay: DelayChoice | None = None     # set when the delay was chosen from data
     report: dict | None = None           # the check's report, with report_path / plot_dir
+    tune: object = None                  # tuning.TuneChoice when calib.tune == "auto"
 
 
 def default_output(model_path) -> Path:
@@ -67,8 +69,10 @@ def open_source(model: onnx.ModelProto, data=None, data_loader=None, prep: D.Pre
     return D.open_data(data, data_loader, D.model_inputs(model), prep or D.Preprocess())
 
 
-def calibrate(model, source, config: CalibConfig = CalibConfig(), progress: bool = False) -> Thresholds:
-    """Thresholds for `model` (Analysis, ModelProto or path) from a data source (data.open_data)."""
+def calibrate(model, source, config: CalibConfig = CalibConfig(), progress: bool = False,
+              snapshots=()) -> Thresholds:
+    """Thresholds for `model` (Analysis, ModelProto or path) from a data source (data.open_data);
+    `snapshots`: iteration counts at which the thresholds are also kept (see tuning.py)."""
     analysis = as_analysis(model)
     batch = D.resolve_batch(config.batch_size, D.model_inputs(analysis.model), 100)
     config = replace(config, batch_size=batch)
@@ -77,7 +81,8 @@ def calibrate(model, source, config: CalibConfig = CalibConfig(), progress: bool
     layout = getattr(source, "layout", "NCHW")
     nonfinite = D.NonFinite(config.skip_nonfinite)
     batches = D.prefetch(D.calibration_batches(source, batch, iters, config.seed, config.augment, layout, nonfinite))
-    th = cal.calibrate(analysis, batches, replace(config, iters=iters), progress=progress)
+    th = cal.calibrate(analysis, batches, replace(config, iters=iters), progress=progress,
+                       snapshots=snapshots(iters) if callable(snapshots) else snapshots)
     if nonfinite.skipped:
         th.info["skipped_nonfinite_batches"] = nonfinite.skipped
         log.warning("skipped %d calibration batch(es) holding NaN or Inf", nonfinite.skipped)
@@ -93,6 +98,21 @@ def _first_batch(source, model) -> dict:
     else:
         feeds, _ = next(iter(source.batches()))
     return {k: v for k, v in feeds.items() if k in {i.name for i in inputs}}
+
+
+def _tuned_calibration(analysis, source, calib: CalibConfig, snn: SNNConfig, held: int, progress: bool):
+    """Calibration that keeps threshold snapshots, and the snapshot whose SNN at T is closest to the
+    ANN on `held` calibration samples held back from calibration (tuning.py)."""
+    rest, held_back = D.split(source, held, calib.seed)
+    th = calibrate(analysis, rest, calib, progress, snapshots=snapshot_points)
+    inputs = D.model_inputs(analysis.model)
+    batch = D.resolve_batch(None, inputs, min(held, ev.simulation_batch(largest_activation(analysis.model),
+                                                                         snn.timesteps)))
+    batches = list(D.eval_batches(held_back, batch, held, exact=D.static_batch(inputs) is not None))
+    choice = choose_snapshot(analysis, th.stats["snapshots"], snn, batches)
+    chosen = th.stats["snapshots"][choice.iters]
+    info = dict(th.info, iters=choice.iters, tune=choice.to_json(), held_back=held if rest is not source else 0)
+    return Thresholds(chosen.values, chosen.method, info, stats=th.stats), choice
 
 
 def _sample_feeds(source, model, samples: int) -> list:
@@ -177,7 +197,7 @@ def convert(model_path, data=None, data_loader=None, output=None,
     if source is not None:
         analysis = check_shapes(analysis, _first_batch(source, model), runtime.session)
     check_form(analysis, snn)
-    seconds = 0.0
+    seconds, tuned = 0.0, None
     if thresholds is not None:
         th = thresholds if isinstance(thresholds, Thresholds) else Thresholds.load(thresholds)
         th.validate("--thresholds")
@@ -185,7 +205,10 @@ def convert(model_path, data=None, data_loader=None, output=None,
         if source is None:
             raise UserError("--data: calibration data is needed (or --thresholds FILE to reuse thresholds)")
         start = time.perf_counter()
-        th = calibrate(analysis, source, calib, progress)
+        if calib.tune == "auto":
+            th, tuned = _tuned_calibration(analysis, source, calib, snn, delay_samples, progress)
+        else:
+            th = calibrate(analysis, source, calib, progress)
         seconds = time.perf_counter() - start
     th.check_against(analysis.activations, "--thresholds" if thresholds is not None else "calibration")
     if snn.correct != "none" and not (th.bias or th.potential):
@@ -205,7 +228,7 @@ def convert(model_path, data=None, data_loader=None, output=None,
     if write:
         write_atomic(out_path, snn_model.SerializeToString(), "-o")
     result = Conversion(out_path if write else None, snn_model, layers, th, seconds,
-                        inputs=D.model_inputs(model), delay=delay_choice)
+                        inputs=D.model_inputs(model), delay=delay_choice, tune=tuned)
     if check_samples and source is not None:
         ts = check_timesteps or sorted({max(1, snn.timesteps // 4), max(1, snn.timesteps // 2), snn.timesteps})
         ts = [t for t in ts if t > snn.delay]

@@ -84,8 +84,11 @@ class _Percentile(_Max):
         return None
 
 
-def calibrate(analysis: Analysis, batches, config: CalibConfig, progress: bool = False, threads: int = 0):
-    """Thresholds for every activation of the analysed model from an iterable of feed dicts."""
+def calibrate(analysis: Analysis, batches, config: CalibConfig, progress: bool = False, threads: int = 0,
+              snapshots=()):
+    """Thresholds for every activation of the analysed model from an iterable of feed dicts.
+    `snapshots`: iteration counts at which the thresholds are also kept (in `stats["snapshots"]`,
+    iteration count -> Thresholds), for choosing the calibration length afterwards (tuning.py)."""
     analysis = as_analysis(analysis)
     probe_model, probe_list = probes.build(analysis, config.method, config.percentile)
     sess = runtime.session(probe_model, threads=threads)
@@ -103,6 +106,7 @@ def calibrate(analysis: Analysis, batches, config: CalibConfig, progress: bool =
         from tqdm import tqdm
         bar = tqdm(total=config.iters, desc=f"calibrating ({config.method})", unit="batch", leave=False, disable=None)
     run_time, iters, samples, err = 0.0, 0, 0, None
+    kept = {}
     for feeds in batches:
         feeds = {k: v for k, v in feeds.items() if k in input_names}
         feeds.update(state.feeds())
@@ -112,6 +116,8 @@ def calibrate(analysis: Analysis, batches, config: CalibConfig, progress: bool =
         err = state.update(dict(zip(fetch, values)))
         iters += 1
         samples += len(next(iter(v for k, v in feeds.items() if k in input_names and np.ndim(v))))
+        if iters in snapshots:
+            kept[iters] = Thresholds(state.result(), config.method, {"iters": iters, "lr": config.lr})
         if bar is not None:
             bar.update(1)
             if err is not None:
@@ -127,7 +133,10 @@ def calibrate(analysis: Analysis, batches, config: CalibConfig, progress: bool =
     if err is not None:
         info["final_clip_error"] = err
     log.info("calibrated %d activations in %d batches (%.2fs in onnxruntime)", len(probe_list), iters, run_time)
-    th = Thresholds(state.result(), config.method, info, stats={"session_seconds": run_time})
+    kept[iters] = Thresholds(state.result(), config.method, info)
+    th = Thresholds(state.result(), config.method, info,
+                    stats={"session_seconds": run_time, "snapshots": {k: v.validate("calibration")
+                                                                      for k, v in sorted(kept.items())}})
     return th.validate("calibration")
 
 

@@ -95,6 +95,9 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--lr", type=float, default=1.0, help="LTB learning rate (1.0)")
     g.add_argument("--seed", type=int, default=0, help="shuffling/augmentation seed (0)")
     g.add_argument("--augment", action="store_true", help="random flips and padded crops of image batches")
+    g.add_argument("--tune", choices=["none", "auto"], default="none",
+                   help="auto: keep threshold snapshots at iters/8, /4, /2 and iters and use the one whose SNN at T is "
+                        "closest to the ANN on --delay-samples calibration samples held back from calibration (none)")
     g.add_argument("--skip-nonfinite", action="store_true",
                    help="skip (and count) calibration batches holding NaN or Inf instead of stopping")
     g.add_argument("--thresholds", metavar="FILE", help="reuse thresholds (JSON/NPZ) and skip calibration")
@@ -202,7 +205,7 @@ def _convert(args) -> int:
     from .snn.info import SNNInfo
     calib = CalibConfig(method=args.method, iters=args.iters, batch_size=args.batch_size, lr=args.lr,
                         percentile=args.percentile, seed=args.seed, augment=args.augment,
-                        skip_nonfinite=args.skip_nonfinite)
+                        skip_nonfinite=args.skip_nonfinite, tune=args.tune)
     snn = SNNConfig(timesteps=args.timesteps, delay=args.delay, v_init=args.v_init, maxpool=args.maxpool,
                     form=args.form, chunk=args.chunk, portable=args.portable, early_exit=args.early_exit,
                     exit_stable=args.exit_stable, exit_margin=args.exit_margin, exit_min_steps=args.exit_min_steps,
@@ -221,6 +224,10 @@ def _convert(args) -> int:
             (", portable" if args.portable else "") + (", early exit" if args.early_exit else "")
         print(f"converted {args.model} -> {result.output}  ({form}, T={args.timesteps}, "
               f"method {th.method}, {how})")
+        tune = result.thresholds.info.get("tune")
+        if tune:
+            print(f"calibration length chosen for T={args.timesteps}: {tune['iters']} batches "
+                  f"(relative output error by batches: {tune['rel_error']})")
         if result.delay is not None:
             c = result.delay
             print(f"delay D={c.delay} chosen on {c.samples} samples: relative output error vs the ANN "

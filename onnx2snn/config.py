@@ -54,6 +54,7 @@ class CalibConfig:
     seed: int = 0
     augment: bool = False
     skip_nonfinite: bool = False    # skip (and count) batches holding NaN/Inf instead of stopping
+    tune: str = "none"              # "auto": choose the calibration length for T (tuning.py)
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -66,6 +67,8 @@ class CalibConfig:
         if not self.percentile > 0:
             raise UserError(f"--percentile {self.percentile}: must be in (0, 100]")
         _int("--seed", self.seed, 0)
+        if self.tune not in ("none", "auto"):
+            raise UserError(f"--tune {self.tune}: expected none or auto")
 
 
 @dataclass(frozen=True)

@@ -122,6 +122,35 @@ class Source:
         raise NotImplementedError
 
 
+class Subset(Source):
+    """Some samples of a source (e.g. calibration samples held back for choosing settings)."""
+
+    def __init__(self, source: Source, indices):
+        self.source, self.indices = source, np.asarray(indices, np.int64)
+        self.labels_known = source.labels_known
+
+    def __getattr__(self, name):          # layout, prep, ... of the underlying source
+        return getattr(self.source, name)
+
+    def __len__(self):
+        return len(self.indices)
+
+    def batch(self, indices):
+        return self.source.batch(self.indices[np.asarray(indices, np.int64)])
+
+    def describe(self, index: int) -> str:
+        return self.source.describe(int(self.indices[index]))
+
+
+def split(source, held: int, seed: int):
+    """(rest, held back): `held` samples of a random-access source set aside with `seed`; a loader
+    script cannot be split (both are the script)."""
+    if not isinstance(source, Source) or len(source) < 2 * held:
+        return source, source
+    order = np.random.default_rng(seed).permutation(len(source))
+    return Subset(source, np.sort(order[held:])), Subset(source, np.sort(order[:held]))
+
+
 def _first_nonfinite(feeds: dict):
     """(input name, row) of the first sample holding NaN or Inf in a float input, else None."""
     for name, x in feeds.items():
