@@ -46,12 +46,8 @@ def _means(sess, names, batches, fixed=None) -> list:
 
 def _clipped_means(analysis: Analysis, thresholds: Thresholds, layers, axes: dict, batches) -> dict:
     """Mean of the ANN's clipped activation over `axes[layer]` for each layer's tensor."""
-    model, probe_list = probes.build(analysis, "ltb", outputs=sorted({l.tensor for l in layers}))
+    model, fixed = probes.clipped(analysis, thresholds.values, sorted({l.tensor for l in layers}))
     model, names = simulate.with_means(model, {l.tensor: axes[l.name] for l in layers})
-    fixed = {probes.LR_INPUT: np.zeros((), np.float32)}        # step 0: theta stays, y = clip(x, 0, theta)
-    for pr in probe_list:
-        fixed[pr.theta_input] = np.broadcast_to(np.asarray(thresholds.values[pr.name], np.float32).reshape(-1),
-                                                pr.theta_shape).astype(np.float32)
     return dict(zip([l.tensor for l in layers], _means(runtime.session(model), names, batches, fixed)))
 
 

@@ -107,12 +107,8 @@ class _LayerStats:
         if ann is not None:
             analysis = as_analysis(ann)
             names = sorted({self.tensor[n] for n in self.thetas})
-            model, probe_list = probes.build(analysis, "ltb", outputs=names)
             theta_of = {n["source"]: self.thetas[n["name"]] for n in info.neurons if n["name"] in self.thetas}
-            self.fixed = {probes.LR_INPUT: np.zeros((), np.float32)}    # step 0: theta stays, y = clip
-            for pr in probe_list:
-                theta = np.asarray(theta_of.get(pr.name, np.ones(1, np.float32)), np.float32).reshape(-1)
-                self.fixed[pr.theta_input] = np.broadcast_to(theta, pr.theta_shape).astype(np.float32)
+            model, self.fixed = probes.clipped(analysis, theta_of, names)
             self.sess = runtime.session(model, threads)
             self.names = names
             self.inputs = _inputs(self.sess)

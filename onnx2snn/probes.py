@@ -134,3 +134,16 @@ def build(analysis: Analysis, method: str = "ltb", percentile: float = 99.9,
         t.dtype = np.float32
     extra = [(DOMAIN, OPSET_VERSION)] if method in ("ltb", "ltb-layer") else []
     return export(graph, analysis.model, extra_opsets=extra), probes
+
+
+def clipped(analysis: Analysis, thetas: dict, outputs):
+    """(model, feeds): the ANN with every activation clipped at given thresholds — the network the
+    SNN's rates approach — returning the named tensors. `thetas`: activation name -> theta (a
+    missing one is 1); `feeds` holds the thresholds and step 0, to be added to the data's feeds.
+    (A ReLUX probe with step 0 keeps theta and outputs clip(x, 0, theta).)"""
+    model, probe_list = build(analysis, "ltb", outputs=outputs)
+    feeds = {LR_INPUT: np.zeros((), np.float32)}
+    for pr in probe_list:
+        theta = np.asarray(thetas.get(pr.name, np.ones(1, np.float32)), np.float32).reshape(-1)
+        feeds[pr.theta_input] = np.broadcast_to(theta, pr.theta_shape).astype(np.float32)
+    return model, feeds
