@@ -153,3 +153,36 @@ def deep_chain_model(depth=12, features=16, classes=5, seed=0):
     inits["wout"] = rng.normal(size=(features, classes))
     nodes.append(helper.make_node("Gemm", [x, "wout"], ["out"], name="readout"))
     return make(nodes, inits, ["N", features], out_shape=["N", classes])
+
+
+def exact_runtime_model():
+    """(model, thresholds, input) for the runtime conformance tests:
+    Conv-ReLU-Conv-Clip(0,6)-MaxPool(spiking)-Conv-Add(skip)-ReLU-MaxPool(spiking)-GAP-Gemm with
+    integer weights and inputs and power-of-two thresholds: every sum is exactly representable."""
+    from onnx2snn import Thresholds
+    from onnx2snn.analyse import analyse
+    rng = np.random.default_rng(0)
+    w = lambda *s: rng.integers(-2, 3, size=s).astype(np.float32)  # noqa: E731
+    nodes = [helper.make_node("Conv", ["input", "w0"], ["c0"], name="conv0", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c0"], ["r0"], name="relu0"),
+             helper.make_node("Conv", ["r0", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Clip", ["c1", "lo", "hi"], ["r1"], name="relu6"),
+             helper.make_node("MaxPool", ["r1"], ["p1"], name="pool1", kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Conv", ["p1", "w2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["c2", "p1"], ["s2"], name="skip"),
+             helper.make_node("Relu", ["s2"], ["r2"], name="relu2"),
+             helper.make_node("MaxPool", ["r2"], ["p2"], name="pool2", kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("GlobalAveragePool", ["p2"], ["g"], name="gap"),
+             helper.make_node("Flatten", ["g"], ["f"], name="flat"),
+             helper.make_node("Gemm", ["f", "wf"], ["logits"], name="fc", transB=1)]
+    inits = {"w0": w(4, 3, 3, 3), "w1": w(4, 4, 3, 3), "lo": np.array(0, np.float32), "hi": np.array(6, np.float32),
+             "w2": w(4, 4, 3, 3), "wf": w(5, 4)}
+    graph = helper.make_graph(nodes, "exact", [helper.make_tensor_value_info("input", 1, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("logits", 1, ["N", 5])],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    acts = analyse(model).activations
+    th = Thresholds({a.name: (2.0 ** rng.integers(0, 3, size=a.channels)).astype(np.float32) for a in acts}, "manual")
+    x = rng.integers(-2, 4, size=(6, 3, 8, 8)).astype(np.float32)
+    return model, th, x

@@ -16,7 +16,7 @@ from onnx2snn import SNNConfig, library_path, runtime, to_snn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "custom_ops"))
 import build_support  # noqa: E402
-from test_runtimes import _exact_model  # noqa: E402
+from graphs import exact_runtime_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def snn_run(tmp_path_factory):
 
 @pytest.mark.parametrize("portable", [False, True])
 def test_cpp_program_gives_pythons_outputs(snn_run, portable, tmp_path):
-    model, th, x = _exact_model()
+    model, th, x = exact_runtime_model()
     snn, _ = to_snn(model, th, SNNConfig(timesteps=16, portable=portable))
     onnx.save(snn, tmp_path / "m.snn.onnx")
     np.save(tmp_path / "x.npy", x)
@@ -48,7 +48,7 @@ def test_cpp_program_gives_pythons_outputs(snn_run, portable, tmp_path):
 
 
 def test_cpp_program_reports_a_missing_library(snn_run, tmp_path):
-    model, th, x = _exact_model()
+    model, th, x = exact_runtime_model()
     onnx.save(to_snn(model, th, SNNConfig(timesteps=4))[0], tmp_path / "m.onnx")
     np.save(tmp_path / "x.npy", x)
     proc = subprocess.run([str(snn_run), str(tmp_path / "m.onnx"), "-", str(tmp_path / "x.npy"),
