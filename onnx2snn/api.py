@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from . import batches as Bt
 from . import calibration as cal
 from . import data as D
 from . import evaluate as ev
@@ -79,8 +80,8 @@ def calibrate(model, source, config: CalibConfig = CalibConfig(), progress: bool
     n = len(source) if isinstance(source, D.Source) else None
     iters = cal.batches_needed(config, n)
     layout = getattr(source, "layout", "NCHW")
-    nonfinite = D.NonFinite(config.skip_nonfinite)
-    batches = D.prefetch(D.calibration_batches(source, batch, iters, config.seed, config.augment, layout, nonfinite))
+    nonfinite = Bt.NonFinite(config.skip_nonfinite)
+    batches = Bt.prefetch(Bt.calibration_batches(source, batch, iters, config.seed, config.augment, layout, nonfinite))
     th = cal.calibrate(analysis, batches, replace(config, iters=iters), progress=progress,
                        snapshots=snapshots(iters) if callable(snapshots) else snapshots)
     if nonfinite.skipped:
@@ -108,7 +109,7 @@ def _tuned_calibration(analysis, source, calib: CalibConfig, snn: SNNConfig, hel
     inputs = D.model_inputs(analysis.model)
     batch = D.resolve_batch(None, inputs, min(held, ev.simulation_batch(largest_activation(analysis.model),
                                                                          snn.timesteps)))
-    batches = list(D.eval_batches(held_back, batch, held, exact=D.static_batch(inputs) is not None))
+    batches = list(Bt.eval_batches(held_back, batch, held, exact=D.static_batch(inputs) is not None))
     choice = choose_snapshot(analysis, th.stats["snapshots"], snn, batches)
     chosen = th.stats["snapshots"][choice.iters]
     info = dict(th.info, iters=choice.iters, tune=choice.to_json(), held_back=held if rest is not source else 0)
@@ -119,7 +120,7 @@ def _sample_feeds(source, model, samples: int) -> list:
     """Up to `samples` samples of the data as a list of feed dicts (a fixed random subset)."""
     inputs = D.model_inputs(model)
     batch = D.resolve_batch(None, inputs, min(samples, 50))
-    return [f for f, _ in D.eval_batches(source, batch, samples, exact=D.static_batch(inputs) is not None)]
+    return [f for f, _ in Bt.eval_batches(source, batch, samples, exact=D.static_batch(inputs) is not None)]
 
 
 def choose_delay_on(analysis, thresholds, snn: SNNConfig, source, samples: int = 200,
@@ -130,7 +131,7 @@ def choose_delay_on(analysis, thresholds, snn: SNNConfig, source, samples: int =
     inputs = D.model_inputs(analysis.model)
     largest = largest_activation(analysis.model)
     batch = D.resolve_batch(None, inputs, min(samples, ev.simulation_batch(largest, snn.timesteps)))
-    batches = D.eval_batches(source, batch, samples, exact=D.static_batch(inputs) is not None)
+    batches = Bt.eval_batches(source, batch, samples, exact=D.static_batch(inputs) is not None)
     total = min(samples, len(source)) if isinstance(source, D.Source) else None
     return choose_delay(analysis, thresholds, snn, batches, threads, progress, total)
 
@@ -233,7 +234,7 @@ def convert(model_path, data=None, data_loader=None, output=None,
         ts = check_timesteps or sorted({max(1, snn.timesteps // 4), max(1, snn.timesteps // 2), snn.timesteps})
         ts = [t for t in ts if t > snn.delay]
         inputs = D.model_inputs(model)
-        batches = D.eval_batches(source, D.resolve_batch(None, inputs, 32), check_samples,
+        batches = Bt.eval_batches(source, D.resolve_batch(None, inputs, 32), check_samples,
                                  exact=D.static_batch(inputs) is not None)
         result.check = ev.evaluate(snn_model, batches, ts, ann=model, progress=progress,
                                    total=min(check_samples, len(source)) if isinstance(source, D.Source) else None,
@@ -297,7 +298,7 @@ def evaluate_file(snn_path, data=None, data_loader=None, ann_path=None, timestep
         files.output(json_path, "--json")
     _check_report_outputs(files, report_path, plot_dir)
     total = min(limit or len(source), len(source)) if isinstance(source, D.Source) else None
-    batches = D.eval_batches(source, batch_size, limit, exact=D.static_batch(inputs) is not None)
+    batches = Bt.eval_batches(source, batch_size, limit, exact=D.static_batch(inputs) is not None)
     result = ev.evaluate(snn_model, batches, timesteps, ann, progress=progress, total=total,
                          layers=bool(report_path or plot_dir))
     if json_path:
@@ -329,7 +330,7 @@ def run_file(snn_path, output, data=None, data_loader=None, batch_size: int | No
     inputs = D.model_inputs(snn)
     batch = D.resolve_batch(batch_size, inputs, ev.auto_batch_size(info, info.timesteps))
     chunks = {n: [] for n in names}
-    for feeds, _ in D.eval_batches(source, batch, limit, exact=D.static_batch(inputs) is not None):
+    for feeds, _ in Bt.eval_batches(source, batch, limit, exact=D.static_batch(inputs) is not None):
         values = run_batch(feeds)
         for n in names:
             chunks[n].append(np.asarray(values[n]))

@@ -48,7 +48,7 @@ def candidates(timesteps: int) -> list:
 def choose_delay(analysis: Analysis, thresholds, config: SNNConfig, batches, threads: int = 0,
                  progress: bool = False, total: int | None = None) -> DelayChoice:
     """The readout delay for `config.timesteps` that brings the SNN's output closest to the ANN's on
-    `batches` (an iterable of (feeds, labels) as data.eval_batches yields)."""
+    `batches` (an iterable of (feeds, labels) as batches.eval_batches yields)."""
     t = config.timesteps
     probe = replace(config, delay=0, form="unrolled", chunk=1, portable=False, early_exit=False)
     snn, _ = to_snn(analysis, thresholds, probe)

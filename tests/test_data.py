@@ -4,6 +4,7 @@ import pytest
 from PIL import Image
 
 from onnx2snn import UserError
+from onnx2snn import batches as Bt
 from onnx2snn import data as D
 
 INPUT = [D.InputInfo("input", (None, 3, 4, 4), np.dtype(np.float32))]
@@ -56,18 +57,18 @@ def test_folder_of_npy_chunks(tmp_path):
 def test_calibration_batches_reuse_samples_in_shuffled_order(tmp_path):
     np.save(tmp_path / "d.npy", np.arange(10, dtype=np.float32)[:, None, None, None] * np.ones((1, 3, 4, 4), np.float32))
     src = D.open_data(str(tmp_path / "d.npy"), None, INPUT, D.Preprocess())
-    seen = [b["input"][:, 0, 0, 0] for b in D.calibration_batches(src, 4, 5, seed=1)]
+    seen = [b["input"][:, 0, 0, 0] for b in Bt.calibration_batches(src, 4, 5, seed=1)]
     assert all(len(s) == 4 for s in seen)
     flat = np.concatenate(seen)
     assert sorted(flat[:10]) == list(range(10))      # first epoch: every sample once
     assert not np.array_equal(flat[:10], np.arange(10))  # shuffled
-    again = np.concatenate([b["input"][:, 0, 0, 0] for b in D.calibration_batches(src, 4, 5, seed=1)])
+    again = np.concatenate([b["input"][:, 0, 0, 0] for b in Bt.calibration_batches(src, 4, 5, seed=1)])
     assert np.array_equal(flat, again)                 # --seed makes it repeatable
 
 
 def test_augment_flips_and_crops_but_keeps_shape(tmp_path):
     x = np.random.default_rng(0).normal(size=(8, 3, 4, 4)).astype(np.float32)
-    out = D._augment(x, "NCHW", np.random.default_rng(0), pad=1)
+    out = Bt._augment(x, "NCHW", np.random.default_rng(0), pad=1)
     assert out.shape == x.shape and not np.array_equal(out, x)
 
 
@@ -78,9 +79,9 @@ def test_loader_script(tmp_path):
                       "    for i in range(3):\n"
                       "        yield {'input': np.full((2, 3, 4, 4), i, np.float32), 'y': np.array([i, i])}\n")
     src = D.open_data(None, f"{script}:load", INPUT, D.Preprocess())
-    batches = list(D.calibration_batches(src, 2, 5, 0))
+    batches = list(Bt.calibration_batches(src, 2, 5, 0))
     assert len(batches) == 5 and batches[3]["input"][0, 0, 0, 0] == 0
-    evals = list(D.eval_batches(src, 2, limit=3))
+    evals = list(Bt.eval_batches(src, 2, limit=3))
     assert sum(len(f["input"]) for f, _ in evals) == 3
     with pytest.raises(UserError, match="no function nope"):
         D.open_data(None, f"{script}:nope", INPUT, D.Preprocess())
@@ -88,12 +89,12 @@ def test_loader_script(tmp_path):
 
 def test_prefetch_keeps_order_raises_and_stops():
     import threading
-    assert list(D.prefetch(iter(range(50)), depth=3)) == list(range(50))
+    assert list(Bt.prefetch(iter(range(50)), depth=3)) == list(range(50))
 
     def failing():
         yield 1
         raise UserError("bad sample")
-    gen = D.prefetch(failing())
+    gen = Bt.prefetch(failing())
     assert next(gen) == 1
     with pytest.raises(UserError, match="bad sample"):
         next(gen)
@@ -105,7 +106,7 @@ def test_prefetch_keeps_order_raises_and_stops():
             produced.append(i)
             yield i
             i += 1
-    gen = D.prefetch(endless(), depth=2)
+    gen = Bt.prefetch(endless(), depth=2)
     assert [next(gen) for _ in range(3)] == [0, 1, 2]
     gen.close()
     import time

@@ -20,6 +20,7 @@ import numpy as np
 from benchcommon import best_seconds, parser
 
 from onnx2snn import CalibConfig, SNNConfig, runtime, to_snn
+from onnx2snn import batches as Bt
 from onnx2snn import data as D
 from onnx2snn import model as M
 from onnx2snn.analyse import analyse
@@ -47,7 +48,7 @@ def peak_rss_mb(model_bytes, x) -> float:
 
 def calibration_ratio(analysis, source, batch, iters, augment):
     """(wall, onnxruntime) seconds of calibration over the ANN's inference on the same batches."""
-    batches = list(D.calibration_batches(source, batch, iters, 0, augment, getattr(source, "layout", "NCHW")))
+    batches = list(Bt.calibration_batches(source, batch, iters, 0, augment, getattr(source, "layout", "NCHW")))
     ann = runtime.session(analysis.model)
     start = time.perf_counter()
     for b in batches:

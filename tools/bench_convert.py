@@ -21,6 +21,7 @@ from benchcommon import best_seconds, parser
 
 import onnx2snn
 from onnx2snn import api, runtime
+from onnx2snn import batches as Bt
 from onnx2snn import data as D
 from onnx2snn import model as M
 from onnx2snn.calibration import batches_needed, calibrate
@@ -34,7 +35,7 @@ def _calibrate_child(args, method, iters, queue):
     src = D.open_data(args.calib, None, D.model_inputs(ann), D.Preprocess(args.mean, args.std))
     cfg = CalibConfig(method=method, iters=iters, batch_size=args.batch_size, augment=args.augment, lr=args.lr)
     n = batches_needed(cfg, len(src))
-    batches = list(D.calibration_batches(src, args.batch_size, n, 0, args.augment))
+    batches = list(Bt.calibration_batches(src, args.batch_size, n, 0, args.augment))
     sess = runtime.session(ann)
     start = time.perf_counter()
     for b in batches:
@@ -73,7 +74,7 @@ def evaluate_variant(args, ann, th, pool, delay, ts, val, calib_src):
     """Rows {T, D, accuracy, agreement, rel_error}: one simulation up to max(ts) for a fixed delay;
     with 'auto' the delay is chosen per T on calibration samples and each T is simulated alone."""
     keys = ("T", "accuracy", "agreement", "rel_error")
-    batches = lambda: D.eval_batches(val, args.eval_batch, args.limit)
+    batches = lambda: Bt.eval_batches(val, args.eval_batch, args.limit)
     if delay != "auto":
         d = int(delay)
         snn, _ = to_snn(ann, th, SNNConfig(timesteps=max(ts), delay=d, maxpool=pool))

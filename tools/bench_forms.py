@@ -21,6 +21,7 @@ from benchcommon import best_seconds, parser
 
 from onnx2snn import SNNConfig, Thresholds, runtime, to_snn
 from onnx2snn.files import write_atomic
+from onnx2snn import batches as Bt
 from onnx2snn import data as D
 from onnx2snn import model as M
 
@@ -117,7 +118,7 @@ def main():
     ok_full = ok_ee = n = 0
     steps = []
     t_full = t_ee = 0.0
-    for feeds, y in D.eval_batches(val, args.exit_batch, args.limit):
+    for feeds, y in Bt.eval_batches(val, args.exit_batch, args.limit):
         start = time.perf_counter()
         ok_full += int(np.sum(s_full.run(None, feeds)[0].argmax(1) == y))
         t_full += time.perf_counter() - start

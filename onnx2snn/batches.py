@@ -1,0 +1,179 @@
+"""Batches drawn from a data source (data.py): shuffled and reused for calibration (with
+augmentation and a background prefetch), in order for evaluation; samples holding NaN or Inf are
+refused with the file and sample named, or skipped and counted.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+
+import numpy as np
+
+from .data import LoaderScript
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def _first_nonfinite(feeds: dict):
+    """(input name, row) of the first sample holding NaN or Inf in a float input, else None."""
+    for name, x in feeds.items():
+        x = np.asarray(x)
+        if x.dtype.kind != "f" or x.ndim == 0:
+            continue
+        bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+        if bad.any():
+            return name, int(np.argmax(bad))
+    return None
+
+
+def _augment(x: np.ndarray, layout: str, rng: np.random.Generator, pad: int = 4) -> np.ndarray:
+    """Random horizontal flips and zero-padded random crops (4-D image batches)."""
+    x = x.copy()
+    h_ax, w_ax = (2, 3) if layout == "NCHW" else (1, 2)
+    for i in range(len(x)):
+        if rng.random() < 0.5:
+            x[i] = np.flip(x[i], axis=w_ax - 1)
+    pads = [(0, 0)] * 4
+    pads[h_ax] = pads[w_ax] = (pad, pad)
+    padded = np.pad(x, pads)
+    h, w = x.shape[h_ax], x.shape[w_ax]
+    for i in range(len(x)):
+        dy, dx = rng.integers(0, 2 * pad + 1, size=2)
+        sl = [slice(None)] * 3
+        sl[h_ax - 1], sl[w_ax - 1] = slice(dy, dy + h), slice(dx, dx + w)
+        x[i] = padded[i][tuple(sl)]
+    return x
+
+
+class NonFinite:
+    """What to do with samples holding NaN or Inf: stop with an error naming the sample (default),
+    or skip the batch and count it."""
+
+    def __init__(self, skip: bool = False):
+        self.skip, self.skipped = skip, 0
+
+    def ok(self, feeds: dict, where) -> bool:
+        bad = _first_nonfinite(feeds)
+        if bad is None:
+            return True
+        if self.skip:
+            self.skipped += 1
+            return False
+        name, row = bad
+        raise UserError(f"{where(row)}: input '{name}' holds NaN or Inf (fix the data, or pass "
+                        "--skip-nonfinite to skip such batches)")
+
+
+def _where(source, indices):
+    return lambda row: source.describe(int(indices[row]))
+
+
+def calibration_batches(source, batch_size: int, iters: int, seed: int, augment: bool = False,
+                        layout: str = "NCHW", nonfinite: NonFinite | None = None):
+    """`iters` batches; samples reused in a fresh shuffled order whenever the data runs out."""
+    rng = np.random.default_rng(seed)
+    nonfinite = nonfinite or NonFinite()
+    if isinstance(source, LoaderScript):
+        produced = 0
+        while produced < iters:
+            before = produced
+            for k, (feeds, _) in enumerate(source.batches()):
+                if produced >= iters:
+                    return
+                if not nonfinite.ok(feeds, lambda row, k=k: f"--data-loader {source.spec}: batch {k} row {row}"):
+                    continue
+                if augment:
+                    feeds = {name: _augment(v, layout, rng) if v.ndim == 4 else v for name, v in feeds.items()}
+                produced += 1
+                yield feeds
+            if produced == before:
+                return   # every batch was skipped: nothing more will come
+        return
+    n = len(source)
+    order, pos = rng.permutation(n), 0
+    for _ in range(iters):
+        take = []
+        while len(take) < min(batch_size, n):
+            if pos == n:
+                order, pos = rng.permutation(n), 0
+            step = min(batch_size - len(take), n - pos)
+            take.extend(order[pos:pos + step])
+            pos += step
+        feeds, _ = source.batch(take)
+        if not nonfinite.ok(feeds, _where(source, take)):
+            continue
+        if augment:
+            feeds = {k: _augment(v, layout, rng) if v.ndim == 4 else v for k, v in feeds.items()}
+        yield feeds
+
+
+def prefetch(batches, depth: int = 2):
+    """Yield the items of the iterable `batches`, produced `depth` ahead by a background thread, so
+    that decoding and augmenting the next batches overlaps onnxruntime running the current one
+    (both release the GIL). One producer keeps the order, so results are the same as without it;
+    an exception in the producer is raised here; closing the generator stops the producer."""
+    items: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+    done = object()
+
+    def produce():
+        try:
+            for item in batches:
+                while not stop.is_set():
+                    try:
+                        items.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            items.put((done, None))
+        except BaseException as err:   # handed to the consumer, which raises it
+            items.put((done, err))
+
+    thread = threading.Thread(target=produce, name="onnx2snn-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, err = items.get()
+            if item is done:
+                if err is not None:
+                    raise err
+                return
+            yield item
+    finally:
+        stop.set()
+
+
+def eval_batches(source, batch_size: int, limit: int | None = None, exact: bool = False):
+    """(feeds, labels) in order, at most `limit` samples. With `exact` (a model with a fixed batch
+    size) a last batch that would be short is skipped, with a warning."""
+    check = NonFinite()
+    if isinstance(source, LoaderScript):
+        seen = 0
+        for k, (feeds, labels) in enumerate(source.batches()):
+            if limit is not None and seen >= limit:
+                return
+            check.ok(feeds, lambda row, k=k: f"--data-loader {source.spec}: batch {k} row {row}")
+            if limit is not None:
+                keep = limit - seen
+                feeds = {k: v[:keep] for k, v in feeds.items()}
+                labels = None if labels is None else labels[:keep]
+            seen += len(next(iter(feeds.values())))
+            yield feeds, labels
+        return
+    n = len(source)
+    # a limited run takes a fixed random subset, so class-sorted folders are not cut to few classes
+    order = np.arange(n) if limit is None or limit >= n else \
+        np.sort(np.random.default_rng(0).permutation(n)[:limit])
+    for start in range(0, len(order), batch_size):
+        chunk = list(order[start:start + batch_size])
+        if exact and len(chunk) < batch_size:
+            log.warning("the last %d sample(s) do not fill the model's fixed batch of %d and are skipped",
+                        len(chunk), batch_size)
+            return
+        feeds, labels = source.batch(chunk)
+        check.ok(feeds, _where(source, chunk))
+        yield feeds, labels
