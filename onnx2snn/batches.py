@@ -49,10 +49,24 @@ def _augment(x: np.ndarray, layout: str, rng: np.random.Generator, pad: int = 4)
 
 class NonFinite:
     """What to do with samples holding NaN or Inf: stop with an error naming the sample (default),
-    or skip the batch and count it."""
+    or skip the batch (calibration) or the samples (evaluation-style sample sets) and count them."""
 
     def __init__(self, skip: bool = False):
         self.skip, self.skipped = skip, 0
+
+    def rows(self, feeds: dict, labels, where):
+        """(feeds, labels) without the samples holding NaN/Inf when skipping; else as `ok`."""
+        if not self.skip:
+            self.ok(feeds, where)
+            return feeds, labels
+        good = np.ones(len(next(iter(feeds.values()))), bool)
+        for v in feeds.values():
+            if np.issubdtype(v.dtype, np.floating):
+                good &= np.isfinite(v.reshape(len(v), -1)).all(axis=1)
+        if good.all():
+            return feeds, labels
+        self.skipped += int((~good).sum())
+        return {k: v[good] for k, v in feeds.items()}, None if labels is None else labels[good]
 
     def ok(self, feeds: dict, where) -> bool:
         bad = _first_nonfinite(feeds)
@@ -147,16 +161,21 @@ def prefetch(batches, depth: int = 2):
         stop.set()
 
 
-def eval_batches(source, batch_size: int, limit: int | None = None, exact: bool = False):
+def eval_batches(source, batch_size: int, limit: int | None = None, exact: bool = False,
+                 nonfinite: NonFinite | None = None):
     """(feeds, labels) in order, at most `limit` samples. With `exact` (a model with a fixed batch
-    size) a last batch that would be short is skipped, with a warning."""
-    check = NonFinite()
+    size) a last batch that would be short is skipped, with a warning. `nonfinite`: stop at NaN/Inf
+    (default) or skip such batches (--skip-nonfinite)."""
+    check = nonfinite or NonFinite()
     if isinstance(source, LoaderScript):
         seen = 0
         for k, (feeds, labels) in enumerate(source.batches()):
             if limit is not None and seen >= limit:
                 return
-            check.ok(feeds, lambda row, k=k: f"--data-loader {source.spec}: batch {k} row {row}")
+            size = len(next(iter(feeds.values())))
+            feeds, labels = check.rows(feeds, labels, lambda row, k=k: f"--data-loader {source.spec}: batch {k} row {row}")
+            if len(next(iter(feeds.values()))) < (size if exact else 1):
+                continue      # all skipped, or a fixed-size batch that lost samples
             if limit is not None:
                 keep = limit - seen
                 feeds = {k: v[:keep] for k, v in feeds.items()}
@@ -174,6 +193,6 @@ def eval_batches(source, batch_size: int, limit: int | None = None, exact: bool 
             log.warning("the last %d sample(s) do not fill the model's fixed batch of %d and are skipped",
                         len(chunk), batch_size)
             return
-        feeds, labels = source.batch(chunk)
-        check.ok(feeds, _where(source, chunk))
-        yield feeds, labels
+        feeds, labels = check.rows(*source.batch(chunk), _where(source, chunk))
+        if len(next(iter(feeds.values()))) >= (len(chunk) if exact else 1):
+            yield feeds, labels

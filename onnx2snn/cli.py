@@ -11,7 +11,7 @@ import sys
 import traceback
 
 from ._version import __version__
-from .config import E_MAC_PJ, E_SOP_PJ, METHODS, CalibConfig, SNNConfig, check_energy
+from .config import CORRECTIONS, E_MAC_PJ, E_SOP_PJ, METHODS, CalibConfig, SNNConfig, check_energy
 from .errors import UserError
 
 COMMANDS = ("convert", "eval", "run", "demo", "inspect")
@@ -68,7 +68,7 @@ def _delay(text: str):
         raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {text!r}") from None
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="onnx2snn",
         description="Convert a trained ReLU network (ONNX, any framework) into a spiking network of "
@@ -92,7 +92,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--iters", type=int, default=1000, help="calibration batches (1000); max/percentile stop after one pass")
     g.add_argument("--batch-size", type=int,
                    help="samples per calibration batch (100; a model with a fixed batch size uses that)")
-    g.add_argument("--lr", type=float, default=1.0, help="LTB learning rate (1.0)")
+    g.add_argument("--lr", type=float, default=CalibConfig.lr,
+                   help=f"LTB learning rate ({CalibConfig.lr}; the paper uses 1.0, README \"Defaults\")")
     g.add_argument("--seed", type=int, default=0, help="shuffling/augmentation seed (0)")
     g.add_argument("--augment", action="store_true", help="random flips and padded crops of image batches")
     g.add_argument("--tune", choices=["none", "auto"], default="none",
@@ -104,16 +105,19 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--save-thresholds", metavar="FILE", help="save the calibrated thresholds (.json or .npz)")
     s = c.add_argument_group("spiking network")
     s.add_argument("-T", "--timesteps", type=int, default=64, help="simulation steps (64)")
-    s.add_argument("--delay", type=_delay, default=0, metavar="D|auto",
-                   help="readout averages steps D+1..T (0); auto: the D in 0..3T/4 that brings the SNN's "
-                        "output closest to the ANN's on --delay-samples calibration samples")
+    s.add_argument("--delay", type=_delay, default=None, metavar="D|auto",
+                   help="readout averages steps D+1..T; auto: the D in 0..3T/4 that brings the SNN's output "
+                        "closest to the ANN's on --delay-samples calibration samples (default: auto with "
+                        "--data, else 0)")
     s.add_argument("--delay-samples", type=int, default=200, metavar="N",
                    help="samples used by --delay auto (200)")
-    s.add_argument("--correct", choices=["none", "bias", "potential"], default="none",
+    s.add_argument("--correct", choices=list(CORRECTIONS), default=None,
                    help="post-conversion correction at T (Li et al.), layer by layer on --correct-samples calibration "
                         "samples, from the mean difference between the ANN's clipped activation and the SNN's "
-                        "average output: bias = a per-channel input current, potential = a per-neuron initial "
-                        "membrane potential; stored with the thresholds (none)")
+                        "average output: potential = a per-neuron initial membrane potential; bias = a per-channel "
+                        "input current (measured over the readout window); both = potential, then the delay, then "
+                        "bias; stored with the thresholds (default: both with --data; without, the correction "
+                        "--thresholds holds for this T, else none)")
     s.add_argument("--correct-samples", type=int, default=200, metavar="N", help="samples for --correct (200)")
     s.add_argument("--v-init", type=float, default=0.5, help="initial membrane potential, fraction of theta (0.5)")
     s.add_argument("--maxpool", choices=["spiking", "move"], default="spiking",
@@ -199,17 +203,26 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def configs(args) -> tuple:
+    """(CalibConfig, SNNConfig) of parsed `convert` arguments, data-dependent defaults resolved."""
+    from . import api
+    calib = CalibConfig(method=args.method, iters=args.iters, batch_size=args.batch_size, lr=args.lr,
+                        percentile=args.percentile, seed=args.seed, augment=args.augment,
+                        skip_nonfinite=args.skip_nonfinite, tune=args.tune)
+    auto = api.data_defaults(bool(args.data or args.data_loader), args.thresholds, args.timesteps)
+    snn = SNNConfig(timesteps=args.timesteps, delay=auto["delay"] if args.delay is None else args.delay,
+                    v_init=args.v_init, maxpool=args.maxpool, form=args.form, chunk=args.chunk,
+                    portable=args.portable, early_exit=args.early_exit, exit_stable=args.exit_stable,
+                    exit_margin=args.exit_margin, exit_min_steps=args.exit_min_steps,
+                    keep_analog=args.keep_analog, loop_op=args.loop_op, correct=args.correct or auto["correct"])
+    return calib, snn
+
+
 def _convert(args) -> int:
     from . import api
     from .report import eval_table, layers_table, report_lines
     from .snn.info import SNNInfo
-    calib = CalibConfig(method=args.method, iters=args.iters, batch_size=args.batch_size, lr=args.lr,
-                        percentile=args.percentile, seed=args.seed, augment=args.augment,
-                        skip_nonfinite=args.skip_nonfinite, tune=args.tune)
-    snn = SNNConfig(timesteps=args.timesteps, delay=args.delay, v_init=args.v_init, maxpool=args.maxpool,
-                    form=args.form, chunk=args.chunk, portable=args.portable, early_exit=args.early_exit,
-                    exit_stable=args.exit_stable, exit_margin=args.exit_margin, exit_min_steps=args.exit_min_steps,
-                    keep_analog=args.keep_analog, loop_op=args.loop_op, correct=args.correct)
+    calib, snn = configs(args)
     result = api.convert(
         args.model, data=args.data, data_loader=args.data_loader, output=args.output, calib=calib, snn=snn,
         prep=_prep(args), thresholds=args.thresholds, save_thresholds=args.save_thresholds,
@@ -228,6 +241,13 @@ def _convert(args) -> int:
         if tune:
             print(f"calibration length chosen for T={args.timesteps}: {tune['iters']} batches "
                   f"(relative output error by batches: {tune['rel_error']})")
+        fix = result.thresholds.info.get("correction")
+        if fix:
+            took = result.step_seconds.get("correction")
+            print(f"{fix['kind']} correction at T={fix['timesteps']} on {fix['samples']} samples"
+                  + (f" in {took:.1f}s" if took else " (from --thresholds)") + " (mean |ANN - SNN| before each step: "
+                  + ", ".join(f"{s['kind']} {s['mean_abs_difference']:.4f}" for s in fix["steps"]) + ")"
+                  + ("" if result.delay is not None else f"; readout delay D={snn.delay}"))
         if result.delay is not None:
             c = result.delay
             print(f"delay D={c.delay} chosen on {c.samples} samples: relative output error vs the ANN "
@@ -304,7 +324,7 @@ def _main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] not in COMMANDS and not argv[0].startswith("-"):
         argv = ["convert"] + argv
-    parser = _parser()
+    parser = build_parser()
     args = parser.parse_args(argv)
     if not args.command:
         parser.print_help()

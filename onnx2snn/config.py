@@ -14,7 +14,7 @@ METHODS = ("ltb", "ltb-layer", "max", "percentile")
 FORMS = ("unrolled", "loop")
 MAXPOOLS = ("spiking", "move")
 LOOP_OPS = ("loop", "scan")
-CORRECTIONS = ("none", "bias", "potential")
+CORRECTIONS = ("none", "bias", "potential", "both")
 AUTO = "auto"
 E_SOP_PJ = 0.077   # energy per synaptic operation, 77 fJ (Bu et al.)
 E_MAC_PJ = 12.5    # energy per multiply-accumulate (FLOP), 12.5 pJ
@@ -49,7 +49,7 @@ class CalibConfig:
     method: str = "ltb"
     iters: int = 1000
     batch_size: int | None = None   # None: 100, or the model's fixed batch size
-    lr: float = 1.0
+    lr: float = 2.0
     percentile: float = 99.9
     seed: int = 0
     augment: bool = False
@@ -75,7 +75,7 @@ class CalibConfig:
 class SNNConfig:
     """The spiking network to build (README "How it works", steps 4-8)."""
     timesteps: int = 64
-    delay: int | str = 0        # "auto": chosen from data by api.convert (see delay.py)
+    delay: int | str = 0        # readout from step D+1; "auto": chosen from data by api.convert (see delay.py)
     v_init: float = 0.5         # initial membrane potential, fraction of theta
     maxpool: str = "spiking"    # "move": the paper's plain move (baseline; biased on spikes)
     form: str = "unrolled"      # or "loop"
@@ -87,7 +87,9 @@ class SNNConfig:
     exit_min_steps: int = 16    # ... never before this many steps
     keep_analog: bool = False   # element-wise non-ReLU ops between neurons run per step (not spiking)
     loop_op: str = "loop"       # loop form: an ONNX Loop, or a Scan over iterations (runtimes without Loop)
-    correct: str = "none"       # "bias" (per channel) or "potential" (per neuron): correction at T (correction.py)
+    correct: str = "none"       # "bias" (per channel), "potential" (per neuron), "both": correction at T
+    # api.convert without an SNNConfig (and the CLI without --delay/--correct) uses delay "auto" and
+    # correct "both" when it has data: see api.data_defaults and README "Defaults".
 
     def __post_init__(self):
         if self.form not in FORMS:

@@ -76,3 +76,75 @@ def test_correction_brings_a_deep_snn_closer_to_its_ann(kind):
     # held-out samples: each neuron's mean output is much closer to the ANN's, and so is the output
     assert diff["corrected"] < 0.6 * diff["plain"], diff
     assert err["corrected"] < err["plain"], err
+
+
+def test_window_means_average_only_the_readout_steps():
+    """with_means over a window: a [T*N, C] time-folded tensor averaged over steps first..T-1 only."""
+    from onnx import TensorProto, helper
+    t, n, c, first = 6, 3, 4, 2
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [t * n, c])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [t * n, c])])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    x = np.random.default_rng(1).normal(size=(t * n, c)).astype(np.float32)
+    y = np.maximum(x, 0).reshape(t, n, c)
+    for axes, want in (([0], y[first:].mean(axis=(0, 1))), ([1], y[first:].mean(axis=(0, 2)))):
+        stats, names = simulate.with_means(model, {"y": axes}, (t, first))
+        got, = runtime.session(stats).run(names, {"x": x})
+        assert np.allclose(got, want, atol=1e-6), axes
+    stats, names = simulate.with_means(model, {"y": [0]})
+    assert np.allclose(runtime.session(stats).run(names, {"x": x})[0], y.mean(axis=(0, 1)), atol=1e-6)
+
+
+def _chain_files(tmp_path):
+    import onnx
+    model = graphs.deep_chain_model(depth=8, features=16, seed=2)
+    path = tmp_path / "chain.onnx"
+    onnx.save(model, path)
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "calib.npy", rng.normal(size=(300, 16)).astype(np.float32))
+    return path, tmp_path / "calib.npy", rng.normal(size=(400, 16)).astype(np.float32)
+
+
+def test_default_conversion_corrects_both_and_the_thresholds_reproduce_it_without_data(tmp_path):
+    """Defaults with data: potential correction, then the delay, then bias over the readout window,
+    all recorded; the saved thresholds rebuild the same SNN without data; `--correct none` drops them."""
+    import onnx2snn
+    from onnx2snn import api
+    path, calib, test = _chain_files(tmp_path)
+    res = onnx2snn.convert(path, data=str(calib), output=tmp_path / "a.snn.onnx", calib=CalibConfig(iters=60),
+                           save_thresholds=tmp_path / "th.json")
+    fix = res.thresholds.info["correction"]
+    assert fix["kind"] == "both" and fix["timesteps"] == 64 and res.delay is not None
+    assert [s["kind"] for s in fix["steps"]] == ["potential", "bias"]
+    assert fix["steps"][1]["first_step"] > 0 and fix["delay"] == res.delay.delay
+    assert res.thresholds.bias and res.thresholds.potential and set(res.step_seconds) == {"correction", "delay"}
+    again = onnx2snn.convert(path, output=tmp_path / "b.snn.onnx", thresholds=tmp_path / "th.json")
+    assert again.thresholds.info["correction"]["kind"] == "both"
+    x = {"input": test[:50]}
+    a = runtime.session(tmp_path / "a.snn.onnx").run(None, x)[0]
+    assert np.array_equal(a, runtime.session(tmp_path / "b.snn.onnx").run(None, x)[0])
+    plain = onnx2snn.convert(path, output=tmp_path / "c.snn.onnx", thresholds=tmp_path / "th.json",
+                             snn=SNNConfig(timesteps=64, delay=res.delay.delay, correct="none"))
+    assert not plain.thresholds.bias and not plain.thresholds.potential and "correction" not in plain.thresholds.info
+    assert api.data_defaults(False, tmp_path / "th.json", 32) == {"delay": 0, "correct": "none"}   # made for T=64
+    with pytest.raises(UserError, match="--correct potential: needs --data"):
+        onnx2snn.convert(path, output=tmp_path / "d.snn.onnx", thresholds=tmp_path / "th.json",
+                         snn=SNNConfig(timesteps=64, correct="potential"))
+
+
+def test_both_corrections_beat_potential_alone_and_none_on_held_out_data(tmp_path):
+    """On a deep chain at T=16 with a delayed readout, potential + bias (over the readout window)
+    brings the output closer to the ANN on held-out samples than the potential correction alone,
+    which beats no correction."""
+    import onnx2snn
+    path, calib, test = _chain_files(tmp_path)
+    ann = runtime.session(path).run(None, {"input": test})[0]
+    th = calibrate(analyse(onnx2snn.model.load(path)), [{"input": np.load(calib)[:100]}] * 60, CalibConfig(iters=60))
+    err = {}
+    for kind in ("none", "potential", "both"):
+        res = onnx2snn.convert(path, data=str(calib), write=False, thresholds=th,
+                               snn=SNNConfig(timesteps=16, delay="auto", correct=kind))
+        out = runtime.session(res.snn).run(None, {"input": test})[0]
+        err[kind] = np.linalg.norm(out - ann) / np.linalg.norm(ann)
+    assert err["both"] < err["potential"] < err["none"], err

@@ -37,7 +37,7 @@ def _convert_and_check(path, x_train, y_train, x_test, y_test, tmp_path, capsys,
     code = main([str(path), "--data", str(tmp_path / "calib.npz"), "-o", str(snn), "-T", str(T),
                  "--iters", str(iters), "--check", "0", "-q", *extra])
     assert code == 0, capsys.readouterr().err
-    code = main(["eval", str(snn), "--data", str(tmp_path / "test.npz"), "--ann", str(path), "-T", f"32,{T}",
+    code = main(["eval", str(snn), "--data", str(tmp_path / "test.npz"), "--ann", str(path), "-T", str(T),
                  "--json", str(report), "-q"])
     assert code == 0, capsys.readouterr().err
     result = json.loads(report.read_text())

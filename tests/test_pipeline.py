@@ -106,3 +106,25 @@ def test_looped_model_eval_from_one_simulation_equals_runs_per_t(cnn_path, digit
         key = (a["T"], 4)
         assert a["accuracy"] == each.accuracy(key) and a["agreement"] == each.agreement(key)
         assert a["rel_error"] == pytest.approx(each.rel_error(key), rel=1e-6)
+
+
+def test_mobilenet_relu6_depthwise_within_a_point_of_its_ann_at_t128(mobilenet_path, digits_npz, tmp_path):
+    """A MobileNetV2-style model (ReLU6, 3x3 depthwise convolutions, linear bottlenecks with identity
+    shortcuts, BatchNorm) converted with the defaults at T=128: within 1 point of its ANN on held-out
+    digits, with every threshold capped by the ReLU6."""
+    from onnx2snn import api
+    calib, test = digits_npz
+    ann = M.load(mobilenet_path)
+    depthwise = [n for n in ann.graph.node if n.op_type == "Conv"
+                 and any(a.name == "group" and a.i > 1 for a in n.attribute)]
+    assert len(depthwise) == 4 and sum(n.op_type == "Clip" for n in ann.graph.node) == 10
+    out = tmp_path / "mobilenet.snn.onnx"
+    res = onnx2snn.convert(mobilenet_path, data=str(calib), output=out, calib=CalibConfig(iters=300),
+                           snn=SNNConfig(timesteps=128, **api.data_defaults(True)))
+    assert res.thresholds.info["correction"]["kind"] == "both"
+    assert max(float(v.max()) for v in res.thresholds.values.values()) <= 6.0
+    ev = evaluate_file(out, data=str(test), ann_path=mobilenet_path, timesteps=(32, 128), batch_size=100)
+    row = {r["T"]: r for r in ev.rows}
+    assert ev.ann_accuracy > 0.95
+    assert row[128]["accuracy"] >= ev.ann_accuracy - 0.01, (row, ev.ann_accuracy)
+    assert row[128]["agreement"] >= 0.99

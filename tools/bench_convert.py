@@ -102,7 +102,7 @@ def main():
     p.add_argument("--timesteps", default="16,32,64,128")
     p.add_argument("--limit", type=int)
     p.add_argument("--eval-batch", type=int, default=20)
-    p.add_argument("--lr", type=float, default=1.0, help="LTB learning rate (1.0)")
+    p.add_argument("--lr", type=float, default=CalibConfig.lr, help=f"LTB learning rate ({CalibConfig.lr})")
     p.add_argument("--delays", default="0",
                    help="readout delays to evaluate, comma list of integers and/or 'auto' (chosen per T on "
                         "--delay-samples calibration samples, then each T simulated on its own)")

@@ -20,7 +20,7 @@ from ..errors import UserError
 from ..model import shapes
 from .info import Provenance
 from .portable import EXPLICIT_MAX, lower_neurons
-from .prepare import Prepared, boundary, connect_readout, describe_snn, finish, spiking_pools, tile_pre_inputs
+from .prepare import BIAS_SUFFIX, Prepared, boundary, connect_readout, describe_snn, finish, spiking_pools, tile_pre_inputs
 from .timefold import TimeFold, theta_broadcast
 
 TRIP_NAME = "onnx2snn.loop_iterations"
@@ -48,6 +48,8 @@ class _LoopBuilder:
         for consumer in tensor.outputs:
             if consumer.op == "IFNeuron" and consumer.outputs[0].name in self.shapes:
                 return self.shapes[consumer.outputs[0].name]
+            if consumer.op == "Add" and consumer.name.endswith(BIAS_SUFFIX):   # a corrected current
+                return self.ann_shape(consumer.outputs[0])
         return None
 
     def state_shape(self, tensor: gs.Tensor):

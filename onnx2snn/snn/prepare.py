@@ -74,6 +74,9 @@ class Prepared:
         return [self.batch_dim] + [d if isinstance(d, int) and d > 0 else None for d in shape[1:]]
 
 
+BIAS_SUFFIX = "/bias_correction"   # the Add of a bias correction in front of a neuron
+
+
 def _neuron(graph: gs.Graph, x, out, theta: np.ndarray, axis: int, name: str, config: SNNConfig,
             rank: int = 0, bias=None, v0=None) -> gs.Node:
     """An IFNeuron node; `bias`: per-channel input current, `v0`: initial potential per neuron of a
@@ -81,7 +84,7 @@ def _neuron(graph: gs.Graph, x, out, theta: np.ndarray, axis: int, name: str, co
     theta_c = gs.Constant(f"{name}.theta", np.asarray(theta, np.float32).reshape(-1))
     if bias is not None:   # the correction's constant input current, per channel (correction.py)
         biased = gs.Variable(f"{name}/corrected_current", np.float32)
-        graph.nodes.append(gs.Node("Add", f"{name}/bias_correction",
+        graph.nodes.append(gs.Node("Add", name + BIAS_SUFFIX,
                                    inputs=[x, gs.Constant(f"{name}.bias", theta_broadcast(bias, axis, rank))],
                                    outputs=[biased]))
         x = biased

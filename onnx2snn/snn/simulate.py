@@ -168,17 +168,26 @@ def with_timesteps(snn: onnx.ModelProto, info: SNNInfo, t: int) -> onnx.ModelPro
     return model
 
 
-def with_means(model: onnx.ModelProto, tensors: dict) -> tuple:
+def with_means(model: onnx.ModelProto, tensors: dict, window: tuple | None = None) -> tuple:
     """(model, output names): `model` returning, instead of its outputs, the mean of each tensor in
     `tensors` (name -> axes) over those axes (a time-folded tensor's axis 0 holds steps and samples):
-    statistics reduced in the graph, so no activation leaves it."""
+    statistics reduced in the graph, so no activation leaves it. `window` (steps, first): the
+    tensors are time-folded over `steps` steps and only steps first..steps-1 are averaged."""
     graph = gs.import_onnx(model)
     b = Builder(graph, default_opset(model), "onnx2snn.stats")
     found = graph.tensors()
     outs = []
     for name, axes in tensors.items():
         b.prefix = f"{name}/mean"
-        mean = b.reduce("ReduceMean", found[name], list(axes), keepdims=0)
+        x = found[name]
+        if window is not None:
+            steps, first = window
+            x = b.reshape(x, b.concat([b.const(np.array([steps, -1], np.int64)), b.shape_tail(x)], dtype=np.int64))
+            if first:
+                x = b.op("Slice", [x, b.const(np.array([first], np.int64)), b.const(np.array([steps], np.int64)),
+                                   b.const(np.array([0], np.int64))])
+            axes = [0] + [a + 1 for a in axes]
+        mean = b.reduce("ReduceMean", x, list(axes), keepdims=0)
         mean.name = f"{name}/mean"
         outs.append(mean)
     graph.outputs = outs
