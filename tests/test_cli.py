@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import numpy as np
+import onnx
 import pytest
 from PIL import Image
 
@@ -30,6 +31,11 @@ def test_convert_then_eval_then_run(cnn_path, digits_npz, tmp_path):
     code, stdout, err = _cli(cnn_path, "--data", calib, "-o", out, "--iters", 30, "-T", 32, "--check", 50)
     assert code == 0, err
     assert out.exists() and "IFNeuron" not in stdout and "/MaxPool" in stdout and "agreement" in stdout
+    # the defaults with data: the corrections for T and a chosen delay, both said and recorded
+    assert "both correction at T=32 on 200 samples" in stdout and "chosen on 200 samples" in stdout
+    from onnx2snn.snn.info import SNNInfo
+    info = SNNInfo.from_metadata(onnx.load(out))
+    assert info.thresholds["correction"]["kind"] == "both" and info.thresholds["correction"]["timesteps"] == 32
     report = tmp_path / "eval.json"
     code, stdout, err = _cli("eval", out, "--data", test, "--ann", cnn_path, "-T", "8,32,64",
                              "--limit", 100, "--json", report, "-q")
