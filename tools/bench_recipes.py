@@ -66,11 +66,15 @@ def main():
                    "accuracy": r["accuracy"], "ann_accuracy": ev.ann_accuracy, "agreement": r["agreement"],
                    "rel_error": r["rel_error"], "delay": res.delay.delay if res.delay else snn.delay,
                    "tune_iters": (res.thresholds.info.get("tune") or {}).get("iters"),
+                   # the label-free score the defaults are chosen by: relative output error on the
+                   # calibration samples --delay auto scored (None with a fixed delay)
+                   "calib_rel_error": res.delay.rel_error.get(res.delay.delay) if res.delay else None,
                    "calibration_s": round(cal_s, 1),
                    **{f"{k}_s": round(v, 1) for k, v in res.step_seconds.items()}, "samples": ev.samples}
             print(f"[{row['recipe']}] T={t}: top-1 {100 * r['accuracy']:.1f}% (ANN {100 * ev.ann_accuracy:.1f}%), "
                   f"agreement {100 * r['agreement']:.1f}%, rel.error {r['rel_error']:.3f}, D={row['delay']}"
                   + (f", tuned to {row['tune_iters']} batches" if row["tune_iters"] else "")
+                  + (f", rel.error on calibration samples {row['calib_rel_error']:.3f}" if row["calib_rel_error"] else "")
                   + f"; seconds: calibration {row['calibration_s']}"
                   + "".join(f", {k} {v:.0f}" for k, v in res.step_seconds.items()), flush=True)
             if args.json:
