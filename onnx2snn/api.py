@@ -23,10 +23,9 @@ from . import evaluate as ev
 from . import model as M
 from . import runtime
 from .analyse import analyse, as_analysis, check_shapes
-from .config import AUTO, CORRECTIONS, E_MAC_PJ, E_SOP_PJ, CalibConfig, SNNConfig, check_energy
-from .correction import STEPS, correct, stored, without
-from .delay import DelayChoice, choose_delay
-from .energy import largest_activation
+from .config import AUTO, E_MAC_PJ, E_SOP_PJ, CalibConfig, SNNConfig, check_energy
+from .choices import choose_delay_on, correct_and_delay, data_defaults, simulation_batches  # noqa: F401 (API)
+from .delay import DelayChoice
 from .errors import UserError
 from .files import Files, write_atomic
 from .snn import check as check_form
@@ -107,37 +106,11 @@ def _tuned_calibration(analysis, source, calib: CalibConfig, snn: SNNConfig, hel
     ANN on `held` calibration samples held back from calibration (tuning.py)."""
     rest, held_back = D.split(source, held, calib.seed)
     th = calibrate(analysis, rest, calib, progress, snapshots=snapshot_points)
-    inputs = D.model_inputs(analysis.model)
-    batch = D.resolve_batch(None, inputs, min(held, ev.simulation_batch(largest_activation(analysis.model),
-                                                                         snn.timesteps)))
-    batches = list(Bt.eval_batches(held_back, batch, held, exact=D.static_batch(inputs) is not None,
-                                   nonfinite=Bt.NonFinite(calib.skip_nonfinite)))
+    batches = list(simulation_batches(held_back, analysis.model, snn.timesteps, held, calib.skip_nonfinite))
     choice = choose_snapshot(analysis, th.stats["snapshots"], snn, batches)
     chosen = th.stats["snapshots"][choice.iters]
     info = dict(th.info, iters=choice.iters, tune=choice.to_json(), held_back=held if rest is not source else 0)
     return Thresholds(chosen.values, chosen.method, info, stats=th.stats), choice
-
-
-def _sample_feeds(source, model, samples: int, skip_nonfinite: bool = False) -> list:
-    """Up to `samples` samples of the data as a list of feed dicts (a fixed random subset)."""
-    inputs = D.model_inputs(model)
-    batch = D.resolve_batch(None, inputs, min(samples, 50))
-    return [f for f, _ in Bt.eval_batches(source, batch, samples, exact=D.static_batch(inputs) is not None,
-                                          nonfinite=Bt.NonFinite(skip_nonfinite))]
-
-
-def choose_delay_on(analysis, thresholds, snn: SNNConfig, source, samples: int = 200,
-                    threads: int = 0, progress: bool = False, skip_nonfinite: bool = False) -> DelayChoice:
-    """The readout delay for `snn.timesteps`, chosen on `samples` samples of `source` (a fixed random
-    subset when it holds more; the first batches of a loader script)."""
-    analysis = as_analysis(analysis)
-    inputs = D.model_inputs(analysis.model)
-    largest = largest_activation(analysis.model)
-    batch = D.resolve_batch(None, inputs, min(samples, ev.simulation_batch(largest, snn.timesteps)))
-    batches = Bt.eval_batches(source, batch, samples, exact=D.static_batch(inputs) is not None,
-                              nonfinite=Bt.NonFinite(skip_nonfinite))
-    total = min(samples, len(source)) if isinstance(source, D.Source) else None
-    return choose_delay(analysis, thresholds, snn, batches, threads, progress, total)
 
 
 PLOTS = ("accuracy_vs_T.png", "firing_rates.png", "rate_error.png", "thresholds.png")
@@ -162,69 +135,6 @@ def write_report(result: ev.EvalResult, report_path=None, plot_dir=None, e_sop: 
     if plot_dir:
         plot_report(report, plot_dir)
     return report
-
-
-def data_defaults(have_data: bool, thresholds=None, timesteps: int = SNNConfig.timesteps) -> dict:
-    """The delay and correction a conversion uses when not told (README "Defaults"): with data,
-    delay "auto" and correction "both"; without, the correction the thresholds (a Thresholds or a
-    file) hold for `timesteps` with the delay it was made for, else no correction and delay 0."""
-    if have_data:
-        return {"delay": AUTO, "correct": "both"}
-    correct = "none"
-    if thresholds is not None:
-        try:
-            th = thresholds if isinstance(thresholds, Thresholds) else Thresholds.load(thresholds)
-        except UserError:          # convert reports the file's problem in its own order
-            return {"delay": 0, "correct": correct}
-        info = th.info.get("correction") or {}
-        if info.get("timesteps") == timesteps and info.get("kind") in CORRECTIONS and stored(th, info["kind"], timesteps):
-            return {"delay": int(info.get("delay", 0)), "correct": info["kind"]}
-    return {"delay": 0, "correct": correct}
-
-
-def _correct_and_delay(analysis, th: Thresholds, snn: SNNConfig, source, correct_samples: int, delay_samples: int,
-                       progress: bool, skip_nonfinite: bool = False):
-    """(thresholds with the correction `snn.correct`, the delay choice or None, seconds per step).
-
-    Order: potential correction (all T steps), the readout delay (`--delay auto`), bias correction
-    over the readout window, and the delay chosen again for the corrected network. A correction
-    the thresholds already hold for this T and kind is reused; any other is dropped first."""
-    seconds = {}
-    steps = STEPS.get(snn.correct, ())
-    if snn.correct == "none" or not stored(th, snn.correct, snn.timesteps):
-        if th.bias or th.potential:
-            log.info("dropping the thresholds' %s correction (%s at T=%s asked)",
-                     (th.info.get("correction") or {}).get("kind", "stored"), snn.correct, snn.timesteps)
-        th = without(th)
-    else:
-        steps = ()
-    if steps and source is None:
-        raise UserError(f"--correct {snn.correct}: needs --data (or thresholds saved with this correction at "
-                        f"T={snn.timesteps})")
-    feeds = _sample_feeds(source, analysis.model, correct_samples, skip_nonfinite) if steps else []
-
-    def timed(key, fn):
-        start = time.perf_counter()
-        out = fn()
-        seconds[key] = seconds.get(key, 0.0) + time.perf_counter() - start
-        return out
-
-    choice = None
-    if "potential" in steps:
-        th = timed("correction", lambda: correct(analysis, th, snn, feeds, "potential"))
-    if snn.delay == AUTO:
-        choice = timed("delay", lambda: choose_delay_on(analysis, th, snn, source, delay_samples, progress=progress,
-                                                          skip_nonfinite=skip_nonfinite))
-    if "bias" in steps:
-        first = choice.delay if choice is not None else snn.delay
-        th = timed("correction", lambda: correct(analysis, th, snn, feeds, "bias", first_step=first))
-        if choice is not None:
-            choice = timed("delay", lambda: choose_delay_on(analysis, th, snn, source, delay_samples,
-                                                            progress=progress, skip_nonfinite=skip_nonfinite))
-    if th.bias or th.potential:      # the readout the correction was made for, reused without data
-        fix = dict(th.info.get("correction") or {}, delay=choice.delay if choice is not None else snn.delay)
-        th = replace(th, info=dict(th.info, correction=fix))
-    return th, choice, seconds
 
 
 def convert(model_path, data=None, data_loader=None, output=None,
@@ -282,7 +192,7 @@ def convert(model_path, data=None, data_loader=None, output=None,
             th = calibrate(analysis, source, calib, progress)
         seconds = time.perf_counter() - start
     th.check_against(analysis.activations, "--thresholds" if thresholds is not None else "calibration")
-    th, delay_choice, step_seconds = _correct_and_delay(analysis, th, snn, source, correct_samples, delay_samples,
+    th, delay_choice, step_seconds = correct_and_delay(analysis, th, snn, source, correct_samples, delay_samples,
                                                         progress, calib.skip_nonfinite)
     if delay_choice is not None:
         snn = replace(snn, delay=delay_choice.delay)

@@ -89,7 +89,7 @@ class SNNConfig:
     loop_op: str = "loop"       # loop form: an ONNX Loop, or a Scan over iterations (runtimes without Loop)
     correct: str = "none"       # "bias" (per channel), "potential" (per neuron), "both": correction at T
     # api.convert without an SNNConfig (and the CLI without --delay/--correct) uses delay "auto" and
-    # correct "both" when it has data: see api.data_defaults and README "Defaults".
+    # correct "both" when it has data: see choices.data_defaults and README "Defaults".
 
     def __post_init__(self):
         if self.form not in FORMS:

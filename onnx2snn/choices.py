@@ -1,0 +1,112 @@
+"""What a conversion fits to the SNN's T on calibration samples (labels never used): the readout
+delay (delay.py) and the corrections (correction.py), in the order `convert` runs them, and the
+defaults that depend on whether there is data at all (README "Defaults, corrections and fewer steps").
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+
+from . import batches as Bt
+from . import data as D
+from . import evaluate as ev
+from .analyse import as_analysis
+from .config import AUTO, CORRECTIONS, SNNConfig
+from .correction import STEPS, correct, stored, without
+from .delay import DelayChoice, choose_delay
+from .energy import largest_activation
+from .errors import UserError
+from .thresholds import Thresholds
+
+log = logging.getLogger(__name__)
+
+
+def simulation_batches(source, model, timesteps: int, samples: int, skip_nonfinite: bool = False):
+    """Up to `samples` samples of `source` (a fixed random subset) in batches sized for simulating
+    `model`'s SNN at `timesteps` (the model's fixed batch size if it has one)."""
+    inputs = D.model_inputs(model)
+    batch = D.resolve_batch(None, inputs, min(samples, ev.simulation_batch(largest_activation(model), timesteps)))
+    return Bt.eval_batches(source, batch, samples, exact=D.static_batch(inputs) is not None,
+                           nonfinite=Bt.NonFinite(skip_nonfinite))
+
+
+def sample_feeds(source, model, samples: int, skip_nonfinite: bool = False) -> list:
+    """Up to `samples` samples of the data as a list of feed dicts (a fixed random subset)."""
+    inputs = D.model_inputs(model)
+    batch = D.resolve_batch(None, inputs, min(samples, 50))
+    return [f for f, _ in Bt.eval_batches(source, batch, samples, exact=D.static_batch(inputs) is not None,
+                                          nonfinite=Bt.NonFinite(skip_nonfinite))]
+
+
+def choose_delay_on(analysis, thresholds, snn: SNNConfig, source, samples: int = 200,
+                    threads: int = 0, progress: bool = False, skip_nonfinite: bool = False) -> DelayChoice:
+    """The readout delay for `snn.timesteps`, chosen on `samples` samples of `source` (a fixed random
+    subset when it holds more; the first batches of a loader script)."""
+    analysis = as_analysis(analysis)
+    batches = simulation_batches(source, analysis.model, snn.timesteps, samples, skip_nonfinite)
+    total = min(samples, len(source)) if isinstance(source, D.Source) else None
+    return choose_delay(analysis, thresholds, snn, batches, threads, progress, total)
+
+
+def data_defaults(have_data: bool, thresholds=None, timesteps: int = SNNConfig.timesteps) -> dict:
+    """The delay and correction a conversion uses when not told (README "Defaults"): with data,
+    delay "auto" and correction "both"; without, the correction the thresholds (a Thresholds or a
+    file) hold for `timesteps` with the delay it was made for, else no correction and delay 0."""
+    if have_data:
+        return {"delay": AUTO, "correct": "both"}
+    correct = "none"
+    if thresholds is not None:
+        try:
+            th = thresholds if isinstance(thresholds, Thresholds) else Thresholds.load(thresholds)
+        except UserError:          # convert reports the file's problem in its own order
+            return {"delay": 0, "correct": correct}
+        info = th.info.get("correction") or {}
+        if info.get("timesteps") == timesteps and info.get("kind") in CORRECTIONS and stored(th, info["kind"], timesteps):
+            return {"delay": int(info.get("delay", 0)), "correct": info["kind"]}
+    return {"delay": 0, "correct": correct}
+
+
+def correct_and_delay(analysis, th: Thresholds, snn: SNNConfig, source, correct_samples: int, delay_samples: int,
+                       progress: bool, skip_nonfinite: bool = False):
+    """(thresholds with the correction `snn.correct`, the delay choice or None, seconds per step).
+
+    Order: potential correction (all T steps), the readout delay (`--delay auto`), bias correction
+    over the readout window, and the delay chosen again for the corrected network. A correction
+    the thresholds already hold for this T and kind is reused; any other is dropped first."""
+    seconds = {}
+    steps = STEPS.get(snn.correct, ())
+    if snn.correct == "none" or not stored(th, snn.correct, snn.timesteps):
+        if th.bias or th.potential:
+            log.info("dropping the thresholds' %s correction (%s at T=%s asked)",
+                     (th.info.get("correction") or {}).get("kind", "stored"), snn.correct, snn.timesteps)
+        th = without(th)
+    else:
+        steps = ()
+    if steps and source is None:
+        raise UserError(f"--correct {snn.correct}: needs --data (or thresholds saved with this correction at "
+                        f"T={snn.timesteps})")
+    feeds = sample_feeds(source, analysis.model, correct_samples, skip_nonfinite) if steps else []
+
+    def timed(key, fn):
+        start = time.perf_counter()
+        out = fn()
+        seconds[key] = seconds.get(key, 0.0) + time.perf_counter() - start
+        return out
+
+    choice = None
+    if "potential" in steps:
+        th = timed("correction", lambda: correct(analysis, th, snn, feeds, "potential"))
+    if snn.delay == AUTO:
+        choice = timed("delay", lambda: choose_delay_on(analysis, th, snn, source, delay_samples, progress=progress,
+                                                          skip_nonfinite=skip_nonfinite))
+    if "bias" in steps:
+        first = choice.delay if choice is not None else snn.delay
+        th = timed("correction", lambda: correct(analysis, th, snn, feeds, "bias", first_step=first))
+        if choice is not None:
+            choice = timed("delay", lambda: choose_delay_on(analysis, th, snn, source, delay_samples,
+                                                            progress=progress, skip_nonfinite=skip_nonfinite))
+    if th.bias or th.potential:      # the readout the correction was made for, reused without data
+        fix = dict(th.info.get("correction") or {}, delay=choice.delay if choice is not None else snn.delay)
+        th = replace(th, info=dict(th.info, correction=fix))
+    return th, choice, seconds
