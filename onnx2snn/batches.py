@@ -16,15 +16,23 @@ from .errors import UserError
 log = logging.getLogger(__name__)
 
 
-def _first_nonfinite(feeds: dict):
-    """(input name, row) of the first sample holding NaN or Inf in a float input, else None."""
+def _nonfinite_rows(feeds: dict) -> dict:
+    """{input name: boolean mask of the samples holding NaN or Inf} for the float inputs with any."""
+    found = {}
     for name, x in feeds.items():
         x = np.asarray(x)
         if x.dtype.kind != "f" or x.ndim == 0:
             continue
         bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
         if bad.any():
-            return name, int(np.argmax(bad))
+            found[name] = bad
+    return found
+
+
+def _first_nonfinite(feeds: dict):
+    """(input name, row) of the first sample holding NaN or Inf in a float input, else None."""
+    for name, bad in _nonfinite_rows(feeds).items():
+        return name, int(np.argmax(bad))
     return None
 
 
@@ -59,12 +67,10 @@ class NonFinite:
         if not self.skip:
             self.ok(feeds, where)
             return feeds, labels
-        good = np.ones(len(next(iter(feeds.values()))), bool)
-        for v in feeds.values():
-            if np.issubdtype(v.dtype, np.floating):
-                good &= np.isfinite(v.reshape(len(v), -1)).all(axis=1)
-        if good.all():
+        masks = _nonfinite_rows(feeds)
+        if not masks:
             return feeds, labels
+        good = ~np.logical_or.reduce(list(masks.values()))
         self.skipped += int((~good).sum())
         return {k: v[good] for k, v in feeds.items()}, None if labels is None else labels[good]
 
@@ -165,7 +171,7 @@ def eval_batches(source, batch_size: int, limit: int | None = None, exact: bool 
                  nonfinite: NonFinite | None = None):
     """(feeds, labels) in order, at most `limit` samples. With `exact` (a model with a fixed batch
     size) a last batch that would be short is skipped, with a warning. `nonfinite`: stop at NaN/Inf
-    (default) or skip such batches (--skip-nonfinite)."""
+    (default) or drop those samples (--skip-nonfinite)."""
     check = nonfinite or NonFinite()
     if isinstance(source, LoaderScript):
         seen = 0

@@ -55,16 +55,17 @@ def data_defaults(have_data: bool, thresholds=None, timesteps: int = SNNConfig.t
     file) hold for `timesteps` with the delay it was made for, else no correction and delay 0."""
     if have_data:
         return {"delay": AUTO, "correct": "both"}
-    correct = "none"
-    if thresholds is not None:
-        try:
-            th = thresholds if isinstance(thresholds, Thresholds) else Thresholds.load(thresholds)
-        except UserError:          # convert reports the file's problem in its own order
-            return {"delay": 0, "correct": correct}
-        info = th.info.get("correction") or {}
-        if info.get("timesteps") == timesteps and info.get("kind") in CORRECTIONS and stored(th, info["kind"], timesteps):
-            return {"delay": int(info.get("delay", 0)), "correct": info["kind"]}
-    return {"delay": 0, "correct": correct}
+    plain = {"delay": 0, "correct": "none"}
+    if thresholds is None:
+        return plain
+    try:
+        th = thresholds if isinstance(thresholds, Thresholds) else Thresholds.load(thresholds)
+    except UserError:          # convert reports the file's problem in its own order
+        return plain
+    kind = (th.info.get("correction") or {}).get("kind")
+    if kind in CORRECTIONS and stored(th, kind, timesteps):
+        return {"delay": int(th.info["correction"].get("delay", 0)), "correct": kind}
+    return plain
 
 
 def correct_and_delay(analysis, th: Thresholds, snn: SNNConfig, source, correct_samples: int, delay_samples: int,

@@ -10,7 +10,7 @@ theta-weighted, so the average is in the ANN's units) is compared with the ANN's
   which shifts the average output by about that much. With a delayed readout (steps D..T-1) the
   SNN's averages are taken over those steps, the ones the output is read from;
 - both (`--correct both`, the default): potential first, then the readout delay, then bias over the
-  readout window (api.convert runs the steps in that order).
+  readout window (choices.correct_and_delay runs the steps in that order).
 Each layer is corrected before the next is measured, so later layers see corrected inputs
 (correcting all layers from one simulation over-corrects: measured on bench ResNet-32 at T=16, top-1
 fell from 76% to 10-26%). Statistics are means reduced in the graph. The corrections live in the
