@@ -28,7 +28,8 @@ setup(
     ext_modules=[
         Extension(
             "onnx2snn._ops",
-            sources=["custom_ops/if_neuron.cc", "custom_ops/relux_probe.cc", "custom_ops/register.cc"],
+            sources=["custom_ops/if_neuron.cc", "custom_ops/relux_probe.cc", "custom_ops/event_conv.cc",
+                     "custom_ops/register.cc"],
             language="c++",
             extra_compile_args=["-std=c++17", "-O3", "-ffp-contract=off", "-fno-trapping-math", "-fvisibility=hidden"],
         )

@@ -1,17 +1,27 @@
 // Integrate-and-fire neuron for onnxruntime's CPU provider (domain ai.onnx2snn, version 1).
 //
-// IFNeuron(x, theta[, v_in[, v0]]) -> (spikes[, v_out])
-//   x      float32 [K*N, ...]: K time steps of N samples, time-major (step t = rows t*N..t*N+N-1).
+// IFNeuron(x, theta[, v_in[, v0[, addend[, bias]]]]) -> (spikes[, v_out])
+//   x      float32 [K*N, ...]: K time steps of N samples, time-major (step t = rows t*N..t*N+N-1);
+//          with attribute repeat_input = 1, [N, ...]: the same input at each of the K steps.
 //   theta  float32 [C] or [1]: threshold per channel of axis `axis`.
 //   v_in   float32 [N, ...] (optional): membrane potential carried in from earlier steps.
 //   v0     float32 [prod(...)] or [1] (optional): the initial membrane potential of each neuron of one
 //          sample (or of all), in the input's units, the same for every sample. Without v_in and v0
 //          the potential starts at v_init * theta (README, "Neuron"); v_in takes precedence over v0.
-//   spikes float32 like x: theta where the neuron fired, 0 elsewhere (weighted spikes).
+//   addend float32 [K*N, ...] (optional): added to x (a residual sum fused into the neuron).
+//   bias   float32 [C] or [1] (optional): a constant input current per channel, added after addend.
+//   spikes float32 [K*N, ...]: theta where the neuron fired, 0 elsewhere (weighted spikes).
 //   v_out  float32 [N, ...] (optional): membrane potential after the K steps.
-// Attributes: timesteps K (int, >= 1), axis (int, default 1), v_init (float, default 0.5).
+// Attributes: timesteps K (int, >= 1), axis (int, default 1), v_init (float, default 0.5),
+//   channel_block b (int, default 0) and channels C (int): with b > 0 the tensors are in
+//   onnxruntime's blocked channel layout (NCHWc: [K*N, Cpad/b, H, W, b] in memory for the logical
+//   shape [K*N, Cpad, H, W], Cpad = C rounded up to b), axis must be 1, and the Cpad - C padding
+//   channels never fire. Set by onnx2snn.layout on onnxruntime's optimized graph, never in files.
 //
-// Per step: v += x_t; s_t = (v > theta) ? theta : 0; v -= s_t. The arithmetic is plain float32 in
+// addend, bias and repeat_input are set by onnx2snn.events when a session is created (the Add
+// nodes and the time tiling in front of a neuron, fused); files keep the Adds.
+//
+// Per step: v += (x_t [+ addend_t] [+ bias]); s_t = (v > theta) ? theta : 0; v -= s_t. The arithmetic is plain float32 in
 // this order, compiled without FMA contraction, so results equal the NumPy reference bit for bit.
 
 #define ORT_API_MANUAL_INIT
@@ -20,6 +30,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -43,28 +54,83 @@ struct NeuronTask {
   int64_t block;      // elements per parallel work item
   int64_t per_sample; // neurons per sample (step_size / N)
   int64_t v0_size;    // 1 or per_sample
+  int64_t cblock;     // channel block of the blocked layout (0: plain layout)
+  int64_t real_channels;  // channels that are not padding (blocked layout)
+  const float* addend;    // may be null: [K * step_size]
+  const float* bias;      // may be null: [bias_size]
+  int64_t bias_size;      // 1 or channels
+  bool repeat;            // x holds one step, read at every step
 };
 
-void RunBlock(void* data, size_t index) {
+// values[channel of element] for the elements begin..begin+n-1 of a step (plain or blocked channel
+// layout; `count` 1: one value for all; padding channels get `pad`).
+void ChannelValues(const NeuronTask& t, int64_t begin, int64_t n, const float* values, int64_t count, float pad,
+                   float* tp) {
+  if (t.cblock > 0) {
+    // element o of a sample sits at [o / (inner*b)][.][o % b]: channel (o / (inner*b))*b + o % b;
+    // lane, position in the plane and channel group are walked incrementally
+    const int64_t b = t.cblock, plane = t.inner * b, groups = t.per_sample / plane;
+    const int64_t o = begin % t.per_sample;
+    int64_t lane = o % b, pos = (o % plane) / b, group = o / plane;
+    for (int64_t j = 0; j < n; ++j) {
+      const int64_t c = group * b + lane;
+      tp[j] = c >= t.real_channels ? pad : values[count == 1 ? 0 : c];
+      if (++lane == b) {
+        lane = 0;
+        if (++pos == t.inner) {
+          pos = 0;
+          if (++group == groups) group = 0;
+        }
+      }
+    }
+    return;
+  }
+  // channel of element i is (i / inner) % count: walked incrementally, no division per element
+  int64_t c = count == 1 ? 0 : (begin / t.inner) % count;
+  int64_t r = count == 1 ? 0 : begin % t.inner;
+  for (int64_t j = 0; j < n; ++j) {
+    tp[j] = values[c];
+    if (count != 1 && ++r == t.inner) {
+      r = 0;
+      if (++c == count) c = 0;
+    }
+  }
+}
+
+// The K steps of elements begin..begin+n-1; kAdd / kBias: addend / bias inputs present.
+template <bool kAdd, bool kBias>
+inline void Steps(const NeuronTask& t, int64_t begin, int64_t n, float* __restrict vp, const float* __restrict tp,
+                  const float* __restrict bp) {
+  for (int64_t s = 0; s < t.steps; ++s) {
+    const float* xs = t.x + (t.repeat ? 0 : s * t.step_size) + begin;   // may alias `out` (in place)
+    const float* as = kAdd ? t.addend + s * t.step_size + begin : nullptr;
+    float* out = t.spikes + s * t.step_size + begin;
+    for (int64_t j = 0; j < n; ++j) {  // vectorised: branch-free select
+      float current = xs[j];
+      if (kAdd) current = current + as[j];
+      if (kBias) current = current + bp[j];
+      const float thj = tp[j];
+      float vj = vp[j] + current;
+      const float spike = vj > thj ? thj : 0.0f;
+      vj = vj - spike;
+      vp[j] = vj;
+      out[j] = spike;
+    }
+  }
+}
+
+ONNX2SNN_VECTOR_CLONES void RunBlock(void* data, size_t index) {
   const NeuronTask& t = *static_cast<const NeuronTask*>(data);
   const int64_t begin = static_cast<int64_t>(index) * t.block;
   const int64_t end = std::min(begin + t.block, t.step_size);
   const int64_t n = end - begin;
   // The state lives in the v_out buffer when there is one (the looped forms), else locally.
   std::vector<float> local(t.v_out ? 0 : static_cast<size_t>(n));
-  std::vector<float> th(static_cast<size_t>(n));
+  std::vector<float> th(static_cast<size_t>(n)), bi(t.bias ? static_cast<size_t>(n) : 0);
   float* __restrict vp = t.v_out ? t.v_out + begin : local.data();
   float* __restrict tp = th.data();
-  // channel of element i is (i / inner) % channels: walked incrementally, no division per element
-  int64_t c = t.channels == 1 ? 0 : (begin / t.inner) % t.channels;
-  int64_t r = t.channels == 1 ? 0 : begin % t.inner;
-  for (int64_t j = 0; j < n; ++j) {
-    tp[j] = t.theta[c];
-    if (t.channels != 1 && ++r == t.inner) {
-      r = 0;
-      if (++c == t.channels) c = 0;
-    }
-  }
+  ChannelValues(t, begin, n, t.theta, t.channels, std::numeric_limits<float>::max(), tp);
+  if (t.bias) ChannelValues(t, begin, n, t.bias, t.bias_size, 0.0f, bi.data());
   if (t.v_in) {
     std::copy(t.v_in + begin, t.v_in + end, vp);
   } else if (t.v0) {
@@ -77,27 +143,22 @@ void RunBlock(void* data, size_t index) {
   } else {
     for (int64_t j = 0; j < n; ++j) vp[j] = t.v_init * tp[j];
   }
-  for (int64_t s = 0; s < t.steps; ++s) {
-    const float* xs = t.x + s * t.step_size + begin;     // may alias `out` (in place)
-    float* out = t.spikes + s * t.step_size + begin;
-    for (int64_t j = 0; j < n; ++j) {  // vectorised: branch-free select
-      const float thj = tp[j];
-      float vj = vp[j] + xs[j];
-      const float spike = vj > thj ? thj : 0.0f;
-      vj = vj - spike;
-      vp[j] = vj;
-      out[j] = spike;
-    }
-  }
+  if (t.addend && t.bias) Steps<true, true>(t, begin, n, vp, tp, bi.data());
+  else if (t.addend) Steps<true, false>(t, begin, n, vp, tp, nullptr);
+  else if (t.bias) Steps<false, true>(t, begin, n, vp, tp, bi.data());
+  else Steps<false, false>(t, begin, n, vp, tp, nullptr);
 }
 
 struct IFNeuronKernel : GuardedKernel<IFNeuronKernel> {
   static constexpr const char* kName = "IFNeuron";
-  static constexpr size_t kInputs = 4, kRequiredInputs = 2, kOutputs = 2, kRequiredOutputs = 1;
+  static constexpr size_t kInputs = 6, kRequiredInputs = 2, kOutputs = 2, kRequiredOutputs = 1;
   static constexpr int kInplaceInput = 0;   // spikes may overwrite x: each x is read before its spike is written
   int64_t steps = 1;
   int64_t axis = 1;
   float v_init = 0.5f;
+  int64_t cblock = 0;       // blocked channel layout (see the header comment)
+  int64_t real_channels = -1;
+  bool repeat = false;
 
   explicit IFNeuronKernel(const OrtKernelInfo* info) {
     Ort::ConstKernelInfo ki(info);
@@ -105,6 +166,12 @@ struct IFNeuronKernel : GuardedKernel<IFNeuronKernel> {
     if (steps < 1) throw InvalidInput("IFNeuron: attribute timesteps (int) is required and must be >= 1");
     axis = OptionalAttribute<int64_t>(ki, "axis", 1, kName);
     v_init = OptionalAttribute<float>(ki, "v_init", 0.5f, kName);
+    cblock = OptionalAttribute<int64_t>(ki, "channel_block", 0, kName);
+    real_channels = OptionalAttribute<int64_t>(ki, "channels", -1, kName);
+    if (cblock < 0) throw InvalidInput("IFNeuron: attribute channel_block must be >= 0");
+    const int64_t rep = OptionalAttribute<int64_t>(ki, "repeat_input", 0, kName);
+    if (rep != 0 && rep != 1) throw InvalidInput("IFNeuron: attribute repeat_input must be 0 or 1");
+    repeat = rep == 1;
   }
 
   void Compute(OrtKernelContext* context) {
@@ -112,10 +179,11 @@ struct IFNeuronKernel : GuardedKernel<IFNeuronKernel> {
     Ort::ConstValue x = ctx.GetInput(0);
     Ort::ConstValue theta = ctx.GetInput(1);
     const float* v_in = nullptr;
-    std::vector<int64_t> shape = x.GetTensorTypeAndShapeInfo().GetShape();
+    std::vector<int64_t> shape = x.GetTensorTypeAndShapeInfo().GetShape();   // of the spikes
     const std::vector<int64_t> tshape = theta.GetTensorTypeAndShapeInfo().GetShape();
     const int64_t rank = static_cast<int64_t>(shape.size());
     if (rank < 1) throw InvalidInput("IFNeuron: input must have rank >= 1 (time-major batch axis first)");
+    if (repeat) shape[0] *= steps;   // one step of input, K steps of spikes
     const int64_t total = ElementCount(shape, "IFNeuron: input");
     if (shape[0] % steps != 0) {
       throw InvalidInput("IFNeuron: first dimension of input " + ShapeString(shape) +
@@ -130,15 +198,26 @@ struct IFNeuronKernel : GuardedKernel<IFNeuronKernel> {
         throw InvalidInput("IFNeuron: axis " + std::to_string(axis) + " is out of range for input " +
                            ShapeString(shape));
       }
-      if (shape[ax] != channels) {
+      if (shape[ax] != channels && cblock == 0) {
         throw InvalidInput("IFNeuron: theta has " + std::to_string(channels) + " values but input " +
                            ShapeString(shape) + " has " + std::to_string(shape[ax]) +
                            " channels on axis " + std::to_string(ax));
       }
     }
+    const int64_t real = cblock > 0 && real_channels >= 0 ? real_channels : (rank > 1 ? shape[1] : 1);
+    if (cblock > 0) {
+      if (rank < 3 || ax != 1 || shape[1] % cblock != 0) {
+        throw InvalidInput("IFNeuron: channel_block " + std::to_string(cblock) + " needs axis 1 and a channel count "
+                           "that is a multiple of it, got input " + ShapeString(shape));
+      }
+      if (real > shape[1] || real <= shape[1] - cblock || (channels != 1 && channels != real)) {
+        throw InvalidInput("IFNeuron: blocked input " + ShapeString(shape) + " cannot hold " + std::to_string(real) +
+                           " channels with theta of " + std::to_string(channels) + " values");
+      }
+    }
     const int64_t step_size = total / steps;
     int64_t inner = 1;
-    if (channels != 1)
+    if (ax >= 0)
       for (int64_t d = ax + 1; d < rank; ++d) inner *= shape[d];
 
     std::vector<int64_t> state_shape = shape;
@@ -169,6 +248,30 @@ struct IFNeuronKernel : GuardedKernel<IFNeuronKernel> {
         v0 = v.GetTensorData<float>();
       }
     }
+    const float* addend = nullptr;
+    if (ctx.GetInputCount() > 4) {
+      Ort::ConstValue a = ctx.GetInput(4);
+      if (static_cast<const OrtValue*>(a) != nullptr) {
+        const std::vector<int64_t> ashape = a.GetTensorTypeAndShapeInfo().GetShape();
+        if (ashape != shape)
+          throw InvalidInput("IFNeuron: addend has shape " + ShapeString(ashape) + ", expected " + ShapeString(shape));
+        addend = a.GetTensorData<float>();
+      }
+    }
+    const float* bias = nullptr;
+    int64_t bias_size = 0;
+    if (ctx.GetInputCount() > 5) {
+      Ort::ConstValue b = ctx.GetInput(5);
+      if (static_cast<const OrtValue*>(b) != nullptr) {
+        bias_size = ElementCount(b.GetTensorTypeAndShapeInfo().GetShape(), "IFNeuron: bias");
+        if (bias_size != 1 && (rank < 2 || bias_size != real))
+          throw InvalidInput("IFNeuron: bias has " + std::to_string(bias_size) + " values; expected 1 or one per channel");
+        bias = b.GetTensorData<float>();
+      }
+    }
+    if (bias && bias_size != 1 && cblock == 0 && (ax < 1 || ax >= rank || shape[ax] != bias_size))
+      throw InvalidInput("IFNeuron: bias has " + std::to_string(bias_size) + " values but input " + ShapeString(shape) +
+                         " has other channel counts on axis " + std::to_string(axis));
     Ort::UnownedValue out = ctx.GetOutput(0, shape);
     float* v_out = nullptr;
     if (ctx.GetOutputCount() > 1) {
@@ -179,7 +282,7 @@ struct IFNeuronKernel : GuardedKernel<IFNeuronKernel> {
 
     NeuronTask task{x.GetTensorData<float>(), theta.GetTensorData<float>(), v_in, v0,
                     out.GetTensorMutableData<float>(), v_out, steps, step_size, inner, channels,
-                    v_init, 0, per_sample, v0_size};
+                    v_init, 0, per_sample, v0_size, cblock, real, addend, bias, bias_size, repeat};
     // Work items of ~16k neurons: large enough to amortise scheduling, small enough to balance.
     task.block = std::max<int64_t>(1, std::min<int64_t>(step_size, 16384));
     const size_t items = static_cast<size_t>((step_size + task.block - 1) / task.block);

@@ -15,6 +15,15 @@ namespace onnx2snn {
 
 inline const char* kDomain = "ai.onnx2snn";
 
+// Element-wise kernels are compiled for AVX-512, AVX2 and the baseline on x86-64 Linux with GCC, the
+// loader picking the widest the CPU has. They vectorise across independent elements only (no FMA
+// contraction, no reassociated sums), so every version computes the same bits.
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
+#define ONNX2SNN_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define ONNX2SNN_VECTOR_CLONES
+#endif
+
 // Bad input from the graph or the caller: reported as an onnxruntime INVALID_ARGUMENT status.
 struct InvalidInput : std::runtime_error {
   using std::runtime_error::runtime_error;
@@ -144,5 +153,6 @@ inline int64_t ElementCount(const std::vector<int64_t>& shape, const char* what)
 
 const OrtCustomOp* IFNeuronOp();
 const OrtCustomOp* ReLUXProbeOp();
+const OrtCustomOp* EventConvOp();
 
 }  // namespace onnx2snn

@@ -17,6 +17,7 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
       domain = new Ort::CustomOpDomain(onnx2snn::kDomain);  // lives as long as the process
       domain->Add(onnx2snn::IFNeuronOp());
       domain->Add(onnx2snn::ReLUXProbeOp());
+      domain->Add(onnx2snn::EventConvOp());
     });
     Ort::UnownedSessionOptions(options).Add(*domain);
   } catch (const std::exception& e) {

@@ -9,6 +9,10 @@
 //   y        float32 like x: clip(x, 0, theta') with theta' = min(theta + step * grad, cap)
 //   excess   float32 scalar: mean of (x - theta) * H(x - theta) over all elements
 //   activity float32 scalar: mean of relu(x) over all elements
+// Attributes: axis (int, default 1); channel_block b (int, default 0) and channels C (int): with
+//   b > 0, x and y are in onnxruntime's blocked channel layout (memory [N, Cpad/b, H, W, b] for the
+//   logical shape [N, Cpad, H, W]), axis must be 1 and the padding channels (C..Cpad-1) are left out
+//   of every statistic. Set by onnx2snn.layout on onnxruntime's optimized graph, never in files.
 // One read for the statistics, one read and one write for y: the fused form of the probe's
 // standard-op graph, so calibration costs little more than the ANN's own inference.
 
@@ -34,7 +38,67 @@ struct ProbeTask {
   int64_t outer, channels, inner, per_theta;  // per_theta: C or 1
   int64_t rows_per_block;
   double* partial;         // [blocks][channels][2]: sum of excess, sum of relu
+  int64_t cblock;          // blocked layout: channel block (0: plain); `channels` is then Cpad
+  int64_t real_channels;   // blocked layout: channels that are not padding
 };
+
+constexpr int64_t kMaxBlock = 64;   // widest channel block accepted (MLAS uses 8 or 16)
+
+// Blocked layout: calls f(first channel, offset) for each contiguous row of inner*b elements
+// (one channel block of one sample: element i of the row belongs to channel first + i % b).
+template <typename F>
+void ForEachBlockRow(const ProbeTask& t, size_t block, F f) {
+  const int64_t begin = static_cast<int64_t>(block) * t.rows_per_block;
+  const int64_t end = std::min(begin + t.rows_per_block, t.outer);
+  const int64_t groups = t.channels / t.cblock;
+  for (int64_t o = begin; o < end; ++o)
+    for (int64_t g = 0; g < groups; ++g) f(g * t.cblock, (o * groups + g) * t.inner * t.cblock);
+}
+
+float ThetaOf(const ProbeTask& t, int64_t c) { return t.theta[t.per_theta == 1 ? 0 : c]; }
+
+void StatisticsBlocked(void* data, size_t block) {
+  const ProbeTask& t = *static_cast<const ProbeTask*>(data);
+  double* acc = t.partial + block * t.channels * 2;
+  const int64_t b = t.cblock;
+  float th[kMaxBlock], ex[kMaxBlock], act[kMaxBlock];   // per lane, kept in registers
+  ForEachBlockRow(t, block, [&](int64_t first, int64_t offset) {
+    const int64_t lanes = std::min(b, t.real_channels - first);  // padding lanes are skipped
+    for (int64_t k = 0; k < b; ++k) {
+      th[k] = k < lanes ? ThetaOf(t, first + k) : 0.0f;
+      ex[k] = 0.0f;
+      act[k] = 0.0f;
+    }
+    const float* xs = t.x + offset;
+    for (int64_t i = 0; i < t.inner; ++i, xs += b)
+      for (int64_t k = 0; k < b; ++k) {
+        const float v = xs[k];
+        const float d = v - th[k];
+        ex[k] += d > 0.0f ? d : 0.0f;
+        act[k] += v > 0.0f ? v : 0.0f;
+      }
+    for (int64_t k = 0; k < lanes; ++k) {
+      acc[2 * (first + k)] += ex[k];
+      acc[2 * (first + k) + 1] += act[k];
+    }
+  });
+}
+
+void ClipBlocked(void* data, size_t block) {
+  const ProbeTask& t = *static_cast<const ProbeTask*>(data);
+  const int64_t b = t.cblock;
+  float th[kMaxBlock];
+  ForEachBlockRow(t, block, [&](int64_t first, int64_t offset) {
+    for (int64_t k = 0; k < b; ++k) th[k] = first + k < t.real_channels ? ThetaOf(t, first + k) : 0.0f;
+    const float* xs = t.x + offset;
+    float* ys = t.y + offset;
+    for (int64_t i = 0; i < t.inner; ++i, xs += b, ys += b)
+      for (int64_t k = 0; k < b; ++k) {
+        const float v = xs[k] > 0.0f ? xs[k] : 0.0f;
+        ys[k] = v < th[k] ? v : th[k];
+      }
+  });
+}
 
 // Calls f(channel, threshold, offset) for each contiguous row of `inner` elements in the block.
 template <typename F>
@@ -77,12 +141,17 @@ void Clip(void* data, size_t block) {
 struct ProbeKernel : GuardedKernel<ProbeKernel> {
   static constexpr const char* kName = "ReLUXProbe";
   static constexpr size_t kInputs = 4, kRequiredInputs = 3, kOutputs = 4, kRequiredOutputs = 4;
-  static constexpr int kInplaceInput = -1;   // y must not overwrite x: the statistics pass reads x first
+  static constexpr int kInplaceInput = 0;    // y may overwrite x: the statistics pass has read all of x by then
   int64_t axis = 1;
+  int64_t cblock = 0;
+  int64_t real_channels = -1;
 
   explicit ProbeKernel(const OrtKernelInfo* info) {
     Ort::ConstKernelInfo ki(info);
     axis = OptionalAttribute<int64_t>(ki, "axis", 1, kName);
+    cblock = OptionalAttribute<int64_t>(ki, "channel_block", 0, kName);
+    real_channels = OptionalAttribute<int64_t>(ki, "channels", -1, kName);
+    if (cblock < 0) throw InvalidInput("ReLUXProbe: attribute channel_block must be >= 0");
   }
 
   void Compute(OrtKernelContext* context) {
@@ -98,7 +167,13 @@ struct ProbeKernel : GuardedKernel<ProbeKernel> {
     if (per_theta < 1) throw InvalidInput("ReLUXProbe: theta is empty");
     const int64_t ax = axis < 0 ? axis + rank : axis;
     if (ax < 0 || ax >= rank) throw InvalidInput("ReLUXProbe: axis out of range for input " + ShapeString(shape));
-    if (per_theta != 1 && per_theta != shape[ax]) {
+    const int64_t real = cblock > 0 && real_channels >= 0 ? real_channels : shape[ax];
+    if (cblock > kMaxBlock) throw InvalidInput("ReLUXProbe: channel_block above " + std::to_string(kMaxBlock));
+    if (cblock > 0 && (rank < 3 || ax != 1 || shape[1] % cblock != 0 || real > shape[1] || real <= shape[1] - cblock)) {
+      throw InvalidInput("ReLUXProbe: channel_block " + std::to_string(cblock) + " with " + std::to_string(real) +
+                         " channels does not fit input " + ShapeString(shape));
+    }
+    if (per_theta != 1 && per_theta != real) {
       throw InvalidInput("ReLUXProbe: theta has " + std::to_string(per_theta) + " values but input " +
                          ShapeString(shape) + " has " + std::to_string(shape[ax]) + " channels on axis " +
                          std::to_string(ax));
@@ -120,8 +195,9 @@ struct ProbeKernel : GuardedKernel<ProbeKernel> {
     int64_t outer = 1, inner = 1;
     for (int64_t d = 0; d < ax; ++d) outer *= shape[d];
     for (int64_t d = ax + 1; d < rank; ++d) inner *= shape[d];
-    const int64_t channels = shape[ax];
+    const int64_t channels = shape[ax];              // Cpad in the blocked layout
     const int64_t total = outer * channels * inner;
+    const int64_t counted = outer * real * inner;    // padding channels are not counted
 
     Ort::UnownedValue y = ctx.GetOutput(0, shape);
     const std::vector<int64_t> gshape{per_theta};
@@ -131,14 +207,16 @@ struct ProbeKernel : GuardedKernel<ProbeKernel> {
     float* activity = ctx.GetOutput(3, scalar).GetTensorMutableData<float>();
 
     const float* th = theta.GetTensorData<float>();
-    const int64_t row = std::max<int64_t>(1, channels * inner);
+    const int64_t row = std::max<int64_t>(1, real * inner);  // the same blocks in either layout
     const int64_t rows_per_block = std::max<int64_t>(1, 32768 / row);
     const int64_t blocks = total == 0 ? 0 : (outer + rows_per_block - 1) / rows_per_block;
     std::vector<double> partial(static_cast<size_t>(std::max<int64_t>(blocks, 1) * channels * 2), 0.0);
     ProbeTask task{x.GetTensorData<float>(), y.GetTensorMutableData<float>(), th, outer, channels, inner,
-                   per_theta, rows_per_block, partial.data()};
-    if (blocks > 1) ctx.ParallelFor(Statistics, static_cast<size_t>(blocks), 0, &task);
-    else if (blocks == 1) Statistics(&task, 0);
+                   per_theta, rows_per_block, partial.data(), cblock, real};
+    auto statistics = cblock > 0 ? StatisticsBlocked : Statistics;
+    auto clip = cblock > 0 ? ClipBlocked : Clip;
+    if (blocks > 1) ctx.ParallelFor(statistics, static_cast<size_t>(blocks), 0, &task);
+    else if (blocks == 1) statistics(&task, 0);
 
     std::vector<double> ex_c(static_cast<size_t>(channels), 0.0), act_c(static_cast<size_t>(channels), 0.0);
     for (int64_t b = 0; b < blocks; ++b)
@@ -147,11 +225,11 @@ struct ProbeKernel : GuardedKernel<ProbeKernel> {
         act_c[c] += partial[(b * channels + c) * 2 + 1];
       }
     double ex_all = 0.0, act_all = 0.0;
-    for (int64_t c = 0; c < channels; ++c) {
+    for (int64_t c = 0; c < real; ++c) {
       ex_all += ex_c[c];
       act_all += act_c[c];
     }
-    const double count = total > 0 ? static_cast<double>(total) : 1.0;
+    const double count = counted > 0 ? static_cast<double>(counted) : 1.0;
     *excess = static_cast<float>(ex_all / count);
     *activity = static_cast<float>(act_all / count);
     std::vector<float> updated(static_cast<size_t>(per_theta));
@@ -159,7 +237,7 @@ struct ProbeKernel : GuardedKernel<ProbeKernel> {
       grad[0] = static_cast<float>(ex_all / count);
     } else {
       const double per_channel = total > 0 ? static_cast<double>(outer * inner) : 1.0;
-      for (int64_t c = 0; c < channels; ++c) grad[c] = static_cast<float>(ex_c[c] / per_channel);
+      for (int64_t c = 0; c < real; ++c) grad[c] = static_cast<float>(ex_c[c] / per_channel);
     }
     // theta' = theta + step * grad in float32, as the NumPy side computes it
     for (int64_t c = 0; c < per_theta; ++c) {
@@ -168,8 +246,8 @@ struct ProbeKernel : GuardedKernel<ProbeKernel> {
       updated[c] = t;
     }
     task.theta = updated.data();
-    if (blocks > 1) ctx.ParallelFor(Clip, static_cast<size_t>(blocks), 0, &task);
-    else if (blocks == 1) Clip(&task, 0);
+    if (blocks > 1) ctx.ParallelFor(clip, static_cast<size_t>(blocks), 0, &task);
+    else if (blocks == 1) clip(&task, 0);
   }
 };
 

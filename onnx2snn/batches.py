@@ -37,22 +37,22 @@ def _first_nonfinite(feeds: dict):
 
 
 def _augment(x: np.ndarray, layout: str, rng: np.random.Generator, pad: int = 4) -> np.ndarray:
-    """Random horizontal flips and zero-padded random crops (4-D image batches)."""
-    x = x.copy()
+    """Random horizontal flips and zero-padded random crops (4-D image batches), drawn for the whole
+    batch at once (one flip draw per sample, then one (dy, dx) pair per sample)."""
     h_ax, w_ax = (2, 3) if layout == "NCHW" else (1, 2)
-    for i in range(len(x)):
-        if rng.random() < 0.5:
-            x[i] = np.flip(x[i], axis=w_ax - 1)
+    n, h, w = len(x), x.shape[h_ax], x.shape[w_ax]
+    flips = rng.random(n) < 0.5
+    shifts = rng.integers(0, 2 * pad + 1, size=(n, 2))
+    x = x.copy()
+    x[flips] = np.flip(x[flips], axis=w_ax)
     pads = [(0, 0)] * 4
     pads[h_ax] = pads[w_ax] = (pad, pad)
-    padded = np.pad(x, pads)
-    h, w = x.shape[h_ax], x.shape[w_ax]
-    for i in range(len(x)):
-        dy, dx = rng.integers(0, 2 * pad + 1, size=2)
-        sl = [slice(None)] * 3
-        sl[h_ax - 1], sl[w_ax - 1] = slice(dy, dy + h), slice(dx, dx + w)
-        x[i] = padded[i][tuple(sl)]
-    return x
+    # every crop of the padded batch as a view: the offsets replace the spatial axes, (h, w) appended
+    windows = np.lib.stride_tricks.sliding_window_view(np.pad(x, pads), (h, w), axis=(h_ax, w_ax))
+    pick = [np.arange(n), slice(None), slice(None), slice(None)]
+    pick[h_ax], pick[w_ax] = shifts[:, 0], shifts[:, 1]
+    crops = windows[tuple(pick)]          # [n, channels, h, w]
+    return np.ascontiguousarray(crops if layout == "NCHW" else np.moveaxis(crops, 1, 3))
 
 
 class NonFinite:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import os
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 ARRAY_EXTS = {".npy", ".npz"}
+CACHE_ENV = "ONNX2SNN_IMAGE_CACHE_MB"
 LABEL_KEYS = ("y", "label", "labels")
 
 
@@ -212,6 +214,9 @@ class ImageFolder(Source):
         self.prep = Preprocess(tuple(map(float, self.mean)), tuple(map(float, self.std)), self.size, layout)
         sample = (self.channels,) + self.size if layout == "NCHW" else self.size + (self.channels,)
         _check_fits(str(root), self.info, sample)
+        # decoded samples kept for the next epochs (calibration reads each image many times),
+        # up to $ONNX2SNN_IMAGE_CACHE_MB (default 2048) in all
+        self._decoded, self._cache_left = {}, float(os.environ.get(CACHE_ENV, "2048")) * 2 ** 20
 
     def __len__(self):
         return len(self.files)
@@ -234,8 +239,17 @@ class ImageFolder(Source):
     def describe(self, index: int) -> str:
         return str(self.files[index])
 
+    def _sample(self, index: int) -> np.ndarray:
+        arr = self._decoded.get(index)
+        if arr is None:
+            arr = self._load(self.files[index])
+            if arr.nbytes <= self._cache_left:
+                self._decoded[index] = arr
+                self._cache_left -= arr.nbytes
+        return arr
+
     def batch(self, indices):
-        x = np.stack([self._load(self.files[i]) for i in indices]).astype(self.info.dtype)
+        x = np.stack([self._sample(int(i)) for i in indices]).astype(self.info.dtype)
         labels = self.labels[np.asarray(indices)] if self.labels_known else None
         return {self.info.name: x}, labels
 

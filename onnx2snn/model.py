@@ -121,14 +121,20 @@ def export(graph: gs.Graph, base: onnx.ModelProto | None = None, extra_opsets=()
 
 def uses_domain(model: onnx.ModelProto, domain: str) -> bool:
     """Whether any node of the model (subgraphs included) belongs to `domain`."""
-    def walk(graph) -> bool:
-        for node in graph.node:
-            if node.domain == domain:
-                return True
-            if any(a.type == onnx.AttributeProto.GRAPH and walk(a.g) for a in node.attribute):
-                return True
-        return False
-    return walk(model.graph)
+    return any(node.domain == domain for graph in all_graphs(model.graph) for node in graph.node)
+
+
+def subgraphs(node: onnx.NodeProto) -> list:
+    """The graphs held by a node's attributes (a Loop's body, an If's branches)."""
+    return [a.g for a in node.attribute if a.type == onnx.AttributeProto.GRAPH]
+
+
+def all_graphs(graph: onnx.GraphProto):
+    """`graph` and every graph nested in it, outermost first."""
+    yield graph
+    for node in graph.node:
+        for sub in subgraphs(node):
+            yield from all_graphs(sub)
 
 
 def set_metadata(model: onnx.ModelProto, items: dict) -> None:

@@ -2,6 +2,7 @@
 only for models that use its domain (portable SNNs and the ANN run without it)."""
 from __future__ import annotations
 
+import copy
 import glob
 import importlib
 import os
@@ -10,11 +11,13 @@ from pathlib import Path
 import onnx
 import onnxruntime as ort
 
+from . import events, fusion, layout
 from .errors import UserError
 from .model import uses_domain
 from .neuron import DOMAIN
 
 _ENV = "ONNX2SNN_OPS_LIBRARY"
+_REWRITE_ENV = "ONNX2SNN_REWRITE"
 _STATE = ort.capi.onnxruntime_pybind11_state
 # onnxruntime's own log lines would break the one-line error rule: its errors reach us as exceptions
 ort.set_default_logger_severity(4)
@@ -40,6 +43,16 @@ def library_path() -> str:
     return found[0]
 
 
+def _proto(model) -> onnx.ModelProto:
+    if isinstance(model, onnx.ModelProto):
+        return model
+    if isinstance(model, (bytes, bytearray)):
+        proto = onnx.ModelProto()
+        proto.ParseFromString(bytes(model))
+        return proto
+    return onnx.load(str(model))
+
+
 def _needs_library(model) -> bool:
     if isinstance(model, onnx.ModelProto):
         return uses_domain(model, DOMAIN)
@@ -50,9 +63,16 @@ def _needs_library(model) -> bool:
     return uses_domain(onnx.load(str(model), load_external_data=False), DOMAIN)
 
 
-def session(model, threads: int = 0, in_order: bool = False) -> ort.InferenceSession:
+def session(model, threads: int = 0, in_order: bool = False, rewrite: bool = True,
+            event_convs: bool = False) -> ort.InferenceSession:
     """An onnxruntime CPU session for `model` (path, bytes or ModelProto); the operator library is
     registered when the model uses its domain.
+
+    `rewrite`: for models using the library, the session runs an in-memory copy of the graph with
+    the additions and time tiling in front of each neuron fused into it (fusion.py) and the neurons
+    and probes in onnxruntime's blocked channel layout (layout.py): fewer passes over memory,
+    bit-identical outputs. $ONNX2SNN_REWRITE=0 turns it off (the graph as written).
+    `event_convs`: convolutions after neurons run event-driven (events.py; not bit-identical).
 
     `in_order`: priority-based execution order. Evaluation graphs hang side branches (spike counts)
     off every neuron; in onnxruntime's default order those run late and every neuron's T*N-row
@@ -61,6 +81,16 @@ def session(model, threads: int = 0, in_order: bool = False) -> ort.InferenceSes
     opts.log_severity_level = 4
     if _needs_library(model):
         opts.register_custom_ops_library(library_path())
+        if rewrite and os.environ.get(_REWRITE_ENV, "1") != "0":
+            proto = copy.deepcopy(model) if isinstance(model, onnx.ModelProto) else _proto(model)
+            changed = events.event_convs(proto) if event_convs else False
+            changed |= fusion.fuse_inputs(proto)
+            blocked = layout.blocked(proto, library_path())
+            if blocked is not None:   # already optimized for this CPU: loaded as it is
+                model = blocked
+                opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            elif changed:
+                model = proto
     if threads:
         opts.intra_op_num_threads = threads
     if in_order:

@@ -62,13 +62,13 @@ def nonlinear_middle_model():
     return make(nodes, {"w": w}, ["N", 2, 3, 3], out_shape=["N", 2, 3, 3])
 
 
-def residual_integer_model(seed=0):
+def residual_integer_model(seed=0, channels=4):
     """Conv-Relu-Conv-Add(skip)-Relu-MaxPool-GAP-Gemm with small integer weights: every sum in every
     form is exactly representable, so all forms must agree bit for bit."""
     rng = np.random.default_rng(seed)
-    w1 = rng.integers(-2, 3, size=(4, 2, 3, 3))
-    w2 = rng.integers(-2, 3, size=(4, 4, 3, 3))
-    w3 = rng.integers(-2, 3, size=(3, 4))
+    w1 = rng.integers(-2, 3, size=(channels, 2, 3, 3))
+    w2 = rng.integers(-2, 3, size=(channels, channels, 3, 3))
+    w3 = rng.integers(-2, 3, size=(3, channels))
     nodes = [
         helper.make_node("Conv", ["input", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),

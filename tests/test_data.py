@@ -126,3 +126,24 @@ def test_calibration_with_prefetch_is_deterministic(tmp_path):
     a = api.calibrate(model, src, CalibConfig(iters=6, batch_size=16, seed=3, augment=True))
     b = api.calibrate(model, src, CalibConfig(iters=6, batch_size=16, seed=3, augment=True))
     assert a.to_bytes(False) == b.to_bytes(False)
+
+
+@pytest.mark.parametrize("budget_mb,decodes", [(None, 6), ("0", 24)])
+def test_image_folder_decodes_each_image_once_within_the_cache_budget(tmp_path, monkeypatch, budget_mb, decodes):
+    if budget_mb is not None:
+        monkeypatch.setenv(D.CACHE_ENV, budget_mb)
+    src = D.open_data(str(_image_folder(tmp_path / "imgs")), None, INPUT, D.Preprocess())
+    loads = []
+    real = src._load
+    monkeypatch.setattr(src, "_load", lambda path: loads.append(path) or real(path))
+    first = [b["input"].copy() for b in Bt.calibration_batches(src, 4, 3, seed=1)]    # 12 samples: 2 epochs
+    again = [b["input"] for b in Bt.calibration_batches(src, 4, 3, seed=1)]
+    assert len(loads) == decodes
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+
+
+def test_augment_leaves_the_cached_samples_alone(tmp_path):
+    src = D.open_data(str(_image_folder(tmp_path / "imgs")), None, INPUT, D.Preprocess())
+    before = src.batch(range(6))[0]["input"].copy()
+    list(Bt.calibration_batches(src, 6, 4, seed=2, augment=True))
+    assert np.array_equal(src.batch(range(6))[0]["input"], before)

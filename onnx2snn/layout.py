@@ -1,0 +1,262 @@
+"""onnxruntime's blocked channel layout for the onnx2snn operators (CPU sessions).
+
+onnxruntime's CPU provider runs convolutions and pools in a blocked channel layout (NCHWc: the
+channels in blocks of MLAS's block size for this CPU, 8 or 16, innermost) and converts a tensor back
+to NCHW before an operator it does not know — IFNeuron, ReLUXProbe — and forward again after it: two
+full copies of every neuron's or probe's tensor. `blocked` lets onnxruntime optimize the graph for
+this machine, then has the neurons and probes read and write the blocked layout themselves
+(attributes channel_block and channels) and drops the copies between them:
+
+    Conv -> ReorderOutput -> IFNeuron -> ReorderInput -> Conv   becomes   Conv -> IFNeuron -> Conv
+
+and a residual Add feeding a neuron runs on the blocked tensors too. The copies dropped are exact,
+so the outputs stay bit-identical. The result holds weights reordered for this CPU's block size and
+is only for this machine (as any model onnxruntime saves at its highest optimization level), so it
+is never written to a file: `runtime.session` makes it in memory when the session is created.
+"""
+from __future__ import annotations
+
+import copy
+import functools
+import os
+import tempfile
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper, numpy_helper
+
+from .model import all_graphs, subgraphs
+from .neuron import DOMAIN
+
+NCHWC = "com.microsoft.nchwc"
+_OURS = ("IFNeuron", "ReLUXProbe")
+_MAX_BYTES = 1 << 30      # larger models keep onnxruntime's own layout (no in-memory copy)
+
+
+@functools.lru_cache(maxsize=None)
+def block_size() -> int:
+    """MLAS's channel block on this CPU, read from how onnxruntime lays out a one-filter Conv
+    (its filter is padded to one block); 0 when onnxruntime does not use the blocked layout."""
+    w = numpy_helper.from_array(np.ones((1, 8, 3, 3), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], "probe",
+                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 8, 4, 4])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 1, 4, 4])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    optimized = _optimize(model.SerializeToString(), None)
+    sizes = [init.dims[0] for node in optimized.graph.node if node.domain == NCHWC and node.op_type == "Conv"
+             for init in optimized.graph.initializer if init.name == node.input[1]]
+    return int(sizes[0]) if sizes else 0
+
+
+def _optimize(model_bytes: bytes, library: str | None) -> onnx.ModelProto:
+    """The graph onnxruntime runs on this CPU (all optimizations, the NCHWc layout included)."""
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 4
+    if library:
+        opts.register_custom_ops_library(library)
+    with tempfile.TemporaryDirectory(prefix="onnx2snn-layout-") as tmp:
+        opts.optimized_model_filepath = os.path.join(tmp, "optimized.onnx")
+        ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
+        return onnx.load(opts.optimized_model_filepath)
+
+
+def blocked(model: onnx.ModelProto, library: str) -> onnx.ModelProto | None:
+    """`model` as onnxruntime optimizes it for this CPU, with the neurons and probes working in the
+    blocked layout; None when nothing would change (no blocked layout here, no neuron next to a
+    convolution, or a model too large to copy in memory)."""
+    b = block_size()
+    if not b or model.ByteSize() > _MAX_BYTES:
+        return None
+    shapes = static_shapes(model)
+    try:
+        optimized = _optimize(model.SerializeToString(), library)
+    except Exception:   # noqa: BLE001 - the caller's own session reports what is wrong
+        return None
+    if not _Rewrite(b, shapes).graph(optimized.graph):
+        return None
+    return optimized
+
+
+def static_shapes(model: onnx.ModelProto) -> dict:
+    """Shapes of the model's tensors (every graph; None for unknown dims) from ONNX shape inference,
+    with IFNeuron and ReLUXProbe read as Identity (their outputs have their input's shape apart from
+    the batch) and EventConv as Conv."""
+    shadow = copy.deepcopy(model)
+    for node in (n for g in all_graphs(shadow.graph) for n in g.node):
+        if node.domain == DOMAIN and node.op_type == "EventConv":
+            node.op_type, node.domain = "Conv", ""
+        elif node.domain == DOMAIN:
+            node.op_type, node.domain = "Identity", ""
+            del node.input[1:], node.output[1:], node.attribute[:]
+    try:
+        inferred = onnx.shape_inference.infer_shapes(shadow, data_prop=True)
+    except Exception:   # noqa: BLE001 - without shapes only the Add rule is skipped
+        return {}
+    return {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+            for g in all_graphs(inferred.graph) for v in list(g.value_info) + list(g.output) + list(g.input)}
+
+
+def _attr(node, name, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+class _Rewrite:
+    """One pass over a graph in its (topological) order; see the module docstring."""
+
+    def __init__(self, block: int, shapes: dict):
+        self.b, self.shapes = block, shapes
+        self.changed = False
+
+    def graph(self, graph: onnx.GraphProto) -> bool:
+        self.inits = {i.name: i for i in graph.initializer}
+        equiv = {}     # NCHW tensor -> (the same tensor blocked, real channel count)
+        rename = {}    # a dropped ReorderInput's output -> the blocked tensor it equals
+        users = self._users(graph)
+        kept = []
+        for node in graph.node:
+            for i, name in enumerate(node.input):
+                if name in rename:
+                    node.input[i] = rename[name]
+            for sub in subgraphs(node):
+                self._rename_inside(sub, rename)
+                self.graph(sub)
+                self.inits = {i.name: i for i in graph.initializer}
+            if node.domain == NCHWC and node.op_type == "ReorderOutput" and not _attr(node, "channels_last", 0):
+                equiv[node.output[0]] = (node.input[0], int(_attr(node, "channels")))
+            elif (node.domain == NCHWC and node.op_type == "ReorderInput" and node.input[0] in equiv
+                  and not _attr(node, "channels_last", 0) and node.output[0] not in self._outputs(graph)):
+                rename[node.output[0]] = equiv[node.input[0]][0]
+                self.changed = True
+                continue
+            elif node.domain == DOMAIN and node.op_type in _OURS and self._neuron_fits(node, equiv):
+                kept += self._blocked_op(node, equiv, graph)
+                continue
+            elif node.op_type == "Add" and node.domain == "" and self._add_fits(node, equiv, users):
+                kept += self._blocked_add(node, equiv)
+                continue
+            kept.append(node)
+        graph.ClearField("node")
+        graph.node.extend(kept)
+        self._drop_unused_reorders(graph)
+        return self.changed
+
+    # ---- rules ---------------------------------------------------------------------------------
+    def _rank4(self, name) -> bool:
+        shape = self.shapes.get(name)
+        return shape is not None and len(shape) == 4
+
+    def _neuron_fits(self, node, equiv) -> bool:
+        x = node.input[0]
+        if x not in equiv or not self._rank4(x) or _attr(node, "axis", 1) not in (1, -3):
+            return False
+        if node.op_type == "IFNeuron":
+            if (len(node.input) > 2 and node.input[2]) or (len(node.output) > 1 and node.output[1]):
+                return False     # a membrane state (looped forms): kept in onnxruntime's layout
+            if len(node.input) > 3 and node.input[3] and node.input[3] not in self.inits:
+                return False
+        return True
+
+    def _blocked_op(self, node, equiv, graph) -> list:
+        x_blocked, channels = equiv[node.input[0]]
+        out = node.output[0]
+        node.input[0] = x_blocked
+        made = []
+        if node.op_type == "IFNeuron" and len(node.input) > 4 and node.input[4]:   # a fused residual sum
+            made += self._ensure_blocked(node.input[4], channels, equiv)
+            node.input[4] = equiv[node.input[4]][0]
+        if node.op_type == "IFNeuron" and len(node.input) > 3 and node.input[3]:
+            node.input[3] = self._blocked_v0(node.input[3], channels, out, graph)
+        node.attribute.extend([helper.make_attribute("channel_block", self.b),
+                               helper.make_attribute("channels", channels)])
+        node.output[0] = out + "/blocked"
+        equiv[out] = (node.output[0], channels)
+        self.changed = True
+        return made + [node, self._to_plain(node.output[0], out, channels)]
+
+    @staticmethod
+    def _ensure_blocked(name, channels, equiv) -> list:
+        """[] if `name` has a blocked copy already, else the ReorderInput making it."""
+        if name in equiv:
+            return []
+        blocked_name = name + "/blocked"
+        equiv[name] = (blocked_name, channels)
+        return [helper.make_node("ReorderInput", [name], [blocked_name], domain=NCHWC, name=blocked_name + "/reorder",
+                                 channels_last=0)]
+
+    def _blocked_v0(self, name, channels, out, graph) -> str:
+        """The per-neuron initial potential in the blocked order, zero on padding channels."""
+        v0 = numpy_helper.to_array(self.inits[name]).reshape(-1)
+        if v0.size == 1:
+            return name
+        padded = -(-channels // self.b) * self.b
+        spatial = v0.size // channels
+        grid = np.zeros((padded, spatial), np.float32)
+        grid[:channels] = v0.reshape(channels, spatial)
+        blocked_v0 = grid.reshape(padded // self.b, self.b, spatial).transpose(0, 2, 1).reshape(-1)
+        init = numpy_helper.from_array(np.ascontiguousarray(blocked_v0), out + "/v0_blocked")
+        graph.initializer.append(init)
+        self.inits[init.name] = init
+        return init.name
+
+    def _add_fits(self, node, equiv, users) -> bool:
+        if len(node.input) != 2 or not any(i in equiv for i in node.input):
+            return False
+        shapes = [self.shapes.get(i) for i in node.input]
+        if not all(s is not None and len(s) == 4 and None not in s[1:] for s in shapes) or shapes[0][1:] != shapes[1][1:]:
+            return False
+        channels = {equiv[i][1] for i in node.input if i in equiv}
+        if len(channels) != 1 or shapes[0][1] not in channels:
+            return False
+        # worth it when what reads the sum takes the blocked layout (else two copies replace one)
+        return any(u.domain == DOMAIN and u.op_type in _OURS or u.op_type == "ReorderInput"
+                   for u in users.get(node.output[0], []))
+
+    def _blocked_add(self, node, equiv) -> list:
+        channels = next(equiv[i][1] for i in node.input if i in equiv)
+        made = []
+        for k, name in enumerate(node.input):
+            made += self._ensure_blocked(name, channels, equiv)
+            node.input[k] = equiv[name][0]
+        out = node.output[0]
+        node.output[0] = out + "/blocked"
+        equiv[out] = (node.output[0], channels)
+        self.changed = True
+        return made + [node, self._to_plain(node.output[0], out, channels)]
+
+    @staticmethod
+    def _to_plain(blocked_name, name, channels):
+        """NCHW copy for readers that need it; dropped later when nothing reads it."""
+        return helper.make_node("ReorderOutput", [blocked_name], [name], domain=NCHWC, name=name + "/plain",
+                                channels=channels, channels_last=0)
+
+    # ---- bookkeeping ---------------------------------------------------------------------------
+    @staticmethod
+    def _outputs(graph) -> set:
+        return {o.name for o in graph.output}
+
+    @staticmethod
+    def _users(graph) -> dict:
+        users = {}
+        for node in graph.node:
+            for name in node.input:
+                users.setdefault(name, []).append(node)
+        return users
+
+    @staticmethod
+    def _rename_inside(graph, rename):
+        for node in (n for g in all_graphs(graph) for n in g.node):
+            for i, name in enumerate(node.input):
+                if name in rename:
+                    node.input[i] = rename[name]
+
+    @staticmethod
+    def _drop_unused_reorders(graph):
+        read = {o.name for o in graph.output} | {i for g in all_graphs(graph) for n in g.node for i in n.input}
+        keep = [n for n in graph.node
+                if not (n.domain == NCHWC and n.op_type == "ReorderOutput" and n.output[0] not in read)]
+        graph.ClearField("node")
+        graph.node.extend(keep)
