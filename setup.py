@@ -29,6 +29,7 @@ setup(
         Extension(
             "onnx2snn._ops",
             sources=["custom_ops/if_neuron.cc", "custom_ops/relux_probe.cc", "custom_ops/event_conv.cc",
+                     "custom_ops/spiking_max_pool.cc",
                      "custom_ops/register.cc"],
             language="c++",
             extra_compile_args=["-std=c++17", "-O3", "-ffp-contract=off", "-fno-trapping-math", "-fvisibility=hidden"],

@@ -154,5 +154,6 @@ inline int64_t ElementCount(const std::vector<int64_t>& shape, const char* what)
 const OrtCustomOp* IFNeuronOp();
 const OrtCustomOp* ReLUXProbeOp();
 const OrtCustomOp* EventConvOp();
+const OrtCustomOp* SpikingMaxPoolOp();
 
 }  // namespace onnx2snn

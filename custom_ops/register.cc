@@ -18,6 +18,7 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
       domain->Add(onnx2snn::IFNeuronOp());
       domain->Add(onnx2snn::ReLUXProbeOp());
       domain->Add(onnx2snn::EventConvOp());
+      domain->Add(onnx2snn::SpikingMaxPoolOp());
     });
     Ort::UnownedSessionOptions(options).Add(*domain);
   } catch (const std::exception& e) {

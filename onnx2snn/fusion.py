@@ -24,31 +24,37 @@ def fuse_inputs(model: onnx.ModelProto) -> bool:
     graphs = list(all_graphs(model.graph))
     inits = {i.name: i for g in graphs for i in g.initializer}
     changed = False
+    producer = {o: n for g in graphs for n in g.node for o in n.output}   # names are unique across scopes
     for graph in graphs:
-        fuser = _Fuser(graph, shapes, inits)
+        fuser = _Fuser(graph, shapes, inits, producer, model.graph)
         for node in list(graph.node):
             if node.domain == DOMAIN and node.op_type == "IFNeuron" and fuser.fuse(node):
                 changed = True
-        fuser.drop_dead()
+    for graph in graphs:
+        _drop_dead(graph)
     return changed
 
 
 class _Fuser:
-    def __init__(self, graph, shapes, inits):
-        self.graph, self.shapes, self.inits = graph, shapes, inits
-        self.producer = {o: n for n in graph.node for o in n.output}
+    def __init__(self, graph, shapes, inits, producer, main):
+        """`producer`: the node making each tensor in any graph of the model (a neuron in a Loop
+        body may read a tiling made outside it); `main`: the model's graph."""
+        self.graph, self.shapes, self.inits, self.producer = graph, shapes, inits, producer
+        self.local = {o for n in graph.node for o in n.output}
         self.readers = {}
-        for node in (n for g in all_graphs(graph) for n in g.node):
+        for node in (n for g in all_graphs(main) for n in g.node):
             for name in node.input:
                 self.readers.setdefault(name, []).append(node)
-        self.outputs = {o.name for o in graph.output}
+        self.outputs = {o.name for g in all_graphs(main) for o in g.output}
 
     def _only_reader(self, tensor, node) -> bool:
         return tensor not in self.outputs and self.readers.get(tensor, []) == [node]
 
-    def _source(self, node, op):
+    def _source(self, node, op, same_graph=True):
         """The node of type `op` that produces `node`'s input x for it alone, or None."""
         src = self.producer.get(node.input[0])
+        if src is not None and same_graph and node.input[0] not in self.local:
+            return None
         if src is None or src.op_type != op or src.domain not in ("", "ai.onnx"):
             return None
         return src if self._only_reader(node.input[0], node) else None
@@ -88,7 +94,7 @@ class _Fuser:
         self.readers[old] = [n for n in self.readers.get(old, []) if n is not neuron]
         for name in inputs:
             self.readers.setdefault(name, []).append(neuron)
-        if removed is not None:
+        if removed is not None:      # an Add in this graph (_source checks it is the neuron's alone)
             self.graph.node.remove(removed)
             for name in removed.input:
                 self.readers[name] = [n for n in self.readers.get(name, []) if n is not removed]
@@ -120,7 +126,7 @@ class _Fuser:
         """x when the neuron's input is Reshape(Expand(Unsqueeze(x, 0), [K] + shape(x))) with K its
         timesteps: the N rows of x repeated for each of the K steps (timefold.tile), else None."""
         steps = next((helper.get_attribute_value(a) for a in neuron.attribute if a.name == "timesteps"), None)
-        reshape = self._source(neuron, "Reshape")
+        reshape = self._source(neuron, "Reshape", same_graph=False)
         expand = self.producer.get(reshape.input[0]) if reshape is not None else None
         if expand is None or expand.op_type != "Expand":
             return None
@@ -137,13 +143,14 @@ class _Fuser:
             return None
         return x
 
-    def drop_dead(self):
-        """Remove the tiling nodes nothing reads any more."""
-        while True:
-            read = set(self.outputs) | {i for g in all_graphs(self.graph) for n in g.node for i in n.input}
-            dead = [n for n in self.graph.node if n.op_type in ("Reshape", "Expand", "Unsqueeze", "Concat", "Shape")
-                    and n.domain in ("", "ai.onnx") and not any(o in read for o in n.output)]
-            if not dead:
-                return
-            for n in dead:
-                self.graph.node.remove(n)
+
+def _drop_dead(graph):
+    """Remove the tiling nodes nothing reads any more (in any graph nested in `graph`)."""
+    while True:
+        read = {o.name for o in graph.output} | {i for g in all_graphs(graph) for n in g.node for i in n.input}
+        dead = [n for n in graph.node if n.op_type in ("Reshape", "Expand", "Unsqueeze", "Concat", "Shape")
+                and n.domain in ("", "ai.onnx") and not any(o in read for o in n.output)]
+        if not dead:
+            return
+        for n in dead:
+            graph.node.remove(n)

@@ -30,7 +30,9 @@ from .model import all_graphs, subgraphs
 from .neuron import DOMAIN
 
 NCHWC = "com.microsoft.nchwc"
-_OURS = ("IFNeuron", "ReLUXProbe")
+_OURS = ("IFNeuron", "ReLUXProbe", "SpikingMaxPool")
+# (input, output) positions of the states an operator carries across a Loop's iterations
+_STATES = {"IFNeuron": [(2, 1)], "SpikingMaxPool": [(1, 1), (2, 2)]}
 _MAX_BYTES = 1 << 30      # larger models keep onnxruntime's own layout (no in-memory copy)
 
 
@@ -73,9 +75,29 @@ def blocked(model: onnx.ModelProto, library: str) -> onnx.ModelProto | None:
         optimized = _optimize(model.SerializeToString(), library)
     except Exception:   # noqa: BLE001 - the caller's own session reports what is wrong
         return None
+    _unique_names(optimized.graph)
     if not _Rewrite(b, shapes).graph(optimized.graph):
         return None
     return optimized
+
+
+def _unique_names(main: onnx.GraphProto) -> None:
+    """onnxruntime names what it adds (reorder_token_0, reorder, ...) per graph, so a Loop body
+    can define a name its outer graph defines too, and the saved model fails onnxruntime's own
+    single-assignment check: a body's clashing definitions are renamed within the body."""
+    seen = set()
+    for index, graph in enumerate(all_graphs(main)):
+        defined = ({n for node in graph.node for n in node.output if n} | {i.name for i in graph.initializer}
+                   | {i.name for i in graph.input})
+        clash = {name: f"{name}@{index}" for name in defined & seen} if index else {}
+        if clash:
+            for node in (n for g in all_graphs(graph) for n in g.node):
+                node.input[:] = [clash.get(n, n) for n in node.input]
+            for node in graph.node:
+                node.output[:] = [clash.get(n, n) for n in node.output]
+            for item in list(graph.initializer) + list(graph.input) + list(graph.output) + list(graph.value_info):
+                item.name = clash.get(item.name, item.name)
+        seen |= {clash.get(n, n) for n in defined}
 
 
 def static_shapes(model: onnx.ModelProto) -> dict:
@@ -110,21 +132,30 @@ class _Rewrite:
     def __init__(self, block: int, shapes: dict):
         self.b, self.shapes = block, shapes
         self.changed = False
+        self.carried = {}          # in a Loop body: carried state input -> (index, matching body output)
+        self.blocked_states = {}   # in a Loop body: index of a state now kept blocked -> channels
 
-    def graph(self, graph: onnx.GraphProto) -> bool:
+    def graph(self, graph: onnx.GraphProto, outer: dict | None = None) -> bool:
+        """`outer`: the blocked copies known in the enclosing graph (visible in a Loop body)."""
         self.inits = {i.name: i for i in graph.initializer}
-        equiv = {}     # NCHW tensor -> (the same tensor blocked, real channel count)
+        equiv = dict(outer or {})   # NCHW tensor -> (the same tensor blocked, real channel count)
         rename = {}    # a dropped ReorderInput's output -> the blocked tensor it equals
-        users = self._users(graph)
+        self.users = users = self._users(graph)
         kept = []
         for node in graph.node:
             for i, name in enumerate(node.input):
                 if name in rename:
                     node.input[i] = rename[name]
+            if node.op_type == "Loop" and node.domain in ("", "ai.onnx"):
+                self._rename_inside(subgraphs(node)[0], rename)
+                kept += self._loop(node, equiv)
+                self.users, self.inits = users, {i.name: i for i in graph.initializer}
+                continue
             for sub in subgraphs(node):
                 self._rename_inside(sub, rename)
                 self.graph(sub)
                 self.inits = {i.name: i for i in graph.initializer}
+                self.users = users
             if node.domain == NCHWC and node.op_type == "ReorderOutput" and not _attr(node, "channels_last", 0):
                 equiv[node.output[0]] = (node.input[0], int(_attr(node, "channels")))
             elif (node.domain == NCHWC and node.op_type == "ReorderInput" and node.input[0] in equiv
@@ -132,7 +163,7 @@ class _Rewrite:
                 rename[node.output[0]] = equiv[node.input[0]][0]
                 self.changed = True
                 continue
-            elif node.domain == DOMAIN and node.op_type in _OURS and self._neuron_fits(node, equiv):
+            elif node.domain == DOMAIN and node.op_type in _OURS and self._neuron_fits(node, equiv, graph):
                 kept += self._blocked_op(node, equiv, graph)
                 continue
             elif node.op_type == "Add" and node.domain == "" and self._add_fits(node, equiv, users):
@@ -149,16 +180,51 @@ class _Rewrite:
         shape = self.shapes.get(name)
         return shape is not None and len(shape) == 4
 
-    def _neuron_fits(self, node, equiv) -> bool:
+    def _neuron_fits(self, node, equiv, graph) -> bool:
         x = node.input[0]
         if x not in equiv or not self._rank4(x) or _attr(node, "axis", 1) not in (1, -3):
             return False
-        if node.op_type == "IFNeuron":
-            if (len(node.input) > 2 and node.input[2]) or (len(node.output) > 1 and node.output[1]):
-                return False     # a membrane state (looped forms): kept in onnxruntime's layout
-            if len(node.input) > 3 and node.input[3] and node.input[3] not in self.inits:
-                return False
+        pairs = [(node.input[i] if len(node.input) > i else "", node.output[o] if len(node.output) > o else "")
+                 for i, o in _STATES.get(node.op_type, [])]
+        pairs = [pair for pair in pairs if any(pair)]
+        if pairs and not all(self._state_fits(a, b, equiv[x][1], node, dry=True) for a, b in pairs):
+            return False
+        if node.op_type == "IFNeuron" and len(node.input) > 3 and node.input[3] and node.input[3] not in self.inits:
+            return False
+        for a, b in pairs:
+            self._state_fits(a, b, equiv[x][1], node)
         return True
+
+    def _state_fits(self, state_in, state_out, channels, node, dry=False) -> bool:
+        """A membrane state carried by the enclosing Loop from this neuron's v_out to its v_in and
+        read by nothing else can stay blocked across iterations (with no padding channels, so that its
+        declared shape holds); the Loop then blocks its initial value (see _loop)."""
+        k, body_out = self.carried.get(state_in, (None, None))
+        if k is None or body_out != state_out or channels % self.b or self.users.get(state_in) != [node]:
+            return False
+        if not dry:
+            self.blocked_states[k] = channels
+        return True
+
+    def _loop(self, loop, equiv) -> list:
+        """Rewrites a Loop's body; the states its neurons keep blocked get their initial value
+        blocked before the Loop and their final value back to NCHW after it."""
+        body = subgraphs(loop)[0]
+        n_carried = len(loop.input) - 2
+        saved = (self.carried, self.blocked_states)
+        self.carried = {body.input[2 + k].name: (k, body.output[1 + k].name) for k in range(n_carried)}
+        self.blocked_states = {}
+        self.graph(body, equiv)
+        blocked, (self.carried, self.blocked_states) = self.blocked_states, saved
+        before, after = [], []
+        for k, channels in sorted(blocked.items()):
+            initial = loop.input[2 + k]
+            before += self._ensure_blocked(initial, channels, {})
+            loop.input[2 + k] = initial + "/blocked"
+            final = loop.output[k]
+            loop.output[k] = final + "/blocked"
+            after.append(self._to_plain(loop.output[k], final, channels))
+        return before + [loop] + after
 
     def _blocked_op(self, node, equiv, graph) -> list:
         x_blocked, channels = equiv[node.input[0]]
@@ -170,8 +236,9 @@ class _Rewrite:
             node.input[4] = equiv[node.input[4]][0]
         if node.op_type == "IFNeuron" and len(node.input) > 3 and node.input[3]:
             node.input[3] = self._blocked_v0(node.input[3], channels, out, graph)
-        node.attribute.extend([helper.make_attribute("channel_block", self.b),
-                               helper.make_attribute("channels", channels)])
+        node.attribute.append(helper.make_attribute("channel_block", self.b))
+        if node.op_type != "SpikingMaxPool":
+            node.attribute.append(helper.make_attribute("channels", channels))
         node.output[0] = out + "/blocked"
         equiv[out] = (node.output[0], channels)
         self.changed = True

@@ -22,8 +22,46 @@ class IFNeuron(OpRun):
         return (spikes,)
 
 
+class SpikingMaxPool(OpRun):
+    """Running sums of the currents over the steps, MaxPool of the sums, step-to-step differences
+    (timefold.TimeFold.spiking_pool's standard-op graph, computed the same way)."""
+    op_domain = DOMAIN
+
+    def _run(self, x, sums_in=None, peak_in=None, timesteps=None, kernel_shape=None, strides=None, pads=None,
+             dilations=None):
+        steps = x.reshape(int(timesteps), -1, *x.shape[1:])
+        if sums_in is not None:
+            steps = np.concatenate([steps[:1] + sums_in[None], steps[1:]])
+        running = np.cumsum(steps, axis=0, dtype=np.float32)
+        pooled = _max_pool(running.reshape(-1, *x.shape[1:]), kernel_shape, strides or (1, 1), pads or (0, 0, 0, 0),
+                           dilations or (1, 1)).reshape(running.shape[0], -1, x.shape[1], *_pooled_hw(x, kernel_shape, strides, pads, dilations))
+        previous = peak_in[None] if peak_in is not None else pooled[:1] * np.float32(0)
+        current = (pooled - np.concatenate([previous, pooled[:-1]])).reshape(-1, *pooled.shape[2:])
+        if len(self.output) > 1:
+            return current, running[-1], pooled[-1]
+        return (current,)
+
+
+def _pooled_hw(x, kernel, strides, pads, dilations):
+    strides, pads, dilations = strides or (1, 1), pads or (0, 0, 0, 0), dilations or (1, 1)
+    return tuple((x.shape[2 + i] + pads[i] + pads[i + 2] - dilations[i] * (kernel[i] - 1) - 1) // strides[i] + 1
+                 for i in range(2))
+
+
+def _max_pool(x, kernel, strides, pads, dilations):
+    padded = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])), constant_values=-np.inf)
+    oh, ow = _pooled_hw(x, kernel, strides, pads, dilations)
+    out = np.full(x.shape[:2] + (oh, ow), -np.inf, np.float32)
+    for ky in range(kernel[0]):
+        for kx in range(kernel[1]):
+            y0, x0 = ky * dilations[0], kx * dilations[1]
+            out = np.maximum(out, padded[:, :, y0:y0 + strides[0] * (oh - 1) + 1:strides[0],
+                                         x0:x0 + strides[1] * (ow - 1) + 1:strides[1]])
+    return out
+
+
 def evaluator(model) -> ReferenceEvaluator:
-    return ReferenceEvaluator(model, new_ops=[IFNeuron])
+    return ReferenceEvaluator(model, new_ops=[IFNeuron, SpikingMaxPool])
 
 
 def run(model, feeds: dict, outputs=None):

@@ -5,17 +5,17 @@ import argparse
 import time
 
 
-def parser(doc: str) -> argparse.ArgumentParser:
+def parser(doc: str, model_required: bool = True) -> argparse.ArgumentParser:
     """A benchmark's parser (its docstring as help) with the model arguments already added."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_model_args(p)
+    add_model_args(p, model_required)
     return p
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
+def add_model_args(p: argparse.ArgumentParser, model_required: bool = True) -> None:
     """--model, --val, --mean, --std: the model and its preprocessed validation images."""
     floats = lambda s: tuple(map(float, s.split(",")))  # noqa: E731
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", required=model_required)
     p.add_argument("--val", required=True)
     p.add_argument("--mean", type=floats, default=(0.0,))
     p.add_argument("--std", type=floats, default=(1.0,))

@@ -17,7 +17,7 @@ trap 'rm -rf "$OUT"' EXIT
 INCLUDE="$("$PY" -c 'import sys; sys.path.insert(0, "custom_ops"); import build_support; print(build_support.find_onnxruntime_headers())')"
 "$CXX" -std=c++17 -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined \
     -ffp-contract=off -fno-trapping-math -fPIC -shared -I"$INCLUDE" \
-    custom_ops/if_neuron.cc custom_ops/relux_probe.cc custom_ops/event_conv.cc custom_ops/register.cc -o "$OUT/libonnx2snn_asan.so"
+    custom_ops/if_neuron.cc custom_ops/relux_probe.cc custom_ops/event_conv.cc custom_ops/spiking_max_pool.cc custom_ops/register.cc -o "$OUT/libonnx2snn_asan.so"
 LIBASAN="$("$CXX" -print-file-name=libasan.so)"
 LIBUBSAN="$("$CXX" -print-file-name=libubsan.so)"
 echo "sanitized library: $OUT/libonnx2snn_asan.so; $EXAMPLES cases per op"

@@ -133,7 +133,7 @@ def build(p: Prepared, provenance: Provenance | None = None) -> onnx.ModelProto:
     iteration = gs.Variable("onnx2snn.iteration", np.int64, [])
     cond_in = gs.Variable("onnx2snn.cond_in", np.bool_, [])
     for node, sums, peak in pools:
-        sums[2], peak[2] = p.fold.spiking_pool(node, (sums[1], peak[1]))
+        sums[2], peak[2] = p.fold.spiking_pool(node, (sums[1], peak[1]), fused=not config.portable)
     b.prefix = "onnx2snn.loop/steps"
     t_total = gs.Constant(STEPS_NAME, np.array(T, np.int64))
     start = b.op("Mul", [iteration, b.const(np.array(K, np.int64))], dtype=np.int64)

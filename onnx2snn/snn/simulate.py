@@ -49,7 +49,7 @@ def unrolled_steps(snn: onnx.ModelProto, info: SNNInfo, t_max: int, spike_counts
     if T_NAME in tensors:
         tensors[T_NAME].values = np.array([t_max], np.int64)
     for node in graph.nodes:
-        if node.op == "IFNeuron":
+        if node.op in ("IFNeuron", "SpikingMaxPool"):
             node.attrs["timesteps"] = t_max
     extra, counts, stats = [], [], []
     for neuron in info.neurons if (spike_counts or layer_stats) else []:

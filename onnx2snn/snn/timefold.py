@@ -12,6 +12,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..builder import Builder
+from ..neuron import DOMAIN
 
 BIG = np.iinfo(np.int64).max
 
@@ -96,13 +97,17 @@ class TimeFold:
                     {"to": onnx.TensorProto.FLOAT})
 
     # ---- spiking max pool ---------------------------------------------------------------------
-    def spiking_pool(self, node: gs.Node, state=None):
+    def spiking_pool(self, node: gs.Node, state=None, fused: bool = False):
         """MaxPool on spike-driven input: pool the running sums of the currents and emit the
         step-to-step difference of the pooled maximum, so the input accumulated by step t is the
         window's largest accumulated current (converges to the ANN's max as T grows).
 
         `state`: (running sums in, pooled maximum in) carried from earlier steps, or None (zero).
+        `fused`: one SpikingMaxPool node of the operator library doing the same arithmetic, where
+        the pool's attributes allow (2-D, no ceil_mode or auto_pad).
         Returns the state after the S steps, or None without state."""
+        if fused and _fusable_pool(node):
+            return self._fused_pool(node, state)
         b = self.b
         b.prefix = f"{node.name}/spiking"
         x, out = node.inputs[0], node.outputs[0]
@@ -127,3 +132,22 @@ class TimeFold:
         if state is None:
             return None
         return self._last(running), self._last(p_steps)
+
+    def _fused_pool(self, node: gs.Node, state):
+        attrs = {k: v for k, v in node.attrs.items() if k in ("kernel_shape", "strides", "pads", "dilations")}
+        attrs["timesteps"] = int(self.steps.values[0])
+        node.op, node.domain = "SpikingMaxPool", DOMAIN
+        node.attrs = attrs
+        if state is None:
+            return None
+        sums_out = gs.Variable(f"{node.name}/sums_out", np.float32)
+        peak_out = gs.Variable(f"{node.name}/peak_out", np.float32)
+        node.inputs = node.inputs[:1] + list(state)
+        node.outputs = node.outputs[:1] + [sums_out, peak_out]
+        return sums_out, peak_out
+
+
+def _fusable_pool(node: gs.Node) -> bool:
+    kernel = node.attrs.get("kernel_shape", [])
+    return (len(kernel) == 2 and not node.attrs.get("ceil_mode", 0)
+            and node.attrs.get("auto_pad", "NOTSET") in ("NOTSET", b"NOTSET"))

@@ -24,7 +24,7 @@ def build(p: Prepared, provenance: Provenance | None = None) -> onnx.ModelProto:
     for t, post, is_output in boundary(p):
         connect_readout(p, t, post, is_output, mean_of)
     for node in spiking_pools(p):
-        p.fold.spiking_pool(node)
+        p.fold.spiking_pool(node, fused=not p.config.portable)
     if p.config.portable:
         lower_neurons(p.graph, p.b, p)
     return finish(p, describe_snn(p, readouts, provenance))
