@@ -82,15 +82,11 @@ def session(model, threads: int = 0, in_order: bool = False, rewrite: bool = Tru
     if _needs_library(model):
         opts.register_custom_ops_library(library_path())
         if rewrite and os.environ.get(_REWRITE_ENV, "1") != "0":
-            proto = copy.deepcopy(model) if isinstance(model, onnx.ModelProto) else _proto(model)
-            changed = events.event_convs(proto) if event_convs else False
-            changed |= fusion.fuse_inputs(proto)
-            blocked = layout.blocked(proto, library_path())
-            if blocked is not None:   # already optimized for this CPU: loaded as it is
-                model = blocked
+            graph, optimized = session_graph(model, event_convs)
+            if graph is not None:
+                model = graph
+            if optimized:      # already optimized for this CPU: loaded as it is
                 opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-            elif changed:
-                model = proto
     if threads:
         opts.intra_op_num_threads = threads
     if in_order:
@@ -105,6 +101,21 @@ def session(model, threads: int = 0, in_order: bool = False, rewrite: bool = Tru
             _STATE.InvalidProtobuf, _STATE.RuntimeException, _STATE.NoSuchFile) as err:
         first = str(err).strip().splitlines()[0]
         raise UserError(f"onnxruntime cannot load the model: {first}") from None
+
+
+def session_graph(model, event_convs: bool = False) -> tuple:
+    """(graph, optimized): the graph `session` runs for a model using the operator library, or
+    (None, False) when it would run the model as it is. With `optimized`, the graph is onnxruntime's
+    own optimization of it for this CPU (blocked layout: weights reordered for this CPU's vector
+    width), to be loaded with graph optimizations disabled; it suits this machine only. Save it
+    (onnx.save) to run the fast graph from onnxruntime in another language on the same machine."""
+    proto = copy.deepcopy(model) if isinstance(model, onnx.ModelProto) else _proto(model)
+    changed = events.event_convs(proto) if event_convs else False
+    changed |= fusion.fuse_inputs(proto)
+    blocked = layout.blocked(proto, library_path())
+    if blocked is not None:
+        return blocked, True
+    return (proto if changed else None), False
 
 
 def run_checked(sess: ort.InferenceSession, names, feeds: dict, what: str):

@@ -207,3 +207,91 @@ def test_event_convs_are_opt_in_and_close_to_dense(resnet_path, digits_npz):
     sparse = runtime.session(probe).run(None, {"input": x})[0]
     assert np.abs(sparse - dense).mean() <= 1e-3 * np.abs(dense).max()
     assert np.mean(sparse.argmax(1) == dense.argmax(1)) >= 0.95
+
+
+POOLS = [   # (kernel, stride, pads, dilation)
+    ((2, 2), (2, 2), (0, 0, 0, 0), (1, 1)), ((3, 3), (1, 1), (1, 1, 1, 1), (1, 1)), ((3, 2), (2, 1), (1, 0, 0, 1), (1, 2))]
+
+
+def _standard_pool_graph(steps, kernel, stride, pads, dilation, state):
+    """timefold.spiking_pool's standard-op graph, built with that module: the operator's oracle."""
+    import onnx_graphsurgeon as gs
+    from onnx2snn.builder import Builder
+    from onnx2snn.snn.timefold import TimeFold
+    graph = gs.Graph(opset=17)
+    x = gs.Variable("x", np.float32)
+    y = gs.Variable("y", np.float32)
+    pool = gs.Node("MaxPool", "pool", {"kernel_shape": list(kernel), "strides": list(stride), "pads": list(pads),
+                                       "dilations": list(dilation)}, [x], [y])
+    graph.nodes.append(pool)
+    graph.inputs = [x]
+    b = Builder(graph, 17, "t")
+    fold = TimeFold(b, gs.Constant("steps", np.array([steps], np.int64)))
+    outs = [y]
+    if state:
+        sums, peak = gs.Variable("sums", np.float32), gs.Variable("peak", np.float32)
+        graph.inputs += [sums, peak]
+        outs += list(fold.spiking_pool(pool, (sums, peak)))
+    else:
+        fold.spiking_pool(pool)
+    graph.outputs = outs
+    for t in graph.outputs:
+        t.dtype = np.float32
+    return gs.export_onnx(graph.cleanup().toposort(), do_type_check=False)
+
+
+@pytest.mark.parametrize("kernel,stride,pads,dilation", POOLS)
+@pytest.mark.parametrize("state", [False, True])
+def test_spiking_max_pool_operator_equals_the_standard_op_graph(kernel, stride, pads, dilation, state):
+    rng = np.random.default_rng(len(kernel) + stride[0] + state)
+    steps, n, c, h, w = 5, 2, 16, 7, 8
+    x = rng.normal(size=(steps * n, c, h, w)).astype(np.float32)
+    feeds = {"x": x}
+    want_model = _standard_pool_graph(steps, kernel, stride, pads, dilation, state)
+    if state:
+        feeds["sums"] = rng.normal(size=(n, c, h, w)).astype(np.float32)
+        oh = (h + pads[0] + pads[2] - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1
+        ow = (w + pads[1] + pads[3] - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1
+        feeds["peak"] = rng.normal(size=(n, c, oh, ow)).astype(np.float32)
+    want = runtime.session(want_model, rewrite=False).run(None, feeds)
+    attrs = dict(timesteps=steps, kernel_shape=list(kernel), strides=list(stride), pads=list(pads),
+                 dilations=list(dilation))
+    ins = ["x"] + (["sums", "peak"] if state else [])
+    outs = ["y"] + (["sums_out", "peak_out"] if state else [])
+    got = _single("SpikingMaxPool", ins, outs, **attrs).run(None, feeds)
+    assert all(np.array_equal(a, b) for a, b in zip(got, want))
+    from onnx2snn import reference
+    node = helper.make_node("SpikingMaxPool", ins, outs, domain=DOMAIN, **attrs)
+    graph = helper.make_graph([node], "p", [helper.make_tensor_value_info(i, TensorProto.FLOAT, None) for i in ins],
+                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outs])
+    numpy_out = reference.run(helper.make_model(graph, opset_imports=OPSETS), feeds)
+    assert all(np.array_equal(a, b) for a, b in zip(numpy_out, want))
+    blocked = {k: _to_blocked(v, 16) for k, v in feeds.items()}
+    got_blocked = _single("SpikingMaxPool", ins, outs, channel_block=16, **attrs).run(None, blocked)
+    assert all(np.array_equal(_from_blocked(a, 16, c), b) for a, b in zip(got_blocked, want))
+
+
+def test_spiking_max_pool_operator_refuses_bad_inputs():
+    sess = _single("SpikingMaxPool", ["x", "sums", "peak"], ["y"], timesteps=3, kernel_shape=[2, 2], strides=[2, 2])
+    with pytest.raises(Exception, match="not a multiple of timesteps"):
+        sess.run(None, {"x": np.ones((4, 2, 4, 4), np.float32), "sums": np.ones((1, 2, 4, 4), np.float32),
+                        "peak": np.ones((1, 2, 2, 2), np.float32)})
+    with pytest.raises(Exception, match="states must be"):
+        sess.run(None, {"x": np.ones((3, 2, 4, 4), np.float32), "sums": np.ones((1, 2, 4, 4), np.float32),
+                        "peak": np.ones((1, 2, 4, 4), np.float32)})
+
+
+def test_the_session_graph_saved_runs_in_plain_onnxruntime(tmp_path):
+    import onnxruntime as ort
+    model = graphs.residual_integer_model(channels=16)
+    snn, _ = to_snn(model, _thresholds(model), SNNConfig(timesteps=8))
+    graph, optimized = runtime.session_graph(snn)
+    path = tmp_path / "fast.onnx"
+    onnx.save(graph, path)
+    opts = ort.SessionOptions()
+    opts.register_custom_ops_library(runtime.library_path())
+    if optimized:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    x = np.random.default_rng(1).normal(size=(3, 2, 4, 4)).astype(np.float32)
+    got = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    assert np.array_equal(got, runtime.session(snn, rewrite=False).run(None, {"input": x})[0])
