@@ -24,14 +24,8 @@
 
 #include "ops.h"
 
-// The per-image routine (event_conv_image.inc) is compiled twice on x86-64 with GCC or Clang: for
-// the baseline instruction set and for AVX-512, picked at run time by what the CPU has.
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define ONNX2SNN_X86 1
-#include <immintrin.h>
-#else
-#define ONNX2SNN_X86 0
-#endif
+// The per-image routine (event_conv_image.inc) is compiled twice on x86-64 with GCC or Clang (see
+// ONNX2SNN_X86 in ops.h): for the baseline instruction set and for AVX-512, picked at run time.
 
 namespace onnx2snn {
 namespace {
@@ -101,15 +95,6 @@ namespace avx512 {
 }  // namespace avx512
 #pragma GCC pop_options
 #endif
-
-bool HasAvx512() {
-#if ONNX2SNN_X86
-  static const bool has = __builtin_cpu_supports("avx512f");
-  return has;
-#else
-  return false;
-#endif
-}
 
 void RunImage(void* data, size_t index) {
   const ConvTask& t = *static_cast<const ConvTask*>(data);

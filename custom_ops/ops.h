@@ -24,6 +24,24 @@ inline const char* kDomain = "ai.onnx2snn";
 #define ONNX2SNN_VECTOR_CLONES
 #endif
 
+// Kernels written with AVX-512 intrinsics (in functions compiled for it) exist on x86-64 with GCC
+// or Clang and run where the CPU has AVX-512F.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define ONNX2SNN_X86 1
+#include <immintrin.h>
+#else
+#define ONNX2SNN_X86 0
+#endif
+
+inline bool HasAvx512() {
+#if ONNX2SNN_X86
+  static const bool has = __builtin_cpu_supports("avx512f");
+  return has;
+#else
+  return false;
+#endif
+}
+
 // Bad input from the graph or the caller: reported as an onnxruntime INVALID_ARGUMENT status.
 struct InvalidInput : std::runtime_error {
   using std::runtime_error::runtime_error;

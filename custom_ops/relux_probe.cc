@@ -21,6 +21,7 @@
 #undef ORT_API_MANUAL_INIT
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -40,9 +41,20 @@ struct ProbeTask {
   double* partial;         // [blocks][channels][2]: sum of excess, sum of relu
   int64_t cblock;          // blocked layout: channel block (0: plain); `channels` is then Cpad
   int64_t real_channels;   // blocked layout: channels that are not padding
+  // one-pass mode (blocked, 16 lanes, AVX-512): y = clip(x, 0, theta) written with the statistics,
+  // and the entries above theta recorded per block to be re-clipped at theta' (>= theta) after
+  std::vector<int32_t>* above = nullptr;   // [blocks]: offsets within the block
+  uint8_t* overflow = nullptr;             // [blocks]: too many entries above theta to record
 };
 
 constexpr int64_t kMaxBlock = 64;   // widest channel block accepted (MLAS uses 8 or 16)
+
+int64_t BlockBase(const ProbeTask& t, size_t block) {
+  return static_cast<int64_t>(block) * t.rows_per_block * t.channels * t.inner;
+}
+int64_t BlockEnd(const ProbeTask& t, size_t block) {
+  return std::min<int64_t>(BlockBase(t, block + 1), t.outer * t.channels * t.inner);
+}
 
 // Blocked layout: calls f(first channel, offset) for each contiguous row of inner*b elements
 // (one channel block of one sample: element i of the row belongs to channel first + i % b).
@@ -100,6 +112,79 @@ void ClipBlocked(void* data, size_t block) {
   });
 }
 
+#if ONNX2SNN_X86
+// The statistics of StatisticsBlocked (the same float sums, lane by lane, in the same order) with
+// y = min(relu(x), theta) written in the same pass and the offsets of the entries above theta
+// recorded (up to a quarter of the block; more sets the block's overflow flag).
+__attribute__((target("avx512f"))) void StatisticsAndClip16(void* data, size_t block) {
+  const ProbeTask& t = *static_cast<const ProbeTask*>(data);
+  double* acc = t.partial + block * t.channels * 2;
+  std::vector<int32_t>& above = t.above[block];
+  const int64_t base = BlockBase(t, block), capacity = (BlockEnd(t, block) - base) / 4;
+  above.resize(static_cast<size_t>(capacity + 16));
+  int64_t n = 0;
+  bool overflow = false;
+  const __m512 zero = _mm512_setzero_ps();
+  const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  // the rows of ForEachBlockRow, written out: a lambda would not be compiled for AVX-512
+  const int64_t row_begin = static_cast<int64_t>(block) * t.rows_per_block;
+  const int64_t row_end = std::min(row_begin + t.rows_per_block, t.outer), groups = t.channels / 16;
+  for (int64_t o = row_begin; o < row_end; ++o)
+   for (int64_t g = 0; g < groups; ++g) {
+    const int64_t first = g * 16, offset = (o * groups + g) * t.inner * 16;
+    const int64_t lanes = std::min<int64_t>(16, t.real_channels - first);  // padding lanes are skipped
+    const __mmask16 real = static_cast<__mmask16>((1u << lanes) - 1);
+    alignas(64) float th_lanes[16];
+    for (int64_t k = 0; k < 16; ++k) th_lanes[k] = k < lanes ? ThetaOf(t, first + k) : 0.0f;
+    const __m512 th = _mm512_load_ps(th_lanes);
+    __m512 ex = zero, act = zero;
+    const float* xs = t.x + offset;
+    float* ys = t.y + offset;
+    for (int64_t i = 0; i < t.inner; ++i, xs += 16, ys += 16) {
+      const __m512 v = _mm512_loadu_ps(xs);
+      const __m512 d = _mm512_sub_ps(v, th);
+      const __m512 relu = _mm512_max_ps(v, zero);
+      ex = _mm512_add_ps(ex, _mm512_max_ps(d, zero));
+      act = _mm512_add_ps(act, relu);
+      _mm512_storeu_ps(ys, _mm512_min_ps(relu, th));
+      const __mmask16 up = _mm512_mask_cmp_ps_mask(real, d, zero, _CMP_GT_OQ);
+      if (up && !overflow) {
+        if (n + 16 > capacity) {
+          overflow = true;
+        } else {
+          const __m512i at = _mm512_add_epi32(iota, _mm512_set1_epi32(static_cast<int32_t>(offset + i * 16 - base)));
+          _mm512_mask_compressstoreu_epi32(above.data() + n, up, at);
+          n += __builtin_popcount(up);
+        }
+      }
+    }
+    alignas(64) float e[16], a[16];
+    _mm512_store_ps(e, ex);
+    _mm512_store_ps(a, act);
+    for (int64_t k = 0; k < lanes; ++k) {
+      acc[2 * (first + k)] += e[k];
+      acc[2 * (first + k) + 1] += a[k];
+    }
+   }
+  above.resize(static_cast<size_t>(overflow ? 0 : n));
+  t.overflow[block] = overflow;
+}
+#endif
+
+// After StatisticsAndClip16: the recorded entries clipped at theta' (t.theta), or the whole block
+// again where the records overflowed.
+void ReclipAbove(void* data, size_t block) {
+  const ProbeTask& t = *static_cast<const ProbeTask*>(data);
+  if (t.overflow[block]) return ClipBlocked(data, block);
+  const int64_t base = BlockBase(t, block), plane = t.inner * t.cblock, groups = t.channels / t.cblock;
+  for (int32_t r : t.above[block]) {
+    const int64_t at = base + r, c = (at / plane) % groups * t.cblock + at % t.cblock;
+    const float v = t.x[at] > 0.0f ? t.x[at] : 0.0f;
+    const float th = ThetaOf(t, c);
+    t.y[at] = v < th ? v : th;
+  }
+}
+
 // Calls f(channel, threshold, offset) for each contiguous row of `inner` elements in the block.
 template <typename F>
 void ForEachRow(const ProbeTask& t, size_t block, F f) {
@@ -141,7 +226,8 @@ void Clip(void* data, size_t block) {
 struct ProbeKernel : GuardedKernel<ProbeKernel> {
   static constexpr const char* kName = "ReLUXProbe";
   static constexpr size_t kInputs = 4, kRequiredInputs = 3, kOutputs = 4, kRequiredOutputs = 4;
-  static constexpr int kInplaceInput = 0;    // y may overwrite x: the statistics pass has read all of x by then
+  static constexpr int kInplaceInput = -1;   // the one-pass mode writes y while x is still to be read
+  std::atomic<int> two_pass_calls{0};        // calls left in the two-pass mode after records overflowed
   int64_t axis = 1;
   int64_t cblock = 0;
   int64_t real_channels = -1;
@@ -215,6 +301,21 @@ struct ProbeKernel : GuardedKernel<ProbeKernel> {
                    per_theta, rows_per_block, partial.data(), cblock, real};
     auto statistics = cblock > 0 ? StatisticsBlocked : Statistics;
     auto clip = cblock > 0 ? ClipBlocked : Clip;
+    // One pass over x where it pays: blocked 16-lane layout on AVX-512, unless the last try found most
+    // entries above theta (the first calibration batches, theta still near 0).
+    std::vector<std::vector<int32_t>> above;
+    std::vector<uint8_t> overflow;
+#if ONNX2SNN_X86
+    if (cblock == 16 && HasAvx512() && blocks > 0 && two_pass_calls.load() == 0) {
+      above.resize(static_cast<size_t>(blocks));
+      overflow.assign(static_cast<size_t>(blocks), 0);
+      task.above = above.data();
+      task.overflow = overflow.data();
+      statistics = StatisticsAndClip16;
+    } else if (two_pass_calls.load() > 0) {
+      --two_pass_calls;
+    }
+#endif
     if (blocks > 1) ctx.ParallelFor(statistics, static_cast<size_t>(blocks), 0, &task);
     else if (blocks == 1) statistics(&task, 0);
 
@@ -246,6 +347,13 @@ struct ProbeKernel : GuardedKernel<ProbeKernel> {
       updated[c] = t;
     }
     task.theta = updated.data();
+    if (task.above) {
+      bool raised = true;     // y holds clip(x, 0, theta): entries below theta are final if theta' >= theta
+      for (int64_t c = 0; c < per_theta; ++c) raised = raised && updated[c] >= th[c];
+      const int64_t overflowed = std::count(overflow.begin(), overflow.end(), 1);
+      if (2 * overflowed > blocks) two_pass_calls = 4;
+      if (raised) clip = ReclipAbove;
+    }
     if (blocks > 1) ctx.ParallelFor(clip, static_cast<size_t>(blocks), 0, &task);
     else if (blocks == 1) clip(&task, 0);
   }

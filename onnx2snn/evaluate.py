@@ -99,7 +99,8 @@ class _LayerStats:
 
     def __init__(self, snn, info: SNNInfo, ann, t: int, threads: int):
         self.t, self.info = t, info
-        self.tally = {n["name"]: {"spikes": 0.0, "count": 0, "silent": 0, "saturated": 0, "err": 0.0, "ref": 0.0}
+        self.tally = {n["name"]: {"spikes": 0.0, "count": 0, "samples": 0, "silent": 0, "saturated": 0, "err": 0.0,
+                                  "ref": 0.0}
                       for n in info.neurons}
         self.thetas = simulate.neuron_thresholds(snn, info)
         self.tensor = {n["name"]: n["tensor"] for n in info.neurons}
@@ -120,8 +121,10 @@ class _LayerStats:
             run_feeds = {k: v for k, v in feeds.items() if k in self.inputs}
             run_feeds.update(self.fixed)
             clipped = dict(zip(self.names, runtime.run_checked(self.sess, self.names, run_feeds, "report")))
+        batch = max((np.shape(v)[0] for v in feeds.values() if np.ndim(v)), default=1)
         for name, (total, fired) in per_neuron.items():
             tl = self.tally[name]
+            tl["samples"] += batch
             tl["spikes"] += float(fired.sum())
             tl["count"] += fired.size
             tl["silent"] += int(np.sum(fired == 0))
@@ -136,7 +139,7 @@ class _LayerStats:
         for n in self.info.neurons:
             tl, theta = self.tally[n["name"]], self.thetas.get(n["name"], np.zeros(1, np.float32))
             count = max(tl["count"], 1)
-            out.append({"name": n["name"], "role": n["role"], "neurons": tl["count"],
+            out.append({"name": n["name"], "role": n["role"], "neurons": tl["count"] // max(tl["samples"], 1),
                         "theta": {"mean": float(theta.mean()), "min": float(theta.min()), "max": float(theta.max()),
                                   "zero": int(np.sum(theta == 0)), "values": [float(v) for v in theta]},
                         "firing_rate": tl["spikes"] / (count * self.t), "silent": tl["silent"] / count,

@@ -96,3 +96,12 @@ def test_plot_without_matplotlib_names_the_extra(tiny, monkeypatch):
     from onnx2snn.plots import plot_report
     with pytest.raises(UserError, match=r"onnx2snn\[plots\]"):
         plot_report({"timesteps": [], "ann": {"accuracy": None}, "layers": []}, tiny)
+
+
+def test_report_counts_neurons_per_sample(tiny):
+    np.savez(tiny / "data3.npz", input=np.array([[0.3, 1.0]] * 3, np.float32), y=np.array([0, 0, 0]))
+    api.convert(tiny / "tiny.onnx", thresholds=tiny / "th.json", output=tiny / "s.onnx", snn=SNNConfig(timesteps=8))
+    api.evaluate_file(tiny / "s.onnx", data=str(tiny / "data3.npz"), ann_path=tiny / "tiny.onnx", timesteps=[8],
+                      report_path=tiny / "r.json")
+    (layer,) = json.loads((tiny / "r.json").read_text())["layers"]
+    assert layer["neurons"] == 2 and layer["firing_rate"] == pytest.approx(6 / 16)

@@ -295,3 +295,25 @@ def test_the_session_graph_saved_runs_in_plain_onnxruntime(tmp_path):
     x = np.random.default_rng(1).normal(size=(3, 2, 4, 4)).astype(np.float32)
     got = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
     assert np.array_equal(got, runtime.session(snn, rewrite=False).run(None, {"input": x})[0])
+
+
+@pytest.mark.parametrize("quantile,cap", [(0.97, None), (0.5, None), (0.97, 0.2), (0.0, None)])
+def test_one_pass_probe_equals_the_plain_probe(quantile, cap):
+    """Few entries above theta (recorded, re-clipped at theta'), most above (overflow: a second
+    full pass), theta' below theta (a cap: a second full pass), theta = 0; repeated calls also take
+    the two-pass path the kernel falls back to after overflows."""
+    rng = np.random.default_rng(7)
+    c = 32
+    x = rng.normal(size=(9, c, 6, 7)).astype(np.float32)
+    theta = np.quantile(np.maximum(x, 0), quantile, axis=(0, 2, 3)).astype(np.float32)
+    feeds = {"theta": theta, "step": np.array(0.5, np.float32)}
+    ins = ["x", "theta", "step"] + (["cap"] if cap is not None else [])
+    if cap is not None:
+        feeds["cap"] = np.array(cap, np.float32)
+    outs = ["y", "grad", "excess", "activity"]
+    plain = _single("ReLUXProbe", ins, outs).run(None, dict(feeds, x=x))
+    blocked = _single("ReLUXProbe", ins, outs, channel_block=16, channels=c)
+    for _ in range(3):
+        got = blocked.run(None, dict(feeds, x=_to_blocked(x, 16)))
+        assert np.array_equal(_from_blocked(got[0], 16, c), plain[0])
+        assert all(np.array_equal(a, b) for a, b in zip(got[1:], plain[1:]))

@@ -12,7 +12,8 @@ Prints, as ratios measured in this run:
 - SpikingJelly's build of the same SNN (same graph, thresholds and T) when torch and spikingjelly
   are installed (tools/peer_spikingjelly.py);
 - calibration: wall time (image decoding included, from a cold decoded-image cache) and
-  onnxruntime time over the ANN's inference on the same batches, with and without --augment;
+  onnxruntime time over the ANN's inference on the same batches, with and without --augment (best
+  of 3 alternating runs of each);
 - peak RSS of each form's inference (a child process each).
 `--mobilenet` times a MobileNetV2-style network for 32x32 inputs (ReLU6, depthwise convolutions,
 linear bottlenecks; random weights: timing only) built with torch (tools/mobilenet_bench_model.py).
@@ -81,28 +82,32 @@ def interleaved_best(runs: dict, rounds: int) -> dict:
     return best
 
 
-def calibration_ratio(analysis, open_source, batch, iters, augment):
-    """(wall, onnxruntime) seconds of calibration over the ANN's inference on the same batches; the
-    calibration reads a freshly opened source (nothing decoded yet), as a conversion does."""
+def calibration_ratio(analysis, open_source, batch, iters, augment, rounds=3):
+    """(wall, onnxruntime) seconds of calibration over the ANN's inference on the same batches, each
+    the best of `rounds` alternating runs; the calibration reads a freshly opened source (nothing
+    decoded yet), as a conversion does."""
     source = open_source()
     batches = list(Bt.calibration_batches(source, batch, iters, 0, augment, getattr(source, "layout", "NCHW")))
     ann = runtime.session(analysis.model)
     ann.run(None, batches[0])
-    start = time.perf_counter()
-    for b in batches:
-        ann.run(None, b)
-    ann_s = time.perf_counter() - start
-    start = time.perf_counter()
-    th = calibrate(analysis, open_source(), CalibConfig(iters=iters, batch_size=batch, augment=augment))
-    wall = time.perf_counter() - start
-    return wall / ann_s, th.stats.get("session_seconds", float("nan")) / ann_s, th
+    ann_s = wall = ort_s = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for b in batches:
+            ann.run(None, b)
+        ann_s = min(ann_s, time.perf_counter() - start)
+        start = time.perf_counter()
+        th = calibrate(analysis, open_source(), CalibConfig(iters=iters, batch_size=batch, augment=augment))
+        wall = min(wall, time.perf_counter() - start)
+        ort_s = min(ort_s, th.stats.get("session_seconds", float("nan")))
+    return wall / ann_s, ort_s / ann_s, th
 
 
 def main():
     p = parser(__doc__, model_required=False)
     p.add_argument("-T", type=int, default=32)
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--calib-iters", type=int, default=100)
+    p.add_argument("--calib-iters", type=int, default=300)
     p.add_argument("--calib-batch", type=int, default=100)
     p.add_argument("--forms", default=",".join(FORMS))
     p.add_argument("--variants", default=",".join(VARIANTS))
