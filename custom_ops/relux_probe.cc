@@ -13,8 +13,11 @@
 //   b > 0, x and y are in onnxruntime's blocked channel layout (memory [N, Cpad/b, H, W, b] for the
 //   logical shape [N, Cpad, H, W]), axis must be 1 and the padding channels (C..Cpad-1) are left out
 //   of every statistic. Set by onnx2snn.layout on onnxruntime's optimized graph, never in files.
-// One read for the statistics, one read and one write for y: the fused form of the probe's
-// standard-op graph, so calibration costs little more than the ANN's own inference.
+// The fused form of the probe's standard-op graph, so calibration costs little more than the ANN's
+// own inference: one read for the statistics, one read and one write for y; in the blocked layout
+// on AVX-512 one pass that writes y = clip(x, 0, theta) with the statistics and records the entries
+// above theta, then re-clips only those at theta' (theta' >= theta; else, or when more than a
+// quarter of a block is above theta, that block is clipped again whole). Same results either way.
 
 #define ORT_API_MANUAL_INIT
 #include <onnxruntime_cxx_api.h>
