@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build the operator library with AddressSanitizer + UndefinedBehaviorSanitizer and run the
-# property-based fuzz test (tests/test_op_fuzz.py) against that build.
+# property-based fuzz test (tests/test_op_fuzz.py) and the operators' other modes (blocked layout,
+# fused inputs, EventConv, SpikingMaxPool: tests/test_session_graph.py) against that build.
 #
 #   bash tools/sanitize_ops.sh [EXAMPLES]      # default 3000 cases per op; needs the test extra
 #
@@ -27,7 +28,7 @@ ONNX2SNN_OPS_LIBRARY="$OUT/libonnx2snn_asan.so" ONNX2SNN_FUZZ_EXAMPLES="$EXAMPLE
     ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:log_path=$OUT/asan" \
     UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:log_path=$OUT/ubsan" \
     LD_PRELOAD="$LIBASAN $LIBUBSAN" \
-    "$PY" -m pytest -q -p no:cacheprovider tests/test_op_fuzz.py || status=$?
+    "$PY" -m pytest -q -p no:cacheprovider tests/test_op_fuzz.py tests/test_session_graph.py || status=$?
 reports=$(find "$OUT" -maxdepth 1 \( -name 'asan.*' -o -name 'ubsan.*' \) -type f)
 if [ -n "$reports" ]; then
     echo "sanitizer reports:"
