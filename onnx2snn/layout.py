@@ -78,7 +78,40 @@ def blocked(model: onnx.ModelProto, library: str) -> onnx.ModelProto | None:
     _unique_names(optimized.graph)
     if not _Rewrite(b, shapes).graph(optimized.graph):
         return None
+    for graph in all_graphs(optimized.graph):
+        _depth_first_order(graph)
     return optimized
+
+
+def _depth_first_order(graph: onnx.GraphProto) -> None:
+    """Reorder the nodes so that each runs as soon after its inputs' producers as possible (a
+    topological order taking the most recently readied node first). onnxruntime's saved graph lists
+    nodes in its own order, which can leave an evaluation graph's side branches (spike counts off
+    every neuron) for the end and every neuron's T*N rows alive until then; sessions with
+    priority-based execution follow this order."""
+    produced = {o: i for i, n in enumerate(graph.node) for o in n.output if o}
+    waiting = [0] * len(graph.node)
+    readers = [[] for _ in graph.node]
+    for i, node in enumerate(graph.node):
+        inner = {name for sub in subgraphs(node) for g in all_graphs(sub) for n in g.node for name in n.input}
+        sources = {produced[name] for name in set(node.input) | inner if name in produced and produced[name] != i}
+        waiting[i] = len(sources)
+        for j in sources:
+            readers[j].append(i)
+    ready = [i for i in reversed(range(len(graph.node))) if waiting[i] == 0]
+    order = []
+    while ready:
+        i = ready.pop()
+        order.append(i)
+        for j in reversed(readers[i]):
+            waiting[j] -= 1
+            if waiting[j] == 0:
+                ready.append(j)
+    if len(order) != len(graph.node):
+        return        # not a DAG as listed (should not happen): keep onnxruntime's order
+    nodes = [graph.node[i] for i in order]
+    graph.ClearField("node")
+    graph.node.extend(nodes)
 
 
 def _unique_names(main: onnx.GraphProto) -> None:
