@@ -114,14 +114,6 @@ void RunImage(void* data, size_t index) {
   }
 }
 
-std::vector<int64_t> IntsAttribute(const Ort::ConstKernelInfo& info, const char* name, std::vector<int64_t> fallback) {
-  try {
-    return info.GetAttributes<int64_t>(name);
-  } catch (const Ort::Exception&) {
-    return fallback;
-  }
-}
-
 struct EventConvKernel : GuardedKernel<EventConvKernel> {
   static constexpr const char* kName = "EventConv";
   static constexpr size_t kInputs = 3, kRequiredInputs = 2, kOutputs = 1, kRequiredOutputs = 1;
@@ -133,9 +125,9 @@ struct EventConvKernel : GuardedKernel<EventConvKernel> {
 
   explicit EventConvKernel(const OrtKernelInfo* info) {
     Ort::ConstKernelInfo ki(info);
-    strides = IntsAttribute(ki, "strides", {1, 1});
-    pads = IntsAttribute(ki, "pads", {0, 0, 0, 0});
-    dilations = IntsAttribute(ki, "dilations", {1, 1});
+    strides = OptionalInts(ki, "strides", {1, 1});
+    pads = OptionalInts(ki, "pads", {0, 0, 0, 0});
+    dilations = OptionalInts(ki, "dilations", {1, 1});
     groups = OptionalAttribute<int64_t>(ki, "group", 1, kName);
     if (strides.size() != 2 || pads.size() != 4 || dilations.size() != 2)
       throw InvalidInput("EventConv: 2-D strides, pads (4 values) and dilations are expected");
@@ -201,13 +193,11 @@ struct EventConvKernel : GuardedKernel<EventConvKernel> {
     g.out_h = (padded_h - span_h) / g.stride_h + 1;
     g.out_w = (padded_w - span_w) / g.stride_w + 1;
     const float* bias = nullptr;
-    if (ctx.GetInputCount() > 2) {
-      Ort::ConstValue b = ctx.GetInput(2);
-      if (static_cast<const OrtValue*>(b) != nullptr) {
-        if (static_cast<int64_t>(b.GetTensorTypeAndShapeInfo().GetElementCount()) != g.filters)
-          throw InvalidInput("EventConv: B must hold one value per filter (" + std::to_string(g.filters) + ")");
-        bias = b.GetTensorData<float>();
-      }
+    Ort::ConstValue b{nullptr};
+    if (GivenInput(ctx, 2, b)) {
+      if (static_cast<int64_t>(b.GetTensorTypeAndShapeInfo().GetElementCount()) != g.filters)
+        throw InvalidInput("EventConv: B must hold one value per filter (" + std::to_string(g.filters) + ")");
+      bias = b.GetTensorData<float>();
     }
     const std::vector<int64_t> ys{xs[0], g.filters, g.out_h, g.out_w};
     float* y = ctx.GetOutput(0, ys).GetTensorMutableData<float>();

@@ -222,52 +222,41 @@ struct IFNeuronKernel : GuardedKernel<IFNeuronKernel> {
 
     std::vector<int64_t> state_shape = shape;
     state_shape[0] = shape[0] / steps;
-    if (ctx.GetInputCount() > 2) {
-      Ort::ConstValue v = ctx.GetInput(2);
-      if (static_cast<const OrtValue*>(v) != nullptr) {
-        const std::vector<int64_t> vshape = v.GetTensorTypeAndShapeInfo().GetShape();
-        if (vshape != state_shape) {
-          throw InvalidInput("IFNeuron: state input has shape " + ShapeString(vshape) + ", expected " +
-                             ShapeString(state_shape));
-        }
-        v_in = v.GetTensorData<float>();
+    Ort::ConstValue given{nullptr};
+    if (GivenInput(ctx, 2, given)) {
+      const std::vector<int64_t> vshape = given.GetTensorTypeAndShapeInfo().GetShape();
+      if (vshape != state_shape) {
+        throw InvalidInput("IFNeuron: state input has shape " + ShapeString(vshape) + ", expected " +
+                           ShapeString(state_shape));
       }
+      v_in = given.GetTensorData<float>();
     }
     int64_t per_sample = 1;
     for (int64_t d = 1; d < rank; ++d) per_sample *= shape[d];
     const float* v0 = nullptr;
     int64_t v0_size = 0;
-    if (ctx.GetInputCount() > 3) {
-      Ort::ConstValue v = ctx.GetInput(3);
-      if (static_cast<const OrtValue*>(v) != nullptr) {
-        v0_size = ElementCount(v.GetTensorTypeAndShapeInfo().GetShape(), "IFNeuron: v0");
-        if (v0_size != 1 && v0_size != per_sample) {
-          throw InvalidInput("IFNeuron: v0 has " + std::to_string(v0_size) + " values; expected 1 or " +
-                             std::to_string(per_sample) + " (one per neuron of a sample of " + ShapeString(shape) + ")");
-        }
-        v0 = v.GetTensorData<float>();
+    if (GivenInput(ctx, 3, given)) {
+      v0_size = ElementCount(given.GetTensorTypeAndShapeInfo().GetShape(), "IFNeuron: v0");
+      if (v0_size != 1 && v0_size != per_sample) {
+        throw InvalidInput("IFNeuron: v0 has " + std::to_string(v0_size) + " values; expected 1 or " +
+                           std::to_string(per_sample) + " (one per neuron of a sample of " + ShapeString(shape) + ")");
       }
+      v0 = given.GetTensorData<float>();
     }
     const float* addend = nullptr;
-    if (ctx.GetInputCount() > 4) {
-      Ort::ConstValue a = ctx.GetInput(4);
-      if (static_cast<const OrtValue*>(a) != nullptr) {
-        const std::vector<int64_t> ashape = a.GetTensorTypeAndShapeInfo().GetShape();
-        if (ashape != shape)
-          throw InvalidInput("IFNeuron: addend has shape " + ShapeString(ashape) + ", expected " + ShapeString(shape));
-        addend = a.GetTensorData<float>();
-      }
+    if (GivenInput(ctx, 4, given)) {
+      const std::vector<int64_t> ashape = given.GetTensorTypeAndShapeInfo().GetShape();
+      if (ashape != shape)
+        throw InvalidInput("IFNeuron: addend has shape " + ShapeString(ashape) + ", expected " + ShapeString(shape));
+      addend = given.GetTensorData<float>();
     }
     const float* bias = nullptr;
     int64_t bias_size = 0;
-    if (ctx.GetInputCount() > 5) {
-      Ort::ConstValue b = ctx.GetInput(5);
-      if (static_cast<const OrtValue*>(b) != nullptr) {
-        bias_size = ElementCount(b.GetTensorTypeAndShapeInfo().GetShape(), "IFNeuron: bias");
-        if (bias_size != 1 && (rank < 2 || bias_size != real))
-          throw InvalidInput("IFNeuron: bias has " + std::to_string(bias_size) + " values; expected 1 or one per channel");
-        bias = b.GetTensorData<float>();
-      }
+    if (GivenInput(ctx, 5, given)) {
+      bias_size = ElementCount(given.GetTensorTypeAndShapeInfo().GetShape(), "IFNeuron: bias");
+      if (bias_size != 1 && (rank < 2 || bias_size != real))
+        throw InvalidInput("IFNeuron: bias has " + std::to_string(bias_size) + " values; expected 1 or one per channel");
+      bias = given.GetTensorData<float>();
     }
     if (bias && bias_size != 1 && cblock == 0 && (ax < 1 || ax >= rank || shape[ax] != bias_size))
       throw InvalidInput("IFNeuron: bias has " + std::to_string(bias_size) + " values but input " + ShapeString(shape) +

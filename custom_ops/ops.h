@@ -101,6 +101,23 @@ T OptionalAttribute(const Ort::ConstKernelInfo& info, const char* name, T fallba
   return fallback;
 }
 
+// An optional ints attribute (strides, pads, ...): `fallback` when the node does not have it.
+inline std::vector<int64_t> OptionalInts(const Ort::ConstKernelInfo& info, const char* name,
+                                         std::vector<int64_t> fallback) {
+  try {
+    return info.GetAttributes<int64_t>(name);
+  } catch (const Ort::Exception&) {
+    return fallback;
+  }
+}
+
+// Optional input `index`: true and the value in `out` when the node has it and it is given.
+inline bool GivenInput(Ort::KernelContext& ctx, size_t index, Ort::ConstValue& out) {
+  if (ctx.GetInputCount() <= index) return false;
+  out = ctx.GetInput(index);
+  return static_cast<const OrtValue*>(out) != nullptr;
+}
+
 // The onnxruntime description of one of the library's float32 operators. `Kernel` provides kName,
 // kInputs / kRequiredInputs, kOutputs / kRequiredOutputs, a constructor from OrtKernelInfo and
 // Compute(OrtKernelContext*); errors become statuses, never exceptions across the C API.

@@ -272,14 +272,12 @@ struct ProbeKernel : GuardedKernel<ProbeKernel> {
     const float step = step_v.GetTensorData<float>()[0];
     bool has_cap = false;
     float cap = 0.0f;
-    if (ctx.GetInputCount() > 3) {
-      Ort::ConstValue c = ctx.GetInput(3);
-      if (static_cast<const OrtValue*>(c) != nullptr) {
-        if (c.GetTensorTypeAndShapeInfo().GetElementCount() != 1)
-          throw InvalidInput("ReLUXProbe: cap must hold exactly one value");
-        has_cap = true;
-        cap = c.GetTensorData<float>()[0];
-      }
+    Ort::ConstValue c{nullptr};
+    if (GivenInput(ctx, 3, c)) {
+      if (c.GetTensorTypeAndShapeInfo().GetElementCount() != 1)
+        throw InvalidInput("ReLUXProbe: cap must hold exactly one value");
+      has_cap = true;
+      cap = c.GetTensorData<float>()[0];
     }
     int64_t outer = 1, inner = 1;
     for (int64_t d = 0; d < ax; ++d) outer *= shape[d];

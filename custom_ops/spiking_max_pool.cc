@@ -117,14 +117,6 @@ ONNX2SNN_VECTOR_CLONES void PoolPlane(void* data, size_t index) {
   }
 }
 
-std::vector<int64_t> Ints(const Ort::ConstKernelInfo& info, const char* name, std::vector<int64_t> fallback) {
-  try {
-    return info.GetAttributes<int64_t>(name);
-  } catch (const Ort::Exception&) {
-    return fallback;
-  }
-}
-
 struct SpikingMaxPoolKernel : GuardedKernel<SpikingMaxPoolKernel> {
   static constexpr const char* kName = "SpikingMaxPool";
   static constexpr size_t kInputs = 3, kRequiredInputs = 1, kOutputs = 3, kRequiredOutputs = 1;
@@ -136,10 +128,10 @@ struct SpikingMaxPoolKernel : GuardedKernel<SpikingMaxPoolKernel> {
   explicit SpikingMaxPoolKernel(const OrtKernelInfo* info) {
     Ort::ConstKernelInfo ki(info);
     steps = OptionalAttribute<int64_t>(ki, "timesteps", 0, kName);
-    kernel = Ints(ki, "kernel_shape", {});
-    strides = Ints(ki, "strides", {1, 1});
-    pads = Ints(ki, "pads", {0, 0, 0, 0});
-    dilations = Ints(ki, "dilations", {1, 1});
+    kernel = OptionalInts(ki, "kernel_shape", {});
+    strides = OptionalInts(ki, "strides", {1, 1});
+    pads = OptionalInts(ki, "pads", {0, 0, 0, 0});
+    dilations = OptionalInts(ki, "dilations", {1, 1});
     cblock = OptionalAttribute<int64_t>(ki, "channel_block", 0, kName);
     if (cblock < 0) throw InvalidInput("SpikingMaxPool: channel_block must be >= 0");
     if (steps < 1) throw InvalidInput("SpikingMaxPool: attribute timesteps (int) is required and must be >= 1");
@@ -172,16 +164,14 @@ struct SpikingMaxPoolKernel : GuardedKernel<SpikingMaxPoolKernel> {
     const std::vector<int64_t> state_shape{n, xs[1], xs[2], xs[3]}, peak_shape{n, xs[1], oh, ow};
     const float* sums_in = nullptr;
     const float* peak_in = nullptr;
-    if (ctx.GetInputCount() > 2) {
-      Ort::ConstValue s = ctx.GetInput(1), p = ctx.GetInput(2);
-      if ((static_cast<const OrtValue*>(s) != nullptr) != (static_cast<const OrtValue*>(p) != nullptr))
-        throw InvalidInput("SpikingMaxPool: sums_in and peak_in come together");
-      if (static_cast<const OrtValue*>(s) != nullptr) {
-        if (s.GetTensorTypeAndShapeInfo().GetShape() != state_shape || p.GetTensorTypeAndShapeInfo().GetShape() != peak_shape)
-          throw InvalidInput("SpikingMaxPool: states must be " + ShapeString(state_shape) + " and " + ShapeString(peak_shape));
-        sums_in = s.GetTensorData<float>();
-        peak_in = p.GetTensorData<float>();
-      }
+    Ort::ConstValue s{nullptr}, p{nullptr};
+    const bool has_sums = GivenInput(ctx, 1, s), has_peak = GivenInput(ctx, 2, p);
+    if (has_sums != has_peak) throw InvalidInput("SpikingMaxPool: sums_in and peak_in come together");
+    if (has_sums) {
+      if (s.GetTensorTypeAndShapeInfo().GetShape() != state_shape || p.GetTensorTypeAndShapeInfo().GetShape() != peak_shape)
+        throw InvalidInput("SpikingMaxPool: states must be " + ShapeString(state_shape) + " and " + ShapeString(peak_shape));
+      sums_in = s.GetTensorData<float>();
+      peak_in = p.GetTensorData<float>();
     }
     float* current = ctx.GetOutput(0, std::vector<int64_t>{xs[0], xs[1], oh, ow}).GetTensorMutableData<float>();
     float* sums_out = nullptr;
