@@ -169,6 +169,18 @@ def _check_fits(where: str, info: InputInfo, sample_shape: tuple):
                         f"'{info.name}' [{dims}]")
 
 
+def _cache_budget() -> float:
+    """Bytes of decoded images an image folder keeps ($ONNX2SNN_IMAGE_CACHE_MB, default 2048)."""
+    text = os.environ.get(CACHE_ENV, "2048")
+    try:
+        mb = float(text)
+    except ValueError:
+        mb = float("nan")
+    if not mb >= 0 or mb == float("inf"):
+        raise UserError(f"${CACHE_ENV}={text}: expected a number of megabytes >= 0")
+    return mb * 2 ** 20
+
+
 class ImageFolder(Source):
     def __init__(self, root: Path, inputs, prep: Preprocess):
         if len(inputs) != 1:
@@ -216,7 +228,7 @@ class ImageFolder(Source):
         _check_fits(str(root), self.info, sample)
         # decoded samples kept for the next epochs (calibration reads each image many times),
         # up to $ONNX2SNN_IMAGE_CACHE_MB (default 2048) in all
-        self._decoded, self._cache_left = {}, float(os.environ.get(CACHE_ENV, "2048")) * 2 ** 20
+        self._decoded, self._cache_left = {}, _cache_budget()
 
     def __len__(self):
         return len(self.files)

@@ -18,9 +18,10 @@ from .model import all_graphs
 from .neuron import DOMAIN
 
 
-def fuse_inputs(model: onnx.ModelProto) -> bool:
-    """Fold each neuron's bias Add, residual Add and time tiling into it, in place."""
-    shapes = static_shapes(model)
+def fuse_inputs(model: onnx.ModelProto, shapes: dict | None = None) -> bool:
+    """Fold each neuron's bias Add, residual Add and time tiling into it, in place. `shapes`:
+    layout.static_shapes of the model, when the caller has them."""
+    shapes = static_shapes(model) if shapes is None else shapes
     graphs = list(all_graphs(model.graph))
     inits = {i.name: i for g in graphs for i in g.initializer}
     changed = False

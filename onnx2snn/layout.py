@@ -63,14 +63,14 @@ def _optimize(model_bytes: bytes, library: str | None) -> onnx.ModelProto:
         return onnx.load(opts.optimized_model_filepath)
 
 
-def blocked(model: onnx.ModelProto, library: str) -> onnx.ModelProto | None:
+def blocked(model: onnx.ModelProto, library: str, shapes: dict | None = None) -> onnx.ModelProto | None:
     """`model` as onnxruntime optimizes it for this CPU, with the neurons and probes working in the
     blocked layout; None when nothing would change (no blocked layout here, no neuron next to a
     convolution, or a model too large to copy in memory)."""
     b = block_size()
     if not b or model.ByteSize() > _MAX_BYTES:
         return None
-    shapes = static_shapes(model)
+    shapes = static_shapes(model) if shapes is None else shapes
     try:
         optimized = _optimize(model.SerializeToString(), library)
     except Exception:   # noqa: BLE001 - the caller's own session reports what is wrong

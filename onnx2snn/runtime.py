@@ -111,8 +111,11 @@ def session_graph(model, event_convs: bool = False) -> tuple:
     (onnx.save) to run the fast graph from onnxruntime in another language on the same machine."""
     proto = copy.deepcopy(model) if isinstance(model, onnx.ModelProto) else _proto(model)
     changed = events.event_convs(proto) if event_convs else False
-    changed |= fusion.fuse_inputs(proto)
-    blocked = layout.blocked(proto, library_path())
+    # one shape inference for both: fusion keeps every tensor name it leaves, and the layout reads
+    # ranks and non-batch dims, which the repeated inputs share with their tiled form
+    shapes = layout.static_shapes(proto)
+    changed |= fusion.fuse_inputs(proto, shapes)
+    blocked = layout.blocked(proto, library_path(), shapes)
     if blocked is not None:
         return blocked, True
     return (proto if changed else None), False

@@ -5,6 +5,8 @@ Needs torch and scikit-learn (the `test` extra); the converter itself never impo
 from __future__ import annotations
 
 import io
+import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -103,27 +105,10 @@ def digits_mobilenet(seed: int = 0, epochs: int = 40):
     linear 1x1 bottleneck, identity shortcut where shapes allow), BatchNorm left in, a stride-2
     block, an average pool head."""
     import torch
-    from torch import nn
-
-    def cbr(cin, cout, k=1, stride=1, groups=1, act=True):
-        layers = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
-        return layers + [nn.ReLU6()] if act else layers
-
-    class Inverted(nn.Module):
-        def __init__(self, cin, cout, stride, expand):
-            super().__init__()
-            mid = cin * expand
-            self.body = nn.Sequential(*cbr(cin, mid), *cbr(mid, mid, 3, stride, groups=mid),
-                                      *cbr(mid, cout, act=False))
-            self.shortcut = stride == 1 and cin == cout
-
-        def forward(self, x):
-            y = self.body(x)
-            return x + y if self.shortcut else y
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    from mobilenet_bench_model import network
 
     torch.manual_seed(seed)
-    net = nn.Sequential(*cbr(1, 16, 3), Inverted(16, 16, 1, 4), Inverted(16, 24, 2, 4), Inverted(24, 24, 1, 4),
-                        Inverted(24, 32, 1, 4), *cbr(32, 64), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                        nn.Linear(64, 10))
+    net = network(1, 16, [(4, 16, 1, 1), (4, 24, 2, 2), (4, 32, 1, 1)], 64, 10)
     x, y, _, _ = digits_split(seed)
     return _train(net, x, y, epochs, seed), x

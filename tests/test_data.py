@@ -147,3 +147,9 @@ def test_augment_leaves_the_cached_samples_alone(tmp_path):
     before = src.batch(range(6))[0]["input"].copy()
     list(Bt.calibration_batches(src, 6, 4, seed=2, augment=True))
     assert np.array_equal(src.batch(range(6))[0]["input"], before)
+
+
+def test_image_cache_budget_must_be_a_number(tmp_path, monkeypatch):
+    monkeypatch.setenv(D.CACHE_ENV, "lots")
+    with pytest.raises(UserError, match="ONNX2SNN_IMAGE_CACHE_MB=lots: expected a number"):
+        D.open_data(str(_image_folder(tmp_path / "imgs")), None, INPUT, D.Preprocess())

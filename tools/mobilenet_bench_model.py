@@ -17,8 +17,10 @@ import sys
 STAGES = [(1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 2, 2), (6, 96, 2, 1)]
 
 
-def build(path: str, seed: int = 0) -> str:
-    import torch
+def network(in_channels: int, stem: int, stages, head: int, classes: int):
+    """The torch module: a 3x3 stem, inverted residual blocks per (expansion, output channels,
+    blocks, stride of the first block), a 1x1 head, an average pool and a linear layer (also the
+    tests' digits MobileNet, tests/models.py)."""
     from torch import nn
 
     def conv(cin, cout, k=1, stride=1, groups=1, act=True):
@@ -37,13 +39,19 @@ def build(path: str, seed: int = 0) -> str:
             y = self.body(x)
             return x + y if self.shortcut else y
 
-    torch.manual_seed(seed)
-    layers, cin = conv(3, 32, 3), 32
-    for expand, cout, blocks, stride in STAGES:
+    layers, cin = conv(in_channels, stem, 3), stem
+    for expand, cout, blocks, stride in stages:
         for i in range(blocks):
             layers.append(Inverted(cin, cout, stride if i == 0 else 1, expand))
             cin = cout
-    net = nn.Sequential(*layers, *conv(cin, 320), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(320, 10))
+    return nn.Sequential(*layers, *conv(cin, head), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(head, classes))
+
+
+def build(path: str, seed: int = 0) -> str:
+    import torch
+
+    torch.manual_seed(seed)
+    net = network(3, 32, STAGES, 320, 10)
     net.train()
     with torch.no_grad():
         for _ in range(4):            # BatchNorm statistics of random inputs: activations neither dead nor huge
