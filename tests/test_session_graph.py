@@ -317,3 +317,18 @@ def test_one_pass_probe_equals_the_plain_probe(quantile, cap):
         got = blocked.run(None, dict(feeds, x=_to_blocked(x, 16)))
         assert np.array_equal(_from_blocked(got[0], 16, c), plain[0])
         assert all(np.array_equal(a, b) for a, b in zip(got[1:], plain[1:]))
+
+
+def test_a_rewrite_onnxruntime_refuses_falls_back_to_the_graph_as_written(monkeypatch):
+    model = graphs.residual_integer_model(channels=16)
+    snn, _ = to_snn(model, _thresholds(model), SNNConfig(timesteps=8))
+    broken = copy.deepcopy(snn)
+    broken.graph.node[0].op_type = "NoSuchOperator"
+    monkeypatch.setattr(runtime, "session_graph", lambda m, e=False: (broken, False))
+    x = np.random.default_rng(2).normal(size=(2, 2, 4, 4)).astype(np.float32)
+    want = runtime.session(snn, rewrite=False).run(None, {"input": x})[0]
+    monkeypatch.setenv("ONNX2SNN_REWRITE", "1")
+    assert np.array_equal(runtime.session(snn).run(None, {"input": x})[0], want)
+    monkeypatch.setenv("ONNX2SNN_REWRITE", "strict")
+    with pytest.raises(RuntimeError, match="the session rewrite broke"):
+        runtime.session(snn)
