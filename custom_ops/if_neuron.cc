@@ -204,7 +204,8 @@ struct IFNeuronKernel : GuardedKernel<IFNeuronKernel> {
                            " channels on axis " + std::to_string(ax));
       }
     }
-    const int64_t real = cblock > 0 && real_channels >= 0 ? real_channels : (rank > 1 ? shape[1] : 1);
+    // channels of the channel axis (wherever it is: 1 for NCHW, last for NHWC or features)
+    const int64_t real = cblock > 0 && real_channels >= 0 ? real_channels : (ax >= 1 && ax < rank ? shape[ax] : 1);
     if (cblock > 0) {
       if (rank < 3 || ax != 1 || shape[1] % cblock != 0) {
         throw InvalidInput("IFNeuron: channel_block " + std::to_string(cblock) + " needs axis 1 and a channel count "

@@ -186,10 +186,11 @@ def convert(model_path, data=None, data_loader=None, output=None,
         if source is None:
             raise UserError("--data: calibration data is needed (or --thresholds FILE to reuse thresholds)")
         start = time.perf_counter()
-        if calib.tune == "auto":
-            th, tuned = _tuned_calibration(analysis, source, calib, snn, delay_samples, progress)
-        else:
-            th = calibrate(analysis, source, calib, progress)
+        with runtime.step("calibration", analysis.model):
+            if calib.tune == "auto":
+                th, tuned = _tuned_calibration(analysis, source, calib, snn, delay_samples, progress)
+            else:
+                th = calibrate(analysis, source, calib, progress)
         seconds = time.perf_counter() - start
     th.check_against(analysis.activations, "--thresholds" if thresholds is not None else "calibration")
     th, delay_choice, step_seconds = correct_and_delay(analysis, th, snn, source, correct_samples, delay_samples,
@@ -212,9 +213,10 @@ def convert(model_path, data=None, data_loader=None, output=None,
         inputs = D.model_inputs(model)
         batches = Bt.eval_batches(source, D.resolve_batch(None, inputs, 32), check_samples,
                                  exact=D.static_batch(inputs) is not None, nonfinite=Bt.NonFinite(calib.skip_nonfinite))
-        result.check = ev.evaluate(snn_model, batches, ts, ann=model, progress=progress,
-                                   total=min(check_samples, len(source)) if isinstance(source, D.Source) else None,
-                                   layers=bool(report_path or plot_dir))
+        with runtime.step("the check after converting (--check)", model):
+            result.check = ev.evaluate(snn_model, batches, ts, ann=model, progress=progress,
+                                       total=min(check_samples, len(source)) if isinstance(source, D.Source) else None,
+                                       layers=bool(report_path or plot_dir))
         if report_path or plot_dir:
             result.report = write_report(result.check, report_path, plot_dir, model=Path(model_path).name,
                                          analog=SNNInfo.from_metadata(snn_model).analog)

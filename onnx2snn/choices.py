@@ -11,6 +11,7 @@ from dataclasses import replace
 from . import batches as Bt
 from . import data as D
 from . import evaluate as ev
+from . import runtime
 from .analyse import as_analysis
 from .config import AUTO, CORRECTIONS, SNNConfig
 from .correction import STEPS, correct, stored, without
@@ -89,24 +90,26 @@ def correct_and_delay(analysis, th: Thresholds, snn: SNNConfig, source, correct_
                         f"T={snn.timesteps})")
     feeds = sample_feeds(source, analysis.model, correct_samples, skip_nonfinite) if steps else []
 
-    def timed(key, fn):
+    def timed(key, fn, name):
         start = time.perf_counter()
-        out = fn()
+        with runtime.step(name, analysis.model):
+            out = fn()
         seconds[key] = seconds.get(key, 0.0) + time.perf_counter() - start
         return out
 
     choice = None
     if "potential" in steps:
-        th = timed("correction", lambda: correct(analysis, th, snn, feeds, "potential"))
+        th = timed("correction", lambda: correct(analysis, th, snn, feeds, "potential"), "potential correction")
     if snn.delay == AUTO:
         choice = timed("delay", lambda: choose_delay_on(analysis, th, snn, source, delay_samples, progress=progress,
-                                                          skip_nonfinite=skip_nonfinite))
+                                                          skip_nonfinite=skip_nonfinite), "delay choice")
     if "bias" in steps:
         first = choice.delay if choice is not None else snn.delay
-        th = timed("correction", lambda: correct(analysis, th, snn, feeds, "bias", first_step=first))
+        th = timed("correction", lambda: correct(analysis, th, snn, feeds, "bias", first_step=first), "bias correction")
         if choice is not None:
             choice = timed("delay", lambda: choose_delay_on(analysis, th, snn, source, delay_samples,
-                                                            progress=progress, skip_nonfinite=skip_nonfinite))
+                                                            progress=progress, skip_nonfinite=skip_nonfinite),
+                           "delay choice (after the bias correction)")
     if th.bias or th.potential:      # the readout the correction was made for, reused without data
         fix = dict(th.info.get("correction") or {}, delay=choice.delay if choice is not None else snn.delay)
         th = replace(th, info=dict(th.info, correction=fix))

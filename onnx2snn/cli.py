@@ -12,7 +12,7 @@ import traceback
 
 from ._version import __version__
 from .config import CORRECTIONS, E_MAC_PJ, E_SOP_PJ, METHODS, CalibConfig, SNNConfig, check_energy
-from .errors import UserError
+from .errors import InternalError, UserError
 
 COMMANDS = ("convert", "eval", "run", "demo", "inspect")
 
@@ -342,6 +342,11 @@ def _main(argv=None) -> int:
         return 1
     except (KeyboardInterrupt, SystemExit, BrokenPipeError):
         raise
+    except InternalError as err:   # onnx2snn contradicted itself: its message names the step and node
+        if verbose:
+            traceback.print_exc()
+        print(f"onnx2snn: error: internal error in {err}", file=sys.stderr)
+        return 1
     except MemoryError:
         print("onnx2snn: error: out of memory; use a smaller --batch-size or fewer timesteps", file=sys.stderr)
         return 1

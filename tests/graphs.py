@@ -186,3 +186,32 @@ def exact_runtime_model():
     th = Thresholds({a.name: (2.0 ** rng.integers(0, 3, size=a.channels)).astype(np.float32) for a in acts}, "manual")
     x = rng.integers(-2, 4, size=(6, 3, 8, 8)).astype(np.float32)
     return model, th, x
+
+
+def channel_last_model(weights: dict, channels: int):
+    """NHWC residual CNN (see models.digits_channel_last): input [N, 8, 8, 1] -> logits [N, 10]."""
+    to_nchw, to_nhwc = [0, 3, 1, 2], [0, 2, 3, 1]
+    nodes = [
+        helper.make_node("Transpose", ["input"], ["x_nchw"], name="in_to_nchw", perm=to_nchw),
+        helper.make_node("Conv", ["x_nchw", "c1.weight", "c1.bias"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Transpose", ["c1"], ["c1_nhwc"], name="conv1_to_nhwc", perm=to_nhwc),
+        helper.make_node("Relu", ["c1_nhwc"], ["r1"], name="relu1"),
+        helper.make_node("Transpose", ["r1"], ["r1_nchw"], name="relu1_to_nchw", perm=to_nchw),
+        helper.make_node("Conv", ["r1_nchw", "c2.weight", "c2.bias"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("Transpose", ["c2"], ["c2_nhwc"], name="conv2_to_nhwc", perm=to_nhwc),
+        helper.make_node("Add", ["c2_nhwc", "r1"], ["skip"], name="residual"),
+        helper.make_node("Relu", ["skip"], ["r2"], name="relu2"),
+        helper.make_node("Transpose", ["r2"], ["r2_nchw"], name="relu2_to_nchw", perm=to_nchw),
+        helper.make_node("MaxPool", ["r2_nchw"], ["p2"], name="pool", kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Transpose", ["p2"], ["p2_nhwc"], name="pool_to_nhwc", perm=to_nhwc),
+        helper.make_node("Reshape", ["p2_nhwc", "flat"], ["f"], name="flatten"),
+        helper.make_node("MatMul", ["f", "fc1.w"], ["m1"], name="fc1"),
+        helper.make_node("Add", ["m1", "fc1.bias"], ["d1"], name="fc1_bias"),
+        helper.make_node("Relu", ["d1"], ["r3"], name="relu3"),
+        helper.make_node("MatMul", ["r3", "fc2.w"], ["m2"], name="fc2"),
+        helper.make_node("Add", ["m2", "fc2.bias"], ["out"], name="fc2_bias"),
+    ]
+    inits = {k: weights[k] for k in ("c1.weight", "c1.bias", "c2.weight", "c2.bias", "fc1.bias", "fc2.bias")}
+    inits.update({"fc1.w": weights["fc1.weight"].T, "fc2.w": weights["fc2.weight"].T,
+                  "flat": np.array([-1, 16 * channels], np.int64)})
+    return make(nodes, inits, ["N", 8, 8, 1], out_shape=["N", 10])

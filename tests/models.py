@@ -112,3 +112,33 @@ def digits_mobilenet(seed: int = 0, epochs: int = 40):
     net = network(1, 16, [(4, 16, 1, 1), (4, 24, 2, 2), (4, 32, 1, 1)], 64, 10)
     x, y, _, _ = digits_split(seed)
     return _train(net, x, y, epochs, seed), x
+
+
+def digits_channel_last(seed: int = 0, epochs: int = 20, channels: int = 12):
+    """A residual CNN trained in torch (NCHW) and written by hand as a channel-last ONNX graph, the
+    way jax2onnx or tf2onnx without its transpose optimiser write one: every Conv between
+    Transposes, the Relus, the residual Add and a spike-fed MaxPool on NHWC tensors, the dense
+    layers as MatMul + Add (features last). Returns (ModelProto, x_train NHWC)."""
+    import torch
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1 = nn.Conv2d(1, channels, 3, padding=1)
+            self.c2 = nn.Conv2d(channels, channels, 3, padding=1)
+            self.fc1, self.fc2 = nn.Linear(channels * 16, 32), nn.Linear(32, 10)
+
+        def forward(self, x):
+            r1 = torch.relu(self.c1(x))
+            r2 = torch.relu(self.c2(r1) + r1)
+            pooled = nn.functional.max_pool2d(r2, 2).permute(0, 2, 3, 1).flatten(1)   # NHWC flatten
+            return self.fc2(torch.relu(self.fc1(pooled)))
+
+    torch.manual_seed(seed)
+    x, y, _, _ = digits_split(seed)
+    net = _train(Net(), x, y, epochs, seed)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import graphs
+    weights = {k: v.detach().numpy() for k, v in net.state_dict().items()}
+    return graphs.channel_last_model(weights, channels), x.transpose(0, 2, 3, 1).copy()

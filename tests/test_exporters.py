@@ -1,6 +1,8 @@
 """The exporter matrix: a small model trained here on scikit-learn's digits in each framework,
-exported with the exporter's own defaults, converted with the command line and checked against
-its ANN at T=128 (agreement >= 97%, accuracy within 1 point) on held-out digits.
+exported with the exporter's own defaults, converted with the command line (with its defaults, and
+with T=128) and checked against its ANN (agreement >= 97%, accuracy within 1 point) on held-out
+digits. A channel-last graph written directly in ONNX (the way jax2onnx or tf2onnx without its
+transpose optimiser write one) stands in for channel-last exporters without needing them.
 
 Exporters other than torch and skl2onnx come from the `exporters` extra; a test whose exporter is
 absent is skipped with the reason.
@@ -21,8 +23,26 @@ from onnx2snn.cli import main
 T = 128
 
 
+def _snn_row(snn, test_npz, ann_path, report, capsys, timesteps=None):
+    """eval of `snn` against its ANN on the held-out digits: (ANN accuracy, the row at the largest T)."""
+    flags = ["-T", str(timesteps)] if timesteps else []
+    code = main(["eval", str(snn), "--data", str(test_npz), "--ann", str(ann_path), *flags, "--json", str(report), "-q"])
+    assert code == 0, capsys.readouterr().err
+    result = json.loads(report.read_text())
+    return result["ann"]["accuracy"], result["snn"][-1], result
+
+
+def _meets_the_bars(ann, row, result, label):
+    print(f"exporter result ({label}): ANN {ann:.4f} SNN {row['accuracy']:.4f} agreement {row['agreement']:.4f}")
+    assert ann > 0.85, result
+    assert row["agreement"] >= 0.97, (label, result)
+    assert row["accuracy"] >= ann - 0.01, (label, result)
+
+
 def _convert_and_check(path, x_train, y_train, x_test, y_test, tmp_path, capsys, iters=150, extra=()):
-    """CLI conversion and eval; returns the eval JSON (and asserts the issue's targets)."""
+    """CLI conversion and eval, twice: with the CLI's defaults (no flag but --data: the default T,
+    calibration, correction and delay choice) and with the flags this matrix pins (T=128, fewer
+    iterations); returns the pinned run's eval JSON (and asserts the issue's targets for both)."""
     model = onnx.load(path)
     # inspect first: the exporter's graph converts, with its activations found
     capsys.readouterr()
@@ -31,21 +51,23 @@ def _convert_and_check(path, x_train, y_train, x_test, y_test, tmp_path, capsys,
     assert inspected["convertible"] and len(inspected["activations"]) >= 1
     init = {i.name for i in model.graph.initializer}
     name = next(i.name for i in model.graph.input if i.name not in init)
-    np.savez(tmp_path / "calib.npz", **{name: x_train, "y": y_train})
-    np.savez(tmp_path / "test.npz", **{name: x_test, "y": y_test})
-    snn, report = tmp_path / "m.snn.onnx", tmp_path / "eval.json"
-    code = main([str(path), "--data", str(tmp_path / "calib.npz"), "-o", str(snn), "-T", str(T),
+    calib, test = tmp_path / "calib.npz", tmp_path / "test.npz"
+    np.savez(calib, **{name: x_train, "y": y_train})
+    np.savez(test, **{name: x_test, "y": y_test})
+    defaults = tmp_path / "defaults.snn.onnx"
+    code = main([str(path), "--data", str(calib), "-o", str(defaults), "--check", "0", "-q"])
+    assert code == 0, capsys.readouterr().err
+    info = {p.key: p.value for p in onnx.load(defaults).metadata_props}
+    assert json.loads(info["onnx2snn.thresholds"])["correction"]["kind"] == "both"    # the defaults ran
+    assert "onnx2snn.delay_choice" in info
+    ann, row, result = _snn_row(defaults, test, path, tmp_path / "defaults.json", capsys)
+    _meets_the_bars(ann, row, result, "defaults")
+    snn = tmp_path / "m.snn.onnx"
+    code = main([str(path), "--data", str(calib), "-o", str(snn), "-T", str(T),
                  "--iters", str(iters), "--check", "0", "-q", *extra])
     assert code == 0, capsys.readouterr().err
-    code = main(["eval", str(snn), "--data", str(tmp_path / "test.npz"), "--ann", str(path), "-T", str(T),
-                 "--json", str(report), "-q"])
-    assert code == 0, capsys.readouterr().err
-    result = json.loads(report.read_text())
-    ann, row = result["ann"]["accuracy"], result["snn"][-1]
-    print(f"exporter result: ANN {ann:.4f} SNN {row['accuracy']:.4f} agreement {row['agreement']:.4f}")
-    assert ann > 0.85, result
-    assert row["agreement"] >= 0.97, result
-    assert row["accuracy"] >= ann - 0.01, result
+    ann, row, result = _snn_row(snn, test, path, tmp_path / "eval.json", capsys, T)
+    _meets_the_bars(ann, row, result, f"T={T}")
     return result
 
 
@@ -96,6 +118,16 @@ def test_pytorch(exporter, digits_data, tmp_path, capsys):
     if exporter == "torchscript":
         assert "BatchNormalization" in ops          # BatchNorm left in the graph
     _convert_and_check(path, x_train, y_train, x_test, y_test, tmp_path, capsys, iters=100)
+
+
+# ---- channel-last ONNX (NHWC Relus, residual Add and spike-fed MaxPool, MatMul dense layers) ------------
+def test_channel_last_onnx(digits_data, tmp_path, capsys):
+    import models
+    model, x_train = models.digits_channel_last()
+    path = tmp_path / "channel_last.onnx"
+    onnx.save(model, path)
+    _, y_train, x_test, y_test = digits_data
+    _convert_and_check(path, x_train, y_train, x_test.transpose(0, 2, 3, 1).copy(), y_test, tmp_path, capsys)
 
 
 # ---- scikit-learn ----------------------------------------------------------------------------------

@@ -9,8 +9,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import graphs
-from onnx2snn import SNNConfig, if_neuron, layout, runtime, to_snn
-from onnx2snn.fusion import fuse_inputs
+from onnx2snn import SNNConfig, if_neuron, runtime, to_snn
+from onnx2snn.runtime import layout
+from onnx2snn.runtime.fusion import fuse_inputs
 from onnx2snn.neuron import DOMAIN, OPSET_VERSION
 from onnx2snn.thresholds import Thresholds
 
@@ -194,7 +195,7 @@ def test_layout_drops_the_copies_around_neurons_where_onnxruntime_blocks_channel
 
 def test_event_convs_are_opt_in_and_close_to_dense(resnet_path, digits_npz):
     import onnx2snn
-    from onnx2snn import events
+    from onnx2snn.runtime import events
     ann = onnx2snn.model.load(resnet_path)
     calib, test = digits_npz
     th = onnx2snn.calibrate(ann, onnx2snn.api.open_source(ann, str(calib)), onnx2snn.CalibConfig(iters=10))
@@ -324,7 +325,7 @@ def test_a_rewrite_onnxruntime_refuses_falls_back_to_the_graph_as_written(monkey
     snn, _ = to_snn(model, _thresholds(model), SNNConfig(timesteps=8))
     broken = copy.deepcopy(snn)
     broken.graph.node[0].op_type = "NoSuchOperator"
-    monkeypatch.setattr(runtime, "session_graph", lambda m, e=False: (broken, False))
+    monkeypatch.setattr(runtime.sessions, "session_graph", lambda m, e=False: (broken, False))
     x = np.random.default_rng(2).normal(size=(2, 2, 4, 4)).astype(np.float32)
     want = runtime.session(snn, rewrite=False).run(None, {"input": x})[0]
     monkeypatch.setenv("ONNX2SNN_REWRITE", "1")

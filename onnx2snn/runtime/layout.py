@@ -26,8 +26,8 @@ import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 
-from .model import all_graphs, subgraphs
-from .neuron import DOMAIN
+from ..model import all_graphs, subgraphs
+from ..neuron import DOMAIN
 
 NCHWC = "com.microsoft.nchwc"
 _OURS = ("IFNeuron", "ReLUXProbe", "SpikingMaxPool")

@@ -2,19 +2,21 @@
 only for models that use its domain (portable SNNs and the ANN run without it)."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import copy
 import glob
-import importlib
 import os
+import re
 from pathlib import Path
 
 import onnx
 import onnxruntime as ort
 
 from . import events, fusion, layout
-from .errors import UserError
-from .model import uses_domain
-from .neuron import DOMAIN
+from ..errors import InternalError, UserError
+from ..model import all_graphs, uses_domain
+from ..neuron import DOMAIN
 
 _ENV = "ONNX2SNN_OPS_LIBRARY"
 _REWRITE_ENV = "ONNX2SNN_REWRITE"
@@ -33,7 +35,7 @@ def library_path() -> str:
         if not os.path.isfile(override):
             raise UserError(f"{_ENV}={override}: no such file")
         return override
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parent.parent      # the onnx2snn package
     found = sorted(glob.glob(str(here / "_ops*.so")) + glob.glob(str(here / "_ops*.pyd")) +
                    glob.glob(str(here / "_ops*.dylib")))
     if not found:
@@ -145,9 +147,30 @@ def session_graph(model, event_convs: bool = False) -> tuple:
     return (proto if changed else None), False
 
 
+# the conversion step running (runtime.step) and its ANN's node names, for naming them when a node
+# onnx2snn built (one of its operators, or any node the ANN does not have) refuses its inputs
+_STEP = contextvars.ContextVar("onnx2snn_step", default=None)
+OPERATORS = ("IFNeuron", "ReLUXProbe", "SpikingMaxPool", "EventConv")   # the library's ops (register.cc)
+_FAILED_NODE = re.compile(r"running (\w+) node\. Name:'([^']*)' Status Message: (.*)")
+
+
+@contextlib.contextmanager
+def step(name: str, ann: onnx.ModelProto | None = None):
+    """Marks the sessions run inside as conversion step `name`'s own (calibration, correction, ...)
+    on graphs built from `ann`: a node the ANN does not have, or one of onnx2snn's operators,
+    refusing its inputs there is onnx2snn's inconsistency, reported by step and node."""
+    names = frozenset(n.name for g in all_graphs(ann.graph) for n in g.node) if ann is not None else frozenset()
+    token = _STEP.set((name, names))
+    try:
+        yield
+    finally:
+        _STEP.reset(token)
+
+
 def run_checked(sess: ort.InferenceSession, names, feeds: dict, what: str):
     """sess.run, with onnxruntime's complaints about the inputs, and allocation failures, turned
-    into one-line user errors."""
+    into one-line errors: the user's (UserError) unless one of onnx2snn's operators refused what a
+    conversion step built for it (InternalError)."""
     try:
         return sess.run(names, feeds)
     except (_STATE.InvalidArgument, _STATE.Fail, _STATE.RuntimeException) as err:
@@ -156,6 +179,7 @@ def run_checked(sess: ort.InferenceSession, names, feeds: dict, what: str):
             size = first.rsplit("of size", 1)[-1].strip() if "of size" in first else "?"
             raise UserError(f"{what}: out of memory (onnxruntime could not allocate {size} bytes); use a "
                             "smaller --batch-size or fewer timesteps") from None
+        _raise_if_ours(first, what)
         if isinstance(err, _STATE.RuntimeException):
             raise
         raise UserError(f"{what}: onnxruntime rejected the data: {first}") from None
@@ -163,54 +187,21 @@ def run_checked(sess: ort.InferenceSession, names, feeds: dict, what: str):
         raise UserError(f"{what}: out of memory; use a smaller --batch-size or fewer timesteps") from None
 
 
-# ---- other runtimes ---------------------------------------------------------------------------------
-RUNTIMES = ("onnxruntime", "openvino", "tract")
-_PACKAGES = {"openvino": "openvino", "tract": "tract"}
-
-
-def backend(name: str, model_path, threads: int = 0):
-    """A function feeds -> {output name: array} running the model at `model_path` on `name`:
-    onnxruntime (any model), OpenVINO or tract (portable models: standard ONNX ops only)."""
-    if name not in RUNTIMES:
-        raise UserError(f"--runtime {name}: expected one of {', '.join(RUNTIMES)}")
-    proto = onnx.load(str(model_path), load_external_data=False)
-    outputs = [o.name for o in proto.graph.output]
-    if name == "onnxruntime":
-        sess = session(str(model_path), threads)
-        return lambda feeds: dict(zip(outputs, run_checked(sess, outputs, feeds, "run")))
-    if uses_domain(proto, DOMAIN):
-        raise UserError(f"--runtime {name}: {model_path} uses the {DOMAIN} operators, which only onnxruntime "
-                        "loads; convert with --portable")
-    try:
-        module = importlib.import_module(_PACKAGES[name])   # optional: the onnx2snn[runtimes] extra
-    except ImportError:
-        raise UserError(f"--runtime {name}: the Python package '{_PACKAGES[name]}' is not installed "
-                        f"(pip install {_PACKAGES[name]}, or the onnx2snn[runtimes] extra)") from None
-    inputs = [i.name for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}]
-    try:
-        if name == "openvino":
-            # f32 throughout: on CPUs with bf16 units OpenVINO would otherwise lower the precision, and
-            # thresholds compare exactly
-            compiled = module.Core().compile_model(str(model_path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-
-            def run(feeds):
-                result = compiled({k: feeds[k] for k in inputs})
-                return {n: result[compiled.output(n)] for n in outputs}
-        else:
-            runnable = module.onnx().load(str(model_path)).into_model().into_runnable()
-
-            def run(feeds):
-                return dict(zip(outputs, [t.to_numpy() for t in runnable.run([feeds[k] for k in inputs])]))
-    except Exception as err:   # the runtimes raise their own types; the first line says what failed
-        raise UserError(f"--runtime {name}: cannot load {model_path}: {_first_line(err)}") from None
-
-    def checked(feeds):
-        try:
-            return run(feeds)
-        except Exception as err:
-            raise UserError(f"--runtime {name}: running {model_path} failed: {_first_line(err)}") from None
-    return checked
-
-
-def _first_line(err: Exception) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+def _raise_if_ours(message: str, what: str) -> None:
+    """An error naming the step and the node when the failing node is one of the library's operators."""
+    found = _FAILED_NODE.search(message)
+    if found is None:
+        return
+    op, node, status = found.groups()
+    status = re.sub(r"^/\S+:\d+\s+", "", status.strip())       # onnxruntime's source location
+    running, ann_nodes = _STEP.get() or (None, frozenset())
+    ours = op in OPERATORS
+    if running is not None and (ours or node not in ann_nodes):
+        what_node = f"onnx2snn's {op} operator at node '{node}'" if ours else f"the {op} node '{node}' onnx2snn added"
+        raise InternalError(f"{running}: {what_node} refused the inputs onnx2snn built for it ({status}); this "
+                            "is an inconsistency inside onnx2snn, not a problem with your data: please report it "
+                            "with the model and the command") from None
+    if not ours:
+        return
+    raise UserError(f"{what}: the {op} node '{node}' refused its input ({status.strip()}); if the data has the "
+                    "shapes the model was converted for, this is an onnx2snn bug: please report it") from None
