@@ -43,6 +43,10 @@ ANALOG_OPS = {
     "Relu", "Clip", "Max", "Min", "Sin", "Cos",
 }
 
+# Normalisation by each sample's own statistics: not linear in the spikes; --freeze-norm makes them
+# fixed affines (freeze/norms.py).
+NORM_OPS = ("InstanceNormalization", "LayerNormalization", "GroupNormalization")
+
 
 @dataclass(frozen=True)
 class Activation:
@@ -290,6 +294,8 @@ class Analysis:
         if blocking:
             hint = "" if keep_analog or any(n.op not in ANALOG_OPS for n, _ in blocking) else \
                 "; --keep-analog runs them on each step's input instead"
+            if any(n.op in NORM_OPS for n, _ in blocking):
+                hint += "; --freeze-norm turns the normalisation layers into fixed per-channel affines"
             raise UserError(f"cannot convert {len(blocking)} node(s) between spiking layers: "
                             f"{describe(blocking)}{hint}")
 

@@ -25,13 +25,19 @@ from . import runtime
 from .analyse import analyse, as_analysis, check_shapes
 from .config import AUTO, E_MAC_PJ, E_SOP_PJ, CalibConfig, SNNConfig, check_energy
 from .choices import choose_delay_on, correct_and_delay, data_defaults, simulation_batches  # noqa: F401 (API)
+from .choices import correction_batch_size, simulation_batch_size
+from .energy import largest_activation
 from .delay import DelayChoice
 from .errors import UserError
 from .files import Files, write_atomic
+from . import freeze
+from .freeze import FrozenNorms
 from .snn import check as check_form
 from .snn import to_snn
 from .plots import plot_report
 from .report import report_json
+from .runtime import memory as mem
+from .runtime.memory import MemoryBudget
 from .snn.info import Provenance, SNNInfo
 from .thresholds import Thresholds
 from .tuning import choose_snapshot, snapshot_points
@@ -52,6 +58,9 @@ class Conversion:
     report: dict | None = None           # the check's report, with report_path / plot_dir
     tune: object = None                  # tuning.TuneChoice when calib.tune == "auto"
     step_seconds: dict = field(default_factory=dict)   # "correction", "delay": seconds spent on each
+    memory: MemoryBudget | None = None   # the budget the batch sizes were chosen in
+    batches: dict = field(default_factory=dict)        # step -> samples per batch (those that ran)
+    frozen: FrozenNorms | None = None    # --freeze-norm: the layers frozen and the error each adds
 
 
 def default_output(model_path) -> Path:
@@ -70,12 +79,19 @@ def open_source(model: onnx.ModelProto, data=None, data_loader=None, prep: D.Pre
     return D.open_data(data, data_loader, D.model_inputs(model), prep or D.Preprocess())
 
 
+def calibration_batch_size(model: onnx.ModelProto, config: CalibConfig, memory: MemoryBudget | None = None) -> int:
+    """`--batch-size`, else 100 (the paper's) or fewer when 100 samples of the ANN with probes do
+    not fit the memory budget (runtime/memory.py); a model's fixed batch size wins."""
+    default = (memory or mem.budget()).samples(mem.ann_sample_bytes(largest_activation(model)), 100)
+    return D.resolve_batch(config.batch_size, D.model_inputs(model), default)
+
+
 def calibrate(model, source, config: CalibConfig = CalibConfig(), progress: bool = False,
-              snapshots=()) -> Thresholds:
+              snapshots=(), memory: MemoryBudget | None = None) -> Thresholds:
     """Thresholds for `model` (Analysis, ModelProto or path) from a data source (data.open_data);
     `snapshots`: iteration counts at which the thresholds are also kept (see tuning.py)."""
     analysis = as_analysis(model)
-    batch = D.resolve_batch(config.batch_size, D.model_inputs(analysis.model), 100)
+    batch = calibration_batch_size(analysis.model, config, memory)
     config = replace(config, batch_size=batch)
     n = len(source) if isinstance(source, D.Source) else None
     iters = cal.batches_needed(config, n)
@@ -101,12 +117,13 @@ def _first_batch(source, model) -> dict:
     return {k: v for k, v in feeds.items() if k in {i.name for i in inputs}}
 
 
-def _tuned_calibration(analysis, source, calib: CalibConfig, snn: SNNConfig, held: int, progress: bool):
+def _tuned_calibration(analysis, source, calib: CalibConfig, snn: SNNConfig, held: int, progress: bool,
+                       memory: MemoryBudget):
     """Calibration that keeps threshold snapshots, and the snapshot whose SNN at T is closest to the
     ANN on `held` calibration samples held back from calibration (tuning.py)."""
     rest, held_back = D.split(source, held, calib.seed)
-    th = calibrate(analysis, rest, calib, progress, snapshots=snapshot_points)
-    batches = list(simulation_batches(held_back, analysis.model, snn.timesteps, held, calib.skip_nonfinite))
+    th = calibrate(analysis, rest, calib, progress, snapshots=snapshot_points, memory=memory)
+    batches = list(simulation_batches(held_back, analysis.model, snn.timesteps, held, calib.skip_nonfinite, memory))
     choice = choose_snapshot(analysis, th.stats["snapshots"], snn, batches)
     chosen = th.stats["snapshots"][choice.iters]
     info = dict(th.info, iters=choice.iters, tune=choice.to_json(), held_back=held if rest is not source else 0)
@@ -142,22 +159,30 @@ def convert(model_path, data=None, data_loader=None, output=None,
             prep: D.Preprocess = D.Preprocess(), thresholds=None, save_thresholds=None,
             check_samples: int = 0, check_timesteps=(), progress: bool = False,
             write: bool = True, delay_samples: int = 200, report_path=None, plot_dir=None,
-            correct_samples: int = 200) -> Conversion:
+            correct_samples: int = 200, max_memory=None, freeze_norm: bool = False,
+            freeze_samples: int = 500) -> Conversion:
     """ANN file -> SNN file: load, analyse, calibrate (or reuse thresholds), rewrite, save atomically.
 
     With `snn.delay == "auto"` the readout delay is chosen on `delay_samples` samples of the data
     (see delay.py). `report_path` / `plot_dir`: the check's report (JSON) and plots, per layer
     included. Every output is checked against every input before any work is done. Without `snn`,
-    the SNN has the default T with `data_defaults` (delay and correction from the data)."""
+    the SNN has the default T with `data_defaults` (delay and correction from the data).
+    `max_memory` (bytes, a size such as "8G", or a MemoryBudget; default half the available memory)
+    bounds every batch (see runtime/memory.py); the sizes chosen are in the result's `batches`.
+    `freeze_norm`: normalisation layers between spiking layers become fixed affines from the ANN's
+    statistics on `freeze_samples` samples of the data (freeze/norms.py; result's `frozen`)."""
     if snn is None:
         snn = SNNConfig(**data_defaults(bool(data or data_loader), thresholds))
     if snn.delay == AUTO and not (data or data_loader):
         raise UserError("--delay auto: needs --data (or --data-loader) to choose the delay from")
+    if freeze_norm and not (data or data_loader):
+        raise UserError("--freeze-norm: needs --data (or --data-loader) to measure the statistics on")
     _positive(correct_samples, "--correct-samples")
     if isinstance(delay_samples, bool) or not isinstance(delay_samples, int) or delay_samples < 1:
         raise UserError(f"--delay-samples {delay_samples}: must be an integer >= 1")
     if isinstance(check_samples, bool) or not isinstance(check_samples, int) or check_samples < 0:
         raise UserError(f"--check {check_samples}: must be an integer >= 0")
+    memory = mem.budget(max_memory)
     files = Files()
     files.input(model_path, "the model")
     if thresholds is not None and not isinstance(thresholds, Thresholds):
@@ -177,6 +202,9 @@ def convert(model_path, data=None, data_loader=None, output=None,
     analysis = analyse(model)
     if source is not None:
         analysis = check_shapes(analysis, _first_batch(source, model), runtime.session)
+    frozen = None
+    if freeze_norm:
+        analysis, frozen = _freeze_norms(analysis, source, freeze_samples, calib, memory)
     check_form(analysis, snn)
     seconds, tuned = 0.0, None
     if thresholds is not None:
@@ -188,30 +216,38 @@ def convert(model_path, data=None, data_loader=None, output=None,
         start = time.perf_counter()
         with runtime.step("calibration", analysis.model):
             if calib.tune == "auto":
-                th, tuned = _tuned_calibration(analysis, source, calib, snn, delay_samples, progress)
+                th, tuned = _tuned_calibration(analysis, source, calib, snn, delay_samples, progress, memory)
             else:
-                th = calibrate(analysis, source, calib, progress)
+                th = calibrate(analysis, source, calib, progress, memory=memory)
         seconds = time.perf_counter() - start
     th.check_against(analysis.activations, "--thresholds" if thresholds is not None else "calibration")
     th, delay_choice, step_seconds = correct_and_delay(analysis, th, snn, source, correct_samples, delay_samples,
-                                                        progress, calib.skip_nonfinite)
+                                                        progress, calib.skip_nonfinite, memory)
     if delay_choice is not None:
         snn = replace(snn, delay=delay_choice.delay)
     used_prep = getattr(source, "prep", None) or prep
     provenance = Provenance(used_prep.to_json(), Path(model_path).name,
                             delay_choice.to_json() if delay_choice else None)
     snn_model, layers = to_snn(analysis, th, snn, provenance)
+    if frozen is not None:
+        M.set_metadata(snn_model, {"onnx2snn.frozen_norms": json.dumps(frozen.to_json(), sort_keys=True)})
     if save_thresholds:
         th.save(save_thresholds)
     if write:
         write_atomic(out_path, snn_model.SerializeToString(), "-o")
     result = Conversion(out_path if write else None, snn_model, layers, th, seconds,
-                        inputs=D.model_inputs(model), delay=delay_choice, tune=tuned, step_seconds=step_seconds)
+                        inputs=D.model_inputs(model), delay=delay_choice, tune=tuned, step_seconds=step_seconds,
+                        memory=memory, frozen=frozen)
+    result.batches = _batches_used(analysis.model, calib, snn, thresholds is None, step_seconds, correct_samples,
+                                   delay_samples, memory, th.info)
     if check_samples and source is not None:
         ts = check_timesteps or sorted({max(1, snn.timesteps // 4), max(1, snn.timesteps // 2), snn.timesteps})
         ts = [t for t in ts if t > snn.delay]
         inputs = D.model_inputs(model)
-        batches = Bt.eval_batches(source, D.resolve_batch(None, inputs, 32), check_samples,
+        fit = ev.simulation_batch(largest_activation(model), ts[-1], memory)
+        check_batch = D.resolve_batch(None, inputs, min(32, fit))
+        result.batches["check"] = check_batch
+        batches = Bt.eval_batches(source, check_batch, check_samples,
                                  exact=D.static_batch(inputs) is not None, nonfinite=Bt.NonFinite(calib.skip_nonfinite))
         with runtime.step("the check after converting (--check)", model):
             result.check = ev.evaluate(snn_model, batches, ts, ann=model, progress=progress,
@@ -221,6 +257,37 @@ def convert(model_path, data=None, data_loader=None, output=None,
             result.report = write_report(result.check, report_path, plot_dir, model=Path(model_path).name,
                                          analog=SNNInfo.from_metadata(snn_model).analog)
     return result
+
+
+def _freeze_norms(analysis, source, samples: int, calib: CalibConfig, memory: MemoryBudget) -> tuple:
+    """(analysis of the ANN with its blocking normalisation layers frozen, FrozenNorms)."""
+    names = freeze.candidates(analysis.problems)
+    if not names:
+        log.warning("--freeze-norm: no normalisation layer between spiking layers; nothing frozen")
+        return analysis, freeze.FrozenNorms()
+    _positive(samples, "--freeze-samples")
+    inputs = D.model_inputs(analysis.model)
+    batch = D.resolve_batch(None, inputs, calibration_batch_size(analysis.model, calib, memory))
+    feeds = [f for f, _ in Bt.eval_batches(source, batch, samples, exact=D.static_batch(inputs) is not None,
+                                           nonfinite=Bt.NonFinite(calib.skip_nonfinite))]
+    with runtime.step("--freeze-norm", analysis.model):
+        model, frozen = freeze.freeze(analysis.model, names, feeds)
+    first = {k: v for k, v in feeds[0].items() if k in {i.name for i in inputs}}
+    return check_shapes(analyse(model), first, runtime.session), frozen
+
+
+def _batches_used(model, calib: CalibConfig, snn: SNNConfig, calibrated: bool, step_seconds: dict,
+                  correct_samples: int, delay_samples: int, memory: MemoryBudget, th_info: dict) -> dict:
+    """Samples per batch of each step that ran (the sizes the steps chose within `memory`)."""
+    used = {}
+    if calibrated:
+        used["calibration"] = calibration_batch_size(model, calib, memory)
+    if "correction" in step_seconds:
+        used["correction"] = min(correction_batch_size(model, snn.timesteps, correct_samples, memory),
+                                 (th_info.get("correction") or {}).get("samples", correct_samples))
+    if "delay" in step_seconds:
+        used["delay choice"] = simulation_batch_size(model, snn.timesteps, delay_samples, memory)
+    return used
 
 
 def load_snn(path) -> onnx.ModelProto:
@@ -257,15 +324,17 @@ def _open_snn(snn_path, batch_size, limit):
 def evaluate_file(snn_path, data=None, data_loader=None, ann_path=None, timesteps=None,
                   batch_size: int | None = None, limit: int | None = None, prep: D.Preprocess | None = None,
                   progress: bool = False, json_path=None, report_path=None, plot_dir=None,
-                  e_sop: float = E_SOP_PJ, e_mac: float = E_MAC_PJ) -> ev.EvalResult:
+                  e_sop: float = E_SOP_PJ, e_mac: float = E_MAC_PJ, max_memory=None) -> ev.EvalResult:
     """Evaluate a converted model at each T of `timesteps` (default: the model's T/4, T/2, T).
     `json_path`: the short results as JSON; `report_path` / `plot_dir`: the full report (per layer,
-    SOP90/95, frames per joule) and its plots. Files are written atomically."""
+    SOP90/95, frames per joule) and its plots. Files are written atomically. The batch (unless
+    `batch_size`) is the largest within `max_memory` (see convert), in the result's `batch_size`."""
     check_energy(e_sop, e_mac)
     files, snn_model, info = _open_snn(snn_path, batch_size, limit)
     timesteps = list(timesteps) if timesteps else ev.default_timesteps(info)
     inputs = D.model_inputs(snn_model)
-    batch_size = D.resolve_batch(batch_size, inputs, ev.auto_batch_size(info, max(timesteps)))
+    memory = mem.budget(max_memory)
+    batch_size = D.resolve_batch(batch_size, inputs, ev.auto_batch_size(info, max(timesteps), memory))
     prep = prep or recorded_preprocess(snn_model)
     ann = None
     if ann_path:
@@ -279,6 +348,7 @@ def evaluate_file(snn_path, data=None, data_loader=None, ann_path=None, timestep
     batches = Bt.eval_batches(source, batch_size, limit, exact=D.static_batch(inputs) is not None)
     result = ev.evaluate(snn_model, batches, timesteps, ann, progress=progress, total=total,
                          layers=bool(report_path or plot_dir))
+    result.batch_size, result.memory = batch_size, memory
     if json_path:
         write_atomic(json_path, json.dumps(result.to_json(), indent=1, sort_keys=True).encode(), "--json")
     if report_path or plot_dir:
@@ -287,7 +357,8 @@ def evaluate_file(snn_path, data=None, data_loader=None, ann_path=None, timestep
 
 
 def run_file(snn_path, output, data=None, data_loader=None, batch_size: int | None = None,
-             limit: int | None = None, prep: D.Preprocess | None = None, runtime_name: str = "onnxruntime") -> dict:
+             limit: int | None = None, prep: D.Preprocess | None = None, runtime_name: str = "onnxruntime",
+             max_memory=None) -> dict:
     """Run a converted model over a data set on `runtime_name` (onnxruntime, openvino, tract) and
     write its tensor outputs (.npy: one output; .npz keyed by output name) atomically; returns them."""
     files, snn, info = _open_snn(snn_path, batch_size, limit)
@@ -306,7 +377,7 @@ def run_file(snn_path, output, data=None, data_loader=None, batch_size: int | No
         raise UserError(f"-o {out}: the model has {len(names)} outputs; use .npz")
     run_batch = runtime.backend(runtime_name, snn_path)
     inputs = D.model_inputs(snn)
-    batch = D.resolve_batch(batch_size, inputs, ev.auto_batch_size(info, info.timesteps))
+    batch = D.resolve_batch(batch_size, inputs, ev.auto_batch_size(info, info.timesteps, mem.budget(max_memory)))
     chunks = {n: [] for n in names}
     for feeds, _ in Bt.eval_batches(source, batch, limit, exact=D.static_batch(inputs) is not None):
         values = run_batch(feeds)

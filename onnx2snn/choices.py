@@ -14,38 +14,62 @@ from . import evaluate as ev
 from . import runtime
 from .analyse import as_analysis
 from .config import AUTO, CORRECTIONS, SNNConfig
-from .correction import STEPS, correct, stored, without
+from .correction import STEPS, Corrector, correct, stored, without
 from .delay import DelayChoice, choose_delay
 from .energy import largest_activation
 from .errors import UserError
+from .runtime import memory as mem
+from .runtime.memory import MemoryBudget
 from .thresholds import Thresholds
 
 log = logging.getLogger(__name__)
 
 
-def simulation_batches(source, model, timesteps: int, samples: int, skip_nonfinite: bool = False):
+def simulation_batches(source, model, timesteps: int, samples: int, skip_nonfinite: bool = False,
+                       memory: MemoryBudget | None = None):
     """Up to `samples` samples of `source` (a fixed random subset) in batches sized for simulating
-    `model`'s SNN at `timesteps` (the model's fixed batch size if it has one)."""
+    `model`'s SNN at `timesteps` within the memory budget (the model's fixed batch size if it has one)."""
     inputs = D.model_inputs(model)
-    batch = D.resolve_batch(None, inputs, min(samples, ev.simulation_batch(largest_activation(model), timesteps)))
+    batch = simulation_batch_size(model, timesteps, samples, memory)
     return Bt.eval_batches(source, batch, samples, exact=D.static_batch(inputs) is not None,
                            nonfinite=Bt.NonFinite(skip_nonfinite))
 
 
-def sample_feeds(source, model, samples: int, skip_nonfinite: bool = False) -> list:
-    """Up to `samples` samples of the data as a list of feed dicts (a fixed random subset)."""
+def simulation_batch_size(model, timesteps: int, samples: int, memory: MemoryBudget | None = None) -> int:
+    """Samples per batch of an unrolled simulation of `model`'s SNN at `timesteps` (delay choice)."""
     inputs = D.model_inputs(model)
-    batch = D.resolve_batch(None, inputs, min(samples, 50))
+    fit = ev.simulation_batch(largest_activation(model), timesteps, memory)
+    return D.resolve_batch(None, inputs, min(samples, fit))
+
+
+def correction_batch_size(model, timesteps: int, samples: int, memory: MemoryBudget | None = None) -> int:
+    """Samples per batch of the correction graph (each neuron runs twice) at `timesteps`: all of
+    them when they fit the memory budget (then the correction equals layer-by-layer correction over
+    the whole set; correction.py), else as many as fit."""
+    inputs = D.model_inputs(model)
+    largest = largest_activation(model)
+    fit = (memory or mem.budget()).samples(mem.simulation_sample_bytes(largest, timesteps, mem.CORRECTION_COPIES),
+                                           samples) if largest else min(samples, 50)
+    return D.resolve_batch(None, inputs, fit)
+
+
+def sample_feeds(source, model, samples: int, skip_nonfinite: bool = False, timesteps: int = 1,
+                 memory: MemoryBudget | None = None) -> list:
+    """Up to `samples` samples of the data as a list of feed dicts (a fixed random subset), in
+    batches the correction graph at `timesteps` can run within the memory budget."""
+    inputs = D.model_inputs(model)
+    batch = correction_batch_size(model, timesteps, samples, memory)
     return [f for f, _ in Bt.eval_batches(source, batch, samples, exact=D.static_batch(inputs) is not None,
                                           nonfinite=Bt.NonFinite(skip_nonfinite))]
 
 
 def choose_delay_on(analysis, thresholds, snn: SNNConfig, source, samples: int = 200,
-                    threads: int = 0, progress: bool = False, skip_nonfinite: bool = False) -> DelayChoice:
+                    threads: int = 0, progress: bool = False, skip_nonfinite: bool = False,
+                    memory: MemoryBudget | None = None) -> DelayChoice:
     """The readout delay for `snn.timesteps`, chosen on `samples` samples of `source` (a fixed random
     subset when it holds more; the first batches of a loader script)."""
     analysis = as_analysis(analysis)
-    batches = simulation_batches(source, analysis.model, snn.timesteps, samples, skip_nonfinite)
+    batches = simulation_batches(source, analysis.model, snn.timesteps, samples, skip_nonfinite, memory)
     total = min(samples, len(source)) if isinstance(source, D.Source) else None
     return choose_delay(analysis, thresholds, snn, batches, threads, progress, total)
 
@@ -70,12 +94,15 @@ def data_defaults(have_data: bool, thresholds=None, timesteps: int = SNNConfig.t
 
 
 def correct_and_delay(analysis, th: Thresholds, snn: SNNConfig, source, correct_samples: int, delay_samples: int,
-                       progress: bool, skip_nonfinite: bool = False):
+                       progress: bool, skip_nonfinite: bool = False, memory: MemoryBudget | None = None):
     """(thresholds with the correction `snn.correct`, the delay choice or None, seconds per step).
 
     Order: potential correction (all T steps), the readout delay (`--delay auto`), bias correction
     over the readout window, and the delay chosen again for the corrected network. A correction
-    the thresholds already hold for this T and kind is reused; any other is dropped first."""
+    the thresholds already hold for this T and kind is reused; any other is dropped first. With
+    `--delay auto` and as many delay samples as correction samples (the defaults: 200 each, the same
+    fixed subset), each correction and the delay choice after it share one simulation, so `both`
+    costs two simulations at T instead of four."""
     seconds = {}
     steps = STEPS.get(snn.correct, ())
     if snn.correct == "none" or not stored(th, snn.correct, snn.timesteps):
@@ -88,7 +115,8 @@ def correct_and_delay(analysis, th: Thresholds, snn: SNNConfig, source, correct_
     if steps and source is None:
         raise UserError(f"--correct {snn.correct}: needs --data (or thresholds saved with this correction at "
                         f"T={snn.timesteps})")
-    feeds = sample_feeds(source, analysis.model, correct_samples, skip_nonfinite) if steps else []
+    feeds = sample_feeds(source, analysis.model, correct_samples, skip_nonfinite, snn.timesteps, memory) \
+        if steps else []
 
     def timed(key, fn, name):
         start = time.perf_counter()
@@ -98,17 +126,31 @@ def correct_and_delay(analysis, th: Thresholds, snn: SNNConfig, source, correct_
         return out
 
     choice = None
+    auto = snn.delay == AUTO
+    ride = auto and delay_samples == correct_samples     # the same samples: one simulation serves both
+
+    def corrected(kind, first, th):
+        """(thresholds with correction `kind`, the delay chosen in the same simulation or None)."""
+        if not ride:
+            return correct(analysis, th, snn, feeds, kind, first_step=first, progress=progress), None
+        rider = Corrector(analysis, th, snn, kind, first)
+        n = sum(len(next(iter(f.values()))) for f in feeds)
+        found = choose_delay(analysis, th, snn, [(f, None) for f in feeds], progress=progress, total=n, rider=rider)
+        return rider.result(), found
+
     if "potential" in steps:
-        th = timed("correction", lambda: correct(analysis, th, snn, feeds, "potential"), "potential correction")
-    if snn.delay == AUTO:
+        th, choice = timed("correction", lambda: corrected("potential", 0, th), "potential correction")
+    if auto and choice is None:
         choice = timed("delay", lambda: choose_delay_on(analysis, th, snn, source, delay_samples, progress=progress,
-                                                          skip_nonfinite=skip_nonfinite), "delay choice")
+                                                          skip_nonfinite=skip_nonfinite, memory=memory), "delay choice")
     if "bias" in steps:
         first = choice.delay if choice is not None else snn.delay
-        th = timed("correction", lambda: correct(analysis, th, snn, feeds, "bias", first_step=first), "bias correction")
-        if choice is not None:
+        th, again = timed("correction", lambda: corrected("bias", first, th), "bias correction")
+        choice = again or choice
+        if auto and again is None:
             choice = timed("delay", lambda: choose_delay_on(analysis, th, snn, source, delay_samples,
-                                                            progress=progress, skip_nonfinite=skip_nonfinite),
+                                                            progress=progress, skip_nonfinite=skip_nonfinite,
+                                                            memory=memory),
                            "delay choice (after the bias correction)")
     if th.bias or th.potential:      # the readout the correction was made for, reused without data
         fix = dict(th.info.get("correction") or {}, delay=choice.delay if choice is not None else snn.delay)

@@ -67,6 +67,9 @@ def _delay(text: str):
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {text!r}") from None
 
+MAX_MEMORY_HELP = ("memory the runs may use, e.g. 8G or 512M (default: half of the memory available); batch sizes "
+                   "are chosen to fit and printed")
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
@@ -91,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--percentile", type=float, default=99.9, help="percentile for --method percentile (99.9)")
     g.add_argument("--iters", type=int, default=1000, help="calibration batches (1000); max/percentile stop after one pass")
     g.add_argument("--batch-size", type=int,
-                   help="samples per calibration batch (100; a model with a fixed batch size uses that)")
+                   help="samples per calibration batch (100, fewer if 100 do not fit --max-memory; a model with a "
+                        "fixed batch size uses that)")
     g.add_argument("--lr", type=float, default=CalibConfig.lr,
                    help=f"LTB learning rate ({CalibConfig.lr}; the paper uses 1.0, README \"Defaults\")")
     g.add_argument("--seed", type=int, default=0, help="shuffling/augmentation seed (0)")
@@ -131,6 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--keep-analog", action="store_true",
                    help="let element-wise non-ReLU ops between spiking layers (Sigmoid, Tanh, HardSwish, GELU, "
                         "SiLU, ...) run on each step's input instead of refusing the model; they do not spike")
+    s.add_argument("--freeze-norm", action="store_true",
+                   help="InstanceNorm/GroupNorm/LayerNorm between spiking layers become fixed per-channel affines "
+                        "from the ANN's statistics on calibration data (needs --data); the error each adds is "
+                        "printed and stored in the model's metadata")
+    s.add_argument("--freeze-samples", type=int, default=500, metavar="N",
+                   help="calibration samples the --freeze-norm statistics are measured on (500)")
     s.add_argument("--loop-op", choices=["loop", "scan"], default="loop",
                    help="with --form loop: an ONNX Loop (default), or a Scan over the iterations for runtimes "
                         "without Loop (tract); no early exit with scan")
@@ -150,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "per T, SOP90/SOP95, frames per joule")
     s.add_argument("--plot", metavar="DIR", help="the check's plots as PNG files in DIR (needs matplotlib)")
     c.add_argument("-v", "--verbose", action="store_true", help="log details")
+    c.add_argument("--max-memory", metavar="SIZE", help=MAX_MEMORY_HELP)
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bars or tables")
 
     e = sub.add_parser("eval", help="accuracy/agreement of an SNN at several T",
@@ -161,8 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma list of T (default: the model's T/4, T/2 and T, those above its readout delay)")
     e.add_argument("--limit", type=int, help="evaluate at most N samples (a fixed random subset)")
     e.add_argument("--batch-size", type=int,
-                   help="samples per simulation batch; memory grows with T x batch (default: sized from the "
-                        "model's largest activation to stay near 2 GB, at most 64)")
+                   help="samples per simulation batch; memory grows with T x batch (default: the most that fit "
+                        "--max-memory, at most 64)")
+    e.add_argument("--max-memory", metavar="SIZE", help=MAX_MEMORY_HELP)
     e.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     e.add_argument("--report", metavar="FILE.json",
                    help="full report: per layer (firing rate, silent/saturated neurons, rate error vs the ANN's "
@@ -180,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     _data_flags(r, "")
     r.add_argument("-o", "--output", default="outputs.npz", help="output file (.npy or .npz)")
     r.add_argument("--batch-size", type=int, help="samples per run (default: sized from the model, see eval)")
+    r.add_argument("--max-memory", metavar="SIZE", help=MAX_MEMORY_HELP)
     r.add_argument("--limit", type=int)
     r.add_argument("--runtime", choices=["onnxruntime", "openvino", "tract"], default="onnxruntime",
                    help="the runtime to run on (openvino and tract run --portable models; from the "
@@ -191,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "preprocessing. Exit code 0 when the model converts, 1 when it does not.")
     i.add_argument("model", help="the trained ANN (.onnx)")
     i.add_argument("--keep-analog", action="store_true", help="as for convert: judge with --keep-analog")
+    i.add_argument("--freeze-norm", action="store_true", help="as for convert: judge with --freeze-norm")
     i.add_argument("--json", action="store_true", help="print JSON instead of text")
     i.add_argument("-v", "--verbose", action="store_true")
 
@@ -228,7 +242,8 @@ def _convert(args) -> int:
         prep=_prep(args), thresholds=args.thresholds, save_thresholds=args.save_thresholds,
         check_samples=args.check if (args.data or args.data_loader) else 0, progress=not args.quiet,
         delay_samples=args.delay_samples, report_path=args.report, plot_dir=args.plot,
-        correct_samples=args.correct_samples)
+        correct_samples=args.correct_samples, max_memory=args.max_memory, freeze_norm=args.freeze_norm,
+        freeze_samples=args.freeze_samples)
     if not args.quiet:
         th = result.thresholds
         how = (f"{th.info.get('iters')} batches in {result.calibration_seconds:.1f}s" if args.thresholds is None
@@ -237,6 +252,14 @@ def _convert(args) -> int:
             (", portable" if args.portable else "") + (", early exit" if args.early_exit else "")
         print(f"converted {args.model} -> {result.output}  ({form}, T={args.timesteps}, "
               f"method {th.method}, {how})")
+        print(f"memory budget {result.memory.describe()}; samples per batch: "
+              + ", ".join(f"{k} {v}" for k, v in result.batches.items()))
+        if result.frozen is not None and result.frozen.layers:
+            f = result.frozen
+            print(f"froze {len(f.layers)} normalisation layer(s) on {f.samples} samples (--freeze-norm); relative "
+                  "error each adds: " + ", ".join(f"{d['name']} {d['rel_error']:.4f}" for d in f.layers)
+                  + (f"; the frozen ANN's output vs the ANN's: {f.output_rel_error:.4f}"
+                     if f.output_rel_error is not None else ""))
         tune = result.thresholds.info.get("tune")
         if tune:
             print(f"calibration length chosen for T={args.timesteps}: {tune['iters']} batches "
@@ -274,8 +297,13 @@ def _eval(args) -> int:
     prep = _prep(args, api.recorded_preprocess(snn))
     result = api.evaluate_file(args.snn, args.data, args.data_loader, args.ann,
                                _int_list(args.timesteps, "--timesteps") if args.timesteps else None,
-                               args.batch_size, args.limit, prep, progress=not args.quiet, json_path=args.json,
-                               report_path=args.report, plot_dir=args.plot, e_sop=args.e_sop, e_mac=args.e_mac)
+                               args.batch_size, args.limit, prep, progress=not (args.quiet or args.json),
+                               json_path=args.json,
+                               report_path=args.report, plot_dir=args.plot, e_sop=args.e_sop, e_mac=args.e_mac,
+                               max_memory=args.max_memory)
+    if not args.quiet:
+        print(f"memory budget {result.memory.describe()}: {result.batch_size} samples per simulation batch"
+              + (" (--batch-size)" if args.batch_size else ""))
     print(eval_table(result, args.e_sop, args.e_mac))
     if result.report is not None:
         print(report_lines(result.report))
@@ -286,7 +314,8 @@ def _run(args) -> int:
     from . import api
     snn = api.load_snn(args.snn)
     arrays = api.run_file(args.snn, args.output, args.data, args.data_loader, args.batch_size, args.limit,
-                          _prep(args, api.recorded_preprocess(snn)), runtime_name=args.runtime)
+                          _prep(args, api.recorded_preprocess(snn)), runtime_name=args.runtime,
+                          max_memory=args.max_memory)
     print(f"wrote {', '.join(f'{k} {list(v.shape)}' for k, v in arrays.items())} to {args.output}")
     return 0
 
@@ -296,7 +325,7 @@ def _inspect(args) -> int:
 
     from .inspection import inspect_model
     from .report import inspection_text
-    report = inspect_model(args.model, keep_analog=args.keep_analog)
+    report = inspect_model(args.model, keep_analog=args.keep_analog, freeze_norm=args.freeze_norm)
     print(json.dumps(report, indent=1) if args.json else inspection_text(report))
     return 0 if report["convertible"] else 1
 

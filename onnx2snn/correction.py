@@ -12,10 +12,14 @@ theta-weighted, so the average is in the ANN's units) is compared with the ANN's
 - both (`--correct both`, the default): potential first, then the readout delay, then bias over the
   readout window (choices.correct_and_delay runs the steps in that order).
 Each layer is corrected before the next is measured, so later layers see corrected inputs
-(correcting all layers from one simulation over-corrects: measured on bench ResNet-32 at T=16, top-1
-fell from 76% to 10-26%). Statistics are means reduced in the graph. The corrections live in the
-thresholds (`Thresholds.bias`, `Thresholds.potential`): `--thresholds` reuses them when they were
-made for the same T and kind.
+(correcting all layers from one uncorrected simulation over-corrects: measured on bench ResNet-32 at
+T=16, top-1 fell from 76% to 10-26%). That ordering costs one simulation, not one per layer: in the
+correction graph every neuron runs twice, first to measure its difference from the ANN on the batch,
+then with the batch's correction applied, which is what the next layer sees (`_correction_graph`).
+With every sample in one batch (when they fit the memory budget) this is exactly layer-by-layer
+correction over the whole set; otherwise the batches' corrections are averaged. Statistics are means
+reduced in the graph. The corrections live in the thresholds (`Thresholds.bias`,
+`Thresholds.potential`): `--thresholds` reuses them when they were made for the same T and kind.
 """
 from __future__ import annotations
 
@@ -23,9 +27,14 @@ import logging
 from dataclasses import replace
 
 import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from tqdm import tqdm
 
 from . import probes, runtime
 from .analyse import Analysis
+from .builder import Builder
+from .model import default_opset
 from .config import SNNConfig
 from .errors import UserError
 from .snn import simulate, to_snn
@@ -57,56 +66,161 @@ def _clipped_means(analysis: Analysis, thresholds: Thresholds, layers, axes: dic
 
 
 STEPS = {"bias": ("bias",), "potential": ("potential",), "both": ("potential", "bias")}
+ANN_MEAN = "onnx2snn.ann_mean/"      # graph inputs of the correction graph: the ANN's means per layer
+
+
+class Corrector:
+    """One correction of `kind` measured on batches: the correction graph (`_correction_graph`), the
+    clipped ANN that gives each batch's means, and the size-weighted sums of the batches' differences.
+    It runs on its own (`run`) or rides along in the delay choice's simulation (evaluate._Unrolled's
+    rider: `rewrite`, `feeds`, `collect`), so one simulation serves both."""
+
+    def __init__(self, analysis: Analysis, thresholds: Thresholds, config: SNNConfig, kind: str, first_step: int):
+        if kind not in ("bias", "potential"):
+            raise UserError(f"--correct {kind}: expected bias or potential")
+        self.analysis, self.thresholds, self.config = analysis, thresholds, config
+        self.kind, self.first_step, self.t = kind, first_step, config.timesteps
+        probe_cfg = replace(config, delay=0, form="unrolled", chunk=1, portable=False, early_exit=False,
+                            loop_op="loop", correct="none")
+        self.snn, self.layers = to_snn(analysis, thresholds, probe_cfg)
+        self.act_of = {a.name: a for a in analysis.activations}
+        self.axes = {l.name: simulate.channel_axes(self.act_of[l.source].axis, self.act_of[l.source].rank)
+                     if kind == "bias" else [0] for l in self.layers}
+        ann_model, self.fixed = probes.clipped(analysis, thresholds.values, sorted({l.tensor for l in self.layers}))
+        tensors = {l.tensor: self.axes[l.name] for l in self.layers}
+        ann_model, self.ann_names = simulate.with_means(ann_model, tensors)
+        self.ann_of = dict(zip(tensors, range(len(self.ann_names))))     # tensor -> index of its mean
+        self.ann_sess = runtime.session(ann_model)
+        self.ann_inputs = {i.name for i in self.ann_sess.get_inputs()}
+        self.total, self.n = None, 0
+
+    # ---- as a rider of a simulation (evaluate._Unrolled) ----------------------------------------
+    def rewrite(self, model: onnx.ModelProto) -> tuple:
+        """(model with every neuron corrected in the graph, the difference outputs added)."""
+        return _correction_graph(model, self.layers, self.act_of, self.axes, self.kind, self.t, self.first_step,
+                                 self.config.v_init, keep_outputs=True)
+
+    def feeds(self, feeds: dict) -> dict:
+        """The clipped ANN's means on this batch, as the correction graph's inputs."""
+        values = runtime.run_checked(self.ann_sess, self.ann_names,
+                                     {**{k: v for k, v in feeds.items() if k in self.ann_inputs}, **self.fixed},
+                                     "correction")
+        return {ANN_MEAN + l.name: values[self.ann_of[l.tensor]] for l in self.layers}
+
+    def collect(self, diffs, size: int) -> None:
+        weighted = [d.astype(np.float64) * size for d in diffs]
+        self.total = weighted if self.total is None else [a + b for a, b in zip(self.total, weighted)]
+        self.n += size
+
+    # ---- on its own ------------------------------------------------------------------------------
+    def run(self, batches, progress: bool = False) -> None:
+        model, outs = _correction_graph(self.snn, self.layers, self.act_of, self.axes, self.kind, self.t,
+                                        self.first_step, self.config.v_init)
+        sess = runtime.session(model)
+        inputs = {i.name for i in sess.get_inputs()}
+        for feeds in tqdm(batches, desc=f"{self.kind} correction", unit="batch", disable=None if progress else True,
+                          leave=False):
+            run_feeds = {k: v for k, v in feeds.items() if k in inputs}
+            run_feeds.update(self.feeds(feeds))
+            self.collect(runtime.run_checked(sess, outs, run_feeds, "correction"),
+                         len(next(iter(feeds.values()))))
+
+    def result(self) -> Thresholds:
+        """The thresholds with this correction added (the batches' differences averaged)."""
+        if not self.n:
+            raise UserError("--correct: received no samples")
+        th, t = self.thresholds, self.t
+        corrected = Thresholds(dict(th.values), th.method, dict(th.info), bias=dict(th.bias),
+                               potential=dict(th.potential))
+        before = []
+        for layer, diff in zip(self.layers, (x / self.n for x in self.total)):
+            before.append(float(np.abs(diff).mean()))
+            if self.kind == "bias":
+                corrected.bias[layer.name] = (corrected.bias.get(layer.name, 0) + diff).astype(np.float32)
+                continue
+            start = corrected.potential.get(layer.name)
+            if start is None:
+                act = self.act_of[layer.source]
+                start = np.broadcast_to(theta_broadcast(layer.theta, act.axis, act.rank), diff.shape) \
+                    * np.float32(self.config.v_init)
+            corrected.potential[layer.name] = (start.reshape(-1) + t * diff.reshape(-1)).astype(np.float32)
+        done = dict(corrected.info.get("correction") or {})
+        steps = [s for s in done.get("steps", []) if s["kind"] != self.kind]
+        steps.append({"kind": self.kind, "first_step": self.first_step,
+                      "mean_abs_difference": round(float(np.mean(before)), 6)})
+        kinds = {s["kind"] for s in steps}
+        corrected.info = dict(corrected.info, correction={
+            "kind": "both" if kinds == {"bias", "potential"} else self.kind, "timesteps": t, "samples": self.n,
+            "steps": steps})
+        log.info("%s correction at T=%d (steps %d..%d) on %d samples: mean |difference| before %.4g", self.kind, t,
+                 self.first_step, t - 1, self.n, np.mean(before))
+        return corrected.validate("correction")
 
 
 def correct(analysis: Analysis, thresholds: Thresholds, config: SNNConfig, batches, kind: str = "bias",
-            first_step: int = 0) -> Thresholds:
+            first_step: int = 0, progress: bool = False) -> Thresholds:
     """Thresholds with a correction of `kind` ("bias" or "potential") added for every neuron at
     `config.timesteps` (on top of corrections `thresholds` already holds). `batches`: a list of feed
-    dicts (calibration samples; reused per layer). `first_step`: the SNN's averages are taken over
-    steps first_step..T-1 (the readout window of a delayed readout) instead of all T steps."""
-    if kind not in ("bias", "potential"):
-        raise UserError(f"--correct {kind}: expected bias or potential")
+    dicts (calibration samples). `first_step`: the SNN's averages are taken over steps
+    first_step..T-1 (the readout window of a delayed readout) instead of all T steps.
+
+    One simulation per batch measures every layer: in the graph (`_correction_graph`) each neuron
+    runs, its mean output is compared with the ANN's on the same samples, and the neuron runs again
+    with that batch's correction, so the next layer is measured on corrected input, as layer by layer
+    correction over all batches would (exactly, for one batch). The corrections kept are the
+    size-weighted means of the batches'."""
     if not batches:
         raise UserError("--correct: received no samples")
-    t = config.timesteps
-    probe_cfg = replace(config, delay=0, form="unrolled", chunk=1, portable=False, early_exit=False,
-                        loop_op="loop", correct="none")
-    plain = Thresholds(dict(thresholds.values), thresholds.method, dict(thresholds.info))
-    _, layers = to_snn(analysis, plain, probe_cfg)
-    act_of = {a.name: a for a in analysis.activations}
-    rank = {l.name: act_of[l.source].rank for l in layers}
-    axes = {l.name: simulate.channel_axes(act_of[l.source].axis, rank[l.name]) if kind == "bias" else [0]
-            for l in layers}
-    ann = _clipped_means(analysis, plain, layers, axes, batches)
-    corrected = Thresholds(dict(thresholds.values), thresholds.method, dict(thresholds.info),
-                           bias=dict(thresholds.bias), potential=dict(thresholds.potential))
-    window = (t, first_step) if first_step else None
-    before = []
-    for layer in layers:          # input side first: each layer is measured with the earlier ones corrected
-        snn, _ = to_snn(analysis, corrected, probe_cfg)
-        model, names = simulate.with_means(snn, {layer.tensor: axes[layer.name]}, window)
-        (snn_mean,) = _means(runtime.session(model), names, batches)
-        diff = ann[layer.tensor] - snn_mean
-        before.append(float(np.abs(diff).mean()))
-        if kind == "bias":
-            corrected.bias[layer.name] = (corrected.bias.get(layer.name, 0) + diff).astype(np.float32)
-            continue
-        start = corrected.potential.get(layer.name)
-        if start is None:
-            start = np.broadcast_to(theta_broadcast(layer.theta, act_of[layer.source].axis, rank[layer.name]),
-                                    diff.shape) * np.float32(config.v_init)
-        corrected.potential[layer.name] = (start.reshape(-1) + t * diff.reshape(-1)).astype(np.float32)
-    n = sum(len(next(iter(f.values()))) for f in batches)
-    done = dict(corrected.info.get("correction") or {})
-    steps = [s for s in done.get("steps", []) if s["kind"] != kind]
-    steps.append({"kind": kind, "first_step": first_step, "mean_abs_difference": round(float(np.mean(before)), 6)})
-    kinds = {s["kind"] for s in steps}
-    corrected.info = dict(corrected.info, correction={
-        "kind": "both" if kinds == {"bias", "potential"} else kind, "timesteps": t, "samples": n, "steps": steps})
-    log.info("%s correction at T=%d (steps %d..%d) on %d samples: mean |difference| before %.4g", kind, t,
-             first_step, t - 1, n, np.mean(before))
-    return corrected.validate("correction")
+    corrector = Corrector(analysis, thresholds, config, kind, first_step)
+    corrector.run(batches, progress)
+    return corrector.result()
+
+
+def _correction_graph(snn: onnx.ModelProto, layers, act_of: dict, axes: dict, kind: str, t: int, first_step: int,
+                      v_init: float, keep_outputs: bool = False) -> tuple:
+    """(model, output names): the unrolled SNN in which every neuron of `layers` runs twice. Its
+    first run's mean output over steps first_step..T-1 and `axes` (the ANN tensor's axes) is
+    subtracted from graph input ANN_MEAN + name (the clipped ANN's mean on the same samples); the
+    difference e is this batch's correction — a current e added at every step (bias) or extra initial
+    potential T*e per neuron (potential) — and the second run, with it, feeds the rest of the network.
+    The outputs are the differences e, one per layer, shaped as the ANN's means (after the model's
+    own outputs with `keep_outputs`)."""
+    graph = gs.import_onnx(snn)
+    b = Builder(graph, default_opset(snn), "onnx2snn.correction")
+    nodes = {n.name: n for n in graph.nodes if n.op == "IFNeuron"}
+    outs = []
+    for layer in layers:
+        node, act = nodes[layer.name], act_of[layer.source]
+        b.prefix = f"{layer.name}/correction"
+        spikes, raw = node.outputs[0], gs.Variable(f"{layer.name}/uncorrected", np.float32)
+        node.outputs = [raw]
+        # the first run's mean over the window: [T*N, ...] -> [T, N, ...], steps first..T-1, then `axes`
+        folded = b.reshape(raw, b.concat([b.const(np.array([t, -1], np.int64)), b.shape_tail(raw)], dtype=np.int64))
+        if first_step:
+            folded = b.op("Slice", [folded, b.const(np.array([first_step], np.int64)),
+                                    b.const(np.array([t], np.int64)), b.const(np.array([0], np.int64))])
+        snn_mean = b.reduce("ReduceMean", folded, [0] + [a + 1 for a in axes[layer.name]], keepdims=0)
+        ann_mean = gs.Variable(ANN_MEAN + layer.name, np.float32)
+        graph.inputs.append(ann_mean)
+        diff = b.op("Sub", [ann_mean, snn_mean], name=f"{layer.name}/correction/difference")
+        outs.append(diff)
+        x, theta = node.inputs[0], node.inputs[1]
+        if kind == "bias":            # e per channel: IFNeuron's bias input, added after x (in that order)
+            inputs = list(node.inputs[:4]) + [gs.Variable.empty()] * (4 - len(node.inputs))
+            inputs += [gs.Variable.empty(), b.reshape(diff, [-1])]
+        else:                         # v0 = (the neuron's v0, or v_init * theta) + T * e, per neuron
+            scaled = b.op("Mul", [diff, b.const(np.float32(t))])
+            if len(node.inputs) > 3 and isinstance(node.inputs[3], gs.Constant):
+                v0 = b.op("Add", [node.inputs[3], b.reshape(scaled, [-1])])
+            else:
+                theta_b = theta_broadcast(np.asarray(theta.values, np.float32), act.axis, act.rank)
+                start = b.const((theta_b * np.float32(v_init)).astype(np.float32))
+                v0 = b.reshape(b.op("Add", [scaled, start]), [-1])
+            inputs = [x, theta, gs.Variable.empty(), v0]
+        graph.nodes.append(gs.Node("IFNeuron", f"{layer.name}/corrected", dict(node.attrs), inputs, [spikes],
+                                   domain=node.domain))
+    graph.outputs = (list(graph.outputs) if keep_outputs else []) + outs
+    return gs.export_onnx(graph.cleanup().toposort(), do_type_check=False), [o.name for o in outs]
 
 
 def stored(thresholds: Thresholds, kind: str, timesteps: int) -> bool:

@@ -18,6 +18,8 @@ import onnx
 from . import probes, runtime, scoring
 from .analyse import as_analysis
 from .errors import UserError
+from .runtime import memory as mem
+from .runtime.memory import MemoryBudget
 from .snn import simulate
 from .snn.info import SNNInfo
 from .snn.loop import STEPS_OUTPUT
@@ -35,6 +37,8 @@ class EvalResult:
     layers: list = field(default_factory=list)   # per-layer statistics at layers_T (see _LayerStats)
     layers_T: int | None = None
     report: dict | None = None                   # report.report_json of this result, when asked for
+    batch_size: int | None = None                # samples per simulation batch (evaluate_file)
+    memory: MemoryBudget | None = None           # the budget it was chosen in
 
     def to_json(self) -> dict:
         return {"samples": self.samples, "ann": {"accuracy": self.ann_accuracy},
@@ -56,21 +60,22 @@ def score_output(model: onnx.ModelProto) -> str:
     return tensors[0].name
 
 
-def simulation_batch(largest_activation: int, t_max: int, budget_mb: float = 2048) -> int:
-    """Samples per unrolled simulation batch so that T_max x batch x the largest activation stays
-    within `budget_mb`, counting eight float32 copies alive at once (ResNet-32 at T=128: 32 samples,
-    2.6 GB peak RSS for the whole eval); at most 64."""
+def simulation_batch(largest_activation: int, t_max: int, memory: MemoryBudget | None = None,
+                     copies: int = mem.SIM_COPIES) -> int:
+    """Samples per unrolled simulation batch whose estimated bytes (`copies` float32 copies of the
+    largest activation per sample and step: runtime/memory.py) stay within the memory budget; at
+    most 64."""
     if not largest_activation:
         return 16
-    per_sample_mb = 8 * t_max * largest_activation * 4 / 2 ** 20
-    return int(max(1, min(64, budget_mb // max(per_sample_mb, 1e-9))))
+    memory = memory or mem.budget()
+    return memory.samples(mem.simulation_sample_bytes(largest_activation, t_max, copies), 64)
 
 
-def auto_batch_size(info: SNNInfo, t_max: int, budget_mb: float = 2048) -> int:
+def auto_batch_size(info: SNNInfo, t_max: int, memory: MemoryBudget | None = None) -> int:
     """Simulation batch for a converted model (see simulation_batch); looped models use 16."""
     if info.looped:
         return 16
-    return simulation_batch(info.costs.get("largest_activation", 0), t_max, budget_mb)
+    return simulation_batch(info.costs.get("largest_activation", 0), t_max, memory)
 
 
 def default_timesteps(info: SNNInfo) -> list:
@@ -166,20 +171,33 @@ class _OneSimulation:
 
 
 class _Unrolled(_OneSimulation):
-    """One unrolled simulation at T_max per batch; any window (T, D) read from running sums."""
+    """One unrolled simulation at T_max per batch; any window (T, D) read from running sums.
 
-    def __init__(self, snn, info: SNNInfo, windows, spike_counts: bool, threads: int, layers=None):
+    `rider`: work that rides along in the same simulation (the correction, correction.Corrector):
+    `rider.rewrite(model)` -> (model, extra output names) changes the simulation graph,
+    `rider.feeds(feeds)` gives its extra inputs for a batch and `rider.collect(values, batch)` takes
+    its outputs."""
+
+    def __init__(self, snn, info: SNNInfo, windows, spike_counts: bool, threads: int, layers=None, rider=None):
         model, self.counts, self.stats = simulate.unrolled_steps(snn, info, max(t for t, _ in windows),
                                                                  spike_counts, layers is not None)
+        self.rider, self.rider_names = rider, []
+        if rider is not None:
+            model, self.rider_names = rider.rewrite(model)
         super().__init__(snn, info, windows, model, threads, layers)
 
     def __call__(self, feeds):
-        feeds = {k: v for k, v in feeds.items() if k in self.sim_in}
-        batch = len(next(iter(feeds.values())))
+        run_feeds = {k: v for k, v in feeds.items() if k in self.sim_in}
+        batch = len(next(iter(run_feeds.values())))
+        if self.rider is not None:
+            run_feeds.update(self.rider.feeds(feeds))
         n_read, n_counts = len(self.info.readouts), len(self.counts)
         names = [r["steps"] for r in self.info.readouts] + [c for _, c in self.counts] + \
             [x for _, total, fired in self.stats for x in (total, fired)]
-        values = runtime.run_checked(self.sim, names, feeds, "evaluation")
+        values = runtime.run_checked(self.sim, names + self.rider_names, run_feeds, "evaluation")
+        if self.rider is not None:
+            self.rider.collect(values[len(names):], batch)
+            values = values[:len(names)]
         steps, spike_counts = values[:n_read], values[n_read:n_read + n_counts]
         if self.layers is not None:
             rest = values[n_read + n_counts:]
@@ -246,9 +264,9 @@ class _PerT:
 
 def window_scores(snn: onnx.ModelProto, info: SNNInfo, windows, batches, ann: onnx.ModelProto | None = None,
                   spike_counts: bool = True, threads: int = 0, desc: str | None = None,
-                  total: int | None = None, layers: bool = False) -> tuple:
+                  total: int | None = None, layers: bool = False, rider=None) -> tuple:
     """(Scores, sops measured, steps measured, per-layer statistics at the largest T or None) of
-    `snn` for each (T, D) window over `batches`."""
+    `snn` for each (T, D) window over `batches`. `rider`: see _Unrolled (unrolled models only)."""
     windows = sorted(set(windows))
     per_t = info.looped and (info.early_exit is not None or not info.readouts
                              or any(t % info.chunk for t, _ in windows))
@@ -265,7 +283,9 @@ def window_scores(snn: onnx.ModelProto, info: SNNInfo, windows, batches, ann: on
     elif info.looped:
         outputs = _History(snn, info, windows, threads, stats)
     else:
-        outputs = _Unrolled(snn, info, windows, spike_counts, threads, stats)
+        outputs = _Unrolled(snn, info, windows, spike_counts, threads, stats, rider)
+    if rider is not None and not isinstance(outputs, _Unrolled):
+        raise ValueError("a rider needs the unrolled simulation")
     ann_sess = None
     if ann is not None:
         ann_sess = runtime.session(ann, threads)

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 
 from . import model as M
-from .analyse import Analysis, analog_nodes, analyse
+from .analyse import NORM_OPS, Analysis, analog_nodes, analyse
 from .data import model_inputs
 
 
@@ -43,14 +43,18 @@ def _pools(analysis: Analysis) -> list:
     return out
 
 
-def inspect_model(path, keep_analog: bool = False) -> dict:
-    """The inspection of the model at `path` as a JSON-ready dict; `convertible` says the verdict."""
+def inspect_model(path, keep_analog: bool = False, freeze_norm: bool = False) -> dict:
+    """The inspection of the model at `path` as a JSON-ready dict; `convertible` says the verdict
+    (with `freeze_norm`, normalisation layers between spiking layers count as frozen: listed under
+    "frozen", not blocking)."""
     model = M.load(path)
     analysis = analyse(model)
     names = lambda ids: [n.name for n in analysis.graph.nodes if id(n) in ids]  # noqa: E731
     neurons = [a.node for a in analysis.activations]
     analog = [n.name for n in analog_nodes(analysis.graph, neurons, analysis.regions)]
     blocking = analysis.blocking(keep_analog)
+    frozen = [n.name for n, _ in blocking if freeze_norm and n.op in NORM_OPS]
+    blocking = [(n, why) for n, why in blocking if n.name not in frozen]
     dtype_ok = all(a.input.dtype is None or np.dtype(a.input.dtype) == np.float32 for a in analysis.activations)
     return {
         "model": str(path),
@@ -66,12 +70,14 @@ def inspect_model(path, keep_analog: bool = False) -> dict:
         "regions": {"pre": names(analysis.regions.pre), "spiking": names(analysis.regions.spiking),
                     "post": names(analysis.regions.post)},
         "analog": analog if keep_analog else [],
-        "blocking": [{"node": n.name, "op": n.op, "reason": why,
-                      "keep_analog_helps": n.name in analog} for n, why in blocking]
+        "frozen": frozen,
+        "blocking": [{"node": n.name, "op": n.op, "reason": why, "keep_analog_helps": n.name in analog,
+                      "freeze_norm_helps": n.op in NORM_OPS} for n, why in blocking]
         + ([] if analysis.activations else [{"node": None, "op": None, "keep_analog_helps": False,
+                                             "freeze_norm_helps": False,
                                              "reason": "no ReLU-like activation (Relu, Clip(0, c), "
                                                        "LeakyRelu(0), Max(x, 0)) to convert"}])
-        + ([] if dtype_ok else [{"node": None, "op": None, "keep_analog_helps": False,
+        + ([] if dtype_ok else [{"node": None, "op": None, "keep_analog_helps": False, "freeze_norm_helps": False,
                                  "reason": "activations are not float32 (convert the model to float32)"}]),
         "convertible": bool(analysis.activations) and not blocking and dtype_ok,
     }

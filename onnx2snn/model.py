@@ -90,8 +90,15 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
         log.warning("shape inference failed: %s", err)
         return model
     known = {vi.name for vi in inferred.graph.value_info}
-    inferred.graph.value_info.extend(vi for vi in declared if vi.name not in known)
-    return inferred
+    hints = [vi for vi in declared if vi.name not in known]
+    if not hints:
+        return inferred
+    inferred.graph.value_info.extend(hints)
+    try:    # once more from the hints: what follows an op inference cannot type gets its shapes too
+        return onnx.shape_inference.infer_shapes(inferred, data_prop=True)
+    except Exception as err:  # noqa: BLE001 - best effort, as above
+        log.warning("shape inference from the exporter's hints failed: %s", err)
+        return inferred
 
 
 def to_graph(model: onnx.ModelProto) -> gs.Graph:

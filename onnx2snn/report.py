@@ -68,10 +68,14 @@ def inspection_text(d: dict) -> str:
                  f"between neurons at every step, {len(r['post'])} once on the averaged readout")
     if d["analog"]:
         lines.append("kept analog (--keep-analog, not spiking): " + ", ".join(d["analog"]))
+    if d.get("frozen"):
+        lines.append("frozen to fixed affines (--freeze-norm, from calibration data): " + ", ".join(d["frozen"]))
     if d["blocking"]:
         lines.append(f"\nnot convertible: {len(d['blocking'])} blocking node(s):")
-        lines += [f"  {b['op'] or ''} '{b['node']}': {b['reason']}" + (" (--keep-analog would keep it analog)"
-                                                                     if b["keep_analog_helps"] else "")
+        lines += [f"  {b['op'] or ''} '{b['node']}': {b['reason']}"
+                  + (" (--keep-analog would keep it analog)" if b["keep_analog_helps"] else "")
+                  + (" (--freeze-norm would freeze it to a fixed per-channel affine from calibration data)"
+                     if b.get("freeze_norm_helps") else "")
                   if b["node"] else f"  {b['reason']}" for b in d["blocking"]]
     else:
         lines.append("\nconvertible")

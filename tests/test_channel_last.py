@@ -26,7 +26,8 @@ def _integer_model(seed=0, channels=CHANNELS):
     """The channel-last residual CNN with small integer weights: every sum exactly representable."""
     rng = np.random.default_rng(seed)
     ints = lambda *shape: rng.integers(-2, 3, size=shape).astype(np.float32)   # noqa: E731
-    weights = {"c1.weight": ints(channels, 1, 3, 3), "c1.bias": ints(channels), "c2.weight": ints(channels, channels, 3, 3),
+    weights = {"c1.weight": ints(channels, 1, 3, 3), "c1.bias": ints(channels),
+               "c2.weight": ints(channels, channels, 3, 3),
                "c2.bias": ints(channels), "fc1.weight": ints(8, channels * 16), "fc1.bias": ints(8),
                "fc2.weight": ints(10, 8), "fc2.bias": ints(10)}
     return graphs.channel_last_model(weights, channels)
@@ -140,8 +141,8 @@ def test_cli_names_the_step_and_node_when_a_conversion_builds_inputs_an_operator
     np.savez(tmp_path / "c.npz", input=np.random.default_rng(0).uniform(size=(40, 8, 8, 1)).astype(np.float32))
     real = choices.correct
 
-    def broken(analysis, th, snn, feeds, kind, first_step=0):   # a bias one value short, as the old bug made
-        out = real(analysis, th, snn, feeds, kind, first_step)
+    def broken(analysis, th, snn, feeds, kind, **kw):   # a bias one value short, as the old bug made
+        out = real(analysis, th, snn, feeds, kind, **kw)
         if kind == "bias":
             out.bias["relu2"] = out.bias["relu2"][:-1]
         return out

@@ -118,7 +118,9 @@ def test_default_conversion_corrects_both_and_the_thresholds_reproduce_it_withou
     assert fix["kind"] == "both" and fix["timesteps"] == 64 and res.delay is not None
     assert [s["kind"] for s in fix["steps"]] == ["potential", "bias"]
     assert fix["steps"][1]["first_step"] > 0 and fix["delay"] == res.delay.delay
-    assert res.thresholds.bias and res.thresholds.potential and set(res.step_seconds) == {"correction", "delay"}
+    # each correction and the delay choice after it share one simulation, on the correction's samples
+    assert res.thresholds.bias and res.thresholds.potential and set(res.step_seconds) == {"correction"}
+    assert res.delay.samples == fix["samples"] and res.batches["correction"] == fix["samples"]
     again = onnx2snn.convert(path, output=tmp_path / "b.snn.onnx", thresholds=tmp_path / "th.json")
     assert again.thresholds.info["correction"]["kind"] == "both"
     x = {"input": test[:50]}
@@ -148,3 +150,76 @@ def test_both_corrections_beat_potential_alone_and_none_on_held_out_data(tmp_pat
         out = runtime.session(res.snn).run(None, {"input": test})[0]
         err[kind] = np.linalg.norm(out - ann) / np.linalg.norm(ann)
     assert err["both"] < err["potential"] < err["none"], err
+
+
+def _layer_by_layer(analysis, th, cfg, batches, kind, first_step=0):
+    """The reference: one simulation per layer, each measured with the earlier layers corrected
+    over all of `batches` (what the one-pass correction must reproduce when it holds every sample
+    in one batch)."""
+    from dataclasses import replace
+    from onnx2snn.snn.timefold import theta_broadcast
+    probe = replace(cfg, delay=0, correct="none")
+    _, layers = to_snn(analysis, Thresholds(th.values, th.method), probe)
+    act = {a.name: a for a in analysis.activations}
+    axes = {l.name: simulate.channel_axes(act[l.source].axis, act[l.source].rank) if kind == "bias" else [0]
+            for l in layers}
+    ann = _clipped_means(analysis, th, layers, axes, batches)
+    out = Thresholds(dict(th.values), th.method, bias=dict(th.bias), potential=dict(th.potential))
+    for layer in layers:
+        snn, _ = to_snn(analysis, out, probe)
+        model, names = simulate.with_means(snn, {layer.tensor: axes[layer.name]},
+                                           (cfg.timesteps, first_step) if first_step else None)
+        diff = ann[layer.tensor] - _means(runtime.session(model), names, batches)[0]
+        if kind == "bias":
+            out.bias[layer.name] = (out.bias.get(layer.name, 0) + diff).astype(np.float32)
+        else:
+            start = out.potential.get(layer.name)
+            if start is None:
+                a = act[layer.source]
+                start = np.broadcast_to(theta_broadcast(layer.theta, a.axis, a.rank), diff.shape) * np.float32(0.5)
+            out.potential[layer.name] = (start.reshape(-1) + cfg.timesteps * diff.reshape(-1)).astype(np.float32)
+    return out
+
+
+@pytest.mark.parametrize("kind,first_step", [("potential", 0), ("bias", 0), ("bias", 5)])
+@pytest.mark.parametrize("make", [lambda: graphs.deep_chain_model(depth=6, features=12, seed=4),
+                                  lambda: graphs.residual_integer_model(channels=6)])
+def test_one_pass_correction_equals_layer_by_layer_correction_on_one_batch(make, kind, first_step):
+    model = make()
+    analysis = analyse(model)
+    shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[1:]]
+    rng = np.random.default_rng(1)
+    batch = [{"input": rng.normal(size=[40] + shape).astype(np.float32)}]
+    th = calibrate(analysis, batch * 20, CalibConfig(iters=20))
+    cfg = SNNConfig(timesteps=16)
+    if kind == "bias":       # on top of a potential correction, as the defaults run it
+        th = correct(analysis, th, cfg, batch, "potential")
+    want = _layer_by_layer(analysis, th, cfg, batch, kind, first_step)
+    got = correct(analysis, th, cfg, batch, kind, first_step=first_step)
+    table = (lambda t: t.bias) if kind == "bias" else (lambda t: t.potential)
+    assert set(table(got)) == set(table(want)) and table(want)
+    for name in table(want):
+        np.testing.assert_allclose(table(got)[name], table(want)[name], rtol=1e-4, atol=1e-4, err_msg=name)
+        assert np.abs(table(got)[name] - table(th).get(name, 0)).max() > 1e-3       # a correction was made
+
+
+def test_the_delay_chosen_beside_a_correction_is_the_delay_of_the_corrected_network():
+    """One simulation measures the correction and scores the delays of the network it corrects in
+    the graph: the same scores as a separate delay choice on the corrected thresholds."""
+    from onnx2snn.correction import Corrector
+    from onnx2snn.delay import choose_delay
+    model = graphs.deep_chain_model(depth=6, features=12, seed=4)
+    analysis = analyse(model)
+    rng = np.random.default_rng(3)
+    batch = [{"input": rng.normal(size=(60, 12)).astype(np.float32)}]
+    th = calibrate(analysis, batch * 20, CalibConfig(iters=20))
+    cfg = SNNConfig(timesteps=32)
+    for kind, first in (("potential", 0), ("bias", 6)):
+        rider = Corrector(analysis, th, cfg, kind, first)
+        beside = choose_delay(analysis, th, cfg, [(f, None) for f in batch], rider=rider)
+        th = rider.result()
+        alone = choose_delay(analysis, th, cfg, [(f, None) for f in batch])
+        assert beside.delay == alone.delay, kind
+        for d in alone.rel_error:
+            assert beside.rel_error[d] == pytest.approx(alone.rel_error[d], rel=2e-2, abs=1e-4), (kind, d)
+        assert alone.rel_error[alone.delay] < alone.rel_error[0] or alone.delay == 0

@@ -159,6 +159,12 @@ def _attr(node, name, default=None):
     return default
 
 
+def _reorderable(channels: int) -> bool:
+    """Whether onnxruntime's ReorderInput takes a tensor of `channels` channels (it needs a
+    multiple of 4)."""
+    return channels % 4 == 0
+
+
 class _Rewrite:
     """One pass over a graph in its (topological) order; see the module docstring."""
 
@@ -223,6 +229,9 @@ class _Rewrite:
         if pairs and not all(self._state_fits(a, b, equiv[x][1], node, dry=True) for a, b in pairs):
             return False
         if node.op_type == "IFNeuron" and len(node.input) > 3 and node.input[3] and node.input[3] not in self.inits:
+            return False
+        if node.op_type == "IFNeuron" and len(node.input) > 4 and node.input[4] and node.input[4] not in equiv \
+                and not _reorderable(equiv[x][1]):      # a fused residual sum that would need a ReorderInput
             return False
         for a, b in pairs:
             self._state_fits(a, b, equiv[x][1], node)
@@ -310,6 +319,8 @@ class _Rewrite:
             return False
         channels = {equiv[i][1] for i in node.input if i in equiv}
         if len(channels) != 1 or shapes[0][1] not in channels:
+            return False
+        if not all(i in equiv or _reorderable(shapes[0][1]) for i in node.input):
             return False
         # worth it when what reads the sum takes the blocked layout (else two copies replace one)
         return any(u.domain == DOMAIN and u.op_type in _OURS or u.op_type == "ReorderInput"
