@@ -68,13 +68,20 @@ def simulation_batch(largest_activation: int, t_max: int, memory: MemoryBudget |
     if not largest_activation:
         return 16
     memory = memory or mem.budget()
-    return memory.samples(mem.simulation_sample_bytes(largest_activation, t_max, copies), 64)
+    per_sample = mem.simulation_sample_bytes(largest_activation, t_max, copies)
+    if not memory.fits(per_sample):
+        log.warning("memory budget %s: one sample of the unrolled simulation at T=%d is estimated at %.1f GiB; "
+                    "running one sample per batch (the looped form, --form loop, needs memory independent of T)",
+                    memory.describe(), t_max, per_sample / 2 ** 30)
+    return memory.samples(per_sample, 64)
 
 
 def auto_batch_size(info: SNNInfo, t_max: int, memory: MemoryBudget | None = None) -> int:
-    """Simulation batch for a converted model (see simulation_batch); looped models use 16."""
+    """Simulation batch for a converted model (see simulation_batch); looped models hold `chunk`
+    steps at a time: up to 16 samples of those within the budget."""
     if info.looped:
-        return 16
+        largest = info.costs.get("largest_activation", 0)
+        return (memory or mem.budget()).samples(mem.simulation_sample_bytes(largest, info.chunk), 16) if largest else 16
     return simulation_batch(info.costs.get("largest_activation", 0), t_max, memory)
 
 

@@ -33,14 +33,14 @@ def test_batches_shrink_to_fit_the_budget_and_are_printed(tmp_path, capsys):
             "-T", "64", "--iters", "3", "--check", "16"]
     assert main(args + ["--max-memory", "16M"]) == 0
     small = capsys.readouterr().out
-    # 16 MiB: correction 10 copies x 64 steps x 4 KiB = 2.5 MiB per sample -> 6; calibration 100 fits
+    # 16 MiB: correction 16 copies x 64 steps x 4 KiB = 4 MiB per sample -> 4; calibration 100 fits
     assert "memory budget 16 MiB (--max-memory)" in small
-    assert "calibration 100, correction 6" in small, small
+    assert "calibration 100, correction 4" in small, small
     assert main(args) == 0
     assert "correction 120" in capsys.readouterr().out         # the default budget holds every sample
-    # eval: 8 copies x 64 steps x 4 KiB = 2 MiB per sample -> 4 in 8 MiB
+    # eval: 12 copies x 64 steps x 4 KiB = 3 MiB per sample -> 2 in 8 MiB
     assert main(["eval", str(tmp_path / "o.snn.onnx"), "--data", str(tmp_path / "c.npz"), "--max-memory", "8M",
                  "-T", "64"]) == 0
-    assert "memory budget 8 MiB (--max-memory): 4 samples per simulation batch" in capsys.readouterr().out
+    assert "memory budget 8 MiB (--max-memory): 2 samples per simulation batch" in capsys.readouterr().out
     assert main(args + ["--max-memory", "a lot"]) == 1
     assert "--max-memory a lot: expected a size" in capsys.readouterr().err

@@ -57,9 +57,12 @@ def _eval(snn, data, ann, timesteps, queue):
     from onnx2snn.energy import largest_activation
     from onnx2snn.runtime import memory as mem
     from onnx2snn import model as M
+    from onnx2snn.snn.info import SNNInfo
+    info = SNNInfo.from_metadata(M.load(snn))
     start = time.perf_counter()
     res = api.evaluate_file(snn, data, ann_path=ann, timesteps=timesteps)
-    estimate = mem.simulation_sample_bytes(largest_activation(M.load(ann)), max(timesteps)) * res.batch_size
+    held = info.chunk if info.looped else max(timesteps)           # steps one sample holds at once
+    estimate = mem.simulation_sample_bytes(largest_activation(M.load(ann)), held) * res.batch_size
     queue.put({"seconds": time.perf_counter() - start, "rows": [{"T": r["T"], "rel_error": r["rel_error"]}
                                                                 for r in res.rows],
                "batch": res.batch_size, "memory": res.memory.describe(), "estimate_mb": estimate / 2 ** 20,

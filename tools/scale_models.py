@@ -143,7 +143,17 @@ def build(name: str, seed: int = 0) -> nn.Module:
         if isinstance(m, nn.BatchNorm2d):      # as after training: scaled so activations neither vanish nor explode
             nn.init.uniform_(m.weight, 0.2, 0.6)
             nn.init.normal_(m.bias, 0.0, 0.1)
+    for head in _output_layers(net):           # outputs carried by the features, not by a constant bias
+        nn.init.zeros_(head.bias)
     return net.eval()
+
+
+def _output_layers(net: nn.Module) -> list:
+    if isinstance(net, ResNet):
+        return [net.fc]
+    if isinstance(net, DeepLabV3):
+        return [net.head[-1]]
+    return [net.cls, net.box]
 
 
 def export(name: str, size: int | None = None) -> bytes:

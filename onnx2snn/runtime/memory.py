@@ -3,8 +3,11 @@
 Every step that runs a graph over a batch (calibration, correction, delay choice, evaluation) sizes
 its batch from the budget and an estimate of the bytes one sample needs there: a number of float32
 copies of the model's largest activation alive at once, times T for the unrolled SNN (time folded
-into the batch). The copies are measured, not derived: ResNet-32 at T=128 peaks at 2.6 GB for 32
-samples (8 copies); `tools/bench_scale.py` prints the estimate beside the measured peak RSS.
+into the batch). The copies are measured, not derived, and kept above what was seen: ResNet-32's
+eval at T=128 peaks at 2.6 GB for 32 samples (8 copies), ResNet-50's at T=256 at 8.8 GB for one
+(11 copies), the conversions at T=64 of ResNet-50 at 9.0 GB for 4 correction samples (11 copies)
+and of RetinaNet's heads at 320x320 at 11.5 GB for 2 (14 copies);
+`tools/bench_scale.py` prints the estimate beside the measured peak RSS.
 Without `--max-memory` the budget is half of the memory the machine (or its cgroup) has available.
 """
 from __future__ import annotations
@@ -15,8 +18,8 @@ from dataclasses import dataclass
 
 from ..errors import UserError
 
-SIM_COPIES = 8          # copies of the largest activation per sample and step, unrolled simulation
-CORRECTION_COPIES = 10  # the correction graph: each neuron runs twice, plus its window means
+SIM_COPIES = 12         # copies of the largest activation per sample and step, unrolled simulation
+CORRECTION_COPIES = 16  # the correction graph: each neuron runs twice, plus its window means
 ANN_COPIES = 6          # the ANN with probes (calibration) or clipped (the correction's ANN side)
 DEFAULT_FRACTION = 0.5
 _UNITS = {"": 1, "B": 1, "K": 2 ** 10, "KB": 2 ** 10, "KIB": 2 ** 10, "M": 2 ** 20, "MB": 2 ** 20, "MIB": 2 ** 20,
