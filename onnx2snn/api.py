@@ -349,6 +349,9 @@ def evaluate_file(snn_path, data=None, data_loader=None, ann_path=None, timestep
     result = ev.evaluate(snn_model, batches, timesteps, ann, progress=progress, total=total,
                          layers=bool(report_path or plot_dir))
     result.batch_size, result.memory = batch_size, memory
+    largest = info.costs.get("largest_activation", 0)
+    if largest:
+        result.sample_bytes = mem.simulation_sample_bytes(largest, info.chunk if info.looped else max(timesteps))
     if json_path:
         write_atomic(json_path, json.dumps(result.to_json(), indent=1, sort_keys=True).encode(), "--json")
     if report_path or plot_dir:

@@ -93,6 +93,9 @@ def data_defaults(have_data: bool, thresholds=None, timesteps: int = SNNConfig.t
     return plain
 
 
+RIDE_BATCH = 32     # correction batches at least this large (or all samples in one) carry the delay choice
+
+
 def correct_and_delay(analysis, th: Thresholds, snn: SNNConfig, source, correct_samples: int, delay_samples: int,
                        progress: bool, skip_nonfinite: bool = False, memory: MemoryBudget | None = None):
     """(thresholds with the correction `snn.correct`, the delay choice or None, seconds per step).
@@ -102,7 +105,9 @@ def correct_and_delay(analysis, th: Thresholds, snn: SNNConfig, source, correct_
     the thresholds already hold for this T and kind is reused; any other is dropped first. With
     `--delay auto` and as many delay samples as correction samples (the defaults: 200 each, the same
     fixed subset), each correction and the delay choice after it share one simulation, so `both`
-    costs two simulations at T instead of four."""
+    costs two simulations at T instead of four; not when the memory budget (or a model's fixed
+    batch size) splits the correction into batches of fewer than RIDE_BATCH samples, since each
+    batch's own correction would then fit it too closely for the delay scored on it."""
     seconds = {}
     steps = STEPS.get(snn.correct, ())
     if snn.correct == "none" or not stored(th, snn.correct, snn.timesteps):
@@ -127,7 +132,11 @@ def correct_and_delay(analysis, th: Thresholds, snn: SNNConfig, source, correct_
 
     choice = None
     auto = snn.delay == AUTO
-    ride = auto and delay_samples == correct_samples     # the same samples: one simulation serves both
+    # one simulation serves both when they use the same samples and the correction's batches are large
+    # enough that each batch's in-graph correction stands for the whole set's (RIDE_BATCH)
+    sizes = [len(next(iter(f.values()))) for f in feeds]
+    ride = auto and delay_samples == correct_samples and bool(sizes) and min(sizes[:-1] or sizes) >= min(
+        RIDE_BATCH, sum(sizes))
 
     def corrected(kind, first, th):
         """(thresholds with correction `kind`, the delay chosen in the same simulation or None)."""

@@ -302,8 +302,11 @@ def _eval(args) -> int:
                                report_path=args.report, plot_dir=args.plot, e_sop=args.e_sop, e_mac=args.e_mac,
                                max_memory=args.max_memory)
     if not args.quiet:
+        over = result.sample_bytes and not result.memory.fits(result.sample_bytes)
         print(f"memory budget {result.memory.describe()}: {result.batch_size} samples per simulation batch"
-              + (" (--batch-size)" if args.batch_size else ""))
+              + (" (--batch-size)" if args.batch_size else "")
+              + (f"; one sample is estimated at {result.sample_bytes / 2 ** 30:.1f} GiB, above the budget (a model "
+                 "converted with --form loop needs memory independent of T)" if over else ""))
     print(eval_table(result, args.e_sop, args.e_mac))
     if result.report is not None:
         print(report_lines(result.report))
