@@ -223,3 +223,40 @@ def test_the_delay_chosen_beside_a_correction_is_the_delay_of_the_corrected_netw
         for d in alone.rel_error:
             assert beside.rel_error[d] == pytest.approx(alone.rel_error[d], rel=2e-2, abs=1e-4), (kind, d)
         assert alone.rel_error[alone.delay] < alone.rel_error[0] or alone.delay == 0
+
+
+@pytest.mark.parametrize("kind", ["potential", "bias"])
+def test_correction_graph_runs_bit_identically_in_the_sessions_rewritten_graph(kind):
+    """The correction graph's neurons with a computed initial potential or bias take onnxruntime's
+    blocked layout in sessions (the potential reordered in the graph): same outputs as the graph
+    as written."""
+    from onnx import helper
+    from onnx2snn.correction import ANN_MEAN, Corrector, _correction_graph
+    from onnx2snn.runtime import layout
+    rng = np.random.default_rng(2)
+    nodes = [helper.make_node("Conv", ["input", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+             helper.make_node("Conv", ["r2", "w3"], ["c3"], name="conv3", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c3"], ["r3"], name="relu3"),
+             helper.make_node("GlobalAveragePool", ["r3"], ["g"], name="gap"),
+             helper.make_node("Flatten", ["g"], ["out"], name="flatten")]
+    model = graphs.make(nodes, {f"w{i}": rng.normal(size=(16, 16, 3, 3)) / 6 for i in (1, 2, 3)},
+                        ["N", 16, 4, 4], out_shape=["N", 16])
+    analysis = analyse(model)
+    x = rng.normal(size=(6, 16, 4, 4)).astype(np.float32)
+    th = calibrate(analysis, [{"input": x}] * 10, CalibConfig(iters=10))
+    rider = Corrector(analysis, th, SNNConfig(timesteps=16), kind, 3 if kind == "bias" else 0)
+    graph, outs = _correction_graph(rider.snn, rider.layers, rider.act_of, rider.axes, kind, 16, rider.first_step, 0.5)
+    feeds = dict(rider.feeds({"input": x}), input=x)
+    want = runtime.session(graph, rewrite=False).run(outs, feeds)
+    fast = runtime.session(graph)
+    got = fast.run(outs, feeds)
+    assert all(np.array_equal(a, b) for a, b in zip(got, want)) and any(np.abs(w).max() > 0 for w in want)
+    assert set(feeds) >= {ANN_MEAN + l.name for l in rider.layers}
+    if layout.block_size():       # the corrected neurons run blocked
+        rewritten, _ = runtime.session_graph(graph)
+        blocked = [n.name for n in rewritten.graph.node if n.op_type == "IFNeuron"
+                   and any(a.name == "channel_block" for a in n.attribute)]
+        assert "relu2/corrected" in blocked, blocked     # relu1 reads the tiled time-invariant input

@@ -229,7 +229,9 @@ class _Rewrite:
         if pairs and not all(self._state_fits(a, b, equiv[x][1], node, dry=True) for a, b in pairs):
             return False
         if node.op_type == "IFNeuron" and len(node.input) > 3 and node.input[3] and node.input[3] not in self.inits:
-            return False
+            dims = (self.shapes.get(x) or [])[2:]       # a computed v0 (the correction graph) is reordered in the
+            if not _reorderable(equiv[x][1]) or not all(isinstance(d, int) and d > 0 for d in dims):   # graph
+                return False
         if node.op_type == "IFNeuron" and len(node.input) > 4 and node.input[4] and node.input[4] not in equiv \
                 and not _reorderable(equiv[x][1]):      # a fused residual sum that would need a ReorderInput
             return False
@@ -269,15 +271,18 @@ class _Rewrite:
         return before + [loop] + after
 
     def _blocked_op(self, node, equiv, graph) -> list:
-        x_blocked, channels = equiv[node.input[0]]
+        x_plain = node.input[0]
+        x_blocked, channels = equiv[x_plain]
         out = node.output[0]
         node.input[0] = x_blocked
         made = []
         if node.op_type == "IFNeuron" and len(node.input) > 4 and node.input[4]:   # a fused residual sum
             made += self._ensure_blocked(node.input[4], channels, equiv)
             node.input[4] = equiv[node.input[4]][0]
-        if node.op_type == "IFNeuron" and len(node.input) > 3 and node.input[3]:
+        if node.op_type == "IFNeuron" and len(node.input) > 3 and node.input[3] in self.inits:
             node.input[3] = self._blocked_v0(node.input[3], channels, out, graph)
+        elif node.op_type == "IFNeuron" and len(node.input) > 3 and node.input[3]:
+            made += self._blocked_v0_nodes(node, channels, self.shapes[x_plain][2:], out, graph)
         node.attribute.append(helper.make_attribute("channel_block", self.b))
         if node.op_type != "SpikingMaxPool":
             node.attribute.append(helper.make_attribute("channels", channels))
@@ -295,6 +300,20 @@ class _Rewrite:
         equiv[name] = (blocked_name, channels)
         return [helper.make_node("ReorderInput", [name], [blocked_name], domain=NCHWC, name=blocked_name + "/reorder",
                                  channels_last=0)]
+
+    @staticmethod
+    def _blocked_v0_nodes(node, channels, dims, out, graph) -> list:
+        """Nodes putting a computed per-neuron initial potential ([C*H*W], NCHW order) in the blocked
+        order, as _blocked_v0 does for a constant one (ReorderInput zero-fills padding channels)."""
+        shape = numpy_helper.from_array(np.array([1, channels, *dims], np.int64), out + "/v0_shape")
+        flat = numpy_helper.from_array(np.array([-1], np.int64), out + "/v0_flat")
+        graph.initializer.extend([shape, flat])
+        v0, made = node.input[3], out + "/v0_blocked"
+        node.input[3] = made
+        return [helper.make_node("Reshape", [v0, shape.name], [out + "/v0_nchw"], name=out + "/v0_nchw"),
+                helper.make_node("ReorderInput", [out + "/v0_nchw"], [made + "_4d"], domain=NCHWC,
+                                 name=made + "/reorder", channels_last=0),
+                helper.make_node("Reshape", [made + "_4d", flat.name], [made], name=made)]
 
     def _blocked_v0(self, name, channels, out, graph) -> str:
         """The per-neuron initial potential in the blocked order, zero on padding channels."""
