@@ -227,9 +227,9 @@ def test_the_delay_chosen_beside_a_correction_is_the_delay_of_the_corrected_netw
 
 @pytest.mark.parametrize("kind", ["potential", "bias"])
 def test_correction_graph_runs_bit_identically_in_the_sessions_rewritten_graph(kind):
-    """The correction graph's neurons with a computed initial potential or bias take onnxruntime's
-    blocked layout in sessions (the potential reordered in the graph): same outputs as the graph
-    as written."""
+    """The correction graph's neurons with a computed initial potential or bias (after a spiking max
+    pool too, where the potential has the pooled shape) take onnxruntime's blocked layout in
+    sessions (the potential reordered in the graph): same outputs as the graph as written."""
     from onnx import helper
     from onnx2snn.correction import ANN_MEAN, Corrector, _correction_graph
     from onnx2snn.runtime import layout
@@ -238,7 +238,8 @@ def test_correction_graph_runs_bit_identically_in_the_sessions_rewritten_graph(k
              helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
              helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
-             helper.make_node("Conv", ["r2", "w3"], ["c3"], name="conv3", pads=[1, 1, 1, 1]),
+             helper.make_node("MaxPool", ["r2"], ["p2"], name="pool2", kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Conv", ["p2", "w3"], ["c3"], name="conv3", pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["c3"], ["r3"], name="relu3"),
              helper.make_node("GlobalAveragePool", ["r3"], ["g"], name="gap"),
              helper.make_node("Flatten", ["g"], ["out"], name="flatten")]
@@ -259,4 +260,4 @@ def test_correction_graph_runs_bit_identically_in_the_sessions_rewritten_graph(k
         rewritten, _ = runtime.session_graph(graph)
         blocked = [n.name for n in rewritten.graph.node if n.op_type == "IFNeuron"
                    and any(a.name == "channel_block" for a in n.attribute)]
-        assert "relu2/corrected" in blocked, blocked     # relu1 reads the tiled time-invariant input
+        assert "relu2>pool2/corrected" in blocked, blocked     # relu1 reads the tiled time-invariant input

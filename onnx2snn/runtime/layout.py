@@ -229,8 +229,7 @@ class _Rewrite:
         if pairs and not all(self._state_fits(a, b, equiv[x][1], node, dry=True) for a, b in pairs):
             return False
         if node.op_type == "IFNeuron" and len(node.input) > 3 and node.input[3] and node.input[3] not in self.inits:
-            dims = (self.shapes.get(x) or [])[2:]       # a computed v0 (the correction graph) is reordered in the
-            if not _reorderable(equiv[x][1]) or not all(isinstance(d, int) and d > 0 for d in dims):   # graph
+            if not _reorderable(equiv[x][1]):       # a computed v0 (the correction graph) is reordered in the graph
                 return False
         if node.op_type == "IFNeuron" and len(node.input) > 4 and node.input[4] and node.input[4] not in equiv \
                 and not _reorderable(equiv[x][1]):      # a fused residual sum that would need a ReorderInput
@@ -271,8 +270,7 @@ class _Rewrite:
         return before + [loop] + after
 
     def _blocked_op(self, node, equiv, graph) -> list:
-        x_plain = node.input[0]
-        x_blocked, channels = equiv[x_plain]
+        x_blocked, channels = equiv[node.input[0]]
         out = node.output[0]
         node.input[0] = x_blocked
         made = []
@@ -282,7 +280,7 @@ class _Rewrite:
         if node.op_type == "IFNeuron" and len(node.input) > 3 and node.input[3] in self.inits:
             node.input[3] = self._blocked_v0(node.input[3], channels, out, graph)
         elif node.op_type == "IFNeuron" and len(node.input) > 3 and node.input[3]:
-            made += self._blocked_v0_nodes(node, channels, self.shapes[x_plain][2:], out, graph)
+            made += self._blocked_v0_nodes(node, channels, out, graph)
         node.attribute.append(helper.make_attribute("channel_block", self.b))
         if node.op_type != "SpikingMaxPool":
             node.attribute.append(helper.make_attribute("channels", channels))
@@ -302,10 +300,11 @@ class _Rewrite:
                                  channels_last=0)]
 
     @staticmethod
-    def _blocked_v0_nodes(node, channels, dims, out, graph) -> list:
+    def _blocked_v0_nodes(node, channels, out, graph) -> list:
         """Nodes putting a computed per-neuron initial potential ([C*H*W], NCHW order) in the blocked
-        order, as _blocked_v0 does for a constant one (ReorderInput zero-fills padding channels)."""
-        shape = numpy_helper.from_array(np.array([1, channels, *dims], np.int64), out + "/v0_shape")
+        order, as _blocked_v0 does for a constant one (ReorderInput zero-fills padding channels). It
+        is viewed as [1, C, H*W, 1]: the blocked order of [C, H, W] and of [C, H*W, 1] is the same."""
+        shape = numpy_helper.from_array(np.array([1, channels, -1, 1], np.int64), out + "/v0_shape")
         flat = numpy_helper.from_array(np.array([-1], np.int64), out + "/v0_flat")
         graph.initializer.extend([shape, flat])
         v0, made = node.input[3], out + "/v0_blocked"
