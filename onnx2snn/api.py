@@ -25,7 +25,7 @@ from . import runtime
 from .analyse import analyse, as_analysis, check_shapes
 from .config import AUTO, E_MAC_PJ, E_SOP_PJ, CalibConfig, SNNConfig, check_energy
 from .choices import choose_delay_on, correct_and_delay, data_defaults, simulation_batches  # noqa: F401 (API)
-from .choices import correction_batch_size, simulation_batch_size
+from .choices import batches_used, calibration_batch_size
 from .energy import largest_activation
 from .delay import DelayChoice
 from .errors import UserError
@@ -77,13 +77,6 @@ def open_source(model: onnx.ModelProto, data=None, data_loader=None, prep: D.Pre
         elif data:
             files.input(data, "--data", folder_ok=True)
     return D.open_data(data, data_loader, D.model_inputs(model), prep or D.Preprocess())
-
-
-def calibration_batch_size(model: onnx.ModelProto, config: CalibConfig, memory: MemoryBudget | None = None) -> int:
-    """`--batch-size`, else 100 (the paper's) or fewer when 100 samples of the ANN with probes do
-    not fit the memory budget (runtime/memory.py); a model's fixed batch size wins."""
-    default = (memory or mem.budget()).samples(mem.ann_sample_bytes(largest_activation(model)), 100)
-    return D.resolve_batch(config.batch_size, D.model_inputs(model), default)
 
 
 def calibrate(model, source, config: CalibConfig = CalibConfig(), progress: bool = False,
@@ -238,7 +231,7 @@ def convert(model_path, data=None, data_loader=None, output=None,
     result = Conversion(out_path if write else None, snn_model, layers, th, seconds,
                         inputs=D.model_inputs(model), delay=delay_choice, tune=tuned, step_seconds=step_seconds,
                         memory=memory, frozen=frozen)
-    result.batches = _batches_used(analysis.model, calib, snn, thresholds is None, step_seconds, correct_samples,
+    result.batches = batches_used(analysis.model, calib, snn, thresholds is None, step_seconds, correct_samples,
                                    delay_samples, memory, th.info)
     if check_samples and source is not None:
         ts = check_timesteps or sorted({max(1, snn.timesteps // 4), max(1, snn.timesteps // 2), snn.timesteps})
@@ -274,20 +267,6 @@ def _freeze_norms(analysis, source, samples: int, calib: CalibConfig, memory: Me
         model, frozen = freeze.freeze(analysis.model, names, feeds)
     first = {k: v for k, v in feeds[0].items() if k in {i.name for i in inputs}}
     return check_shapes(analyse(model), first, runtime.session), frozen
-
-
-def _batches_used(model, calib: CalibConfig, snn: SNNConfig, calibrated: bool, step_seconds: dict,
-                  correct_samples: int, delay_samples: int, memory: MemoryBudget, th_info: dict) -> dict:
-    """Samples per batch of each step that ran (the sizes the steps chose within `memory`)."""
-    used = {}
-    if calibrated:
-        used["calibration"] = calibration_batch_size(model, calib, memory)
-    if "correction" in step_seconds:
-        used["correction"] = min(correction_batch_size(model, snn.timesteps, correct_samples, memory),
-                                 (th_info.get("correction") or {}).get("samples", correct_samples))
-    if "delay" in step_seconds:
-        used["delay choice"] = simulation_batch_size(model, snn.timesteps, delay_samples, memory)
-    return used
 
 
 def load_snn(path) -> onnx.ModelProto:

@@ -8,12 +8,14 @@ import logging
 import time
 from dataclasses import replace
 
+import onnx
+
 from . import batches as Bt
 from . import data as D
 from . import evaluate as ev
 from . import runtime
 from .analyse import as_analysis
-from .config import AUTO, CORRECTIONS, SNNConfig
+from .config import AUTO, CORRECTIONS, CalibConfig, SNNConfig
 from .correction import STEPS, Corrector, correct, stored, without
 from .delay import DelayChoice, choose_delay
 from .energy import largest_activation
@@ -51,6 +53,27 @@ def correction_batch_size(model, timesteps: int, samples: int, memory: MemoryBud
     fit = (memory or mem.budget()).samples(mem.simulation_sample_bytes(largest, timesteps, mem.CORRECTION_COPIES),
                                            samples) if largest else min(samples, 50)
     return D.resolve_batch(None, inputs, fit)
+
+
+def calibration_batch_size(model: onnx.ModelProto, config: CalibConfig, memory: MemoryBudget | None = None) -> int:
+    """`--batch-size`, else 100 (the paper's) or fewer when 100 samples of the ANN with probes do
+    not fit the memory budget (runtime/memory.py); a model's fixed batch size wins."""
+    default = (memory or mem.budget()).samples(mem.ann_sample_bytes(largest_activation(model)), 100)
+    return D.resolve_batch(config.batch_size, D.model_inputs(model), default)
+
+
+def batches_used(model, calib: CalibConfig, snn: SNNConfig, calibrated: bool, step_seconds: dict,
+                  correct_samples: int, delay_samples: int, memory: MemoryBudget, th_info: dict) -> dict:
+    """Samples per batch of each step that ran (the sizes the steps chose within `memory`)."""
+    used = {}
+    if calibrated:
+        used["calibration"] = calibration_batch_size(model, calib, memory)
+    if "correction" in step_seconds:
+        used["correction"] = min(correction_batch_size(model, snn.timesteps, correct_samples, memory),
+                                 (th_info.get("correction") or {}).get("samples", correct_samples))
+    if "delay" in step_seconds:
+        used["delay choice"] = simulation_batch_size(model, snn.timesteps, delay_samples, memory)
+    return used
 
 
 def sample_feeds(source, model, samples: int, skip_nonfinite: bool = False, timesteps: int = 1,

@@ -44,27 +44,6 @@ from .thresholds import Thresholds
 log = logging.getLogger(__name__)
 
 
-def _means(sess, names, batches, fixed=None) -> list:
-    """Per-channel means over all `batches` (each batch's means weighted by its size)."""
-    inputs = {i.name for i in sess.get_inputs()}
-    total, n = None, 0
-    for feeds in batches:
-        size = len(next(iter(feeds.values())))
-        values = runtime.run_checked(sess, names, {**{k: v for k, v in feeds.items() if k in inputs}, **(fixed or {})},
-                                     "correction")
-        weighted = [v.astype(np.float64) * size for v in values]
-        total = weighted if total is None else [a + b for a, b in zip(total, weighted)]
-        n += size
-    return [t / n for t in total]
-
-
-def _clipped_means(analysis: Analysis, thresholds: Thresholds, layers, axes: dict, batches) -> dict:
-    """Mean of the ANN's clipped activation over `axes[layer]` for each layer's tensor."""
-    model, fixed = probes.clipped(analysis, thresholds.values, sorted({l.tensor for l in layers}))
-    model, names = simulate.with_means(model, {l.tensor: axes[l.name] for l in layers})
-    return dict(zip([l.tensor for l in layers], _means(runtime.session(model), names, batches, fixed)))
-
-
 STEPS = {"bias": ("bias",), "potential": ("potential",), "both": ("potential", "bias")}
 ANN_MEAN = "onnx2snn.ann_mean/"      # graph inputs of the correction graph: the ANN's means per layer
 
@@ -78,7 +57,7 @@ class Corrector:
     def __init__(self, analysis: Analysis, thresholds: Thresholds, config: SNNConfig, kind: str, first_step: int):
         if kind not in ("bias", "potential"):
             raise UserError(f"--correct {kind}: expected bias or potential")
-        self.analysis, self.thresholds, self.config = analysis, thresholds, config
+        self.thresholds, self.config = thresholds, config
         self.kind, self.first_step, self.t = kind, first_step, config.timesteps
         probe_cfg = replace(config, delay=0, form="unrolled", chunk=1, portable=False, early_exit=False,
                             loop_op="loop", correct="none")

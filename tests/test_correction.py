@@ -8,8 +8,30 @@ import graphs
 from onnx2snn import CalibConfig, SNNConfig, Thresholds, UserError, reference, runtime, to_snn
 from onnx2snn.analyse import analyse
 from onnx2snn.calibration import calibrate
-from onnx2snn.correction import _clipped_means, _means, correct
+from onnx2snn import probes
+from onnx2snn.correction import correct
 from onnx2snn.snn import simulate
+
+
+def _means(sess, names, batches, fixed=None) -> list:
+    """Per-channel means over all `batches` (each batch's means weighted by its size)."""
+    inputs = {i.name for i in sess.get_inputs()}
+    total, n = None, 0
+    for feeds in batches:
+        size = len(next(iter(feeds.values())))
+        values = runtime.run_checked(sess, names, {**{k: v for k, v in feeds.items() if k in inputs}, **(fixed or {})},
+                                     "test")
+        weighted = [v.astype(np.float64) * size for v in values]
+        total = weighted if total is None else [a + b for a, b in zip(total, weighted)]
+        n += size
+    return [t / n for t in total]
+
+
+def _clipped_means(analysis, thresholds: Thresholds, layers, axes: dict, batches) -> dict:
+    """Mean of the ANN's clipped activation over `axes[layer]` for each layer's tensor."""
+    model, fixed = probes.clipped(analysis, thresholds.values, sorted({l.tensor for l in layers}))
+    model, names = simulate.with_means(model, {l.tensor: axes[l.name] for l in layers})
+    return dict(zip([l.tensor for l in layers], _means(runtime.session(model), names, batches, fixed)))
 
 
 @pytest.mark.parametrize("suffix", [".json", ".npz"])

@@ -21,12 +21,11 @@ linear bottlenecks; random weights: timing only) built with torch (tools/mobilen
 from __future__ import annotations
 
 import multiprocessing as mp
-import resource
 import tempfile
 import time
 
 import numpy as np
-from benchcommon import best_seconds, parser
+from benchcommon import best_seconds, high_water_mb, parser
 
 from onnx2snn import CalibConfig, SNNConfig, runtime, to_snn
 from onnx2snn import batches as Bt
@@ -43,19 +42,7 @@ VARIANTS = {"as written": dict(rewrite=False), "session": {}, "session+events": 
 def _peak_child(model_bytes, x, options, queue):
     sess = runtime.session(model_bytes, **options)
     sess.run(None, {"input": x})
-    queue.put(_high_water_mb())
-
-
-def _high_water_mb() -> float:
-    """This process's peak resident memory. Read from /proc (VmHWM, reset at exec) where there is
-    one: getrusage's ru_maxrss keeps the forking parent's peak across exec on Linux."""
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    queue.put(high_water_mb())
 
 
 def peak_rss_mb(model_bytes, x, options) -> float:

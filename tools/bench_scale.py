@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import resource
 import sys
 import tempfile
 import time
@@ -26,16 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import scale_models  # noqa: E402
-
-
-def _peak_mb() -> float:
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+from benchcommon import high_water_mb  # noqa: E402
 
 
 def _convert(model, calib, out, iters, extra, queue):
@@ -49,7 +39,7 @@ def _convert(model, calib, out, iters, extra, queue):
     queue.put({"seconds": time.perf_counter() - start, "calibration_s": res.calibration_seconds,
                **{f"{k}_s": v for k, v in res.step_seconds.items()}, "batches": res.batches,
                "memory": res.memory.describe(), "delay": res.delay.delay if res.delay else None,
-               "peak_mb": _peak_mb()})
+               "peak_mb": high_water_mb()})
 
 
 def _eval(snn, data, ann, timesteps, queue):
@@ -66,7 +56,7 @@ def _eval(snn, data, ann, timesteps, queue):
     queue.put({"seconds": time.perf_counter() - start, "rows": [{"T": r["T"], "rel_error": r["rel_error"]}
                                                                 for r in res.rows],
                "batch": res.batch_size, "memory": res.memory.describe(), "estimate_mb": estimate / 2 ** 20,
-               "peak_mb": _peak_mb()})
+               "peak_mb": high_water_mb()})
 
 
 def _in_child(fn, *args):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import resource
 import time
 
 
@@ -31,3 +32,15 @@ def best_seconds(fn, repeats: int = 3, inner: int = 1) -> float:
             fn()
         best = min(best, (time.perf_counter() - start) / inner)
     return best
+
+
+def high_water_mb() -> float:
+    """This process's peak resident memory in MB. Read from /proc (VmHWM, reset at exec) where there
+    is one: getrusage's ru_maxrss keeps the forking parent's peak across exec on Linux."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
