@@ -245,7 +245,7 @@ def convert(model_path, data=None, data_loader=None, output=None,
         with runtime.step("the check after converting (--check)", model):
             result.check = ev.evaluate(snn_model, batches, ts, ann=model, progress=progress,
                                        total=min(check_samples, len(source)) if isinstance(source, D.Source) else None,
-                                       layers=bool(report_path or plot_dir))
+                                       layers=bool(report_path or plot_dir), memory=memory)
         if report_path or plot_dir:
             result.report = write_report(result.check, report_path, plot_dir, model=Path(model_path).name,
                                          analog=SNNInfo.from_metadata(snn_model).analog)
@@ -326,11 +326,13 @@ def evaluate_file(snn_path, data=None, data_loader=None, ann_path=None, timestep
     total = min(limit or len(source), len(source)) if isinstance(source, D.Source) else None
     batches = Bt.eval_batches(source, batch_size, limit, exact=D.static_batch(inputs) is not None)
     result = ev.evaluate(snn_model, batches, timesteps, ann, progress=progress, total=total,
-                         layers=bool(report_path or plot_dir))
+                         layers=bool(report_path or plot_dir), memory=memory)
     result.batch_size, result.memory = batch_size, memory
+    result.slice_steps = ev.slice_steps(info, max(timesteps), memory)
     largest = info.costs.get("largest_activation", 0)
     if largest:
-        result.sample_bytes = mem.simulation_sample_bytes(largest, info.chunk if info.looped else max(timesteps))
+        steps = info.chunk if info.looped else result.slice_steps or max(timesteps)
+        result.sample_bytes = mem.simulation_sample_bytes(largest, steps)
     if json_path:
         write_atomic(json_path, json.dumps(result.to_json(), indent=1, sort_keys=True).encode(), "--json")
     if report_path or plot_dir:

@@ -50,8 +50,8 @@ def correction_batch_size(model, timesteps: int, samples: int, memory: MemoryBud
     the whole set; correction.py), else as many as fit."""
     inputs = D.model_inputs(model)
     largest = largest_activation(model)
-    fit = (memory or mem.budget()).samples(mem.simulation_sample_bytes(largest, timesteps, mem.CORRECTION_COPIES),
-                                           samples) if largest else min(samples, 50)
+    per_sample = mem.simulation_sample_bytes(largest, timesteps, mem.CORRECTION_COPIES)
+    fit = (memory or mem.budget()).samples(per_sample, samples) if largest else min(samples, 50)
     return D.resolve_batch(None, inputs, fit)
 
 
@@ -82,6 +82,12 @@ def sample_feeds(source, model, samples: int, skip_nonfinite: bool = False, time
     batches the correction graph at `timesteps` can run within the memory budget."""
     inputs = D.model_inputs(model)
     batch = correction_batch_size(model, timesteps, samples, memory)
+    memory = memory or mem.budget()
+    per_sample = mem.simulation_sample_bytes(largest_activation(model), timesteps, mem.CORRECTION_COPIES)
+    if not memory.fits(per_sample):
+        log.warning("memory budget %s: one sample of the correction at T=%d is estimated at %.1f GiB, above the "
+                    "budget; it runs one sample at a time (a layer's correction needs all T steps before the next "
+                    "layer runs, so its steps cannot run in slices)", memory.describe(), timesteps, per_sample / 2 ** 30)
     return [f for f, _ in Bt.eval_batches(source, batch, samples, exact=D.static_batch(inputs) is not None,
                                           nonfinite=Bt.NonFinite(skip_nonfinite))]
 
@@ -94,7 +100,7 @@ def choose_delay_on(analysis, thresholds, snn: SNNConfig, source, samples: int =
     analysis = as_analysis(analysis)
     batches = simulation_batches(source, analysis.model, snn.timesteps, samples, skip_nonfinite, memory)
     total = min(samples, len(source)) if isinstance(source, D.Source) else None
-    return choose_delay(analysis, thresholds, snn, batches, threads, progress, total)
+    return choose_delay(analysis, thresholds, snn, batches, threads, progress, total, memory=memory)
 
 
 def data_defaults(have_data: bool, thresholds=None, timesteps: int = SNNConfig.timesteps) -> dict:

@@ -305,6 +305,8 @@ def _eval(args) -> int:
         over = result.sample_bytes and not result.memory.fits(result.sample_bytes)
         print(f"memory budget {result.memory.describe()}: {result.batch_size} samples per simulation batch"
               + (" (--batch-size)" if args.batch_size else "")
+              + (f"; one sample does not fit at T={max(r['T'] for r in result.rows)}: the unrolled simulation "
+                 f"runs {result.slice_steps} steps at a time" if result.slice_steps else "")
               + (f"; one sample is estimated at {result.sample_bytes / 2 ** 30:.1f} GiB, above the budget (a model "
                  "converted with --form loop needs memory independent of T)" if over else ""))
     print(eval_table(result, args.e_sop, args.e_mac))

@@ -40,6 +40,7 @@ class EvalResult:
     batch_size: int | None = None                # samples per simulation batch (evaluate_file)
     sample_bytes: float | None = None            # the estimate of one sample's bytes it was chosen from
     memory: MemoryBudget | None = None           # the budget it was chosen in
+    slice_steps: int | None = None               # steps per run when the unrolled simulation runs in slices
 
     def to_json(self) -> dict:
         return {"samples": self.samples, "ann": {"accuracy": self.ann_accuracy},
@@ -72,7 +73,8 @@ def simulation_batch(largest_activation: int, t_max: int, memory: MemoryBudget |
     per_sample = mem.simulation_sample_bytes(largest_activation, t_max, copies)
     if not memory.fits(per_sample):     # the CLI says so too (eval: EvalResult.sample_bytes)
         log.info("memory budget %s: one sample of the unrolled simulation at T=%d is estimated at %.1f GiB; "
-                 "running one sample per batch", memory.describe(), t_max, per_sample / 2 ** 30)
+                 "one sample per batch, its steps run in slices that fit (slice_steps)", memory.describe(), t_max,
+                 per_sample / 2 ** 30)
     return memory.samples(per_sample, 64)
 
 
@@ -220,6 +222,99 @@ class _Unrolled(_OneSimulation):
             yield (t, d), self.head.run([self.out_name], head_feeds)[0], {"sops": sops}
 
 
+class _Sliced(_OneSimulation):
+    """The unrolled simulation at T_max run `steps` steps at a time, each run starting from the
+    states the previous one ended with (simulate.carried_states): memory of `steps` steps instead
+    of T_max, for a sample that does not fit the budget at T_max (slice_steps). Readout sums are
+    kept only at the windows' bounds. Same windows, SOPs and statistics as _Unrolled; the neurons
+    that carry a state run in onnxruntime's plain layout (runtime/layout.py)."""
+
+    def __init__(self, snn, info: SNNInfo, windows, spike_counts: bool, threads: int, layers=None, steps: int = 1):
+        t_max = max(t for t, _ in windows)
+        self.steps = min(steps, t_max)
+        self.snn, self.spike_counts, self.threads = snn, spike_counts, threads
+        self.sessions = {}
+        model, self.counts, self.stats = simulate.unrolled_steps(snn, info, self.steps, spike_counts,
+                                                                 layers is not None)
+        first, later, self.pairs = simulate.carried_states(model)
+        super().__init__(snn, info, windows, first, threads, layers)
+        self.sessions[self.steps] = (self.sim, runtime.session(later, threads, in_order=True))
+        self.bounds = sorted({x for w in windows for x in w})
+
+    def _session(self, n: int, later: bool):
+        if n not in self.sessions:
+            model, _, _ = simulate.unrolled_steps(self.snn, self.info, n, self.spike_counts, self.layers is not None)
+            first, second, _ = simulate.carried_states(model)
+            self.sessions[n] = (runtime.session(first, self.threads, in_order=True),
+                                runtime.session(second, self.threads, in_order=True))
+        return self.sessions[n][int(later)]
+
+    def __call__(self, feeds):
+        run_feeds = {k: v for k, v in feeds.items() if k in self.sim_in}
+        batch = len(next(iter(run_feeds.values())))
+        n_read, n_counts = len(self.info.readouts), len(self.counts)
+        names = [r["steps"] for r in self.info.readouts] + [c for _, c in self.counts] + \
+            [x for _, total, fired in self.stats for x in (total, fired)]
+        states = [out for _, out in self.pairs]
+        at = [{0: None} for _ in self.info.readouts]     # readout sums at the windows' bounds
+        totals = [None] * n_read
+        per_step = [[] for _ in self.counts]
+        layer_sums = [[0.0, 0.0] for _ in self.stats]
+        carried, start = None, 0
+        while start < self.t_max:
+            n = min(self.steps, self.t_max - start)
+            sess = self._session(n, carried is not None)
+            step_feeds = dict(run_feeds)
+            if carried is not None:
+                step_feeds.update({name: v for (name, _), v in zip(self.pairs, carried)})
+            values = runtime.run_checked(sess, names + states, step_feeds, "evaluation")
+            carried = values[len(names):]
+            for i, steps in enumerate(values[:n_read]):
+                x = steps.reshape((n, batch) + steps.shape[1:]).astype(np.float64)
+                prev = totals[i] if totals[i] is not None else np.zeros(x.shape[1:])
+                sums = np.cumsum(np.concatenate([prev[None], x]), axis=0)  # the same additions as running_sums
+                for k in self.bounds:
+                    if start < k <= start + n:
+                        at[i][k] = sums[k - start]
+                totals[i] = sums[-1]
+            for i, v in enumerate(values[n_read:n_read + n_counts]):
+                per_step[i].append(v)
+            for i in range(len(self.stats)):
+                for j in (0, 1):
+                    layer_sums[i][j] = layer_sums[i][j] + values[n_read + n_counts + 2 * i + j].astype(np.float64)
+            start += n
+        if self.layers is not None:
+            self.layers.add(feeds, {name: tuple(layer_sums[i]) for i, (name, _, _) in enumerate(self.stats)})
+        cum = [(name, np.cumsum(np.concatenate(v).astype(np.float64))) for (name, _), v in zip(self.counts, per_step)]
+        base = {k: v for k, v in feeds.items() if k in self.head_in}
+        for t, d in self.windows:
+            head_feeds = dict(base)
+            for r, sums, total in zip(self.info.readouts, at, totals):
+                low = sums[d] if d else np.zeros_like(total)
+                head_feeds[r["mean"]] = ((sums[t] - low) / (t - d)).astype(np.float32)
+            sops = self._sops(cum, t - 1)
+            yield (t, d), self.head.run([self.out_name], head_feeds)[0], {"sops": sops}
+
+
+def slice_steps(info: SNNInfo, t_max: int, memory: MemoryBudget | None) -> int | None:
+    """Steps per run when one sample of an unrolled model's simulation at `t_max` does not fit
+    the memory budget (then _Sliced runs it in slices of that many steps), else None."""
+    largest = info.costs.get("largest_activation", 0)
+    if info.looped or not largest or memory is None:
+        return None
+    per_step = mem.simulation_sample_bytes(largest, 1)
+    if memory.fits(per_step * t_max):
+        return None
+    if info.portable:
+        log.warning("memory budget %s: one sample at T=%d is estimated at %.1f GiB; a portable unrolled model "
+                    "runs all its steps at once (convert without --portable, or with --form loop, to bound it)",
+                    memory.describe(), t_max, per_step * t_max / 2 ** 30)
+        return None
+    most = max(1, int(memory.bytes // per_step))
+    runs = -(-t_max // most)
+    return -(-t_max // runs)       # equal slices (the last may be shorter)
+
+
 class _History(_OneSimulation):
     """One looped simulation at T_max per batch; the loop's sums after each iteration give every T
     that is a multiple of the chunk (D is the model's)."""
@@ -271,9 +366,12 @@ class _PerT:
 
 def window_scores(snn: onnx.ModelProto, info: SNNInfo, windows, batches, ann: onnx.ModelProto | None = None,
                   spike_counts: bool = True, threads: int = 0, desc: str | None = None,
-                  total: int | None = None, layers: bool = False, rider=None) -> tuple:
+                  total: int | None = None, layers: bool = False, rider=None,
+                  memory: MemoryBudget | None = None) -> tuple:
     """(Scores, sops measured, steps measured, per-layer statistics at the largest T or None) of
-    `snn` for each (T, D) window over `batches`. `rider`: see _Unrolled (unrolled models only)."""
+    `snn` for each (T, D) window over `batches`. `rider`: see _Unrolled (unrolled models only).
+    `memory`: an unrolled simulation whose one sample does not fit it runs in slices of steps
+    (_Sliced; not with a rider)."""
     windows = sorted(set(windows))
     per_t = info.looped and (info.early_exit is not None or not info.readouts
                              or any(t % info.chunk for t, _ in windows))
@@ -290,7 +388,13 @@ def window_scores(snn: onnx.ModelProto, info: SNNInfo, windows, batches, ann: on
     elif info.looped:
         outputs = _History(snn, info, windows, threads, stats)
     else:
-        outputs = _Unrolled(snn, info, windows, spike_counts, threads, stats, rider)
+        steps = None if rider is not None else slice_steps(info, max(t for t, _ in windows), memory)
+        if steps is not None:
+            log.info("memory budget %s: the unrolled simulation at T=%d runs %d steps at a time",
+                     memory.describe(), max(t for t, _ in windows), steps)
+            outputs = _Sliced(snn, info, windows, spike_counts, threads, stats, steps)
+        else:
+            outputs = _Unrolled(snn, info, windows, spike_counts, threads, stats, rider)
     if rider is not None and not isinstance(outputs, _Unrolled):
         raise ValueError("a rider needs the unrolled simulation")
     ann_sess = None
@@ -311,9 +415,11 @@ def window_scores(snn: onnx.ModelProto, info: SNNInfo, windows, batches, ann: on
 
 
 def evaluate(snn: onnx.ModelProto, batches, timesteps, ann: onnx.ModelProto | None = None,
-             progress: bool = False, total: int | None = None, threads: int = 0, layers: bool = False) -> EvalResult:
+             progress: bool = False, total: int | None = None, threads: int = 0, layers: bool = False,
+             memory: MemoryBudget | None = None) -> EvalResult:
     """Accuracy, agreement, relative error and SOPs of `snn` at each T (averaging from its delay);
-    with `layers`, per-layer statistics at the largest T (see _LayerStats)."""
+    with `layers`, per-layer statistics at the largest T (see _LayerStats). `memory`: see
+    window_scores."""
     info = SNNInfo.from_metadata(snn)
     ts = sorted(set(int(t) for t in timesteps))
     if not ts or ts[0] <= info.delay:
@@ -322,7 +428,7 @@ def evaluate(snn: onnx.ModelProto, batches, timesteps, ann: onnx.ModelProto | No
     windows = [(t, info.delay) for t in ts]
     scores, sops, steps, stats = window_scores(snn, info, windows, batches, ann, threads=threads, total=total,
                                                desc=f"evaluating (T up to {ts[-1]})" if progress else None,
-                                               layers=layers)
+                                               layers=layers, memory=memory)
     res = EvalResult(samples=scores.n, ann_accuracy=scores.ann_accuracy(),
                      ann_macs=float(info.costs.get("ann_macs", 0.0)), seconds=time.perf_counter() - start)
     for key in windows:

@@ -10,6 +10,9 @@ import numpy as np
 
 DOMAIN = "ai.onnx2snn"     # custom-op domain of IFNeuron and ReLUXProbe
 OPSET_VERSION = 1
+# (input, output) positions of the state an operator carries from one run (or Loop iteration) to the next:
+# IFNeuron's membrane potential, SpikingMaxPool's summed inputs and running peak
+STATES = {"IFNeuron": [(2, 1)], "SpikingMaxPool": [(1, 1), (2, 2)]}
 
 
 def if_neuron(x: np.ndarray, theta: np.ndarray, timesteps: int, axis: int = 1, v_init: float = 0.5,

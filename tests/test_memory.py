@@ -1,12 +1,19 @@
 """--max-memory: sizes, the default budget, and batch sizes chosen to fit (printed by the CLI)."""
+import re
+
 import numpy as np
 import onnx
 import pytest
 
 import graphs
-from onnx2snn import UserError
+from onnx2snn import UserError, api
+from onnx2snn.analyse import as_analysis
 from onnx2snn.cli import main
+from onnx2snn.config import SNNConfig
+from onnx2snn.delay import choose_delay
 from onnx2snn.runtime import memory as mem
+from onnx2snn.snn.info import SNNInfo
+from onnx2snn.thresholds import Thresholds
 
 
 def test_sizes_parse_in_binary_units_and_bad_ones_name_the_flag():
@@ -44,3 +51,39 @@ def test_batches_shrink_to_fit_the_budget_and_are_printed(tmp_path, capsys):
     assert "memory budget 8 MiB (--max-memory): 2 samples per simulation batch" in capsys.readouterr().out
     assert main(args + ["--max-memory", "a lot"]) == 1
     assert "--max-memory a lot: expected a size" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fixture", ["cnn_path", "resnet_path"])
+def test_a_sample_too_large_for_the_budget_is_simulated_in_slices_of_steps_with_the_same_results(
+        fixture, request, digits_npz, tmp_path, capsys):
+    ann = request.getfixturevalue(fixture)
+    calib, test = digits_npz
+    snn_path, th_path = tmp_path / "m.snn.onnx", tmp_path / "th.json"
+    assert main([str(ann), "--data", str(calib), "-o", str(snn_path), "-T", "32", "--iters", "3", "-q",
+                 "--save-thresholds", str(th_path)]) == 0
+    info = SNNInfo.from_metadata(onnx.load(snn_path))
+    per_step = mem.simulation_sample_bytes(info.costs["largest_activation"], 1)
+    tight = mem.MemoryBudget(int(per_step * 12), "test")     # 12 steps of one sample fit: T=32 runs as 11+11+10
+    ts = [t for t in (8, 16, 24, 28, 32) if t > info.delay]
+    whole = api.evaluate_file(snn_path, test, ann_path=ann, timesteps=ts, batch_size=16, limit=64,
+                              report_path=tmp_path / "whole.json")
+    sliced = api.evaluate_file(snn_path, test, ann_path=ann, timesteps=ts, batch_size=16, limit=64,
+                               report_path=tmp_path / "sliced.json", max_memory=tight)
+    assert whole.slice_steps is None and sliced.slice_steps == 11
+    assert [(r["T"], r["accuracy"], r["agreement"], r["rel_error"], r["sops"]) for r in whole.rows] == \
+        [(r["T"], r["accuracy"], r["agreement"], r["rel_error"], r["sops"]) for r in sliced.rows]
+    assert whole.rows[-1]["rel_error"] > 0 and whole.rows[-1]["sops"] > 0
+    for a, b in zip(whole.layers, sliced.layers):      # summed over slices in float64, over T in float32
+        assert (a["firing_rate"], a["silent"], a["saturated"]) == (b["firing_rate"], b["silent"], b["saturated"])
+        assert a["rate_error"] == pytest.approx(b["rate_error"], rel=1e-5)
+    # the delay choice scores every candidate readout window the same way
+    x = np.load(test)["input"][:16]
+    config = SNNConfig(timesteps=32)
+    found = [choose_delay(as_analysis(str(ann)), Thresholds.load(th_path), config, [({"input": x}, None)],
+                          memory=budget) for budget in (None, tight)]
+    assert found[0].rel_error == found[1].rel_error and found[0].delay == found[1].delay
+    capsys.readouterr()
+    assert main(["eval", str(snn_path), "--data", str(test), "--max-memory", "1M", "-T", "32"]) == 0
+    steps = re.search(r"one sample does not fit at T=32: the unrolled simulation runs (\d+) steps at a time",
+                      capsys.readouterr().out)
+    assert steps and int(steps.group(1)) * per_step <= 2 ** 20 < 32 * per_step

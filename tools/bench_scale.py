@@ -7,8 +7,8 @@ peak resident memory (VmHWM) is its own.
 Architectures come from tools/scale_models.py with random weights (time and memory, not accuracy;
 the inputs are random normal images). Per model it prints the seconds of each stage (export,
 calibration, correction, delay choice, the whole conversion), the memory budget and the batch sizes
-chosen, the peak RSS of the conversion and of `eval` per graph form (unrolled, and the loop form
-with --chunk), and the SNN's relative output error against the ANN at each T. The estimate of
+chosen, the peak RSS of the conversion and of `eval` per graph form (unrolled, in slices of steps
+when one sample does not fit the budget at the largest T; and the loop form with --chunk), and the SNN's relative output error against the ANN at each T. The estimate of
 runtime/memory.py for the largest evaluation batch is printed beside the measured peak.
 """
 from __future__ import annotations
@@ -51,11 +51,11 @@ def _eval(snn, data, ann, timesteps, queue):
     info = SNNInfo.from_metadata(M.load(snn))
     start = time.perf_counter()
     res = api.evaluate_file(snn, data, ann_path=ann, timesteps=timesteps)
-    held = info.chunk if info.looped else max(timesteps)           # steps one sample holds at once
+    held = info.chunk if info.looped else res.slice_steps or max(timesteps)   # steps one sample holds at once
     estimate = mem.simulation_sample_bytes(largest_activation(M.load(ann)), held) * res.batch_size
     queue.put({"seconds": time.perf_counter() - start, "rows": [{"T": r["T"], "rel_error": r["rel_error"]}
                                                                 for r in res.rows],
-               "batch": res.batch_size, "memory": res.memory.describe(), "estimate_mb": estimate / 2 ** 20,
+               "batch": res.batch_size, "slice_steps": res.slice_steps, "memory": res.memory.describe(), "estimate_mb": estimate / 2 ** 20,
                "peak_mb": high_water_mb()})
 
 
@@ -100,7 +100,8 @@ def bench(name: str, args, folder: Path) -> dict:
         ev = _in_child(_eval, str(path), str(test), str(model), ts)
         row["eval"][form] = ev
         print(f"  eval ({form}) T={','.join(map(str, ts))} on {args.eval_samples} image(s): {ev['seconds']:.0f}s, "
-              f"batch {ev['batch']}, peak RSS {ev['peak_mb']:.0f} MB (estimate for the batch {ev['estimate_mb']:.0f} MB); "
+              f"batch {ev['batch']}" + (f" x {ev['slice_steps']} steps per run" if ev.get("slice_steps") else "")
+              + f", peak RSS {ev['peak_mb']:.0f} MB (estimate for the batch {ev['estimate_mb']:.0f} MB); "
               "relative output error " + ", ".join(f"T={r['T']} {r['rel_error']:.3f}" for r in ev["rows"]),
               flush=True)
     return row

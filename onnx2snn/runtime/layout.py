@@ -27,12 +27,10 @@ import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from ..model import all_graphs, subgraphs
-from ..neuron import DOMAIN
+from ..neuron import DOMAIN, STATES
 
 NCHWC = "com.microsoft.nchwc"
 _OURS = ("IFNeuron", "ReLUXProbe", "SpikingMaxPool")
-# (input, output) positions of the states an operator carries across a Loop's iterations
-_STATES = {"IFNeuron": [(2, 1)], "SpikingMaxPool": [(1, 1), (2, 2)]}
 _MAX_BYTES = 1 << 30      # larger models keep onnxruntime's own layout (no in-memory copy)
 
 
@@ -224,7 +222,7 @@ class _Rewrite:
         if x not in equiv or not self._rank4(x) or _attr(node, "axis", 1) not in (1, -3):
             return False
         pairs = [(node.input[i] if len(node.input) > i else "", node.output[o] if len(node.output) > o else "")
-                 for i, o in _STATES.get(node.op_type, [])]
+                 for i, o in STATES.get(node.op_type, [])]
         pairs = [pair for pair in pairs if any(pair)]
         if pairs and not all(self._state_fits(a, b, equiv[x][1], node, dry=True) for a, b in pairs):
             return False

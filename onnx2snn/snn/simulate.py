@@ -5,7 +5,9 @@
 - `loop_history`: a looped SNN that also returns, after every iteration, each readout's
   accumulated sum and each neuron's spike count;
 - `head`: the part after the readout, fed the averaged tensors;
-- `with_timesteps`: a looped SNN set to run another number of steps.
+- `with_timesteps`: a looped SNN set to run another number of steps;
+- `carried_states`: an unrolled simulation graph that hands its neurons' and spiking pools' states
+  from one run to the next, so that T steps can run as several runs of fewer steps.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import onnx_graphsurgeon as gs
 
 from ..builder import Builder
 from ..model import default_opset
+from ..neuron import DOMAIN, STATES
 from .info import SNNInfo
 from .loop import STEPS_NAME, TRIP_NAME
 from .prepare import T_NAME
@@ -112,6 +115,40 @@ def loop_history(snn: onnx.ModelProto, info: SNNInfo, t_max: int, layer_stats: b
         histories.append(emit(copy, f"{r['acc']}/history"))
     graph.outputs = emitted        # the model's own outputs (maybe maps or sequences) are not needed
     return gs.export_onnx(graph.cleanup(), do_type_check=False), counts, histories, stats
+
+
+def carried_states(model: onnx.ModelProto) -> tuple:
+    """(first, later, pairs) for an unrolled simulation graph (`unrolled_steps`; custom-op form):
+    `first` also returns the state every IFNeuron (membrane potential) and SpikingMaxPool (summed
+    inputs and running peak) holds after its steps; `later` also takes those states as inputs and
+    starts from them instead of the initial potential. pairs: (later's input, the output it continues)
+    in the order of the graph outputs added. Running `first` on steps 1..S and `later` on the next
+    steps with the previous run's states is the simulation of all the steps."""
+    first, later = onnx.ModelProto(), onnx.ModelProto()
+    first.CopyFrom(model)
+    later.CopyFrom(model)
+    pairs = []
+    for graph, takes in ((first.graph, False), (later.graph, True)):
+        k = 0
+        for node in graph.node:
+            if node.domain != DOMAIN or node.op_type not in STATES:
+                continue
+            for i, o in STATES[node.op_type]:
+                name = f"onnx2snn.state/{k}/{node.op_type}/{o}"
+                k += 1
+                while len(node.output) <= o:
+                    node.output.append("")
+                if node.output[o]:
+                    raise ValueError(f"{node.name}: its state output is used already")
+                node.output[o] = name
+                graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+                if takes:
+                    while len(node.input) <= i:
+                        node.input.append("")
+                    node.input[i] = name + "/in"
+                    graph.input.append(onnx.helper.make_tensor_value_info(name + "/in", onnx.TensorProto.FLOAT, None))
+                    pairs.append((name + "/in", name))
+    return first, later, pairs
 
 
 def neuron_thresholds(snn: onnx.ModelProto, info: SNNInfo) -> dict:
