@@ -296,6 +296,9 @@ class _Sliced(_OneSimulation):
             yield (t, d), self.head.run([self.out_name], head_feeds)[0], {"sops": sops}
 
 
+MAX_SLICES = 10000     # more runs per batch than this is a T no one can wait for: refused
+
+
 def slice_steps(info: SNNInfo, t_max: int, memory: MemoryBudget | None) -> int | None:
     """Steps per run when one sample of an unrolled model's simulation at `t_max` does not fit
     the memory budget (then _Sliced runs it in slices of that many steps), else None."""
@@ -312,6 +315,10 @@ def slice_steps(info: SNNInfo, t_max: int, memory: MemoryBudget | None) -> int |
         return None
     most = max(1, int(memory.bytes // per_step))
     runs = -(-t_max // most)
+    if runs > MAX_SLICES:
+        raise UserError(f"--timesteps {t_max}: one sample needs {per_step * t_max / 2 ** 30:.3g} GiB at this T; in "
+                        f"slices that fit --max-memory ({memory.describe()}) it would take {runs} runs per batch; "
+                        "evaluate a smaller T or give more --max-memory")
     return -(-t_max // runs)       # equal slices (the last may be shorter)
 
 

@@ -181,7 +181,7 @@ CASES = [
         [_model(f), "--data-loader", _loader(f, "def batches():\n    raise ValueError('disk on fire')\n")], []),
      ["--data-loader", "raised ValueError: disk on fire"]),
     ("huge T", lambda f, c: (
-        ["eval", _snn(f, c), "--data", f / "d.npy", "-T", 2 ** 40], ["m.snn.onnx"]), ["evaluation: out of memory", "--batch-size"]),
+        ["eval", _snn(f, c), "--data", f / "d.npy", "-T", 2 ** 40], ["m.snn.onnx"]), ["--timesteps 1099511627776", "runs per batch", "--max-memory"]),
     # ---- the cases that already worked --------------------------------------------------------
     ("missing model", lambda f, c: ([f / "none.onnx", "--data", _data(f)], []), ["none.onnx", "no such file"]),
     ("not an ONNX file", lambda f, c: ([_bytes(f, "x.onnx", b"hello"), "--data", _data(f)], []),
