@@ -1,4 +1,5 @@
-"""Finding a C++ compiler and onnxruntime's C/C++ API headers for the operator build (used by setup.py).
+"""Finding a C++ compiler and onnxruntime's C/C++ API headers, and the compile flags, for the operator
+build (used by setup.py and tools/build_wheel.py).
 
 Headers are looked up in $ONNXRUNTIME_INCLUDE_DIR, /usr/include/onnxruntime, a per-user cache, or
 fetched into that cache from Debian trixie's libonnxruntime-dev with apt-get + dpkg -x (never
@@ -96,6 +97,25 @@ def find_onnxruntime_headers():
     if fetched:
         return fetched
     raise BuildError(MISSING)
+
+
+# GCC and Clang (Linux, macOS): C++17, no FMA contraction (-ffp-contract=off: every kernel rounds each
+# product and each sum, so results equal the NumPy references bit for bit), and only the library's
+# entry points exported.
+UNIX_FLAGS = ["-std=c++17", "-O3", "-ffp-contract=off", "-fno-trapping-math", "-fvisibility=hidden"]
+# MSVC: /fp:precise does not contract into FMA in Visual Studio 2022 17.0 and later unless
+# /fp:contract is given (earlier versions did where /arch allowed FMA); ops.h's
+# `#pragma fp_contract(off)` asks the same of every version. No /arch: the library stays on the
+# default SSE2 baseline, and MSVC compiles its AVX-512 intrinsics regardless of /arch (they run only
+# where the CPU has AVX-512F), so no file needs /arch:AVX512; should a Visual Studio refuse them,
+# adding "/DONNX2SNN_BASELINE_ONLY" here leaves them out. (MSVC was never run here.) /EHsc for C++
+# exceptions. Symbols are hidden unless exported (register.cc exports its entry points).
+MSVC_FLAGS = ["/std:c++17", "/O2", "/fp:precise", "/EHsc"]
+
+
+def compile_flags(compiler_type):
+    """The flags for a setuptools compiler type ("unix", "msvc", ...)."""
+    return list(MSVC_FLAGS if compiler_type == "msvc" else UNIX_FLAGS)
 
 
 def check_compiler():

@@ -31,6 +31,7 @@ from .delay import DelayChoice
 from .errors import UserError
 from .files import Files, write_atomic
 from . import freeze
+from . import tasks
 from .freeze import FrozenNorms
 from .snn import check as check_form
 from .snn import to_snn
@@ -69,14 +70,19 @@ def default_output(model_path) -> Path:
 
 
 def open_source(model: onnx.ModelProto, data=None, data_loader=None, prep: D.Preprocess | None = None,
-                files: Files | None = None):
-    """The data source of --data / --data-loader for `model`'s inputs (paths recorded in `files`)."""
+                files: Files | None = None, annotations=None, split: str | None = None):
+    """The data source of --data / --data-loader for `model`'s inputs (paths recorded in `files`):
+    also a Pascal VOC root (`split`: one of its ImageSets/Segmentation lists) or, with
+    `annotations` (a COCO-format file), the image folder it names (tasks/sources.py)."""
     if files is not None:
         if data_loader:
             files.input(data_loader.rpartition(":")[0] or data_loader, "--data-loader")
         elif data:
             files.input(data, "--data", folder_ok=True)
-    return D.open_data(data, data_loader, D.model_inputs(model), prep or D.Preprocess())
+        if annotations:
+            files.input(annotations, "--annotations")
+    return D.open_data(data, data_loader, D.model_inputs(model), prep or D.Preprocess(),
+                       annotations=str(annotations) if annotations else None, split=split)
 
 
 def calibrate(model, source, config: CalibConfig = CalibConfig(), progress: bool = False,
@@ -153,7 +159,7 @@ def convert(model_path, data=None, data_loader=None, output=None,
             check_samples: int = 0, check_timesteps=(), progress: bool = False,
             write: bool = True, delay_samples: int = 200, report_path=None, plot_dir=None,
             correct_samples: int = 200, max_memory=None, freeze_norm: bool = False,
-            freeze_samples: int = 500) -> Conversion:
+            freeze_samples: int = 500, annotations=None, split: str | None = None) -> Conversion:
     """ANN file -> SNN file: load, analyse, calibrate (or reuse thresholds), rewrite, save atomically.
 
     With `snn.delay == "auto"` the readout delay is chosen on `delay_samples` samples of the data
@@ -163,7 +169,8 @@ def convert(model_path, data=None, data_loader=None, output=None,
     `max_memory` (bytes, a size such as "8G", or a MemoryBudget; default half the available memory)
     bounds every batch (see runtime/memory.py); the sizes chosen are in the result's `batches`.
     `freeze_norm`: normalisation layers between spiking layers become fixed affines from the ANN's
-    statistics on `freeze_samples` samples of the data (freeze/norms.py; result's `frozen`)."""
+    statistics on `freeze_samples` samples of the data (freeze/norms.py; result's `frozen`).
+    `annotations`, `split`: see open_source; the check scores the task the data holds (tasks/)."""
     if snn is None:
         snn = SNNConfig(**data_defaults(bool(data or data_loader), thresholds))
     if snn.delay == AUTO and not (data or data_loader):
@@ -181,7 +188,7 @@ def convert(model_path, data=None, data_loader=None, output=None,
     if thresholds is not None and not isinstance(thresholds, Thresholds):
         files.input(thresholds, "--thresholds")
     model = M.load(model_path)
-    source = open_source(model, data, data_loader, prep, files) if (data or data_loader) else None
+    source = open_source(model, data, data_loader, prep, files, annotations, split) if (data or data_loader) else None
     out_path = Path(output) if output else default_output(model_path)
     if write:
         files.output(out_path, "-o")
@@ -235,17 +242,19 @@ def convert(model_path, data=None, data_loader=None, output=None,
                                    delay_samples, memory, th.info)
     if check_samples and source is not None:
         ts = check_timesteps or sorted({max(1, snn.timesteps // 4), max(1, snn.timesteps // 2), snn.timesteps})
-        ts = [t for t in ts if t > snn.delay]
         inputs = D.model_inputs(model)
+        task = tasks.for_check(snn_model, source)
         fit = ev.simulation_batch(largest_activation(model), ts[-1], memory)
         check_batch = D.resolve_batch(None, inputs, min(32, fit))
         result.batches["check"] = check_batch
         batches = Bt.eval_batches(source, check_batch, check_samples,
                                  exact=D.static_batch(inputs) is not None, nonfinite=Bt.NonFinite(calib.skip_nonfinite))
+        if task is None and getattr(source, "task_hint", None) not in (None, "classify"):
+            batches = ((feeds, None) for feeds, _ in batches)      # labels it cannot score (boxes without a decode)
         with runtime.step("the check after converting (--check)", model):
             result.check = ev.evaluate(snn_model, batches, ts, ann=model, progress=progress,
                                        total=min(check_samples, len(source)) if isinstance(source, D.Source) else None,
-                                       layers=bool(report_path or plot_dir), memory=memory)
+                                       layers=bool(report_path or plot_dir), memory=memory, task=task)
         if report_path or plot_dir:
             result.report = write_report(result.check, report_path, plot_dir, model=Path(model_path).name,
                                          analog=SNNInfo.from_metadata(snn_model).analog)
@@ -282,7 +291,7 @@ def recorded_preprocess(model: onnx.ModelProto, mean=None, std=None, size=None, 
     base = D.Preprocess.from_json(info.provenance.preprocessing) if info.provenance.preprocessing \
         else D.Preprocess()
     return D.Preprocess(mean if mean is not None else base.mean, std if std is not None else base.std,
-                        size if size is not None else base.size, layout or base.layout)
+                        size if size is not None else base.size, layout or base.layout, base.resize, base.crop)
 
 
 def _positive(value, flag: str):
@@ -303,11 +312,16 @@ def _open_snn(snn_path, batch_size, limit):
 def evaluate_file(snn_path, data=None, data_loader=None, ann_path=None, timesteps=None,
                   batch_size: int | None = None, limit: int | None = None, prep: D.Preprocess | None = None,
                   progress: bool = False, json_path=None, report_path=None, plot_dir=None,
-                  e_sop: float = E_SOP_PJ, e_mac: float = E_MAC_PJ, max_memory=None) -> ev.EvalResult:
+                  e_sop: float = E_SOP_PJ, e_mac: float = E_MAC_PJ, max_memory=None, task: str | None = None,
+                  annotations=None, decode: str | None = None, split: str | None = None,
+                  delay=None) -> ev.EvalResult:
     """Evaluate a converted model at each T of `timesteps` (default: the model's T/4, T/2, T).
     `json_path`: the short results as JSON; `report_path` / `plot_dir`: the full report (per layer,
     SOP90/95, frames per joule) and its plots. Files are written atomically. The batch (unless
-    `batch_size`) is the largest within `max_memory` (see convert), in the result's `batch_size`."""
+    `batch_size`) is the largest within `max_memory` (see convert), in the result's `batch_size`.
+    `task` (classify, segment, detect, regress; default inferred, tasks.infer), `annotations`
+    (COCO file), `decode` (FILE.py:FN turning outputs into boxes), `split` (VOC list): what is scored.
+    `delay`: None (the model's D scaled to each T), an int, or "auto" (evaluate.evaluate)."""
     check_energy(e_sop, e_mac)
     files, snn_model, info = _open_snn(snn_path, batch_size, limit)
     timesteps = list(timesteps) if timesteps else ev.default_timesteps(info)
@@ -319,14 +333,19 @@ def evaluate_file(snn_path, data=None, data_loader=None, ann_path=None, timestep
     if ann_path:
         files.input(ann_path, "--ann")
         ann = M.load(ann_path)
-    source = open_source(snn_model, data, data_loader, prep, files)
+    source = open_source(snn_model, data, data_loader, prep, files, annotations, split)
+    if decode:
+        files.input(decode.rpartition(":")[0] or decode, "--decode")
+    spec = tasks.infer(snn_model, ev.score_output(snn_model), source, task, annotations, decode,
+                       getattr(source, "size", None))
     if json_path:
         files.output(json_path, "--json")
     _check_report_outputs(files, report_path, plot_dir)
     total = min(limit or len(source), len(source)) if isinstance(source, D.Source) else None
     batches = Bt.eval_batches(source, batch_size, limit, exact=D.static_batch(inputs) is not None)
     result = ev.evaluate(snn_model, batches, timesteps, ann, progress=progress, total=total,
-                         layers=bool(report_path or plot_dir), memory=memory)
+                         layers=bool(report_path or plot_dir), memory=memory, task=spec, delay=delay)
+    result.task_reason = spec.reason if spec is not None else None
     result.batch_size, result.memory = batch_size, memory
     result.slice_steps = ev.slice_steps(info, max(timesteps), memory)
     largest = info.costs.get("largest_activation", 0)
@@ -342,11 +361,11 @@ def evaluate_file(snn_path, data=None, data_loader=None, ann_path=None, timestep
 
 def run_file(snn_path, output, data=None, data_loader=None, batch_size: int | None = None,
              limit: int | None = None, prep: D.Preprocess | None = None, runtime_name: str = "onnxruntime",
-             max_memory=None) -> dict:
+             max_memory=None, annotations=None, split: str | None = None) -> dict:
     """Run a converted model over a data set on `runtime_name` (onnxruntime, openvino, tract) and
     write its tensor outputs (.npy: one output; .npz keyed by output name) atomically; returns them."""
     files, snn, info = _open_snn(snn_path, batch_size, limit)
-    source = open_source(snn, data, data_loader, prep or recorded_preprocess(snn), files)
+    source = open_source(snn, data, data_loader, prep or recorded_preprocess(snn), files, annotations, split)
     out = Path(output)
     if out.suffix not in (".npy", ".npz"):
         raise UserError(f"-o {out}: expected a .npy or .npz file name")

@@ -10,10 +10,12 @@ import threading
 
 import numpy as np
 
+from .config import augment_kind
 from .data import LoaderScript
 from .errors import UserError
 
 log = logging.getLogger(__name__)
+IGNORE = 255   # the "ignore" class of segmentation masks
 
 
 def _nonfinite_rows(feeds: dict) -> dict:
@@ -36,10 +38,11 @@ def _first_nonfinite(feeds: dict):
     return None
 
 
-def _augment(x: np.ndarray, layout: str, rng: np.random.Generator, pad: int = 4) -> np.ndarray:
-    """Random horizontal flips and zero-padded random crops (4-D image batches), drawn for the whole
-    batch at once (one flip draw per sample, then one (dy, dx) pair per sample)."""
-    h_ax, w_ax = (2, 3) if layout == "NCHW" else (1, 2)
+def _crop_flip(x: np.ndarray, layout: str, rng: np.random.Generator, pad: int):
+    """(augmented x, flips [n], shifts [n, 2]): random horizontal flips and zero-padded random crops
+    of a 4-D image batch, drawn for the whole batch at once (one flip draw per sample, then one
+    (dy, dx) pair per sample)."""
+    h_ax, w_ax = _spatial(layout)
     n, h, w = len(x), x.shape[h_ax], x.shape[w_ax]
     flips = rng.random(n) < 0.5
     shifts = rng.integers(0, 2 * pad + 1, size=(n, 2))
@@ -52,7 +55,155 @@ def _augment(x: np.ndarray, layout: str, rng: np.random.Generator, pad: int = 4)
     pick = [np.arange(n), slice(None), slice(None), slice(None)]
     pick[h_ax], pick[w_ax] = shifts[:, 0], shifts[:, 1]
     crops = windows[tuple(pick)]          # [n, channels, h, w]
-    return np.ascontiguousarray(crops if layout == "NCHW" else np.moveaxis(crops, 1, 3))
+    return np.ascontiguousarray(crops if layout == "NCHW" else np.moveaxis(crops, 1, 3)), flips, shifts
+
+
+def _augment(x: np.ndarray, layout: str, rng: np.random.Generator, pad: int = 4) -> np.ndarray:
+    """Random horizontal flips and zero-padded random crops of a 4-D image batch (CIFAR style)."""
+    return _crop_flip(x, layout, rng, pad)[0]
+
+
+def _spatial(layout: str):
+    return (2, 3) if layout == "NCHW" else (1, 2)
+
+
+def _crop_flip_masks(masks: np.ndarray, flips, shifts, pad: int) -> np.ndarray:
+    """Masks [n, H, W] moved like their images by _crop_flip (the padding is IGNORE)."""
+    n, h, w = masks.shape
+    masks = masks.copy()
+    masks[flips] = masks[flips][:, :, ::-1]
+    padded = np.pad(masks, ((0, 0), (pad, pad), (pad, pad)), constant_values=IGNORE)
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (h, w), axis=(1, 2))
+    return np.ascontiguousarray(windows[np.arange(n), shifts[:, 0], shifts[:, 1]])
+
+
+def _zoom_out(img: np.ndarray, ratio: float, pos, fill, nearest: bool = False) -> np.ndarray:
+    """`img` [..., H, W] placed at fractional position `pos` (y, x) on a canvas `ratio` times its size
+    filled with `fill` (per leading index, or a scalar), then resized back to H, W (bilinear with
+    half-pixel centres, or nearest for masks)."""
+    h, w = img.shape[-2:]
+    ch, cw = max(h, int(round(h * ratio))), max(w, int(round(w * ratio)))
+    top, left = min(int(pos[0] * (ch - h + 1)), ch - h), min(int(pos[1] * (cw - w + 1)), cw - w)
+    canvas = np.empty(img.shape[:-2] + (ch, cw), img.dtype)
+    canvas[...] = np.asarray(fill, img.dtype).reshape(np.shape(fill) + (1, 1))
+    canvas[..., top:top + h, left:left + w] = img
+    if nearest:
+        ys = np.minimum(((np.arange(h) + 0.5) * ch / h).astype(np.int64), ch - 1)
+        xs = np.minimum(((np.arange(w) + 0.5) * cw / w).astype(np.int64), cw - 1)
+        return canvas[..., ys[:, None], xs[None, :]]
+    out = np.zeros(img.shape, np.float32)
+    ys, xs = _bilinear_taps(h, ch), _bilinear_taps(w, cw)
+    for y, wy in ys:
+        for x, wx in xs:
+            out += (wy[:, None] * wx[None, :]) * canvas[..., y[:, None], x[None, :]]
+    return out
+
+
+def _bilinear_taps(n: int, src: int):
+    """The two (source index, weight) taps per output pixel of a resize from `src` to `n` pixels."""
+    pos = np.clip((np.arange(n) + 0.5) * src / n - 0.5, 0, src - 1)
+    lo = np.floor(pos).astype(np.int64)
+    hi = np.minimum(lo + 1, src - 1)
+    frac = (pos - lo).astype(np.float32)
+    return (lo, 1 - frac), (hi, frac)
+
+
+def _ssd(feeds: dict, images: list, masks, layout: str, rng: np.random.Generator, prep):
+    """SSD-style augmentation: photometric distortion (on the [0, 1] image, when the
+    normalisation is known), zoom out onto a mean-filled canvas (ratio in [1, 2]) and horizontal
+    flip, each with probability 0.5 per sample; the draws are shared by all image inputs and masks."""
+    n = len(feeds[images[0]])
+    bright = np.where(rng.random(n) < 0.5, rng.uniform(-32 / 255, 32 / 255, n), 0.0)
+    contrast = np.where(rng.random(n) < 0.5, rng.uniform(0.5, 1.5, n), 1.0)
+    saturation = np.where(rng.random(n) < 0.5, rng.uniform(0.5, 1.5, n), 1.0)
+    zoom = rng.random(n) < 0.5
+    ratio = rng.uniform(1.0, 2.0, n)
+    pos = rng.random((n, 2))
+    flips = rng.random(n) < 0.5
+    col = (slice(None), None, None, None)   # per-sample values broadcast over C, H, W
+    out = dict(feeds)
+    for name in images:
+        raw = np.asarray(feeds[name])
+        x = raw.astype(np.float32)
+        if layout == "NHWC":
+            x = np.moveaxis(x, 3, 1)
+        c = x.shape[1]
+        mean = np.asarray(getattr(prep, "mean", ()), np.float32).reshape(-1)
+        std = np.asarray(getattr(prep, "std", ()), np.float32).reshape(-1)
+        known = mean.size in (1, c) and std.size in (1, c)
+        if known:
+            mean, std = mean.reshape(1, -1, 1, 1), std.reshape(1, -1, 1, 1)
+            img = x * std + mean
+            img = img + bright[col].astype(np.float32)
+            grey = img.mean(axis=(1, 2, 3), keepdims=True)
+            img = grey + contrast[col].astype(np.float32) * (img - grey)
+            if c == 3:
+                grey = img.mean(axis=1, keepdims=True)
+                img = grey + saturation[col].astype(np.float32) * (img - grey)
+            x = (np.clip(img, 0.0, 1.0) - mean) / std
+            fill = np.zeros((n, c), np.float32)                     # the mean, normalised
+        else:
+            fill = x.mean(axis=(2, 3))                              # the image's own mean colour
+        for i in np.flatnonzero(zoom):
+            x[i] = _zoom_out(x[i], ratio[i], pos[i], fill[i])
+        x[flips] = x[flips][..., ::-1]
+        if layout == "NHWC":
+            x = np.moveaxis(x, 1, 3)
+        if raw.dtype.kind in "iu":
+            lim = np.iinfo(raw.dtype)
+            x = np.clip(np.rint(x), lim.min, lim.max)
+        out[name] = np.ascontiguousarray(x.astype(raw.dtype))
+    if masks is not None:
+        masks = masks.copy()
+        for i in np.flatnonzero(zoom):
+            masks[i] = _zoom_out(masks[i], ratio[i], pos[i], IGNORE, nearest=True)
+        masks[flips] = masks[flips][:, :, ::-1]
+    return out, masks
+
+
+def augment_batch(feeds: dict, labels, kind: str | None, layout: str, rng: np.random.Generator, prep=None):
+    """(feeds, labels) augmented with `kind` ("crop-flip", "flip", "ssd" or None) on the 4-D (image)
+    inputs; label masks [N, H, W] of the images' size are moved with the images, other labels
+    are passed through. `prep`: the data's normalisation (mean/std), for "ssd"'s photometric step."""
+    images = [k for k, v in feeds.items() if np.ndim(v) == 4]
+    if kind is None or not images:
+        return feeds, labels
+    h_ax, w_ax = _spatial(layout)
+    first = feeds[images[0]]
+    n, hw = len(first), (first.shape[h_ax], first.shape[w_ax])
+    masks = labels if isinstance(labels, np.ndarray) and labels.ndim == 3 and labels.dtype.kind in "biu" \
+        and len(labels) == n and labels.shape[1:] == hw else None
+    out = dict(feeds)
+    if kind == "crop-flip":
+        draws = None
+        for name in images:     # one draw each, in the feeds' order (as before the kinds existed)
+            out[name], flips, shifts = _crop_flip(feeds[name], layout, rng, 4)
+            draws = draws or (flips, shifts)
+        if masks is not None:
+            masks = _crop_flip_masks(masks, *draws, 4)
+    elif kind == "flip":
+        flips = rng.random(n) < 0.5
+        for name in images:
+            x = np.array(feeds[name])
+            x[flips] = np.flip(x[flips], axis=w_ax)
+            out[name] = x
+        if masks is not None:
+            masks = masks.copy()
+            masks[flips] = masks[flips][:, :, ::-1]
+    elif kind == "ssd":
+        out, masks = _ssd(feeds, images, masks, layout, rng, prep)
+    else:
+        raise UserError(f"--augment {kind}: expected crop-flip, flip or ssd")
+    return out, (labels if masks is None else masks)
+
+
+def _take(labels, good: np.ndarray):
+    """The labels of the rows `good` (a boolean mask): arrays indexed, lists (detection meta) picked."""
+    if labels is None:
+        return None
+    if isinstance(labels, list):
+        return [labels[i] for i in np.flatnonzero(good)]
+    return labels[good]
 
 
 class NonFinite:
@@ -72,7 +223,7 @@ class NonFinite:
             return feeds, labels
         good = ~np.logical_or.reduce(list(masks.values()))
         self.skipped += int((~good).sum())
-        return {k: v[good] for k, v in feeds.items()}, None if labels is None else labels[good]
+        return {k: v[good] for k, v in feeds.items()}, _take(labels, good)
 
     def ok(self, feeds: dict, where) -> bool:
         bad = _first_nonfinite(feeds)
@@ -90,22 +241,26 @@ def _where(source, indices):
     return lambda row: source.describe(int(indices[row]))
 
 
-def calibration_batches(source, batch_size: int, iters: int, seed: int, augment: bool = False,
-                        layout: str = "NCHW", nonfinite: NonFinite | None = None):
-    """`iters` batches; samples reused in a fresh shuffled order whenever the data runs out."""
+def calibration_batches(source, batch_size: int, iters: int, seed: int, augment: bool | str | None = False,
+                        layout: str = "NCHW", nonfinite: NonFinite | None = None, prep=None):
+    """`iters` batches; samples reused in a fresh shuffled order whenever the data runs out.
+    `augment`: False/None, True (= "crop-flip"), "crop-flip", "flip" or "ssd" (see augment_batch),
+    drawn from `seed`; `prep`: the data's Preprocess (default: the source's own, if any)."""
+    kind = augment_kind(augment)
     rng = np.random.default_rng(seed)
     nonfinite = nonfinite or NonFinite()
+    if prep is None:
+        prep = getattr(source, "prep", None)
     if isinstance(source, LoaderScript):
         produced = 0
         while produced < iters:
             before = produced
-            for k, (feeds, _) in enumerate(source.batches()):
+            for k, (feeds, labels) in enumerate(source.batches()):
                 if produced >= iters:
                     return
                 if not nonfinite.ok(feeds, lambda row, k=k: f"--data-loader {source.spec}: batch {k} row {row}"):
                     continue
-                if augment:
-                    feeds = {name: _augment(v, layout, rng) if v.ndim == 4 else v for name, v in feeds.items()}
+                feeds, _ = augment_batch(feeds, labels, kind, layout, rng, prep)
                 produced += 1
                 yield feeds
             if produced == before:
@@ -121,11 +276,10 @@ def calibration_batches(source, batch_size: int, iters: int, seed: int, augment:
             step = min(batch_size - len(take), n - pos)
             take.extend(order[pos:pos + step])
             pos += step
-        feeds, _ = source.batch(take)
+        feeds, labels = source.batch(take)
         if not nonfinite.ok(feeds, _where(source, take)):
             continue
-        if augment:
-            feeds = {k: _augment(v, layout, rng) if v.ndim == 4 else v for k, v in feeds.items()}
+        feeds, _ = augment_batch(feeds, labels, kind, layout, rng, prep)
         yield feeds
 
 

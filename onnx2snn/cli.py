@@ -39,6 +39,14 @@ def _data_flags(p: argparse.ArgumentParser, required_note: str):
     g.add_argument("--std", help="per-channel std on the [0,1] scale, comma list (images only)")
     g.add_argument("--size", help="H,W to resize images to (default: the model's input shape)")
     g.add_argument("--layout", choices=["NCHW", "NHWC"], help="image layout (default: from the model's input shape)")
+    g.add_argument("--resize", type=int, metavar="PIXELS",
+                   help="resize the shorter side of each image to PIXELS, then center-crop to the model's input "
+                        "(or --crop); e.g. --resize 256 for ImageNet-style 224 crops")
+    g.add_argument("--crop", metavar="H,W", help="center crop after --resize (one number: square)")
+    g.add_argument("--annotations", metavar="FILE.json",
+                   help="COCO-format boxes; --data is then the image folder it names (detection)")
+    g.add_argument("--split", metavar="NAME",
+                   help="a Pascal VOC root's ImageSets/Segmentation/NAME.txt (default: every image with a mask)")
 
 
 def _prep(args, recorded=None):
@@ -49,7 +57,12 @@ def _prep(args, recorded=None):
     if size is not None and len(size) != 2:
         raise UserError(f"--size {args.size}: expected H,W")
     base = recorded or D.Preprocess()
-    return D.Preprocess(mean or base.mean, std or base.std, size or base.size, args.layout or base.layout)
+    crop = tuple(_int_list(args.crop, "--crop")) if args.crop else None
+    if crop is not None and len(crop) not in (1, 2):
+        raise UserError(f"--crop {args.crop}: expected H,W or one number")
+    crop = crop * 2 if crop is not None and len(crop) == 1 else crop
+    return D.Preprocess(mean or base.mean, std or base.std, size or base.size, args.layout or base.layout,
+                        args.resize or base.resize, crop or base.crop)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -99,7 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr", type=float, default=CalibConfig.lr,
                    help=f"LTB learning rate ({CalibConfig.lr}; the paper uses 1.0, README \"Defaults\")")
     g.add_argument("--seed", type=int, default=0, help="shuffling/augmentation seed (0)")
-    g.add_argument("--augment", action="store_true", help="random flips and padded crops of image batches")
+    g.add_argument("--augment", nargs="?", const="crop-flip", metavar="KIND",
+                   help="augment calibration batches: crop-flip (the default KIND: random flips and padded crops), "
+                        "flip (image and mask: segmentation), ssd (photometric distortion, zoom out and flip: "
+                        "detection)")
     g.add_argument("--tune", choices=["none", "auto"], default="none",
                    help="auto: keep threshold snapshots at iters/8, /4, /2 and iters and use the one whose SNN at T is "
                         "closest to the ANN on --delay-samples calibration samples held back from calibration (none)")
@@ -170,6 +186,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--ann", help="the original ANN, for agreement and relative output error")
     e.add_argument("--timesteps", "-T",
                    help="comma list of T (default: the model's T/4, T/2 and T, those above its readout delay)")
+    e.add_argument("--task", choices=["classify", "segment", "detect", "regress"],
+                   help="what to score (default: inferred from the data: class ids -> top-1/top-5, masks -> mIoU, "
+                        "--annotations -> COCO mAP, float targets -> MSE/PSNR; printed)")
+    e.add_argument("--decode", metavar="FILE.py:FN",
+                   help="detection: FN(outputs, meta) turns the outputs of a batch into (boxes xyxy in original "
+                        "pixels, scores, category ids) per image (for models exported up to their heads)")
+    e.add_argument("--delay", metavar="D|auto",
+                   help="readout delay at every T (default: the model's D scaled in proportion to each T; auto: "
+                        "per T, the D whose output is closest to the --ann's on this data)")
     e.add_argument("--limit", type=int, help="evaluate at most N samples (a fixed random subset)")
     e.add_argument("--batch-size", type=int,
                    help="samples per simulation batch; memory grows with T x batch (default: the most that fit "
@@ -243,7 +268,7 @@ def _convert(args) -> int:
         check_samples=args.check if (args.data or args.data_loader) else 0, progress=not args.quiet,
         delay_samples=args.delay_samples, report_path=args.report, plot_dir=args.plot,
         correct_samples=args.correct_samples, max_memory=args.max_memory, freeze_norm=args.freeze_norm,
-        freeze_samples=args.freeze_samples)
+        freeze_samples=args.freeze_samples, annotations=args.annotations, split=args.split)
     if not args.quiet:
         th = result.thresholds
         how = (f"{th.info.get('iters')} batches in {result.calibration_seconds:.1f}s" if args.thresholds is None
@@ -289,9 +314,22 @@ def _convert(args) -> int:
     return 0
 
 
+def _delay_flag(value):
+    if value is None or value == "auto":
+        return value
+    try:
+        d = int(value)
+    except ValueError:
+        raise UserError(f"--delay {value}: expected an integer >= 0 or auto") from None
+    if d < 0:
+        raise UserError(f"--delay {value}: expected an integer >= 0 or auto")
+    return d
+
+
 def _eval(args) -> int:
     from . import api
-    from .report import eval_table, report_lines
+    from .report import delay_line, eval_table, report_lines
+    from .snn.info import SNNInfo
     check_energy(args.e_sop, args.e_mac)
     snn = api.load_snn(args.snn)
     prep = _prep(args, api.recorded_preprocess(snn))
@@ -300,8 +338,12 @@ def _eval(args) -> int:
                                args.batch_size, args.limit, prep, progress=not (args.quiet or args.json),
                                json_path=args.json,
                                report_path=args.report, plot_dir=args.plot, e_sop=args.e_sop, e_mac=args.e_mac,
-                               max_memory=args.max_memory)
+                               max_memory=args.max_memory, task=args.task, annotations=args.annotations,
+                               decode=args.decode, split=args.split, delay=_delay_flag(args.delay))
     if not args.quiet:
+        print(delay_line(result, SNNInfo.from_metadata(snn)))
+        if result.task:
+            print(f"task: {result.task} ({result.task_reason})")
         over = result.sample_bytes and not result.memory.fits(result.sample_bytes)
         print(f"memory budget {result.memory.describe()}: {result.batch_size} samples per simulation batch"
               + (" (--batch-size)" if args.batch_size else "")
@@ -320,7 +362,7 @@ def _run(args) -> int:
     snn = api.load_snn(args.snn)
     arrays = api.run_file(args.snn, args.output, args.data, args.data_loader, args.batch_size, args.limit,
                           _prep(args, api.recorded_preprocess(snn)), runtime_name=args.runtime,
-                          max_memory=args.max_memory)
+                          max_memory=args.max_memory, annotations=args.annotations, split=args.split)
     print(f"wrote {', '.join(f'{k} {list(v.shape)}' for k, v in arrays.items())} to {args.output}")
     return 0
 

@@ -15,6 +15,7 @@ FORMS = ("unrolled", "loop")
 MAXPOOLS = ("spiking", "move")
 LOOP_OPS = ("loop", "scan")
 CORRECTIONS = ("none", "bias", "potential", "both")
+AUGMENTS = ("crop-flip", "flip", "ssd")   # calibration augmentation kinds (batches.py); True = crop-flip
 AUTO = "auto"
 E_SOP_PJ = 0.077   # energy per synaptic operation, 77 fJ (Bu et al.)
 E_MAC_PJ = 12.5    # energy per multiply-accumulate (FLOP), 12.5 pJ
@@ -43,6 +44,17 @@ def _float(flag: str, value, low: float, high: float = math.inf, low_open: bool 
         raise UserError(f"{flag} {value}: must be a finite number {rng}")
 
 
+def augment_kind(augment) -> str | None:
+    """The augmentation kind of a CalibConfig.augment value: None (off) or one of AUGMENTS."""
+    if augment is None or augment is False or augment == "none":
+        return None
+    if augment is True:
+        return "crop-flip"
+    if isinstance(augment, str) and augment in AUGMENTS:
+        return augment
+    raise UserError(f"--augment {augment}: expected crop-flip, flip or ssd")
+
+
 @dataclass(frozen=True)
 class CalibConfig:
     """How thresholds are calibrated (README "How it works", step 3)."""
@@ -52,7 +64,7 @@ class CalibConfig:
     lr: float = 2.0
     percentile: float = 99.9
     seed: int = 0
-    augment: bool = False
+    augment: bool | str | None = False   # False/None/"none": off; True = "crop-flip"; or "flip", "ssd"
     skip_nonfinite: bool = False    # skip (and count) batches holding NaN/Inf instead of stopping
     tune: str = "none"              # "auto": choose the calibration length for T (tuning.py)
 
@@ -67,6 +79,7 @@ class CalibConfig:
         if not self.percentile > 0:
             raise UserError(f"--percentile {self.percentile}: must be in (0, 100]")
         _int("--seed", self.seed, 0)
+        augment_kind(self.augment)
         if self.tune not in ("none", "auto"):
             raise UserError(f"--tune {self.tune}: expected none or auto")
 

@@ -23,7 +23,9 @@ log = logging.getLogger(__name__)
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 ARRAY_EXTS = {".npy", ".npz"}
 CACHE_ENV = "ONNX2SNN_IMAGE_CACHE_MB"
-LABEL_KEYS = ("y", "label", "labels")
+LABEL_KEYS = ("y", "label", "labels")   # class ids, masks or targets, told apart by dtype and rank
+MASK_KEYS = ("mask", "masks")           # segmentation masks [N, H, W]
+TARGET_KEYS = ("target", "targets")     # regression targets [N, ...]
 
 
 @dataclass(frozen=True)
@@ -35,11 +37,18 @@ class InputInfo:
 
 @dataclass(frozen=True)
 class Preprocess:
-    """Image preprocessing: RGB scaled to [0, 1], then (x - mean) / std, resized and laid out."""
+    """Image preprocessing: RGB scaled to [0, 1], then (x - mean) / std, resized and laid out.
+
+    Without `resize`/`crop` images are resized to `size` as a whole. With them (ImageNet style,
+    e.g. resize 256, crop 224,224), the shorter side is resized to `resize` pixels keeping the
+    aspect ratio, then the centre `crop` (H, W) is taken; it must equal the model input's size.
+    `resize` alone crops the centre at the model input's size."""
     mean: tuple = (0.0,)
     std: tuple = (1.0,)
     size: tuple | None = None      # (H, W); None = from the model's input shape
     layout: str | None = None      # "NCHW" or "NHWC"; None = from the model's input shape
+    resize: int | None = None      # the shorter side, in pixels, before the centre crop
+    crop: tuple | None = None      # (H, W) of the centre crop
 
     def __post_init__(self):
         for flag, values in (("--mean", self.mean), ("--std", self.std)):
@@ -51,6 +60,22 @@ class Preprocess:
             raise UserError(f"--size {self.size}: expected two positive integers H,W")
         if self.layout not in (None, "NCHW", "NHWC"):
             raise UserError(f"--layout {self.layout}: expected NCHW or NHWC")
+        if self.resize is not None:
+            if not _is_int(self.resize) or self.resize < 1:
+                raise UserError(f"--resize {self.resize}: expected a positive integer (the shorter side in pixels)")
+            object.__setattr__(self, "resize", int(self.resize))
+        if self.crop is not None:
+            crop = (self.crop, self.crop) if _is_int(self.crop) else self.crop
+            try:
+                ok = len(crop) == 2 and all(_is_int(v) and v >= 1 for v in crop)
+            except TypeError:
+                ok = False
+            if not ok:
+                raise UserError(f"--crop {self.crop}: expected two positive integers H,W")
+            object.__setattr__(self, "crop", (int(crop[0]), int(crop[1])))
+            if self.resize is not None and max(self.crop) > self.resize:
+                raise UserError(f"--crop {self.crop[0]},{self.crop[1]}: larger than --resize {self.resize} "
+                                "(the shorter side after resizing)")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -59,7 +84,12 @@ class Preprocess:
     def from_json(text: str) -> "Preprocess":
         d = json.loads(text)
         return Preprocess(tuple(d["mean"]), tuple(d["std"]),
-                          tuple(d["size"]) if d.get("size") else None, d.get("layout"))
+                          tuple(d["size"]) if d.get("size") else None, d.get("layout"),
+                          d.get("resize"), tuple(d["crop"]) if d.get("crop") else None)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
 def model_inputs(model) -> list:
@@ -109,8 +139,14 @@ def parse_floats(text: str | None, flag: str):
 
 # --------------------------------------------------------------------------------------- sources
 class Source:
-    """Random-access samples: len(), batch(indices) -> (feeds, labels or None)."""
+    """Random-access samples: len(), batch(indices) -> (feeds, labels or None).
+
+    Labels: class ids int64 [N] (classification), masks int64 [N, H, W] at the model input's size
+    (segmentation, 255 = ignore), a list of N dicts {"image_id", "width", "height", "file_name"}
+    (detection: the original image's size), or float32 [N, ...] targets (regression).
+    `task_hint`: "classify", "segment", "detect", "regress", or None when the data does not tell."""
     labels_known = False
+    task_hint: str | None = None
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -129,6 +165,7 @@ class Subset(Source):
     def __init__(self, source: Source, indices):
         self.source, self.indices = source, np.asarray(indices, np.int64)
         self.labels_known = source.labels_known
+        self.task_hint = source.task_hint
 
     def __getattr__(self, name):          # layout, prep, ... of the underlying source
         return getattr(self.source, name)
@@ -181,12 +218,106 @@ def _cache_budget() -> float:
     return mb * 2 ** 20
 
 
-class ImageFolder(Source):
-    def __init__(self, root: Path, inputs, prep: Preprocess):
+class ImageSource(Source):
+    """What the image-file sources share: the model input's geometry checked against the
+    preprocessing, images decoded, resized/cropped and normalised, and decoded samples cached."""
+
+    def _setup_images(self, where, inputs, prep: Preprocess, what: str = "an image folder"):
         if len(inputs) != 1:
-            raise UserError(f"{root}: an image folder can feed a model with one input, this one has "
+            raise UserError(f"{where}: {what} can feed a model with one input, this one has "
                             f"{len(inputs)}; use .npz files or --data-loader")
         self.info = inputs[0]
+        shape = self.info.shape or (None, None, None, None)
+        if len(shape) != 4:
+            raise UserError(f"{where}: images need a 4-D model input, '{self.info.name}' has rank {len(shape)}")
+        layout = prep.layout or ("NHWC" if shape[3] in (1, 3) and shape[1] not in (1, 3) else "NCHW")
+        if layout not in ("NCHW", "NHWC"):
+            raise UserError(f"--layout {layout}: expected NCHW or NHWC")
+        chan, h, w = (shape[1], shape[2], shape[3]) if layout == "NCHW" else (shape[3], shape[1], shape[2])
+        size = prep.size or ((h, w) if h is not None and w is not None else prep.crop) or (h, w)
+        if size[0] is None or size[1] is None:
+            raise UserError(f"{where}: the model input '{self.info.name}' has no fixed height/width; pass --size H,W")
+        size = (int(size[0]), int(size[1]))
+        if prep.crop is not None and tuple(prep.crop) != size:
+            given = "--size" if prep.size else f"the model input '{self.info.name}'"
+            raise UserError(f"--crop {prep.crop[0]},{prep.crop[1]}: {given} takes {size[0]}x{size[1]} "
+                            f"images; the crop must be {size[0]},{size[1]}")
+        if prep.resize is not None and max(size) > prep.resize:
+            raise UserError(f"--resize {prep.resize}: smaller than the {size[0]}x{size[1]} centre crop "
+                            f"the model input '{self.info.name}' takes")
+        self.channels = chan or 3
+        if self.channels not in (1, 3):
+            raise UserError(f"{where}: images give 1 or 3 channels, input '{self.info.name}' wants {self.channels}")
+        self.size, self.layout = size, layout
+        self.resize, self.crop = prep.resize, prep.crop
+        self.mean = np.asarray(prep.mean, np.float32).reshape(-1)
+        self.std = np.asarray(prep.std, np.float32).reshape(-1)
+        for arr, flag in ((self.mean, "--mean"), (self.std, "--std")):
+            if arr.size not in (1, self.channels):
+                raise UserError(f"{flag}: {arr.size} values given, the input has {self.channels} channels")
+        self.prep = Preprocess(tuple(map(float, self.mean)), tuple(map(float, self.std)), self.size, layout,
+                               prep.resize, prep.crop)
+        sample = (self.channels,) + self.size if layout == "NCHW" else self.size + (self.channels,)
+        _check_fits(str(where), self.info, sample)
+        # decoded samples kept for the next epochs (calibration reads each image many times),
+        # up to $ONNX2SNN_IMAGE_CACHE_MB (default 2048) in all
+        self._decoded, self._cache_left = {}, _cache_budget()
+
+    def _fit(self, img, resample, path):
+        """`img` (PIL) brought to the model input's size: resized whole, or (with --resize/--crop)
+        its shorter side resized and the centre cropped."""
+        h, w = self.size
+        if self.resize is None and self.crop is None:
+            return img if img.size == (w, h) else img.resize((w, h), resample)
+        if self.resize is not None:
+            iw, ih = img.size
+            short, long_ = min(iw, ih), max(iw, ih)
+            other = max(self.resize, int(self.resize * long_ / short))
+            new = (self.resize, other) if iw <= ih else (other, self.resize)
+            if new != img.size:
+                img = img.resize(new, resample)
+        iw, ih = img.size
+        if iw < w or ih < h:
+            raise UserError(f"{path}: the image is {iw}x{ih} pixels, smaller than the {h}x{w} centre crop "
+                            "(--crop); pass --resize")
+        top, left = int(round((ih - h) / 2.0)), int(round((iw - w) / 2.0))
+        return img.crop((left, top, left + w, top + h))
+
+    def _read(self, path: Path):
+        """(normalised sample laid out for the input, the image's original (width, height))."""
+        from PIL import Image, UnidentifiedImageError
+        try:
+            with Image.open(path) as img:
+                original = img.size
+                img = self._fit(img.convert("L" if self.channels == 1 else "RGB"), Image.BILINEAR, path)
+                arr = np.asarray(img, dtype=np.float32) / 255.0
+        except (UnidentifiedImageError, OSError) as err:
+            raise UserError(f"{path}: cannot read image ({err})") from None
+        if arr.ndim == 2:
+            arr = arr[:, :, None]
+        arr = (arr - self.mean) / self.std
+        return (arr.transpose(2, 0, 1) if self.layout == "NCHW" else arr), original
+
+    def _load(self, path: Path) -> np.ndarray:
+        return self._read(path)[0]
+
+    def _cached(self, key, make):
+        """make()'s result (an array or a tuple of arrays), kept while the cache budget lasts."""
+        value = self._decoded.get(key)
+        if value is None:
+            value = make()
+            nbytes = sum(a.nbytes for a in value) if isinstance(value, tuple) else value.nbytes
+            if nbytes <= self._cache_left:
+                self._decoded[key] = value
+                self._cache_left -= nbytes
+        return value
+
+
+class ImageFolder(ImageSource):
+    """Images in class sub-folders (labels = the sorted folder index), or a flat folder (no labels)."""
+
+    def __init__(self, root: Path, inputs, prep: Preprocess):
+        self._setup_images(root, inputs, prep)
         self.root = root
         classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
         files, labels = [], []
@@ -197,6 +328,7 @@ class ImageFolder(Source):
                         files.append(f)
                         labels.append(idx)
             self.labels_known = True
+            self.task_hint = "classify"
         else:
             files = sorted(f for f in root.iterdir() if f.suffix.lower() in IMAGE_EXTS and f.is_file())
         if not files:
@@ -204,61 +336,15 @@ class ImageFolder(Source):
                             f"{'/'.join(sorted(e[1:] for e in IMAGE_EXTS))} files)")
         self.classes = classes
         self.files, self.labels = files, np.asarray(labels, np.int64)
-        shape = self.info.shape or (None, None, None, None)
-        if len(shape) != 4:
-            raise UserError(f"{root}: images need a 4-D model input, '{self.info.name}' has rank {len(shape)}")
-        layout = prep.layout or ("NHWC" if shape[3] in (1, 3) and shape[1] not in (1, 3) else "NCHW")
-        if layout not in ("NCHW", "NHWC"):
-            raise UserError(f"--layout {layout}: expected NCHW or NHWC")
-        chan, h, w = (shape[1], shape[2], shape[3]) if layout == "NCHW" else (shape[3], shape[1], shape[2])
-        size = prep.size or (h, w)
-        if size[0] is None or size[1] is None:
-            raise UserError(f"{root}: the model input '{self.info.name}' has no fixed height/width; pass --size H,W")
-        self.channels = chan or 3
-        if self.channels not in (1, 3):
-            raise UserError(f"{root}: images give 1 or 3 channels, input '{self.info.name}' wants {self.channels}")
-        self.size, self.layout = (int(size[0]), int(size[1])), layout
-        self.mean = np.asarray(prep.mean, np.float32).reshape(-1)
-        self.std = np.asarray(prep.std, np.float32).reshape(-1)
-        for arr, flag in ((self.mean, "--mean"), (self.std, "--std")):
-            if arr.size not in (1, self.channels):
-                raise UserError(f"{flag}: {arr.size} values given, the input has {self.channels} channels")
-        self.prep = Preprocess(tuple(map(float, self.mean)), tuple(map(float, self.std)), self.size, layout)
-        sample = (self.channels,) + self.size if layout == "NCHW" else self.size + (self.channels,)
-        _check_fits(str(root), self.info, sample)
-        # decoded samples kept for the next epochs (calibration reads each image many times),
-        # up to $ONNX2SNN_IMAGE_CACHE_MB (default 2048) in all
-        self._decoded, self._cache_left = {}, _cache_budget()
 
     def __len__(self):
         return len(self.files)
-
-    def _load(self, path: Path) -> np.ndarray:
-        from PIL import Image, UnidentifiedImageError
-        try:
-            with Image.open(path) as img:
-                img = img.convert("L" if self.channels == 1 else "RGB")
-                if img.size != (self.size[1], self.size[0]):
-                    img = img.resize((self.size[1], self.size[0]), Image.BILINEAR)
-                arr = np.asarray(img, dtype=np.float32) / 255.0
-        except (UnidentifiedImageError, OSError) as err:
-            raise UserError(f"{path}: cannot read image ({err})") from None
-        if arr.ndim == 2:
-            arr = arr[:, :, None]
-        arr = (arr - self.mean) / self.std
-        return arr.transpose(2, 0, 1) if self.layout == "NCHW" else arr
 
     def describe(self, index: int) -> str:
         return str(self.files[index])
 
     def _sample(self, index: int) -> np.ndarray:
-        arr = self._decoded.get(index)
-        if arr is None:
-            arr = self._load(self.files[index])
-            if arr.nbytes <= self._cache_left:
-                self._decoded[index] = arr
-                self._cache_left -= arr.nbytes
-        return arr
+        return self._cached(index, lambda: self._load(self.files[index]))
 
     def batch(self, indices):
         x = np.stack([self._sample(int(i)) for i in indices]).astype(self.info.dtype)
@@ -297,9 +383,11 @@ class ArrayFiles(Source):
         self.inputs = inputs
         self.chunks = []  # (feeds dict of arrays, labels or None, length)
         self.files = list(files)
+        kinds = {}
         for f in files:
             arrays = self._open(f)
-            label = next((arrays.pop(k) for k in LABEL_KEYS if k in arrays), None)
+            key = next((k for k in LABEL_KEYS + MASK_KEYS + TARGET_KEYS if k in arrays), None)
+            label = None if key is None else arrays.pop(key)
             if len(arrays) == 1 and len(inputs) == 1:
                 arrays = {inputs[0].name: next(iter(arrays.values()))}
             missing = [i.name for i in inputs if i.name not in arrays]
@@ -313,13 +401,51 @@ class ArrayFiles(Source):
             for info in inputs:
                 _check_fits(str(f), info, tuple(arrays[info.name].shape[1:]))
                 _check_dtype(str(f), info, arrays[info.name].dtype)
-            if label is not None and len(label) != n:
-                raise UserError(f"{f}: labels 'y' have {len(label)} entries for {n} samples")
+            if label is not None:
+                if np.ndim(label) == 0 or len(label) != n:
+                    count = len(label) if np.ndim(label) else "no"
+                    raise UserError(f"{f}: labels '{key}' have {count} entries for {n} samples")
+                kinds[f] = (key, self._label_kind(f, key, label, inputs))
             self.chunks.append(({i.name: arrays[i.name] for i in inputs}, label, n))
         if not self.chunks:
             raise UserError(f"{where}: no .npy/.npz files found")
         self.labels_known = all(c[1] is not None for c in self.chunks)
         self.starts = np.cumsum([0] + [c[2] for c in self.chunks])
+        found = {kind for _, kind in kinds.values()}
+        if len(found) > 1:
+            listing = "; ".join(f"{f.name}: '{key}' {kind[0]} {list(kind[1])}" for f, (key, kind) in kinds.items())
+            raise UserError(f"{where}: the files' labels differ in kind or sample shape ({listing})")
+        self.label_kind = found.pop() if found and self.labels_known else None
+        self.task_hint = self.label_kind[0] if self.label_kind else None
+
+    @staticmethod
+    def _label_kind(f: Path, key: str, label, inputs) -> tuple:
+        """(task, per-sample shape) of a label array: "classify" (int ids, or integral floats under
+        y/label/labels), "segment" (int masks of rank >= 2 per sample) or "regress" (floats)."""
+        dtype, per = np.dtype(label.dtype), tuple(label.shape[1:])
+        shape = "[" + ", ".join(["N"] + [str(d) for d in per]) + "]"
+        if dtype.kind not in "biuf":
+            raise UserError(f"{f}: labels '{key}' are {dtype}, expected numbers")
+        if key in TARGET_KEYS:
+            return "regress", per
+        integral = dtype.kind in "biu"
+        if key in MASK_KEYS and not (integral and len(per) >= 2):
+            raise UserError(f"{f}: masks '{key}' are {dtype} {shape}, expected integers [N, H, W]")
+        if integral and len(per) >= 2:
+            want = inputs[0].shape if len(inputs) == 1 and inputs[0].shape else None
+            if want and len(want) == 4 and all(isinstance(d, int) for d in want[1:]) \
+                    and per[-2:] not in (tuple(want[2:4]), tuple(want[1:3])):
+                raise UserError(f"{f}: masks '{key}' {shape} do not match the height and width of input "
+                                f"'{inputs[0].name}' {list(want[1:])}")
+            return "segment", per[1:] if len(per) == 3 and per[0] == 1 else per   # [N, 1, H, W] -> [N, H, W]
+        if integral and per in ((), (1,)):
+            return "classify", ()
+        if integral:
+            raise UserError(f"{f}: labels '{key}' are integers {shape}: expected class ids [N] "
+                            "or masks [N, H, W] (float labels are regression targets)")
+        if per in ((), (1,)) and np.all(np.mod(np.asarray(label), 1) == 0):
+            return "classify", ()    # class ids saved as floats (as read before regression targets)
+        return "regress", per
 
     @staticmethod
     def _open(f: Path) -> dict:
@@ -350,13 +476,19 @@ class ArrayFiles(Source):
             for info in self.inputs:
                 feeds[info.name].append(np.asarray(arrays[info.name][local]))
             if label is not None:
-                labels.append(int(label[local]))
+                labels.append(np.asarray(label[local]))
         out = {i.name: np.stack(feeds[i.name]).astype(i.dtype) for i in self.inputs}
-        return out, (np.asarray(labels, np.int64) if self.labels_known else None)
+        if not self.labels_known:
+            return out, None
+        task, per = self.label_kind
+        if task == "regress":
+            return out, np.stack(labels).astype(np.float32).reshape((len(labels),) + per)
+        return out, np.stack(labels).astype(np.int64).reshape((len(labels),) + per)
 
 
 class LoaderScript:
     """`file.py:fn`, where fn() returns an iterable of feed dicts (one batch each; 'y' = labels)."""
+    task_hint = None
 
     def __init__(self, spec: str, inputs):
         path, _, func = spec.rpartition(":")
@@ -411,15 +543,40 @@ class LoaderScript:
             raise UserError(f"--data-loader {self.spec}: yielded no batches")
 
 
-def open_data(data: str | None, loader: str | None, inputs, prep: Preprocess):
-    """A Source (random access) or a LoaderScript, from the --data / --data-loader flags."""
+def _is_voc(path: Path) -> bool:
+    return (path / "JPEGImages").is_dir() and (path / "SegmentationClass").is_dir()
+
+
+def open_data(data: str | None, loader: str | None, inputs, prep: Preprocess,
+              annotations: str | None = None, split: str | None = None):
+    """A Source (random access) or a LoaderScript, from the --data / --data-loader flags, with
+    --annotations (a COCO JSON: detection images in the --data folder) and --split (the image-set
+    list of a Pascal VOC folder)."""
+    if annotations is not None:
+        from .tasks.sources import CocoImages
+        if loader:
+            raise UserError(f"--annotations {annotations}: needs --data FOLDER (the images), not --data-loader")
+        if not data or not Path(data).is_dir():
+            raise UserError(f"--annotations {annotations}: --data must be the folder of the images it lists"
+                            + (f" ({data} is not a folder)" if data else ""))
+        if split is not None:
+            raise UserError(f"--split {split}: only for a Pascal VOC folder, not with --annotations")
+        return CocoImages(Path(data), Path(annotations), inputs, prep)
     if loader:
+        if split is not None:
+            raise UserError(f"--split {split}: only for a Pascal VOC folder, not with --data-loader")
         return LoaderScript(loader, inputs)
     if not data:
         raise UserError("--data: give a folder of images, .npy/.npz file(s), or --data-loader FILE.py:FN")
     path = Path(data)
     if not path.exists():
         raise UserError(f"{path}: no such file or folder")
+    if path.is_dir() and _is_voc(path):
+        from .tasks.sources import VOCSegmentation
+        return VOCSegmentation(path, inputs, prep, split)
+    if split is not None:
+        raise UserError(f"--split {split}: only for a Pascal VOC folder (holding JPEGImages/ and "
+                        f"SegmentationClass/), {path} is not one")
     if path.is_file():
         if path.suffix.lower() not in ARRAY_EXTS:
             raise UserError(f"{path}: unsupported data file (expected .npy or .npz, or a folder of images)")
@@ -427,4 +584,7 @@ def open_data(data: str | None, loader: str | None, inputs, prep: Preprocess):
     arrays = sorted(f for f in path.iterdir() if f.suffix.lower() in ARRAY_EXTS and f.is_file())
     if arrays:
         return ArrayFiles(arrays, inputs, str(path))
+    nested = sorted(p.name for p in path.iterdir() if p.is_dir() and _is_voc(p))
+    if nested:
+        raise UserError(f"{path}: holds the Pascal VOC folder {nested[0]}; pass --data {path / nested[0]}")
     return ImageFolder(path, inputs, prep)

@@ -41,10 +41,24 @@ class EvalResult:
     sample_bytes: float | None = None            # the estimate of one sample's bytes it was chosen from
     memory: MemoryBudget | None = None           # the budget it was chosen in
     slice_steps: int | None = None               # steps per run when the unrolled simulation runs in slices
+    task: str | None = None                      # the task scored (tasks.TaskSpec.name), None: top-1 if labels
+    ann_metrics: dict | None = None              # the task's figures for the ANN (rows: "metrics" per T)
+    delay_rule: str = "scaled"                   # how each row's "delay" was chosen: scaled, fixed or auto
+    primary_key: str | None = None               # the task's headline figure in "metrics": top1, miou, map, psnr
+    task_reason: str | None = None               # why that task (tasks.TaskSpec.reason)
+
+    def primary(self, row=None):
+        """The task's headline figure (top1, miou, map, psnr) of a row, or of the ANN."""
+        figures = self.ann_metrics if row is None else row.get("metrics")
+        if not figures:
+            return row.get("accuracy") if row is not None else self.ann_accuracy
+        return figures.get(self.primary_key)
 
     def to_json(self) -> dict:
-        return {"samples": self.samples, "ann": {"accuracy": self.ann_accuracy},
-                "snn": [{k: r[k] for k in ("T", "accuracy", "agreement", "rel_error")} for r in self.rows]}
+        return {"samples": self.samples, "task": self.task,
+                "ann": {"accuracy": self.ann_accuracy, "metrics": self.ann_metrics},
+                "snn": [{k: r.get(k) for k in ("T", "delay", "accuracy", "agreement", "rel_error", "metrics")}
+                        for r in self.rows]}
 
 
 def score_output(model: onnx.ModelProto) -> str:
@@ -88,9 +102,9 @@ def auto_batch_size(info: SNNInfo, t_max: int, memory: MemoryBudget | None = Non
 
 
 def default_timesteps(info: SNNInfo) -> list:
-    """T/4, T/2 and T of a converted model, those above its readout delay."""
+    """T/4, T/2 and T of a converted model (its delay scaled to each: window_delays)."""
     t = info.timesteps
-    return sorted({x for x in (t // 4, t // 2, t) if x > info.delay})
+    return sorted({x for x in (t // 4, t // 2, t) if x >= 1})
 
 
 def running_sums(step_tensors, t_max: int, batch: int) -> list:
@@ -166,14 +180,18 @@ class _OneSimulation:
     """A simulation graph run once per batch up to T_max, and the head that turns each window's
     averaged readout into the model's outputs."""
 
-    def __init__(self, snn, info: SNNInfo, windows, sim_model, threads: int, layers=None):
+    def __init__(self, snn, info: SNNInfo, windows, sim_model, threads: int, layers=None, out_names=None,
+                 arena: bool = True):
         self.info, self.windows, self.t_max = info, windows, max(t for t, _ in windows)
         self.layers = layers
-        self.out_name = score_output(snn)
-        self.sim = runtime.session(sim_model, threads, in_order=True)
-        self.head = runtime.session(simulate.head(snn, info, self.out_name), threads)
+        self.out_names = out_names or [score_output(snn)]
+        self.sim = runtime.session(sim_model, threads, in_order=True, arena=arena)
+        self.head = runtime.session(simulate.head(snn, info, self.out_names), threads)
         self.sim_in, self.head_in = _inputs(self.sim), _inputs(self.head)
         self.fanout = info.costs.get("fanout", {})
+
+    def _outputs(self, head_feeds) -> dict:
+        return dict(zip(self.out_names, self.head.run(self.out_names, head_feeds)))
 
     def _sops(self, cum, index: int):
         return sum(c[index] * self.fanout.get(name, 0.0) for name, c in cum) if self.counts else None
@@ -187,13 +205,14 @@ class _Unrolled(_OneSimulation):
     `rider.feeds(feeds)` gives its extra inputs for a batch and `rider.collect(values, batch)` takes
     its outputs."""
 
-    def __init__(self, snn, info: SNNInfo, windows, spike_counts: bool, threads: int, layers=None, rider=None):
+    def __init__(self, snn, info: SNNInfo, windows, spike_counts: bool, threads: int, layers=None, rider=None,
+                 out_names=None):
         model, self.counts, self.stats = simulate.unrolled_steps(snn, info, max(t for t, _ in windows),
                                                                  spike_counts, layers is not None)
         self.rider, self.rider_names = rider, []
         if rider is not None:
             model, self.rider_names = rider.rewrite(model)
-        super().__init__(snn, info, windows, model, threads, layers)
+        super().__init__(snn, info, windows, model, threads, layers, out_names)
 
     def __call__(self, feeds):
         run_feeds = {k: v for k, v in feeds.items() if k in self.sim_in}
@@ -219,7 +238,7 @@ class _Unrolled(_OneSimulation):
             for r, s in zip(self.info.readouts, sums):
                 head_feeds[r["mean"]] = ((s[t] - s[d]) / (t - d)).astype(np.float32)
             sops = self._sops(cum, t - 1)
-            yield (t, d), self.head.run([self.out_name], head_feeds)[0], {"sops": sops}
+            yield (t, d), self._outputs(head_feeds), {"sops": sops}
 
 
 class _Sliced(_OneSimulation):
@@ -229,7 +248,8 @@ class _Sliced(_OneSimulation):
     kept only at the windows' bounds. Same windows, SOPs and statistics as _Unrolled; the neurons
     that carry a state run in onnxruntime's plain layout (runtime/layout.py)."""
 
-    def __init__(self, snn, info: SNNInfo, windows, spike_counts: bool, threads: int, layers=None, steps: int = 1):
+    def __init__(self, snn, info: SNNInfo, windows, spike_counts: bool, threads: int, layers=None, steps: int = 1,
+                 out_names=None):
         t_max = max(t for t, _ in windows)
         self.steps = min(steps, t_max)
         self.snn, self.spike_counts, self.threads = snn, spike_counts, threads
@@ -237,16 +257,16 @@ class _Sliced(_OneSimulation):
         model, self.counts, self.stats = simulate.unrolled_steps(snn, info, self.steps, spike_counts,
                                                                  layers is not None)
         first, later, self.pairs = simulate.carried_states(model)
-        super().__init__(snn, info, windows, first, threads, layers)
-        self.sessions[self.steps] = (self.sim, runtime.session(later, threads, in_order=True))
-        self.bounds = sorted({x for w in windows for x in w})
+        super().__init__(snn, info, windows, first, threads, layers, out_names, arena=False)
+        self.sessions[self.steps] = (self.sim, runtime.session(later, threads, in_order=True, arena=False))
+        self.bounds = {x for w in windows for x in w}
 
     def _session(self, n: int, later: bool):
         if n not in self.sessions:
             model, _, _ = simulate.unrolled_steps(self.snn, self.info, n, self.spike_counts, self.layers is not None)
             first, second, _ = simulate.carried_states(model)
-            self.sessions[n] = (runtime.session(first, self.threads, in_order=True),
-                                runtime.session(second, self.threads, in_order=True))
+            self.sessions[n] = (runtime.session(first, self.threads, in_order=True, arena=False),
+                                runtime.session(second, self.threads, in_order=True, arena=False))
         return self.sessions[n][int(later)]
 
     def __call__(self, feeds):
@@ -270,13 +290,13 @@ class _Sliced(_OneSimulation):
             values = runtime.run_checked(sess, names + states, step_feeds, "evaluation")
             carried = values[len(names):]
             for i, steps in enumerate(values[:n_read]):
-                x = steps.reshape((n, batch) + steps.shape[1:]).astype(np.float64)
-                prev = totals[i] if totals[i] is not None else np.zeros(x.shape[1:])
-                sums = np.cumsum(np.concatenate([prev[None], x]), axis=0)  # the same additions as running_sums
-                for k in self.bounds:
-                    if start < k <= start + n:
-                        at[i][k] = sums[k - start]
-                totals[i] = sums[-1]
+                x = steps.reshape((n, batch) + steps.shape[1:])
+                if totals[i] is None:
+                    totals[i] = np.zeros(x.shape[1:])
+                for j in range(n):           # step by step in float64: the additions of running_sums
+                    totals[i] += x[j]
+                    if start + j + 1 in self.bounds:
+                        at[i][start + j + 1] = totals[i].copy()
             for i, v in enumerate(values[n_read:n_read + n_counts]):
                 per_step[i].append(v)
             for i in range(len(self.stats)):
@@ -293,7 +313,7 @@ class _Sliced(_OneSimulation):
                 low = sums[d] if d else np.zeros_like(total)
                 head_feeds[r["mean"]] = ((sums[t] - low) / (t - d)).astype(np.float32)
             sops = self._sops(cum, t - 1)
-            yield (t, d), self.head.run([self.out_name], head_feeds)[0], {"sops": sops}
+            yield (t, d), self._outputs(head_feeds), {"sops": sops}
 
 
 MAX_SLICES = 10000     # more runs per batch than this is a T no one can wait for: refused
@@ -326,10 +346,10 @@ class _History(_OneSimulation):
     """One looped simulation at T_max per batch; the loop's sums after each iteration give every T
     that is a multiple of the chunk (D is the model's)."""
 
-    def __init__(self, snn, info: SNNInfo, windows, threads: int, layers=None):
+    def __init__(self, snn, info: SNNInfo, windows, threads: int, layers=None, out_names=None):
         model, self.counts, self.histories, self.stats = simulate.loop_history(
             snn, info, max(t for t, _ in windows), layers is not None)
-        super().__init__(snn, info, windows, model, threads, layers)
+        super().__init__(snn, info, windows, model, threads, layers, out_names)
 
     def __call__(self, feeds):
         feeds = {k: v for k, v in feeds.items() if k in self.sim_in}
@@ -350,58 +370,59 @@ class _History(_OneSimulation):
             for r, s in zip(self.info.readouts, sums):
                 head_feeds[r["mean"]] = (s[t // k - 1] / (t - d)).astype(np.float32)
             sops = self._sops(cum, t // k - 1)
-            yield (t, d), self.head.run([self.out_name], head_feeds)[0], {"sops": sops}
+            yield (t, d), self._outputs(head_feeds), {"sops": sops}
 
 
 class _PerT:
-    """Early exit (the model decides its steps) or T off the chunk grid: one run per T."""
+    """Early exit (the model decides its steps), a T off the chunk grid, or delays other than the
+    model's (looped models): one run per window."""
 
-    def __init__(self, snn, info: SNNInfo, windows, threads: int):
+    def __init__(self, snn, info: SNNInfo, windows, threads: int, out_names=None):
         self.windows = windows
-        self.sessions = {t: runtime.session(simulate.with_timesteps(snn, info, t), threads) for t, _ in windows}
-        self.out_name = score_output(snn)
+        self.sessions = {(t, d): runtime.session(simulate.with_timesteps(snn, info, t, d), threads) for t, d in windows}
+        self.out_names = out_names or [score_output(snn)]
         self.has_steps = any(o.name == STEPS_OUTPUT for o in snn.graph.output)
-        self.names = [self.out_name] + ([STEPS_OUTPUT] if self.has_steps else [])
+        self.names = self.out_names + ([STEPS_OUTPUT] if self.has_steps else [])
         self.inputs = _inputs(next(iter(self.sessions.values())))
 
     def __call__(self, feeds):
         feeds = {k: v for k, v in feeds.items() if k in self.inputs}
-        for t, d in self.windows:
-            values = runtime.run_checked(self.sessions[t], self.names, feeds, "evaluation")
-            yield (t, d), values[0], {"steps_used": values[1] if self.has_steps else None}
+        n = len(self.out_names)
+        for key in self.windows:
+            values = runtime.run_checked(self.sessions[key], self.names, feeds, "evaluation")
+            yield key, dict(zip(self.out_names, values[:n])), {"steps_used": values[n] if self.has_steps else None}
 
 
 def window_scores(snn: onnx.ModelProto, info: SNNInfo, windows, batches, ann: onnx.ModelProto | None = None,
                   spike_counts: bool = True, threads: int = 0, desc: str | None = None,
                   total: int | None = None, layers: bool = False, rider=None,
-                  memory: MemoryBudget | None = None) -> tuple:
+                  memory: MemoryBudget | None = None, task=None) -> tuple:
     """(Scores, sops measured, steps measured, per-layer statistics at the largest T or None) of
     `snn` for each (T, D) window over `batches`. `rider`: see _Unrolled (unrolled models only).
     `memory`: an unrolled simulation whose one sample does not fit it runs in slices of steps
-    (_Sliced; not with a rider)."""
+    (_Sliced; not with a rider). `task`: tasks.TaskSpec scored per window (scoring.Scores)."""
     windows = sorted(set(windows))
     per_t = info.looped and (info.early_exit is not None or not info.readouts
-                             or any(t % info.chunk for t, _ in windows))
-    if info.looped and any(d != info.delay for _, d in windows):
-        raise UserError("a looped model averages from its own delay only; evaluate other delays unrolled")
+                             or any(t % info.chunk for t, _ in windows) or any(d != info.delay for _, d in windows))
+    out_names = list(dict.fromkeys([score_output(snn)] + (list(task.outputs) if task is not None else [])))
     stats = None
     if layers and not per_t:
         stats = _LayerStats(snn, info, ann, max(t for t, _ in windows), threads)
     elif layers:
-        log.warning("per-layer statistics need one simulation of all steps: not available with early exit "
-                    "or a T off the chunk grid")
+        log.warning("per-layer statistics of a looped model need one simulation of all steps: not available "
+                    "with early exit, a T off the chunk grid or delays other than the model's")
     if per_t:
-        outputs = _PerT(snn, info, windows, threads)
+        outputs = _PerT(snn, info, windows, threads, out_names)
     elif info.looped:
-        outputs = _History(snn, info, windows, threads, stats)
+        outputs = _History(snn, info, windows, threads, stats, out_names)
     else:
         steps = None if rider is not None else slice_steps(info, max(t for t, _ in windows), memory)
         if steps is not None:
             log.info("memory budget %s: the unrolled simulation at T=%d runs %d steps at a time",
                      memory.describe(), max(t for t, _ in windows), steps)
-            outputs = _Sliced(snn, info, windows, spike_counts, threads, stats, steps)
+            outputs = _Sliced(snn, info, windows, spike_counts, threads, stats, steps, out_names)
         else:
-            outputs = _Unrolled(snn, info, windows, spike_counts, threads, stats, rider)
+            outputs = _Unrolled(snn, info, windows, spike_counts, threads, stats, rider, out_names)
     if rider is not None and not isinstance(outputs, _Unrolled):
         raise ValueError("a rider needs the unrolled simulation")
     ann_sess = None
@@ -415,33 +436,72 @@ def window_scores(snn: onnx.ModelProto, info: SNNInfo, windows, batches, ann: on
     if desc:
         from tqdm import tqdm
         bar = tqdm(total=total, desc=desc, unit="img", leave=False, disable=None)
-    scores = scoring.score(batches, outputs, windows, ann_sess, score_output(snn), bar)
+    scores = scoring.score(batches, outputs, windows, ann_sess, score_output(snn), bar, task)
     if scores.n == 0:
         raise UserError("evaluation received no data")
     return scores, bool(getattr(outputs, "counts", None)), per_t and getattr(outputs, "has_steps", False), stats
 
 
+def window_delays(info: SNNInfo, timesteps, delay=None) -> dict:
+    """T -> the readout delay `eval` uses there: the model's D scaled in proportion to T
+    (round(D * T / T_model), the model's own D at its T), or `delay` (an int: the same D at every T,
+    which each T must exceed). `delay="auto"` is resolved by evaluate (chosen per T)."""
+    out = {}
+    for t in timesteps:
+        if t < 1:
+            raise UserError(f"--timesteps {t}: must be >= 1")
+        if delay is None:
+            out[t] = min(t - 1, int(info.delay * t / info.timesteps + 0.5))
+        elif int(delay) >= t:
+            raise UserError(f"--delay {delay}: every T must exceed it (T={t} does not)")
+        else:
+            out[t] = int(delay)
+    return out
+
+
 def evaluate(snn: onnx.ModelProto, batches, timesteps, ann: onnx.ModelProto | None = None,
              progress: bool = False, total: int | None = None, threads: int = 0, layers: bool = False,
-             memory: MemoryBudget | None = None) -> EvalResult:
-    """Accuracy, agreement, relative error and SOPs of `snn` at each T (averaging from its delay);
-    with `layers`, per-layer statistics at the largest T (see _LayerStats). `memory`: see
-    window_scores."""
+             memory: MemoryBudget | None = None, task=None, delay=None) -> EvalResult:
+    """The task's metric (`task`: tasks.TaskSpec; without one, top-1 accuracy when there are labels),
+    agreement, relative error and SOPs of `snn` at each T, reading out from the delay window_delays
+    gives (`delay`: None, an int, or "auto": per T, the candidate D whose output is closest to the
+    ANN's on this data, which needs `ann`). With `layers`, per-layer statistics at the largest T
+    (see _LayerStats). `memory`: see window_scores. Each row says the D it used."""
+    from .delay import candidates
     info = SNNInfo.from_metadata(snn)
     ts = sorted(set(int(t) for t in timesteps))
-    if not ts or ts[0] <= info.delay:
-        raise UserError(f"--timesteps: every T must exceed the model's delay D={info.delay}")
+    if not ts:
+        raise UserError("--timesteps: no T given")
     start = time.perf_counter()
-    windows = [(t, info.delay) for t in ts]
+    if delay == "auto":
+        if ann is None:
+            raise UserError("--delay auto: needs --ann (the delay is chosen by the output's distance to the ANN's)")
+        if info.looped:
+            raise UserError("--delay auto: needs one simulation for every candidate delay; evaluate the unrolled "
+                            "form, or give --delay D")
+        windows = [(t, d) for t in ts for d in candidates(t) if d < t]
+    else:
+        windows = list(window_delays(info, ts, delay).items())
     scores, sops, steps, stats = window_scores(snn, info, windows, batches, ann, threads=threads, total=total,
                                                desc=f"evaluating (T up to {ts[-1]})" if progress else None,
-                                               layers=layers, memory=memory)
+                                               layers=layers, memory=memory, task=task)
+    if delay == "auto":
+        best = {}
+        for t, d in windows:
+            err = scores.rel_error((t, d))
+            if t not in best or (err is not None and err < best[t][1]):
+                best[t] = (d, err)
+        windows = [(t, best[t][0]) for t in ts]
     res = EvalResult(samples=scores.n, ann_accuracy=scores.ann_accuracy(),
-                     ann_macs=float(info.costs.get("ann_macs", 0.0)), seconds=time.perf_counter() - start)
+                     ann_macs=float(info.costs.get("ann_macs", 0.0)), seconds=time.perf_counter() - start,
+                     task=task.name if task is not None else None, ann_metrics=scores.ann_metric_result(),
+                     primary_key=task.metric.primary if task is not None else None,
+                     delay_rule="auto" if delay == "auto" else ("scaled" if delay is None else "fixed"))
     for key in windows:
         tally = scores.tally[key]
-        res.rows.append({"T": key[0], "accuracy": scores.accuracy(key), "agreement": scores.agreement(key),
-                         "rel_error": scores.rel_error(key), "sops": tally.sops / scores.n if sops else None,
+        res.rows.append({"T": key[0], "delay": key[1], "accuracy": scores.accuracy(key),
+                         "agreement": scores.agreement(key), "rel_error": scores.rel_error(key),
+                         "metrics": scores.metric(key), "sops": tally.sops / scores.n if sops else None,
                          "pre_macs": float(info.costs.get("pre_macs", 0.0)),
                          "steps_used": tally.steps / scores.n if steps else None})
     if stats is not None:

@@ -1,6 +1,7 @@
 """`--plot DIR`: PNG figures of a report (matplotlib, the onnx2snn[plots] extra).
 
-accuracy_vs_T.png (accuracy and agreement against T, with the ANN's line), firing_rates.png,
+accuracy_vs_T.png (the task's metric - top-1, mIoU, mAP or PSNR - or accuracy, and agreement
+against T, with the ANN's line), firing_rates.png,
 rate_error.png (per layer, at the report's largest T) and thresholds.png (per-layer threshold
 distributions). Each file is written atomically.
 """
@@ -39,13 +40,27 @@ def plot_report(report: dict, folder) -> list:
     rows = report["timesteps"]
     ts = [r["T"] for r in rows]
     fig, ax = plt.subplots(figsize=(6, 4))
-    for key, label in (("accuracy", "SNN accuracy"), ("agreement", "top-1 agreement with the ANN")):
-        if any(r[key] is not None for r in rows):
-            ax.plot(ts, [100 * (r[key] or 0) for r in rows], marker="o", label=label)
-    if report["ann"]["accuracy"] is not None:
-        ax.axhline(100 * report["ann"]["accuracy"], color="k", linestyle="--", label="ANN accuracy")
+    metric, task = report.get("metric"), report.get("task")
+    if metric:       # the task's headline figure (top1, miou, map: fractions; psnr: dB)
+        scale, unit = (1, "dB") if metric == "psnr" else (100, "%")
+        values = [(r.get("metrics") or {}).get(metric) for r in rows]
+        ann = (report["ann"].get("metrics") or {}).get(metric)
+        if any(v is not None for v in values):
+            ax.plot(ts, [scale * (v or 0) for v in values], marker="o", label=f"SNN {metric}")
+        if ann is not None:
+            ax.axhline(scale * ann, color="k", linestyle="--", label=f"ANN {metric}")
+        if metric != "psnr" and any(r["agreement"] is not None for r in rows):
+            ax.plot(ts, [100 * (r["agreement"] or 0) for r in rows], marker="o", label="agreement with the ANN")
+        title = f"{task}: {metric} vs T"
+    else:
+        unit, title = "%", "accuracy vs T"
+        for key, label in (("accuracy", "SNN accuracy"), ("agreement", "top-1 agreement with the ANN")):
+            if any(r[key] is not None for r in rows):
+                ax.plot(ts, [100 * (r[key] or 0) for r in rows], marker="o", label=label)
+        if report["ann"]["accuracy"] is not None:
+            ax.axhline(100 * report["ann"]["accuracy"], color="k", linestyle="--", label="ANN accuracy")
     ax.set_xscale("log", base=2)
-    ax.set(xlabel="timesteps T", ylabel="%", title="accuracy vs T")
+    ax.set(xlabel="timesteps T", ylabel=unit, title=title)
     ax.legend()
     written.append(_save(fig, folder / "accuracy_vs_T.png"))
     plt.close(fig)

@@ -7,10 +7,6 @@ import numpy as np
 from .config import E_MAC_PJ, E_SOP_PJ
 
 
-def _pct(x):
-    return "-" if x is None else f"{100 * x:.2f}%"
-
-
 def layers_table(layers) -> str:
     rows = [("layer", "role", "channels", "theta mean", "min", "max", "silent")]
     for l in layers:
@@ -20,24 +16,67 @@ def layers_table(layers) -> str:
     return _format(rows)
 
 
+def _pct(x):
+    return "-" if x is None else f"{100 * x:.2f}%"
+
+
+def _num(x, fmt):
+    return "-" if x is None else format(x, fmt)
+
+
+# per task: (column, key in the metric's result, formatter)
+TASK_COLUMNS = {
+    "classify": [("top-1", "top1", _pct), ("top-5", "top5", _pct)],
+    "segment": [("mIoU", "miou", _pct), ("pixel acc.", "pixel_accuracy", _pct)],
+    "detect": [("mAP", "map", _pct), ("mAP@.5", "map50", _pct)],
+    "regress": [("MSE", "mse", lambda x: _num(x, ".4g")), ("PSNR dB", "psnr", lambda x: _num(x, ".2f"))],
+}
+
+
+def _task_cells(task, figures) -> tuple:
+    return tuple(fmt((figures or {}).get(key)) for _, key, fmt in TASK_COLUMNS[task])
+
+
 def eval_table(result, e_sop: float = E_SOP_PJ, e_mac: float = E_MAC_PJ) -> str:
     lines = [f"samples: {result.samples}"]
-    if result.ann_accuracy is not None:
-        lines.append(f"ANN accuracy: {_pct(result.ann_accuracy)}"
-                     + (f"   ANN MACs/img: {result.ann_macs:.3g}" if result.ann_macs else ""))
+    task = getattr(result, "task", None)
+    macs = f"   ANN MACs/img: {result.ann_macs:.3g}" if result.ann_macs else ""
+    if task and result.ann_metrics:
+        lines.append("ANN: " + ", ".join(f"{name} {cell}" for (name, _, _), cell
+                                         in zip(TASK_COLUMNS[task], _task_cells(task, result.ann_metrics))) + macs)
+    elif result.ann_accuracy is not None:
+        lines.append(f"ANN accuracy: {_pct(result.ann_accuracy)}" + macs)
     steps = any(r.get("steps_used") is not None for r in result.rows)
-    rows = [("T", "accuracy", "agreement", "rel.error", "SOPs/img", "energy vs ANN")
+    delays = any("delay" in r for r in result.rows)
+    figures = tuple(name for name, _, _ in TASK_COLUMNS[task]) if task else ("accuracy",)
+    rows = [("T",) + (("D",) if delays else ()) + figures + ("agreement", "rel.error", "SOPs/img", "energy vs ANN")
             + (("mean steps",) if steps else ())]
     for r in result.rows:
         ratio = "-"
         if result.ann_macs and r["sops"] is not None:
             snn_pj = r["pre_macs"] * e_mac + r["sops"] * e_sop
             ratio = f"{snn_pj / (result.ann_macs * e_mac):.3f}"
-        rows.append((str(r["T"]), _pct(r["accuracy"]), _pct(r["agreement"]),
-                     "-" if r["rel_error"] is None else f"{r['rel_error']:.4f}",
-                     "-" if r["sops"] is None else f"{r['sops']:.3g}", ratio)
+        cells = _task_cells(task, r.get("metrics")) if task else (_pct(r["accuracy"]),)
+        rows.append((str(r["T"]),) + ((str(r.get("delay", "-")),) if delays else ()) + cells
+                    + (_pct(r["agreement"]), "-" if r["rel_error"] is None else f"{r['rel_error']:.4f}",
+                       "-" if r["sops"] is None else f"{r['sops']:.3g}", ratio)
                     + ((f"{r['steps_used']:.1f}",) if steps else ()))
     return "\n".join(lines + [_format(rows)])
+
+
+def delay_line(result, info) -> str:
+    """How the readout delay D of each evaluated T was chosen, and what became of the corrections."""
+    per_t = ", ".join(f"T={r['T']} D={r['delay']}" for r in result.rows)
+    rule = {"scaled": f"the model's D={info.delay} at its T={info.timesteps}, scaled in proportion to T",
+            "fixed": "--delay, the same at every T",
+            "auto": "--delay auto: per T, the D whose output is closest to the ANN's on this data"
+            }.get(result.delay_rule, result.delay_rule)
+    line = f"readout delay: {rule} ({per_t})"
+    correction = (info.thresholds or {}).get("correction") or {}
+    if correction.get("kind") and any(r["T"] != info.timesteps for r in result.rows):
+        line += (f"; the {correction['kind']} correction made for T={correction.get('timesteps', info.timesteps)} "
+                 "is kept at every T")
+    return line
 
 
 def _format(rows) -> str:
@@ -89,12 +128,19 @@ def _energy_pj(row, e_sop: float, e_mac: float):
 
 
 def _sop_at(result, fraction: float):
-    """SOP90 / SOP95 (Bu et al.): the SOPs per image at the first evaluated T whose accuracy reaches
-    `fraction` of the ANN's (agreement with the ANN when there are no labels)."""
-    basis = "accuracy" if result.ann_accuracy is not None else "agreement"
-    target = fraction * (result.ann_accuracy if basis == "accuracy" else 1.0)
+    """SOP90 / SOP95 (Bu et al.): the SOPs per image at the first evaluated T whose task metric (top-1
+    accuracy, mIoU, mAP, PSNR) reaches `fraction` of the ANN's (agreement with the ANN when there are
+    no labels)."""
+    task, ann = getattr(result, "task", None), None
+    if task and result.ann_metrics and result.primary() is not None:
+        basis, ann = ("accuracy" if result.primary_key == "top1" else result.primary_key), result.primary()
+        value = result.primary
+    else:
+        basis = "accuracy" if result.ann_accuracy is not None else "agreement"
+        ann = result.ann_accuracy if basis == "accuracy" else 1.0
+        value = lambda r: r.get(basis)    # noqa: E731
     for r in result.rows:
-        if r.get(basis) is not None and r["sops"] is not None and r[basis] >= target:
+        if value(r) is not None and r["sops"] is not None and value(r) >= fraction * ann:
             return {"T": r["T"], "sops": r["sops"], "basis": basis}
     return None
 
@@ -106,13 +152,15 @@ def report_json(result, e_sop: float = E_SOP_PJ, e_mac: float = E_MAC_PJ, model:
     rows = []
     for r in result.rows:
         pj = _energy_pj(r, e_sop, e_mac)
-        rows.append({"T": r["T"], "accuracy": r["accuracy"], "agreement": r["agreement"], "rel_error": r["rel_error"],
-                     "sops": r["sops"], "energy_pj": pj,
+        rows.append({"T": r["T"], "delay": r.get("delay"), "accuracy": r["accuracy"], "metrics": r.get("metrics"),
+                     "agreement": r["agreement"], "rel_error": r["rel_error"], "sops": r["sops"], "energy_pj": pj,
                      "energy_ratio": pj / ann_pj if pj is not None and ann_pj else None,
                      "frames_per_joule": 1e12 / pj if pj else None, "steps_used": r.get("steps_used")})
-    return {"model": model, "samples": result.samples,
+    return {"model": model, "samples": result.samples, "task": getattr(result, "task", None),
+            "metric": getattr(result, "primary_key", None),
             "energy_constants_pj": {"sop": e_sop, "mac": e_mac},
-            "ann": {"accuracy": result.ann_accuracy, "macs": result.ann_macs or None, "energy_pj": ann_pj,
+            "ann": {"accuracy": result.ann_accuracy, "metrics": getattr(result, "ann_metrics", None),
+                    "macs": result.ann_macs or None, "energy_pj": ann_pj,
                     "frames_per_joule": 1e12 / ann_pj if ann_pj else None},
             "timesteps": rows, "sop90": _sop_at(result, 0.90), "sop95": _sop_at(result, 0.95),
             "layers_T": result.layers_T, "layers": result.layers, "analog": list(analog)}

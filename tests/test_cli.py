@@ -43,7 +43,8 @@ def test_convert_then_eval_then_run(cnn_path, digits_npz, tmp_path):
     result = json.loads(report.read_text())
     assert result["samples"] == 100 and 0.8 < result["ann"]["accuracy"] <= 1
     assert [r["T"] for r in result["snn"]] == [8, 32, 64]
-    assert set(result["snn"][0]) == {"T", "accuracy", "agreement", "rel_error"}
+    assert set(result["snn"][0]) == {"T", "delay", "accuracy", "agreement", "rel_error", "metrics"}
+    assert result["task"] == "classify" and result["snn"][0]["metrics"]["top1"] == result["snn"][0]["accuracy"]
     assert result["snn"][-1]["agreement"] >= 0.9
     npz = tmp_path / "outs.npz"
     code, stdout, err = _cli("run", out, "--data", test, "-o", npz, "--limit", 10)

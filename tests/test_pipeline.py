@@ -98,7 +98,7 @@ def test_looped_model_eval_from_one_simulation_equals_runs_per_t(cnn_path, digit
     data = np.load(test)
     batches = [({"input": data["input"][:120]}, data["y"][:120])]
     ann = M.load(cnn_path)
-    once = evaluate(result.snn, batches, [8, 16, 64], ann)
+    once = evaluate(result.snn, batches, [8, 16, 64], ann, delay=4)      # the model's own D at every T
     # T = 9, 17, 63 are off the chunk grid: each is simulated on its own
     each, _, _, _ = window_scores(result.snn, SNNInfo.from_metadata(result.snn), [(8, 4), (16, 4), (64, 4), (9, 4)],
                                batches, ann)

@@ -30,10 +30,10 @@ def test_demo_command_runs_and_reports(tmp_path):
                           timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert out.exists()
-    rows = [l.split() for l in proc.stdout.splitlines() if re.match(r"^\d+\s+\d+\.\d+%", l)]
-    acc = {int(r[0]): float(r[1].rstrip("%")) for r in rows}
+    rows = [l.split() for l in proc.stdout.splitlines() if re.match(r"^\d+\s+\d+\s+\d+\.\d+%", l)]   # T, D, top-1
+    acc = {int(r[0]): float(r[2].rstrip("%")) for r in rows}
     assert sorted(acc) == [8, 16, 32, 64]
-    ann = float(re.search(r"ANN accuracy: ([\d.]+)%", proc.stdout).group(1))
+    ann = float(re.search(r"ANN: top-1 ([\d.]+)%", proc.stdout).group(1))
     assert ann > 95 and acc[64] >= ann - 2
 
 

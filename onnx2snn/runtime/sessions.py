@@ -66,7 +66,7 @@ def _needs_library(model) -> bool:
 
 
 def session(model, threads: int = 0, in_order: bool = False, rewrite: bool = True,
-            event_convs: bool = False) -> ort.InferenceSession:
+            event_convs: bool = False, arena: bool = True) -> ort.InferenceSession:
     """An onnxruntime CPU session for `model` (path, bytes or ModelProto); the operator library is
     registered when the model uses its domain.
 
@@ -82,8 +82,11 @@ def session(model, threads: int = 0, in_order: bool = False, rewrite: bool = Tru
 
     `in_order`: priority-based execution order. Evaluation graphs hang side branches (spike counts)
     off every neuron; in onnxruntime's default order those run late and every neuron's T*N-row
-    tensor stays alive (ResNet-32, T=128, 64 samples: 10 GB instead of 2.2 GB)."""
-    opts = _options(threads, in_order)
+    tensor stays alive (ResNet-32, T=128, 64 samples: 10 GB instead of 2.2 GB).
+
+    `arena=False`: memory goes back to the system after each run instead of staying in the
+    session's arena (sessions run one after another that each fill the memory budget)."""
+    opts = _options(threads, in_order, arena)
     refused = strict = None
     if _needs_library(model):
         opts.register_custom_ops_library(library_path())
@@ -96,7 +99,7 @@ def session(model, threads: int = 0, in_order: bool = False, rewrite: bool = Tru
                     raise
                 graph, optimized = None, False
             if graph is not None:
-                fast = _options(threads, in_order)
+                fast = _options(threads, in_order, arena)
                 fast.register_custom_ops_library(library_path())
                 if optimized:      # already optimized for this CPU: loaded as it is
                     fast.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -119,9 +122,10 @@ def session(model, threads: int = 0, in_order: bool = False, rewrite: bool = Tru
     return sess
 
 
-def _options(threads: int, in_order: bool) -> ort.SessionOptions:
+def _options(threads: int, in_order: bool, arena: bool = True) -> ort.SessionOptions:
     opts = ort.SessionOptions()
     opts.log_severity_level = 4
+    opts.enable_cpu_mem_arena = arena
     if threads:
         opts.intra_op_num_threads = threads
     if in_order:

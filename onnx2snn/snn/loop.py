@@ -25,6 +25,7 @@ from .timefold import TimeFold, theta_broadcast
 
 TRIP_NAME = "onnx2snn.loop_iterations"
 STEPS_NAME = "onnx2snn.loop_timesteps"
+DELAY_NAME = "onnx2snn.loop_delay"              # D inside the body; DELAY_NAME + "/readout" after the Loop
 STEPS_OUTPUT = "onnx2snn_steps"
 
 
@@ -138,7 +139,8 @@ def build(p: Prepared, provenance: Provenance | None = None) -> onnx.ModelProto:
     t_total = gs.Constant(STEPS_NAME, np.array(T, np.int64))
     start = b.op("Mul", [iteration, b.const(np.array(K, np.int64))], dtype=np.int64)
     step_idx = b.op("Add", [start, b.const(np.arange(K, dtype=np.int64))], dtype=np.int64)
-    counted = b.op("And", [b.op("GreaterOrEqual", [step_idx, b.const(np.array(D, np.int64))], dtype=np.bool_),
+    delay_in = gs.Constant(DELAY_NAME, np.array(D, np.int64))       # named: evaluation sets other delays
+    counted = b.op("And", [b.op("GreaterOrEqual", [step_idx, delay_in], dtype=np.bool_),
                            b.op("Less", [step_idx, t_total], dtype=np.bool_)], dtype=np.bool_)
     weight = b.op("Cast", [counted], {"to": onnx.TensorProto.FLOAT})
     done = b.op("Min", [b.op("Add", [start, b.const(np.array(K, np.int64))], dtype=np.int64), t_total],
@@ -150,7 +152,7 @@ def build(p: Prepared, provenance: Provenance | None = None) -> onnx.ModelProto:
     for (t, _, _), acc in zip(leaving, accs):
         acc[2] = p.fold.accumulate_readout(t, acc[1], weight, lb.state_shape(t)[1])
     if ee is not None:
-        cond_out = _early_exit_body(lb, config, leaving, accs, done, ee)
+        cond_out = _early_exit_body(lb, config, leaving, accs, done, ee, delay_in)
     elif config.loop_op == "loop":
         cond_out = b.op("Identity", [cond_in], dtype=np.bool_)
     else:
@@ -190,7 +192,7 @@ def build(p: Prepared, provenance: Provenance | None = None) -> onnx.ModelProto:
 
     # ---- after the loop: averages feed the head ----------------------------------------------
     b.prefix = "onnx2snn.readout"
-    count = TimeFold.averaged_steps(b, steps_entry[3], D)
+    count = TimeFold.averaged_steps(b, steps_entry[3], gs.Constant(DELAY_NAME + "/readout", np.array(D, np.int64)))
     readouts = []
     for (t, post, is_output), acc in zip(leaving, accs):
         def mean_of(x, out, acc=acc):
@@ -252,10 +254,10 @@ def _clone_head(lb: _LoopBuilder, leaving, current):
     return memo[id(target)]
 
 
-def _early_exit_body(lb: _LoopBuilder, config, leaving, accs, done, ee):
+def _early_exit_body(lb: _LoopBuilder, config, leaving, accs, done, ee, delay):
     b = lb.b
     b.prefix = "onnx2snn.early_exit"
-    count = TimeFold.averaged_steps(b, done, config.delay)
+    count = TimeFold.averaged_steps(b, done, delay)
     current = [b.op("Div", [acc[2], count]) for acc in accs]
     head = _clone_head(lb, leaving, current)
     b.prefix = "onnx2snn.early_exit"

@@ -16,10 +16,11 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..builder import Builder
+from ..errors import UserError
 from ..model import default_opset
 from ..neuron import DOMAIN, STATES
 from .info import SNNInfo
-from .loop import STEPS_NAME, TRIP_NAME
+from .loop import DELAY_NAME, STEPS_NAME, TRIP_NAME
 from .prepare import T_NAME
 
 
@@ -169,9 +170,10 @@ def neuron_thresholds(snn: onnx.ModelProto, info: SNNInfo) -> dict:
     return {n["name"]: found[n["name"]] for n in info.neurons if n["name"] in found}
 
 
-def head(snn: onnx.ModelProto, info: SNNInfo, output: str) -> onnx.ModelProto:
-    """The part of the SNN after the readout that computes `output`, taking the averaged tensors
-    as inputs."""
+def head(snn: onnx.ModelProto, info: SNNInfo, outputs) -> onnx.ModelProto:
+    """The part of the SNN after the readout that computes `outputs` (a name or a list of names),
+    taking the averaged tensors as inputs."""
+    outputs = [outputs] if isinstance(outputs, str) else list(outputs)
     graph = gs.import_onnx(snn)
     tensors = graph.tensors()
     means = []
@@ -181,17 +183,36 @@ def head(snn: onnx.ModelProto, info: SNNInfo, output: str) -> onnx.ModelProto:
         t.dtype = np.float32
         means.append(t)
     graph.inputs = list(graph.inputs) + means
-    graph.outputs = [tensors[output]]
+    graph.outputs = [tensors[o] for o in outputs]
     graph.cleanup()
     return gs.export_onnx(graph, do_type_check=False)
 
 
-def with_timesteps(snn: onnx.ModelProto, info: SNNInfo, t: int) -> onnx.ModelProto:
-    """A looped SNN set to run `t` steps (its trip count and step limit are named initializers,
-    in the main graph or in the Loop body)."""
+def has_delay_constant(snn: onnx.ModelProto) -> bool:
+    """Whether a looped SNN names its delay (converted by onnx2snn 0.1 after the T sweep came in)."""
+    found = []
+
+    def walk(graph):
+        found.extend(i.name for i in graph.initializer if i.name == DELAY_NAME)
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    walk(attr.g)
+    walk(snn.graph)
+    return bool(found)
+
+
+def with_timesteps(snn: onnx.ModelProto, info: SNNInfo, t: int, delay: int | None = None) -> onnx.ModelProto:
+    """A looped SNN set to run `t` steps, averaging from step `delay` (default: its own). Its trip
+    count, step limit and delay are named initializers, in the main graph or in the Loop body."""
     model = onnx.ModelProto()
     model.CopyFrom(snn)
     values = {TRIP_NAME: -(-t // info.chunk), STEPS_NAME: t}
+    if delay is not None and delay != info.delay:
+        if not has_delay_constant(snn):
+            raise UserError(f"the looped model's delay D={info.delay} is built in (converted by an older onnx2snn): "
+                            f"evaluate it with its own delay, or convert it again")
+        values[DELAY_NAME] = values[DELAY_NAME + "/readout"] = delay
 
     def patch(graph):
         for init in graph.initializer:

@@ -90,9 +90,11 @@ class TimeFold:
         return b.op("Add", [acc, b.reduce("ReduceSum", b.op("Mul", [self.unfold(x), w]), [0], keepdims=0)])
 
     @staticmethod
-    def averaged_steps(b: Builder, steps_done, delay: int):
-        """max(steps done - D, 1) as float: the divisor of the readout's accumulated sum."""
-        over = b.op("Sub", [steps_done, b.const(np.array(delay, np.int64))], dtype=np.int64)
+    def averaged_steps(b: Builder, steps_done, delay):
+        """max(steps done - D, 1) as float: the divisor of the readout's accumulated sum (`delay`:
+        an int or an int64 scalar tensor)."""
+        delay = b.const(np.array(delay, np.int64)) if isinstance(delay, (int, np.integer)) else delay
+        over = b.op("Sub", [steps_done, delay], dtype=np.int64)
         return b.op("Cast", [b.op("Max", [over, b.const(np.array(1, np.int64))], dtype=np.int64)],
                     {"to": onnx.TensorProto.FLOAT})
 
