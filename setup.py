@@ -50,6 +50,7 @@ setup(
             sources=["custom_ops/if_neuron.cc", "custom_ops/relux_probe.cc", "custom_ops/event_conv.cc",
                      "custom_ops/spiking_max_pool.cc",
                      "custom_ops/register.cc"],
+            depends=["custom_ops/ops.h", "custom_ops/event_conv_image.inc"],   # header edits rebuild too
             language="c++",
         )
     ],

@@ -24,8 +24,11 @@
 
 #include "ops.h"
 
-// The per-image routine (event_conv_image.inc) is compiled twice on x86-64 with GCC or Clang (see
-// ONNX2SNN_X86 in ops.h): for the baseline instruction set and for AVX-512, picked at run time.
+// The per-image routine (event_conv_image.inc) is compiled twice on x86-64 (see ONNX2SNN_X86 in
+// ops.h): for the baseline instruction set and for AVX-512, picked at run time. GCC compiles the
+// AVX-512 copy in a `#pragma GCC target` region, Clang (which ignores that pragma) in a
+// `#pragma clang attribute` region giving each of its functions target("avx512f"); MSVC needs
+// neither (its intrinsics compile whatever /arch says).
 
 namespace onnx2snn {
 namespace {
@@ -86,14 +89,22 @@ namespace generic {
 }  // namespace generic
 
 #if ONNX2SNN_X86
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f"))), apply_to = function)
+#elif defined(__GNUC__)
 #pragma GCC push_options
 #pragma GCC target("avx512f")
+#endif
 namespace avx512 {
 #define ONNX2SNN_AVX512 1
 #include "event_conv_image.inc"
 #undef ONNX2SNN_AVX512
 }  // namespace avx512
+#if defined(__clang__)
+#pragma clang attribute pop
+#elif defined(__GNUC__)
 #pragma GCC pop_options
+#endif
 #endif
 
 void RunImage(void* data, size_t index) {

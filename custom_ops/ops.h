@@ -11,34 +11,171 @@
 #include <type_traits>
 #include <vector>
 
-namespace onnx2snn {
+// ---- Portability -------------------------------------------------------------------------------
+// Compilers: GCC (Linux), Clang (Linux, Apple clang on macOS x86-64 and arm64, MinGW) and MSVC
+// (Windows x64). Every build is to compute the same bits: each product and each sum is rounded on
+// its own (no FMA contraction: -ffp-contract=off for GCC and Clang, see build_support.py; the
+// fp_contract pragma below for MSVC) and vector code only works across independent elements.
 
-inline const char* kDomain = "ai.onnx2snn";
+// Kernels written with AVX-512 intrinsics exist on x86-64 and run where the CPU and the OS support
+// AVX-512F (HasAvx512). GCC and Clang compile them in functions marked for AVX-512F
+// (ONNX2SNN_TARGET_AVX512, or a target region: event_conv.cc). MSVC has no per-function target but
+// compiles any intrinsic whatever /arch says, so there they are plain functions of the same
+// translation unit (the rest stays on the default SSE2 baseline), likewise called only after
+// HasAvx512(). ARM64EC defines _M_X64 but has no AVX-512. Building with -DONNX2SNN_BASELINE_ONLY
+// leaves out every x86 kernel and clone: the baseline code alone, on any CPU.
+#if !defined(ONNX2SNN_BASELINE_ONLY) && ((defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))) || \
+                                         (defined(_M_X64) && !defined(_M_ARM64EC)))
+#define ONNX2SNN_X86 1
+#else
+#define ONNX2SNN_X86 0
+#endif
+
+#if defined(_MSC_VER)
+#include <intrin.h>        // __cpuidex, _xgetbv, _BitScanForward
+#endif
+#if ONNX2SNN_X86
+#include <immintrin.h>
+#if defined(__APPLE__)
+#include <sys/sysctl.h>    // sysctlbyname
+#elif !defined(__linux__) && !defined(_MSC_VER)
+#include <cpuid.h>         // __cpuid_count (MinGW, BSDs)
+#endif
+#endif
+
+#if ONNX2SNN_X86 && (defined(__GNUC__) || defined(__clang__))
+#define ONNX2SNN_TARGET_AVX512 __attribute__((target("avx512f")))
+#else
+#define ONNX2SNN_TARGET_AVX512
+#endif
 
 // Element-wise kernels are compiled for AVX-512, AVX2 and the baseline on x86-64 Linux with GCC, the
-// loader picking the widest the CPU has. They vectorise across independent elements only (no FMA
-// contraction, no reassociated sums), so every version computes the same bits.
-#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
+// loader picking the widest the CPU has (an ifunc). Everywhere else they are compiled once, for the
+// baseline instruction set: Mach-O (macOS) has no ifunc, MSVC has no target_clones, and Clang's
+// target_clones (x86 ELF, Clang >= 14) is left out: Clang 22 was seen to leave undefined
+// references to inline functions (std::vector's constructor, ...) that a clone of a function with
+// internal linkage calls, so the library would not load. Either way they vectorise across
+// independent elements only (no FMA contraction, no reassociated sums): every version computes the
+// same bits.
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__) && \
+    !defined(ONNX2SNN_BASELINE_ONLY)
 #define ONNX2SNN_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define ONNX2SNN_VECTOR_CLONES
 #endif
 
-// Kernels written with AVX-512 intrinsics (in functions compiled for it) exist on x86-64 with GCC
-// or Clang and run where the CPU has AVX-512F.
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define ONNX2SNN_X86 1
-#include <immintrin.h>
-#else
-#define ONNX2SNN_X86 0
+// MSVC: no contraction into FMA, whatever the /fp and /arch options (Visual Studio 2022 17.0 and
+// later already do not contract under /fp:precise; earlier versions did where /arch allowed FMA).
+// clang-cl likewise.
+#if defined(_MSC_VER) && !defined(__clang__)
+#pragma fp_contract(off)
+#elif defined(_MSC_VER) && defined(__clang__)
+#pragma clang fp contract(off)
 #endif
 
+// The library's entry points (register.cc): exported from the DLL on Windows, visible in the
+// otherwise hidden (-fvisibility=hidden) ELF / Mach-O library elsewhere.
+#if defined(_WIN32)
+#define ONNX2SNN_EXPORT __declspec(dllexport)
+#else
+#define ONNX2SNN_EXPORT __attribute__((visibility("default")))
+#endif
+
+// Bit counts of a 32-bit mask: the GCC / Clang builtins, MSVC's _BitScanForward and a plain C++
+// population count (no POPCNT instruction needed). ONNX2SNN_CTZ needs a non-zero mask.
+#if defined(__GNUC__) || defined(__clang__)
+#define ONNX2SNN_POPCOUNT(mask) __builtin_popcount(mask)
+#define ONNX2SNN_CTZ(mask) __builtin_ctz(mask)
+#else
+#define ONNX2SNN_POPCOUNT(mask) ::onnx2snn::PortablePopcount(mask)
+#define ONNX2SNN_CTZ(mask) ::onnx2snn::PortableCtz(mask)
+#endif
+
+namespace onnx2snn {
+
+inline const char* kDomain = "ai.onnx2snn";
+
+#if !defined(__GNUC__) && !defined(__clang__)
+inline int PortablePopcount(uint32_t mask) {
+  mask = mask - ((mask >> 1) & 0x55555555u);                      // 2-bit counts
+  mask = (mask & 0x33333333u) + ((mask >> 2) & 0x33333333u);      // 4-bit counts
+  mask = (mask + (mask >> 4)) & 0x0F0F0F0Fu;                      // byte counts
+  return static_cast<int>((mask * 0x01010101u) >> 24);            // their sum in the top byte
+}
+
+inline int PortableCtz(uint32_t mask) {
+#if defined(_MSC_VER)
+  unsigned long index = 0;
+  _BitScanForward(&index, mask);
+  return static_cast<int>(index);
+#else
+  int n = 0;
+  while (!(mask & 1u)) {
+    mask >>= 1;
+    ++n;
+  }
+  return n;
+#endif
+}
+#endif
+
+#if ONNX2SNN_X86 && !defined(__APPLE__) && !(defined(__linux__) && defined(__GNUC__))
+// CPUID leaf / subleaf -> eax, ebx, ecx, edx.
+inline void Cpuid(uint32_t leaf, uint32_t subleaf, uint32_t regs[4]) {
+#if defined(_MSC_VER)
+  int r[4];
+  __cpuidex(r, static_cast<int>(leaf), static_cast<int>(subleaf));
+  for (int i = 0; i < 4; ++i) regs[i] = static_cast<uint32_t>(r[i]);
+#else
+  __cpuid_count(leaf, subleaf, regs[0], regs[1], regs[2], regs[3]);
+#endif
+}
+
+// XCR0: the register states the OS saves on a context switch (read only when CPUID says OSXSAVE).
+inline uint64_t EnabledStates() {
+#if defined(_MSC_VER) && !defined(__clang__)
+  return _xgetbv(0);
+#else  // inline asm: Clang's _xgetbv would need the function compiled for XSAVE
+  uint32_t lo, hi;
+  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  return (static_cast<uint64_t>(hi) << 32) | lo;
+#endif
+}
+
+// AVX-512F usable: the CPU has it (CPUID.7.0:EBX bit 16) and the OS saves the XMM, YMM, opmask and
+// both ZMM upper parts (XCR0 bits 1, 2, 5, 6, 7), which it says it manages with XSAVE (CPUID.1:ECX
+// bit 27, OSXSAVE).
+inline bool CpuidAvx512() {
+  uint32_t r[4];
+  Cpuid(0, 0, r);
+  if (r[0] < 7) return false;
+  Cpuid(1, 0, r);
+  if (!(r[2] & (1u << 27))) return false;
+  if ((EnabledStates() & 0xE6u) != 0xE6u) return false;
+  Cpuid(7, 0, r);
+  return (r[1] & (1u << 16)) != 0;
+}
+#endif
+
+// Linux (GCC, Clang): libgcc's / compiler-rt's __builtin_cpu_supports (CPUID and the OS's XCR0).
+// macOS: the kernel's hw.optional.avx512f (macOS enables the AVX-512 state lazily, on first use, so
+// XCR0 alone would say no). Windows and other x86-64 systems: CPUID and XCR0 directly.
 inline bool HasAvx512() {
-#if ONNX2SNN_X86
+#if !ONNX2SNN_X86
+  return false;
+#elif defined(__APPLE__)
+  static const bool has = [] {
+    int value = 0;
+    size_t size = sizeof(value);
+    return sysctlbyname("hw.optional.avx512f", &value, &size, nullptr, 0) == 0 && value != 0;
+  }();
+  return has;
+#elif defined(__linux__) && defined(__GNUC__)
   static const bool has = __builtin_cpu_supports("avx512f");
   return has;
 #else
-  return false;
+  static const bool has = CpuidAvx512();
+  return has;
 #endif
 }
 

@@ -7,7 +7,7 @@
 
 #include "ops.h"
 
-extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL
+extern "C" ONNX2SNN_EXPORT OrtStatus* ORT_API_CALL
 RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
   Ort::InitApi(api_base->GetApi(ORT_API_VERSION));
   static std::once_flag once;
@@ -29,4 +29,4 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
 
 // Python extension-module symbol so the library can live in the package as a setuptools extension;
 // importing it is never needed (onnxruntime loads it with dlopen).
-extern "C" __attribute__((visibility("default"))) void* PyInit__ops(void) { return nullptr; }
+extern "C" ONNX2SNN_EXPORT void* PyInit__ops(void) { return nullptr; }

@@ -55,7 +55,7 @@ constexpr int64_t kMaxBlock = 64;   // widest channel block accepted (MLAS uses 
 int64_t BlockBase(const ProbeTask& t, size_t block) {
   return static_cast<int64_t>(block) * t.rows_per_block * t.channels * t.inner;
 }
-int64_t BlockEnd(const ProbeTask& t, size_t block) {
+[[maybe_unused]] int64_t BlockEnd(const ProbeTask& t, size_t block) {  // used by the x86-64 AVX-512 kernel only
   return std::min<int64_t>(BlockBase(t, block + 1), t.outer * t.channels * t.inner);
 }
 
@@ -119,7 +119,7 @@ void ClipBlocked(void* data, size_t block) {
 // The statistics of StatisticsBlocked (the same float sums, lane by lane, in the same order) with
 // y = min(relu(x), theta) written in the same pass and the offsets of the entries above theta
 // recorded (up to a quarter of the block; more sets the block's overflow flag).
-__attribute__((target("avx512f"))) void StatisticsAndClip16(void* data, size_t block) {
+ONNX2SNN_TARGET_AVX512 void StatisticsAndClip16(void* data, size_t block) {
   const ProbeTask& t = *static_cast<const ProbeTask*>(data);
   double* acc = t.partial + block * t.channels * 2;
   std::vector<int32_t>& above = t.above[block];
@@ -157,7 +157,7 @@ __attribute__((target("avx512f"))) void StatisticsAndClip16(void* data, size_t b
         } else {
           const __m512i at = _mm512_add_epi32(iota, _mm512_set1_epi32(static_cast<int32_t>(offset + i * 16 - base)));
           _mm512_mask_compressstoreu_epi32(above.data() + n, up, at);
-          n += __builtin_popcount(up);
+          n += ONNX2SNN_POPCOUNT(up);
         }
       }
     }

@@ -339,7 +339,10 @@ def slice_steps(info: SNNInfo, t_max: int, memory: MemoryBudget | None) -> int |
         raise UserError(f"--timesteps {t_max}: one sample needs {per_step * t_max / 2 ** 30:.3g} GiB at this T; in "
                         f"slices that fit --max-memory ({memory.describe()}) it would take {runs} runs per batch; "
                         "evaluate a smaller T or give more --max-memory")
-    return -(-t_max // runs)       # equal slices (the last may be shorter)
+    even = max(d for d in range(1, most + 1) if t_max % d == 0)
+    if 2 * even >= most:           # slices that divide T: one pair of sessions
+        return even
+    return -(-t_max // runs)       # equal slices, the last shorter
 
 
 class _History(_OneSimulation):

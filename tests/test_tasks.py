@@ -161,3 +161,50 @@ def test_imagenet_style_resize_and_center_crop_are_recorded_and_reused(cnn_path,
     assert r["task"] == "classify" and r["ann"]["accuracy"] > 0.8 and r["snn"][-1]["metrics"]["top5"] > 0.9
     assert main(["eval", str(snn), "--data", str(folder), "--crop", "9,9"]) == 1
     assert "--crop" in capsys.readouterr().err
+
+
+def _with_postprocessing(net, top_k: int = 20):
+    """The detector with its decoding in the graph (3x3 peak picking, top-K over classes and cells):
+    outputs boxes [N, K, 4] xyxy in the model input's pixels, scores [N, K], labels [N, K]."""
+    import torch
+    from torch import nn
+    import torch.nn.functional as F
+
+    class Decoded(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            heat, size, offset = self.net(x)
+            heat = torch.sigmoid(heat)
+            heat = heat * (F.max_pool2d(heat, 3, 1, 1) == heat).float()
+            n, c, h, w = heat.shape
+            scores, idx = heat.reshape(n, -1).topk(top_k)
+            pos = idx % (h * w)
+            ys, xs = (pos // w).float(), (pos % w).float()
+            pick = pos[:, None, :].expand(n, 2, top_k)
+            sz, off = size.reshape(n, 2, -1).gather(2, pick).abs(), offset.reshape(n, 2, -1).gather(2, pick)
+            cx, cy = (xs + off[:, 0]) * tm.STRIDE, (ys + off[:, 1]) * tm.STRIDE
+            bw, bh = sz[:, 0] * tm.STRIDE, sz[:, 1] * tm.STRIDE
+            boxes = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], dim=-1)
+            return boxes, scores, idx // (h * w) + 1
+
+    return Decoded().eval()
+
+
+def test_a_detector_exported_with_its_postprocessing_is_scored_on_its_own_boxes(detector, tmp_path, capsys):
+    folder, images, annotations = detector
+    import torch
+    net, x = tm.train_detector(seed=0)
+    full = _with_postprocessing(net)
+    with torch.no_grad():
+        (tmp_path / "full.onnx").write_bytes(tm.export(full, x[:2], ["boxes", "scores", "labels"]))
+    snn = tmp_path / "full.snn.onnx"
+    _cli([tmp_path / "full.onnx", "--data", folder / "calib.npz", "-o", snn, "-T", 64, "-q"], capsys)
+    out = _cli(["eval", snn, "--data", images, "--annotations", annotations, "--ann", tmp_path / "full.onnx",
+                "-T", "64", "--json", tmp_path / "r.json"], capsys)
+    assert "task: detect" in out
+    r = json.loads((tmp_path / "r.json").read_text())
+    ann, snn64 = r["ann"]["metrics"]["map50"], r["snn"][-1]["metrics"]["map50"]
+    assert ann > 0.8 and snn64 >= ann - 0.05, (ann, snn64)     # boxes scaled from 48x48 inputs to 64x64 images
