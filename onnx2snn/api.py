@@ -73,7 +73,7 @@ def open_source(model: onnx.ModelProto, data=None, data_loader=None, prep: D.Pre
                 files: Files | None = None, annotations=None, split: str | None = None):
     """The data source of --data / --data-loader for `model`'s inputs (paths recorded in `files`):
     also a Pascal VOC root (`split`: one of its ImageSets/Segmentation lists) or, with
-    `annotations` (a COCO-format file), the image folder it names (tasks/sources.py)."""
+    `annotations` (a COCO-format file), the image folder it names (data/datasets.py)."""
     if files is not None:
         if data_loader:
             files.input(data_loader.rpartition(":")[0] or data_loader, "--data-loader")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 
 from .analyse import Analysis
 from .config import SNNConfig
-from .evaluate import window_scores
+from .evaluate import delay_candidates as candidates, window_scores  # noqa: F401 (candidates: API)
 from .snn import to_snn
 from .snn.info import SNNInfo
 
@@ -37,12 +37,6 @@ class DelayChoice:
                 "searched": [ds[0], ds[-1], ds[1] - ds[0] if len(ds) > 1 else 1] if ds else [],
                 "rel_error": err(self.delay), "rel_error_at_0": err(0),
                 "agreement": self.agreement.get(self.delay)}
-
-
-def candidates(timesteps: int) -> list:
-    """D = 0 .. 3T/4 (at least a quarter of the steps are averaged), at most ~49 values."""
-    step = max(1, timesteps // 64)
-    return list(range(0, 3 * timesteps // 4 + 1, step))
 
 
 def choose_delay(analysis: Analysis, thresholds, config: SNNConfig, batches, threads: int = 0,

@@ -445,6 +445,13 @@ def window_scores(snn: onnx.ModelProto, info: SNNInfo, windows, batches, ann: on
     return scores, bool(getattr(outputs, "counts", None)), per_t and getattr(outputs, "has_steps", False), stats
 
 
+def delay_candidates(timesteps: int) -> list:
+    """The readout delays searched at T (`--delay auto`): D = 0 .. 3T/4 (at least a quarter of the
+    steps are averaged), at most ~49 values."""
+    step = max(1, timesteps // 64)
+    return list(range(0, 3 * timesteps // 4 + 1, step))
+
+
 def window_delays(info: SNNInfo, timesteps, delay=None) -> dict:
     """T -> the readout delay `eval` uses there: the model's D scaled in proportion to T
     (round(D * T / T_model), the model's own D at its T), or `delay` (an int: the same D at every T,
@@ -470,7 +477,6 @@ def evaluate(snn: onnx.ModelProto, batches, timesteps, ann: onnx.ModelProto | No
     gives (`delay`: None, an int, or "auto": per T, the candidate D whose output is closest to the
     ANN's on this data, which needs `ann`). With `layers`, per-layer statistics at the largest T
     (see _LayerStats). `memory`: see window_scores. Each row says the D it used."""
-    from .delay import candidates
     info = SNNInfo.from_metadata(snn)
     ts = sorted(set(int(t) for t in timesteps))
     if not ts:
@@ -482,7 +488,7 @@ def evaluate(snn: onnx.ModelProto, batches, timesteps, ann: onnx.ModelProto | No
         if info.looped:
             raise UserError("--delay auto: needs one simulation for every candidate delay; evaluate the unrolled "
                             "form, or give --delay D")
-        windows = [(t, d) for t in ts for d in candidates(t) if d < t]
+        windows = [(t, d) for t in ts for d in delay_candidates(t) if d < t]
     else:
         windows = list(window_delays(info, ts, delay).items())
     scores, sops, steps, stats = window_scores(snn, info, windows, batches, ann, threads=threads, total=total,

@@ -10,7 +10,7 @@ from onnx2snn import UserError
 from onnx2snn import batches as Bt
 from onnx2snn import data as D
 from onnx2snn.config import CalibConfig
-from onnx2snn.tasks.sources import CocoImages, VOCSegmentation
+from onnx2snn.data import CocoImages, VOCSegmentation
 
 INPUT = [D.InputInfo("input", (None, 3, 8, 8), np.dtype(np.float32))]
 PREP = D.Preprocess(mean=(0.5,), std=(0.25,))

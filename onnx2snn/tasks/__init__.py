@@ -2,7 +2,7 @@
 model's outputs or given with `--task`, and how a batch's outputs become the task's predictions.
 
     metrics.py   top-1/top-5, mIoU (VOC), COCO mAP (pycocotools), MSE/PSNR
-    sources.py   Pascal VOC segmentation roots and COCO image folders (with their annotations)
+(the VOC and COCO data sources are data/datasets.py)
 
 Detection boxes come from the model's own outputs when it was exported with its post-processing
 (outputs named like boxes, scores and labels), else from a user hook, `--decode FILE.py:FN`, called

@@ -1,8 +1,8 @@
 """Data sources for segmentation and detection: a Pascal VOC folder (images and class masks) and
 a COCO annotation JSON with its image folder. Both decode, resize and normalise images like an
-image folder (data.ImageSource) and keep the decoded samples for the next epochs.
+image folder (sources.ImageSource) and keep the decoded samples for the next epochs.
 
-Labels (see data.Source): VOC gives int64 masks [N, H, W] at the model input's size (255 =
+Labels (see sources.Source): VOC gives int64 masks [N, H, W] at the model input's size (255 =
 ignore); COCO gives, per image, {"image_id", "width", "height", "file_name"} with the original
 size, for the evaluation to map boxes back and match the annotations.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data import IMAGE_EXTS, ImageSource, Preprocess
+from .sources import IMAGE_EXTS, ImageSource, Preprocess
 from ..errors import UserError
 
 IGNORE = 255

@@ -2,7 +2,7 @@
 
 Sources give random access to samples (images are decoded per batch, arrays are memory-mapped),
 so nothing is loaded whole. A loader script's function returns an iterable of feed dicts. How
-batches are drawn from them is batches.py.
+batches are drawn from them is batches.py; the VOC and COCO sources are in datasets.py.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
+from ..errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -541,50 +541,3 @@ class LoaderScript:
             yield feeds, labels
         if count == 0:
             raise UserError(f"--data-loader {self.spec}: yielded no batches")
-
-
-def _is_voc(path: Path) -> bool:
-    return (path / "JPEGImages").is_dir() and (path / "SegmentationClass").is_dir()
-
-
-def open_data(data: str | None, loader: str | None, inputs, prep: Preprocess,
-              annotations: str | None = None, split: str | None = None):
-    """A Source (random access) or a LoaderScript, from the --data / --data-loader flags, with
-    --annotations (a COCO JSON: detection images in the --data folder) and --split (the image-set
-    list of a Pascal VOC folder)."""
-    if annotations is not None:
-        from .tasks.sources import CocoImages
-        if loader:
-            raise UserError(f"--annotations {annotations}: needs --data FOLDER (the images), not --data-loader")
-        if not data or not Path(data).is_dir():
-            raise UserError(f"--annotations {annotations}: --data must be the folder of the images it lists"
-                            + (f" ({data} is not a folder)" if data else ""))
-        if split is not None:
-            raise UserError(f"--split {split}: only for a Pascal VOC folder, not with --annotations")
-        return CocoImages(Path(data), Path(annotations), inputs, prep)
-    if loader:
-        if split is not None:
-            raise UserError(f"--split {split}: only for a Pascal VOC folder, not with --data-loader")
-        return LoaderScript(loader, inputs)
-    if not data:
-        raise UserError("--data: give a folder of images, .npy/.npz file(s), or --data-loader FILE.py:FN")
-    path = Path(data)
-    if not path.exists():
-        raise UserError(f"{path}: no such file or folder")
-    if path.is_dir() and _is_voc(path):
-        from .tasks.sources import VOCSegmentation
-        return VOCSegmentation(path, inputs, prep, split)
-    if split is not None:
-        raise UserError(f"--split {split}: only for a Pascal VOC folder (holding JPEGImages/ and "
-                        f"SegmentationClass/), {path} is not one")
-    if path.is_file():
-        if path.suffix.lower() not in ARRAY_EXTS:
-            raise UserError(f"{path}: unsupported data file (expected .npy or .npz, or a folder of images)")
-        return ArrayFiles([path], inputs, str(path))
-    arrays = sorted(f for f in path.iterdir() if f.suffix.lower() in ARRAY_EXTS and f.is_file())
-    if arrays:
-        return ArrayFiles(arrays, inputs, str(path))
-    nested = sorted(p.name for p in path.iterdir() if p.is_dir() and _is_voc(p))
-    if nested:
-        raise UserError(f"{path}: holds the Pascal VOC folder {nested[0]}; pass --data {path / nested[0]}")
-    return ImageFolder(path, inputs, prep)
