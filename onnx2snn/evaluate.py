@@ -43,7 +43,7 @@ class EvalResult:
     slice_steps: int | None = None               # steps per run when the unrolled simulation runs in slices
     task: str | None = None                      # the task scored (tasks.TaskSpec.name), None: top-1 if labels
     ann_metrics: dict | None = None              # the task's figures for the ANN (rows: "metrics" per T)
-    delay_rule: str = "scaled"                   # how each row's "delay" was chosen: scaled, fixed or auto
+    delay_rule: str = "scaled"                   # how each row's "delay" was chosen: scaled, fixed, auto or own
     primary_key: str | None = None               # the task's headline figure in "metrics": top1, miou, map, psnr
     task_reason: str | None = None               # why that task (tasks.TaskSpec.reason)
 
@@ -489,6 +489,11 @@ def evaluate(snn: onnx.ModelProto, batches, timesteps, ann: onnx.ModelProto | No
             raise UserError("--delay auto: needs one simulation for every candidate delay; evaluate the unrolled "
                             "form, or give --delay D")
         windows = [(t, d) for t in ts for d in delay_candidates(t) if d < t]
+    elif delay is None and info.looped and not simulate.has_delay_constant(snn):
+        if ts[0] <= info.delay:     # converted before the delay was a named constant: it is built in
+            raise UserError(f"--timesteps: this looped model's delay D={info.delay} is built in (converted by an "
+                            "older onnx2snn); every T must exceed it, or convert the model again")
+        windows, delay = [(t, info.delay) for t in ts], "own"
     else:
         windows = list(window_delays(info, ts, delay).items())
     scores, sops, steps, stats = window_scores(snn, info, windows, batches, ann, threads=threads, total=total,
@@ -505,7 +510,7 @@ def evaluate(snn: onnx.ModelProto, batches, timesteps, ann: onnx.ModelProto | No
                      ann_macs=float(info.costs.get("ann_macs", 0.0)), seconds=time.perf_counter() - start,
                      task=task.name if task is not None else None, ann_metrics=scores.ann_metric_result(),
                      primary_key=task.metric.primary if task is not None else None,
-                     delay_rule="auto" if delay == "auto" else ("scaled" if delay is None else "fixed"))
+                     delay_rule=delay if delay in ("auto", "own") else ("scaled" if delay is None else "fixed"))
     for key in windows:
         tally = scores.tally[key]
         res.rows.append({"T": key[0], "delay": key[1], "accuracy": scores.accuracy(key),

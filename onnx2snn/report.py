@@ -69,7 +69,8 @@ def delay_line(result, info) -> str:
     per_t = ", ".join(f"T={r['T']} D={r['delay']}" for r in result.rows)
     rule = {"scaled": f"the model's D={info.delay} at its T={info.timesteps}, scaled in proportion to T",
             "fixed": "--delay, the same at every T",
-            "auto": "--delay auto: per T, the D whose output is closest to the ANN's on this data"
+            "auto": "--delay auto: per T, the D whose output is closest to the ANN's on this data",
+            "own": f"the model's D={info.delay} at every T (built into this older looped model)"
             }.get(result.delay_rule, result.delay_rule)
     line = f"readout delay: {rule} ({per_t})"
     correction = (info.thresholds or {}).get("correction") or {}

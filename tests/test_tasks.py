@@ -140,6 +140,21 @@ def test_any_t_list_sweeps_below_the_models_delay_in_every_form(resnet_path, dig
     assert "--delay auto" in out and all(0 <= row["delay"] < row["T"] for row in auto)
     assert main(["eval", str(unrolled), "--data", str(test), "-T", "8", "--delay", "8"]) == 1
     assert "--delay 8: every T must exceed it" in capsys.readouterr().err
+    # a looped model converted before its delay was a named constant keeps its own D, above which it sweeps
+    from onnx2snn.snn.loop import DELAY_NAME
+    old = onnx.load(loop)
+    for graph in [old.graph] + [a.g for n in old.graph.node for a in n.attribute if a.type == onnx.AttributeProto.GRAPH]:
+        for init in graph.initializer:
+            if init.name.startswith(DELAY_NAME):
+                renamed = init.name.replace(DELAY_NAME, "old.delay")
+                for node in graph.node:
+                    node.input[:] = [renamed if i == init.name else i for i in node.input]
+                init.name = renamed
+    onnx.save(old, tmp_path / "old.snn.onnx")
+    out = _cli(["eval", tmp_path / "old.snn.onnx", "--data", test, "-T", "16,32"], capsys)
+    assert "the model's D=12 at every T (built into this older looped model) (T=16 D=12, T=32 D=12)" in out
+    assert main(["eval", str(tmp_path / "old.snn.onnx"), "--data", str(test), "-T", "8,32"]) == 1
+    assert "delay D=12 is built in" in capsys.readouterr().err
 
 
 def test_imagenet_style_resize_and_center_crop_are_recorded_and_reused(cnn_path, digits_data, tmp_path, capsys):
