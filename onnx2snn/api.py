@@ -347,7 +347,7 @@ def evaluate_file(snn_path, data=None, data_loader=None, ann_path=None, timestep
                          layers=bool(report_path or plot_dir), memory=memory, task=spec, delay=delay)
     result.task_reason = spec.reason if spec is not None else None
     result.batch_size, result.memory = batch_size, memory
-    result.slice_steps = ev.slice_steps(info, max(timesteps), memory)
+    result.slice_steps = ev.slice_steps(info, max(timesteps), memory, snn_model.ByteSize())
     largest = info.costs.get("largest_activation", 0)
     if largest:
         steps = info.chunk if info.looped else result.slice_steps or max(timesteps)

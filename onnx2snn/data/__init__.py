@@ -11,9 +11,13 @@ from pathlib import Path
 
 from ..errors import UserError
 from .datasets import CocoImages, VOCSegmentation
-from .sources import (ARRAY_EXTS, CACHE_ENV, IMAGE_EXTS, LABEL_KEYS, ArrayFiles, ImageFolder, ImageSource,  # noqa: F401
+from .sources import (ARRAY_EXTS, CACHE_ENV, IMAGE_EXTS, LABEL_KEYS, ArrayFiles, ImageFolder, ImageSource,
                       InputInfo, LoaderScript, Preprocess, Source, Subset, model_inputs, parse_floats,
                       resolve_batch, split, static_batch)
+
+__all__ = ["ARRAY_EXTS", "CACHE_ENV", "IMAGE_EXTS", "LABEL_KEYS", "ArrayFiles", "CocoImages", "ImageFolder",
+           "ImageSource", "InputInfo", "LoaderScript", "Preprocess", "Source", "Subset", "VOCSegmentation",
+           "model_inputs", "open_data", "parse_floats", "resolve_batch", "split", "static_batch"]
 
 
 def _is_voc(path: Path) -> bool:
