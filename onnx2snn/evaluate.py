@@ -319,15 +319,16 @@ class _Sliced(_OneSimulation):
 MAX_SLICES = 10000     # more runs per batch than this is a T no one can wait for: refused
 
 
-SLICE_WEIGHT_COPIES = 4   # sliced runs: the first and later simulation sessions, the head and the ANN
+SLICE_WEIGHT_COPIES = 12  # sliced runs: the model as the simulation sessions, their rewrites, the head and the ANN hold it
 
 
 def slice_steps(info: SNNInfo, t_max: int, memory: MemoryBudget | None, model_bytes: int = 0) -> int | None:
     """Steps per run when one sample of an unrolled model's simulation at `t_max` does not fit
     the memory budget (then _Sliced runs it in slices of that many steps), else None. The slices
-    get the budget less SLICE_WEIGHT_COPIES copies of the model (`model_bytes`): the sessions'
-    weights, a fixed share the per-step estimate leaves out (RetinaNet's heads: 11.9 GB measured
-    against a 10.5 GiB budget without it)."""
+    get the budget less SLICE_WEIGHT_COPIES copies of the model (`model_bytes`): the graphs and
+    weights the sessions and their rewrites hold, a fixed share the per-step estimate leaves out
+    (RetinaNet's heads, a 244 MB model, at T=256: 11.9 GB against a 10.5 GiB budget with none
+    reserved, 12.3 GB with 4 copies, 9.1 GB within a 10.2 GiB budget with 12)."""
     largest = info.costs.get("largest_activation", 0)
     if info.looped or not largest or memory is None:
         return None
