@@ -51,7 +51,7 @@ ANN_MEAN = "onnx2snn.ann_mean/"      # graph inputs of the correction graph: the
 class Corrector:
     """One correction of `kind` measured on batches: the correction graph (`_correction_graph`), the
     clipped ANN that gives each batch's means, and the size-weighted sums of the batches' differences.
-    It runs on its own (`run`) or rides along in the delay choice's simulation (evaluate._Unrolled's
+    It runs on its own (`run`) or rides along in the delay choice's simulation (snn.runs.Unrolled's
     rider: `rewrite`, `feeds`, `collect`), so one simulation serves both."""
 
     def __init__(self, analysis: Analysis, thresholds: Thresholds, config: SNNConfig, kind: str, first_step: int):
@@ -73,7 +73,7 @@ class Corrector:
         self.ann_inputs = {i.name for i in self.ann_sess.get_inputs()}
         self.total, self.n = None, 0
 
-    # ---- as a rider of a simulation (evaluate._Unrolled) ----------------------------------------
+    # ---- as a rider of a simulation (snn.runs.Unrolled) ----------------------------------------
     def rewrite(self, model: onnx.ModelProto) -> tuple:
         """(model with every neuron corrected in the graph, the difference outputs added)."""
         return _correction_graph(model, self.layers, self.act_of, self.axes, self.kind, self.t, self.first_step,

@@ -1,12 +1,14 @@
 """Every file the user names: inputs are checked once, outputs are refused when they would
 destroy an input or a non-regular file, and are written atomically with the umask's mode.
 
-A conversion reads the model, the data (a file or a folder), a thresholds file, a loader script;
+A conversion reads the model, the data (a file or a folder), a thresholds file, a loader script
+(`user_function` loads a user's FILE.py:FN, as --data-loader and --decode name them);
 it writes the SNN, a thresholds file, a JSON report, an outputs file. `Files` holds the inputs of
 one command so that no output can land on (or inside) any of them.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import tempfile
 from pathlib import Path
@@ -97,3 +99,28 @@ def _unlink(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+def user_function(spec: str, flag: str):
+    """The function FN of a user's `FILE.py:FN` (`flag` names it in errors: one line each for a
+    malformed spec, a missing file, a failing import and a missing function)."""
+    path, _, func = str(spec).rpartition(":")
+    if not path or not func:
+        raise UserError(f"{flag} {spec}: expected FILE.py:FUNCTION")
+    if not Path(path).is_file():
+        raise UserError(f"{flag} {spec}: {path}: no such file")
+    module_spec = importlib.util.spec_from_file_location("onnx2snn_user_" + flag.strip("-").replace("-", "_"), path)
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as err:
+        raise UserError(f"{flag} {spec}: {path} failed to import: {err}") from None
+    if not callable(getattr(module, func, None)):
+        raise UserError(f"{flag} {spec}: {path} has no function {func}")
+    return getattr(module, func)
+
+
+def raised(flag: str, spec: str, err: Exception) -> UserError:
+    """A user function's exception as one line naming the flag and the function."""
+    msg = (str(err).strip().splitlines() or [""])[0]
+    return UserError(f"{flag} {spec}: raised {type(err).__name__}: {msg}")

@@ -204,21 +204,27 @@ def train_segmenter(seed: int = 0, epochs: int = 4, n_train: int = 600, size: in
     torch.manual_seed(seed)
     x, y = shapes_segmentation(n_train, size, seed)
     net = segmenter(width)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
-    steps = epochs * -(-n_train // 32)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-2, total_steps=steps)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    _fit(net, n_train, epochs, 1e-2, seed,
+         lambda idx: torch.nn.functional.cross_entropy(net(xt[idx]), yt[idx], ignore_index=IGNORE))
+    return net.eval(), x
+
+
+def _fit(net, n_train: int, epochs: int, lr: float, seed: int, loss_of) -> None:
+    """Adam with a one-cycle schedule over seeded shuffles in batches of 32, on one torch thread;
+    `loss_of(batch indices)` gives a batch's loss."""
+    import torch
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * -(-n_train // 32))
     gen = torch.Generator().manual_seed(seed)
     with _OneThread():
         net.train()
         for _ in range(epochs):
             for idx in torch.randperm(n_train, generator=gen).split(32):
                 opt.zero_grad()
-                loss = torch.nn.functional.cross_entropy(net(xt[idx]), yt[idx], ignore_index=IGNORE)
-                loss.backward()
+                loss_of(idx).backward()
                 opt.step()
                 sched.step()
-    return net.eval(), x
 
 
 def detector(width: int = 24):
@@ -292,24 +298,16 @@ def train_detector(seed: int = 0, epochs: int = 5, n_train: int = 1000, size: in
     x, boxes, labels = shapes_detection(n_train, size, seed)
     heat, wh, off, mask = (torch.from_numpy(a) for a in _detection_targets(boxes, labels, size))
     net = detector(width)
-    opt = torch.optim.Adam(net.parameters(), lr=5e-3)
-    steps = epochs * -(-n_train // 32)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=5e-3, total_steps=steps)
     xt = torch.from_numpy(x)
-    gen = torch.Generator().manual_seed(seed)
-    with _OneThread():
-        net.train()
-        for _ in range(epochs):
-            for idx in torch.randperm(n_train, generator=gen).split(32):
-                opt.zero_grad()
-                h, s, o = net(xt[idx])
-                m = mask[idx]
-                npos = m.sum().clamp(min=1)
-                loss = (_focal(h, heat[idx]) + 0.1 * ((s - wh[idx]).abs() * m).sum() / npos
-                        + ((o - off[idx]).abs() * m).sum() / npos)
-                loss.backward()
-                opt.step()
-                sched.step()
+
+    def loss_of(idx):
+        h, s, o = net(xt[idx])
+        m = mask[idx]
+        npos = m.sum().clamp(min=1)
+        return (_focal(h, heat[idx]) + 0.1 * ((s - wh[idx]).abs() * m).sum() / npos
+                + ((o - off[idx]).abs() * m).sum() / npos)
+
+    _fit(net, n_train, epochs, 5e-3, seed, loss_of)
     return net.eval(), x
 
 

@@ -6,7 +6,6 @@ batches are drawn from them is batches.py; the VOC and COCO sources are in datas
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from ..files import raised, user_function
 
 log = logging.getLogger(__name__)
 
@@ -491,20 +491,7 @@ class LoaderScript:
     task_hint = None
 
     def __init__(self, spec: str, inputs):
-        path, _, func = spec.rpartition(":")
-        if not path or not func:
-            raise UserError(f"--data-loader {spec}: expected FILE.py:FUNCTION")
-        if not Path(path).is_file():
-            raise UserError(f"--data-loader {spec}: {path}: no such file")
-        module_spec = importlib.util.spec_from_file_location("onnx2snn_user_loader", path)
-        module = importlib.util.module_from_spec(module_spec)
-        try:
-            module_spec.loader.exec_module(module)
-        except Exception as err:
-            raise UserError(f"--data-loader {spec}: {path} failed to import: {err}") from None
-        if not callable(getattr(module, func, None)):
-            raise UserError(f"--data-loader {spec}: {path} has no function {func}")
-        self.fn, self.spec, self.inputs = getattr(module, func), spec, inputs
+        self.fn, self.spec, self.inputs = user_function(spec, "--data-loader"), spec, inputs
 
     def _call(self):
         """The user's iterable, with any exception it raises turned into one line naming it."""
@@ -513,8 +500,7 @@ class LoaderScript:
         except UserError:
             raise
         except Exception as err:
-            msg = (str(err).strip().splitlines() or [""])[0]
-            raise UserError(f"--data-loader {self.spec}: raised {type(err).__name__}: {msg}") from None
+            raise raised("--data-loader", self.spec, err) from None
 
     def batches(self):
         """Yield (feeds, labels) forever-or-once; the caller decides when to stop."""

@@ -12,14 +12,13 @@ labels [K] category ids) per image.
 """
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import onnx
 
 from ..errors import UserError
+from ..files import raised, user_function
 from .metrics import TASKS, Metric, for_task
 
 __all__ = ["TaskSpec", "infer", "Decode", "TASKS"]
@@ -42,20 +41,7 @@ class Decode:
     `--data-loader`; its failures and malformed returns become one-line errors naming it."""
 
     def __init__(self, spec: str):
-        path, _, func = str(spec).rpartition(":")
-        if not path or not func:
-            raise UserError(f"--decode {spec}: expected FILE.py:FUNCTION")
-        if not Path(path).is_file():
-            raise UserError(f"--decode {spec}: {path}: no such file")
-        module_spec = importlib.util.spec_from_file_location("onnx2snn_user_decode", path)
-        module = importlib.util.module_from_spec(module_spec)
-        try:
-            module_spec.loader.exec_module(module)
-        except Exception as err:
-            raise UserError(f"--decode {spec}: {path} failed to import: {err}") from None
-        if not callable(getattr(module, func, None)):
-            raise UserError(f"--decode {spec}: {path} has no function {func}")
-        self.fn, self.spec = getattr(module, func), spec
+        self.fn, self.spec = user_function(spec, "--decode"), spec
 
     def __call__(self, outputs: dict, meta: list) -> list:
         try:
@@ -63,8 +49,7 @@ class Decode:
         except UserError:
             raise
         except Exception as err:
-            msg = (str(err).strip().splitlines() or [""])[0]
-            raise UserError(f"--decode {self.spec}: raised {type(err).__name__}: {msg}") from None
+            raise raised("--decode", self.spec, err) from None
         found = list(found) if found is not None else None
         if found is None or len(found) != len(meta):
             raise UserError(f"--decode {self.spec}: returned {0 if found is None else len(found)} result(s) for "
