@@ -1,6 +1,7 @@
 """Calibration and evaluation data: where samples come from and how they are labelled.
 
-    sources.py   image folders, .npy/.npz files, loader scripts; preprocessing; model inputs
+    inputs.py    the model's inputs, batch sizes, preprocessing settings, checks that data fits
+    sources.py   image folders, .npy/.npz files, loader scripts
     datasets.py  Pascal VOC segmentation roots and COCO image folders with their annotations
 
 `open_data` picks the source for the --data / --data-loader / --annotations / --split flags.
@@ -11,9 +12,9 @@ from pathlib import Path
 
 from ..errors import UserError
 from .datasets import CocoImages, VOCSegmentation
+from .inputs import InputInfo, Preprocess, model_inputs, parse_floats, resolve_batch, static_batch
 from .sources import (ARRAY_EXTS, CACHE_ENV, IMAGE_EXTS, LABEL_KEYS, ArrayFiles, ImageFolder, ImageSource,
-                      InputInfo, LoaderScript, Preprocess, Source, Subset, model_inputs, parse_floats,
-                      resolve_batch, split, static_batch)
+                      LoaderScript, Source, Subset, split)
 
 __all__ = ["ARRAY_EXTS", "CACHE_ENV", "IMAGE_EXTS", "LABEL_KEYS", "ArrayFiles", "CocoImages", "ImageFolder",
            "ImageSource", "InputInfo", "LoaderScript", "Preprocess", "Source", "Subset", "VOCSegmentation",

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .sources import IMAGE_EXTS, ImageSource, Preprocess
+from .inputs import Preprocess
+from .sources import IMAGE_EXTS, ImageSource
 from ..errors import UserError
 
 IGNORE = 255
