@@ -270,6 +270,9 @@ class Analysis:
     regions: Regions            # with the activations standing in for neurons
     problems: tuple             # (node, reason) for nodes between spiking layers that block conversion
 
+    def __reduce__(self):      # to a cluster's worker: the model, analysed there again (check_shapes' counts kept)
+        return _analysed, (self.model.SerializeToString(), {a.name: a.channels for a in self.activations})
+
     def copy(self):
         """(graph, activations): a fresh copy of the graph and the activations bound to its nodes."""
         graph = self.graph.copy()
@@ -328,6 +331,13 @@ def analyse(model) -> Analysis:
     regions = classify(graph, nodes)
     problems = tuple(nonlinear_nodes(graph, nodes, regions))
     return Analysis(proto, graph, M.default_opset(proto), acts, regions, problems)
+
+
+def _analysed(model_bytes: bytes, channels: dict) -> Analysis:
+    """Analysis.__reduce__: the analysis of the model, with the channel counts it had."""
+    analysis = analyse(onnx.load_from_string(model_bytes))
+    return replace(analysis, activations=tuple(replace(a, channels=channels.get(a.name, a.channels))
+                                               for a in analysis.activations))
 
 
 def as_analysis(model) -> Analysis:

@@ -23,6 +23,8 @@ from . import evaluate as ev
 from . import model as M
 from . import runtime
 from .analyse import analyse, as_analysis, check_shapes
+from .cluster import check_flags as check_cluster, connect
+from .cluster.work import DataSpec
 from .config import AUTO, E_MAC_PJ, E_SOP_PJ, CalibConfig, SNNConfig, check_energy
 from .choices import choose_delay_on, correct_and_delay, data_defaults, simulation_batches  # noqa: F401 (API)
 from .choices import batches_used, calibration_batch_size
@@ -31,6 +33,7 @@ from .delay import DelayChoice
 from .errors import UserError
 from .files import Files, write_atomic
 from . import freeze
+from .data import remote
 from . import tasks
 from .freeze import FrozenNorms
 from .snn import check as check_form
@@ -38,6 +41,7 @@ from .snn import to_snn
 from .plots import plot_report
 from .report import report_json
 from .runtime import memory as mem
+from .runtime.backends import RunJob
 from .runtime.memory import MemoryBudget
 from .snn.info import Provenance, SNNInfo
 from .thresholds import Thresholds
@@ -73,22 +77,31 @@ def open_source(model: onnx.ModelProto, data=None, data_loader=None, prep: D.Pre
                 files: Files | None = None, annotations=None, split: str | None = None):
     """The data source of --data / --data-loader for `model`'s inputs (paths recorded in `files`):
     also a Pascal VOC root (`split`: one of its ImageSets/Segmentation lists) or, with
-    `annotations` (a COCO-format file), the image folder it names (data/datasets.py)."""
+    `annotations` (a COCO-format file), the image folder it names (data/datasets.py). `data` may
+    be a URL fsspec opens (s3://..., file://...): copied once into a local cache (data/remote.py)."""
+    url = str(data) if data and not data_loader and remote.is_url(str(data)) else None
+    local = str(remote.localize(url)) if url else data
     if files is not None:
         if data_loader:
             files.input(data_loader.rpartition(":")[0] or data_loader, "--data-loader")
-        elif data:
-            files.input(data, "--data", folder_ok=True)
+        elif local:
+            files.input(local, "--data", folder_ok=True)
         if annotations:
             files.input(annotations, "--annotations")
-    return D.open_data(data, data_loader, D.model_inputs(model), prep or D.Preprocess(),
-                       annotations=str(annotations) if annotations else None, split=split)
+    inputs, prep = D.model_inputs(model), prep or D.Preprocess()
+    source = D.open_data(local, data_loader, inputs, prep, annotations=str(annotations) if annotations else None,
+                         split=split)
+    if isinstance(source, D.Source) and data:      # how a cluster's workers open the same samples
+        source.opened_with = DataSpec(url or str(Path(data).resolve()), tuple(inputs), prep,
+                                      str(Path(annotations).resolve()) if annotations else None, split)
+    return source
 
 
 def calibrate(model, source, config: CalibConfig = CalibConfig(), progress: bool = False,
-              snapshots=(), memory: MemoryBudget | None = None) -> Thresholds:
+              snapshots=(), memory: MemoryBudget | None = None, engine=None) -> Thresholds:
     """Thresholds for `model` (Analysis, ModelProto or path) from a data source (data.open_data);
-    `snapshots`: iteration counts at which the thresholds are also kept (see tuning.py)."""
+    `snapshots`: iteration counts at which the thresholds are also kept (see tuning.py); `engine`:
+    a cluster (cluster.connect) whose workers measure the batches of each round."""
     analysis = as_analysis(model)
     batch = calibration_batch_size(analysis.model, config, memory)
     config = replace(config, batch_size=batch)
@@ -96,9 +109,16 @@ def calibrate(model, source, config: CalibConfig = CalibConfig(), progress: bool
     iters = cal.batches_needed(config, n)
     layout = getattr(source, "layout", "NCHW")
     nonfinite = Bt.NonFinite(config.skip_nonfinite)
-    batches = Bt.prefetch(Bt.calibration_batches(source, batch, iters, config.seed, config.augment, layout, nonfinite))
-    th = cal.calibrate(analysis, batches, replace(config, iters=iters), progress=progress,
-                       snapshots=snapshots(iters) if callable(snapshots) else snapshots)
+    points = snapshots(iters) if callable(snapshots) else snapshots
+    if engine is None:
+        batches = Bt.prefetch(Bt.calibration_batches(source, batch, iters, config.seed, config.augment, layout,
+                                                     nonfinite))
+        th = cal.calibrate(analysis, batches, replace(config, iters=iters), progress=progress, snapshots=points)
+    else:
+        from .cluster import calibration_shards
+        shards = calibration_shards(engine, source, batch, iters, config.seed, config.augment, layout, nonfinite)
+        th = cal.calibrate(analysis, None, replace(config, iters=iters), progress=progress, snapshots=points,
+                           engine=engine, shards=shards, nonfinite=nonfinite)
     if nonfinite.skipped:
         th.info["skipped_nonfinite_batches"] = nonfinite.skipped
         log.warning("skipped %d calibration batch(es) holding NaN or Inf", nonfinite.skipped)
@@ -117,11 +137,11 @@ def _first_batch(source, model) -> dict:
 
 
 def _tuned_calibration(analysis, source, calib: CalibConfig, snn: SNNConfig, held: int, progress: bool,
-                       memory: MemoryBudget):
+                       memory: MemoryBudget, engine=None):
     """Calibration that keeps threshold snapshots, and the snapshot whose SNN at T is closest to the
     ANN on `held` calibration samples held back from calibration (tuning.py)."""
     rest, held_back = D.split(source, held, calib.seed)
-    th = calibrate(analysis, rest, calib, progress, snapshots=snapshot_points, memory=memory)
+    th = calibrate(analysis, rest, calib, progress, snapshots=snapshot_points, memory=memory, engine=engine)
     batches = list(simulation_batches(held_back, analysis.model, snn.timesteps, held, calib.skip_nonfinite, memory))
     choice = choose_snapshot(analysis, th.stats["snapshots"], snn, batches)
     chosen = th.stats["snapshots"][choice.iters]
@@ -153,13 +173,24 @@ def write_report(result: ev.EvalResult, report_path=None, plot_dir=None, e_sop: 
     return report
 
 
-def convert(model_path, data=None, data_loader=None, output=None,
+def convert(model_path, data=None, data_loader=None, output=None, *args, workers: int | None = None, cluster=None,
+            say=None, **kwargs) -> Conversion:
+    """ANN file -> SNN file (see _convert for the other arguments). `workers` (a local Dask cluster
+    of that many processes) or `cluster` (an address: tcp://..., ray://..., ray:auto; a
+    dask.distributed Client; or a cluster.connect engine): calibration, the corrections, the delay
+    choice and the check run their batches there (README "Scaling out"), with the same results;
+    `say` gets its notes (default: the log)."""
+    with connect(workers, cluster, say) as engine:
+        return _convert(model_path, data, data_loader, output, *args, engine=engine, **kwargs)
+
+
+def _convert(model_path, data=None, data_loader=None, output=None,
             calib: CalibConfig = CalibConfig(), snn: SNNConfig | None = None,
             prep: D.Preprocess = D.Preprocess(), thresholds=None, save_thresholds=None,
             check_samples: int = 0, check_timesteps=(), progress: bool = False,
             write: bool = True, delay_samples: int = 200, report_path=None, plot_dir=None,
             correct_samples: int = 200, max_memory=None, freeze_norm: bool = False,
-            freeze_samples: int = 500, annotations=None, split: str | None = None) -> Conversion:
+            freeze_samples: int = 500, annotations=None, split: str | None = None, engine=None) -> Conversion:
     """ANN file -> SNN file: load, analyse, calibrate (or reuse thresholds), rewrite, save atomically.
 
     With `snn.delay == "auto"` the readout delay is chosen on `delay_samples` samples of the data
@@ -170,7 +201,8 @@ def convert(model_path, data=None, data_loader=None, output=None,
     bounds every batch (see runtime/memory.py); the sizes chosen are in the result's `batches`.
     `freeze_norm`: normalisation layers between spiking layers become fixed affines from the ANN's
     statistics on `freeze_samples` samples of the data (freeze/norms.py; result's `frozen`).
-    `annotations`, `split`: see open_source; the check scores the task the data holds (tasks/)."""
+    `annotations`, `split`: see open_source; the check scores the task the data holds (tasks/).
+    `engine`: a cluster (cluster.connect) or None."""
     if snn is None:
         snn = SNNConfig(**data_defaults(bool(data or data_loader), thresholds))
     if snn.delay == AUTO and not (data or data_loader):
@@ -216,13 +248,13 @@ def convert(model_path, data=None, data_loader=None, output=None,
         start = time.perf_counter()
         with runtime.step("calibration", analysis.model):
             if calib.tune == "auto":
-                th, tuned = _tuned_calibration(analysis, source, calib, snn, delay_samples, progress, memory)
+                th, tuned = _tuned_calibration(analysis, source, calib, snn, delay_samples, progress, memory, engine)
             else:
-                th = calibrate(analysis, source, calib, progress, memory=memory)
+                th = calibrate(analysis, source, calib, progress, memory=memory, engine=engine)
         seconds = time.perf_counter() - start
     th.check_against(analysis.activations, "--thresholds" if thresholds is not None else "calibration")
     th, delay_choice, step_seconds = correct_and_delay(analysis, th, snn, source, correct_samples, delay_samples,
-                                                        progress, calib.skip_nonfinite, memory)
+                                                        progress, calib.skip_nonfinite, memory, engine)
     if delay_choice is not None:
         snn = replace(snn, delay=delay_choice.delay)
     used_prep = getattr(source, "prep", None) or prep
@@ -254,7 +286,8 @@ def convert(model_path, data=None, data_loader=None, output=None,
         with runtime.step("the check after converting (--check)", model):
             result.check = ev.evaluate(snn_model, batches, ts, ann=model, progress=progress,
                                        total=min(check_samples, len(source)) if isinstance(source, D.Source) else None,
-                                       layers=bool(report_path or plot_dir), memory=memory, task=task)
+                                       layers=bool(report_path or plot_dir), memory=memory, task=task,
+                                       engine=engine, what="the check")
         if report_path or plot_dir:
             result.report = write_report(result.check, report_path, plot_dir, model=Path(model_path).name,
                                          analog=SNNInfo.from_metadata(snn_model).analog)
@@ -314,15 +347,25 @@ def evaluate_file(snn_path, data=None, data_loader=None, ann_path=None, timestep
                   progress: bool = False, json_path=None, report_path=None, plot_dir=None,
                   e_sop: float = E_SOP_PJ, e_mac: float = E_MAC_PJ, max_memory=None, task: str | None = None,
                   annotations=None, decode: str | None = None, split: str | None = None,
-                  delay=None) -> ev.EvalResult:
+                  delay=None, workers: int | None = None, cluster=None, say=None) -> ev.EvalResult:
     """Evaluate a converted model at each T of `timesteps` (default: the model's T/4, T/2, T).
     `json_path`: the short results as JSON; `report_path` / `plot_dir`: the full report (per layer,
     SOP90/95, frames per joule) and its plots. Files are written atomically. The batch (unless
     `batch_size`) is the largest within `max_memory` (see convert), in the result's `batch_size`.
     `task` (classify, segment, detect, regress; default inferred, tasks.infer), `annotations`
     (COCO file), `decode` (FILE.py:FN turning outputs into boxes), `split` (VOC list): what is scored.
-    `delay`: None (the model's D scaled to each T), an int, or "auto" (evaluate.evaluate)."""
+    `delay`: None (the model's D scaled to each T), an int, or "auto" (evaluate.evaluate).
+    `workers`, `cluster`, `say`: the batches run on a cluster (see convert), with the same results."""
     check_energy(e_sop, e_mac)
+    with connect(workers, cluster, say) as engine:     # a local cluster starts while the files are read
+        return _evaluate_file(snn_path, data, data_loader, ann_path, timesteps, batch_size, limit, prep, progress,
+                              json_path, report_path, plot_dir, e_sop, e_mac, max_memory, task, annotations,
+                              decode, split, delay, engine)
+
+
+def _evaluate_file(snn_path, data, data_loader, ann_path, timesteps, batch_size, limit, prep, progress, json_path,
+                   report_path, plot_dir, e_sop, e_mac, max_memory, task, annotations, decode, split, delay,
+                   engine) -> ev.EvalResult:
     files, snn_model, info = _open_snn(snn_path, batch_size, limit)
     timesteps = list(timesteps) if timesteps else ev.default_timesteps(info)
     inputs = D.model_inputs(snn_model)
@@ -344,7 +387,7 @@ def evaluate_file(snn_path, data=None, data_loader=None, ann_path=None, timestep
     total = min(limit or len(source), len(source)) if isinstance(source, D.Source) else None
     batches = Bt.eval_batches(source, batch_size, limit, exact=D.static_batch(inputs) is not None)
     result = ev.evaluate(snn_model, batches, timesteps, ann, progress=progress, total=total,
-                         layers=bool(report_path or plot_dir), memory=memory, task=spec, delay=delay)
+                         layers=bool(report_path or plot_dir), memory=memory, task=spec, delay=delay, engine=engine)
     result.task_reason = spec.reason if spec is not None else None
     result.batch_size, result.memory = batch_size, memory
     result.slice_steps = ev.slice_steps(info, max(timesteps), memory, snn_model.ByteSize())
@@ -361,9 +404,13 @@ def evaluate_file(snn_path, data=None, data_loader=None, ann_path=None, timestep
 
 def run_file(snn_path, output, data=None, data_loader=None, batch_size: int | None = None,
              limit: int | None = None, prep: D.Preprocess | None = None, runtime_name: str = "onnxruntime",
-             max_memory=None, annotations=None, split: str | None = None) -> dict:
+             max_memory=None, annotations=None, split: str | None = None, workers: int | None = None,
+             cluster=None, say=None) -> dict:
     """Run a converted model over a data set on `runtime_name` (onnxruntime, openvino, tract) and
-    write its tensor outputs (.npy: one output; .npz keyed by output name) atomically; returns them."""
+    write its tensor outputs (.npy: one output; .npz keyed by output name) atomically; returns them.
+    `workers`, `cluster`, `say`: the batches run on a cluster (see convert), the outputs gathered
+    here in order."""
+    check_cluster(workers, cluster)
     files, snn, info = _open_snn(snn_path, batch_size, limit)
     source = open_source(snn, data, data_loader, prep or recorded_preprocess(snn), files, annotations, split)
     out = Path(output)
@@ -378,14 +425,22 @@ def run_file(snn_path, output, data=None, data_loader=None, batch_size: int | No
         raise UserError(f"-o {out}: the model has no tensor output to save")
     if out.suffix == ".npy" and len(names) != 1:
         raise UserError(f"-o {out}: the model has {len(names)} outputs; use .npz")
-    run_batch = runtime.backend(runtime_name, snn_path)
     inputs = D.model_inputs(snn)
     batch = D.resolve_batch(batch_size, inputs, ev.auto_batch_size(info, info.timesteps, mem.budget(max_memory)))
     chunks = {n: [] for n in names}
-    for feeds, _ in Bt.eval_batches(source, batch, limit, exact=D.static_batch(inputs) is not None):
-        values = run_batch(feeds)
-        for n in names:
-            chunks[n].append(np.asarray(values[n]))
+    batches = Bt.eval_batches(source, batch, limit, exact=D.static_batch(inputs) is not None)
+    with connect(workers, cluster, say) as engine:
+        if engine is None:
+            run_batch = runtime.backend(runtime_name, snn_path)
+            results = (run_batch(feeds) for feeds, _ in batches)
+        else:
+            from .cluster import batch_shards
+            shards, reading = batch_shards(engine, batches, "run")
+            results = (values for _, values, _ in engine.map("run", RunJob(runtime_name, snn_path, names), shards,
+                                                             reading) if values is not None)
+        for values in results:
+            for n in names:
+                chunks[n].append(np.asarray(values[n]))
     if not chunks[names[0]]:
         raise UserError("run: received no data")
     # per-sample outputs are concatenated; per-batch scalars (onnx2snn_steps) are stacked

@@ -241,13 +241,46 @@ def _where(source, indices):
     return lambda row: source.describe(int(indices[row]))
 
 
+def calibration_plan(n: int, batch_size: int, iters: int, seed: int) -> list:
+    """The sample indices of `iters` calibration batches of a source of `n` samples: a shuffled
+    order drawn from `seed`, drawn again whenever the data runs out (a batch never holds a sample
+    twice unless the source is smaller than a batch)."""
+    rng = np.random.default_rng(seed)
+    order, pos, plan = rng.permutation(n), 0, []
+    for _ in range(iters):
+        take = []
+        while len(take) < min(batch_size, n):
+            if pos == n:
+                order, pos = rng.permutation(n), 0
+            step = min(batch_size - len(take), n - pos)
+            take.extend(int(i) for i in order[pos:pos + step])
+            pos += step
+        plan.append(take)
+    return plan
+
+
+def augment_rng(seed: int, index: int) -> np.random.Generator:
+    """The random draws of calibration batch `index`'s augmentation: its own stream of `seed`, so a
+    batch is augmented the same wherever and whenever it is read."""
+    return np.random.default_rng([seed, index])
+
+
+def read_calibration(source, take, index: int, kind, layout: str, seed: int, nonfinite: NonFinite, prep=None):
+    """Calibration batch `index` (samples `take` of a random-access source), augmented, or None when
+    it holds NaN/Inf and those are skipped."""
+    feeds, labels = source.batch(take)
+    if not nonfinite.ok(feeds, _where(source, take)):
+        return None
+    return augment_batch(feeds, labels, kind, layout, augment_rng(seed, index), prep)[0]
+
+
 def calibration_batches(source, batch_size: int, iters: int, seed: int, augment: bool | str | None = False,
                         layout: str = "NCHW", nonfinite: NonFinite | None = None, prep=None):
-    """`iters` batches; samples reused in a fresh shuffled order whenever the data runs out.
-    `augment`: False/None, True (= "crop-flip"), "crop-flip", "flip" or "ssd" (see augment_batch),
-    drawn from `seed`; `prep`: the data's Preprocess (default: the source's own, if any)."""
+    """`iters` batches (calibration_plan); samples reused in a fresh shuffled order whenever the
+    data runs out. `augment`: False/None, True (= "crop-flip"), "crop-flip", "flip" or "ssd" (see
+    augment_batch), drawn per batch from `seed` (augment_rng); `prep`: the data's Preprocess
+    (default: the source's own, if any). A loader script's batches come in its order."""
     kind = augment_kind(augment)
-    rng = np.random.default_rng(seed)
     nonfinite = nonfinite or NonFinite()
     if prep is None:
         prep = getattr(source, "prep", None)
@@ -260,27 +293,16 @@ def calibration_batches(source, batch_size: int, iters: int, seed: int, augment:
                     return
                 if not nonfinite.ok(feeds, lambda row, k=k: f"--data-loader {source.spec}: batch {k} row {row}"):
                     continue
-                feeds, _ = augment_batch(feeds, labels, kind, layout, rng, prep)
+                feeds, _ = augment_batch(feeds, labels, kind, layout, augment_rng(seed, produced), prep)
                 produced += 1
                 yield feeds
             if produced == before:
                 return   # every batch was skipped: nothing more will come
         return
-    n = len(source)
-    order, pos = rng.permutation(n), 0
-    for _ in range(iters):
-        take = []
-        while len(take) < min(batch_size, n):
-            if pos == n:
-                order, pos = rng.permutation(n), 0
-            step = min(batch_size - len(take), n - pos)
-            take.extend(order[pos:pos + step])
-            pos += step
-        feeds, labels = source.batch(take)
-        if not nonfinite.ok(feeds, _where(source, take)):
-            continue
-        feeds, _ = augment_batch(feeds, labels, kind, layout, rng, prep)
-        yield feeds
+    for index, take in enumerate(calibration_plan(len(source), batch_size, iters, seed)):
+        feeds = read_calibration(source, take, index, kind, layout, seed, nonfinite, prep)
+        if feeds is not None:
+            yield feeds
 
 
 def prefetch(batches, depth: int = 2):
@@ -321,38 +343,72 @@ def prefetch(batches, depth: int = 2):
         stop.set()
 
 
-def eval_batches(source, batch_size: int, limit: int | None = None, exact: bool = False,
-                 nonfinite: NonFinite | None = None):
-    """(feeds, labels) in order, at most `limit` samples. With `exact` (a model with a fixed batch
-    size) a last batch that would be short is skipped, with a warning. `nonfinite`: stop at NaN/Inf
-    (default) or drop those samples (--skip-nonfinite)."""
-    check = nonfinite or NonFinite()
-    if isinstance(source, LoaderScript):
-        seen = 0
-        for k, (feeds, labels) in enumerate(source.batches()):
-            if limit is not None and seen >= limit:
-                return
-            size = len(next(iter(feeds.values())))
-            feeds, labels = check.rows(feeds, labels, lambda row, k=k: f"--data-loader {source.spec}: batch {k} row {row}")
-            if len(next(iter(feeds.values()))) < (size if exact else 1):
-                continue      # all skipped, or a fixed-size batch that lost samples
-            if limit is not None:
-                keep = limit - seen
-                feeds = {k: v[:keep] for k, v in feeds.items()}
-                labels = None if labels is None else labels[:keep]
-            seen += len(next(iter(feeds.values())))
-            yield feeds, labels
-        return
-    n = len(source)
-    # a limited run takes a fixed random subset, so class-sorted folders are not cut to few classes
+def eval_plan(n: int, batch_size: int, limit: int | None = None, exact: bool = False) -> list:
+    """The sample indices of each evaluation batch of a source of `n` samples, in order: at most
+    `limit` samples (a fixed random subset, so class-sorted folders are not cut to few classes);
+    with `exact` (a model with a fixed batch size) a last batch that would be short is dropped,
+    with a warning."""
     order = np.arange(n) if limit is None or limit >= n else \
         np.sort(np.random.default_rng(0).permutation(n)[:limit])
-    for start in range(0, len(order), batch_size):
-        chunk = list(order[start:start + batch_size])
-        if exact and len(chunk) < batch_size:
-            log.warning("the last %d sample(s) do not fill the model's fixed batch of %d and are skipped",
-                        len(chunk), batch_size)
+    plan = [[int(i) for i in order[start:start + batch_size]] for start in range(0, len(order), batch_size)]
+    if exact and plan and len(plan[-1]) < batch_size:
+        log.warning("the last %d sample(s) do not fill the model's fixed batch of %d and are skipped",
+                    len(plan[-1]), batch_size)
+        plan.pop()
+    return plan
+
+
+def read_eval(source, chunk, exact: bool, nonfinite: NonFinite):
+    """(feeds, labels) of the samples `chunk` of a random-access source, those holding NaN/Inf
+    dropped when skipping; None when none is left (or, with `exact`, when any was dropped)."""
+    feeds, labels = nonfinite.rows(*source.batch(chunk), _where(source, chunk))
+    if len(next(iter(feeds.values()))) >= (len(chunk) if exact else 1):
+        return feeds, labels
+    return None
+
+
+class EvalBatches:
+    """(feeds, labels) in order (see eval_batches); also what a cluster needs to read the same
+    batches elsewhere: the source, the plan of sample indices, `exact` and the NaN/Inf policy."""
+
+    def __init__(self, source, plan, exact: bool, nonfinite: NonFinite, labels: bool = True):
+        self.source, self.plan, self.exact, self.nonfinite = source, plan, exact, nonfinite
+        self.labels = labels            # False: (feeds, None), for steps that never score labels
+
+    def __iter__(self):
+        for chunk in self.plan:
+            got = read_eval(self.source, chunk, self.exact, self.nonfinite)
+            if got is not None:
+                yield got if self.labels else (got[0], None)
+
+    def without_labels(self) -> "EvalBatches":
+        return EvalBatches(self.source, self.plan, self.exact, self.nonfinite, labels=False)
+
+
+def _loader_eval(source, limit, exact, check):
+    seen = 0
+    for k, (feeds, labels) in enumerate(source.batches()):
+        if limit is not None and seen >= limit:
             return
-        feeds, labels = check.rows(*source.batch(chunk), _where(source, chunk))
-        if len(next(iter(feeds.values()))) >= (len(chunk) if exact else 1):
-            yield feeds, labels
+        size = len(next(iter(feeds.values())))
+        feeds, labels = check.rows(feeds, labels, lambda row, k=k: f"--data-loader {source.spec}: batch {k} row {row}")
+        if len(next(iter(feeds.values()))) < (size if exact else 1):
+            continue      # all skipped, or a fixed-size batch that lost samples
+        if limit is not None:
+            keep = limit - seen
+            feeds = {k: v[:keep] for k, v in feeds.items()}
+            labels = None if labels is None else labels[:keep]
+        seen += len(next(iter(feeds.values())))
+        yield feeds, labels
+
+
+def eval_batches(source, batch_size: int, limit: int | None = None, exact: bool = False,
+                 nonfinite: NonFinite | None = None):
+    """(feeds, labels) in order, at most `limit` samples (eval_plan). With `exact` (a model with a
+    fixed batch size) a last batch that would be short is skipped, with a warning. `nonfinite`: stop
+    at NaN/Inf (default) or drop those samples (--skip-nonfinite). A random-access source gives an
+    EvalBatches, a loader script a generator of its batches."""
+    check = nonfinite or NonFinite()
+    if isinstance(source, LoaderScript):
+        return _loader_eval(source, limit, exact, check)
+    return EvalBatches(source, eval_plan(len(source), batch_size, limit, exact), exact, check)

@@ -6,6 +6,14 @@ Methods (README "How it works", step 3):
 - max: the largest activation seen (max-norm), one theta per layer.
 - percentile: robust-norm, one theta per layer. Streaming estimate: the mean over batches of each
   batch's exact p-th percentile of positive activations (computed in the graph with TopK).
+
+Rounds (`--round-batches K`): LTB measures K batches at the same theta and applies one update,
+their per-channel means averaged weighted by their sample counts: one update on the union of the
+K batches (exactly for the first layer; a deeper layer's inputs are clipped at the thresholds
+each batch's own update gives the layers before it, LTB's in-batch clip, so there it is close). K = 1 is the sequential LTB above; a round's batches can run on
+several workers at once (cluster/), and the result depends only on K and the seed. With the same
+--iters (batches seen) there are K times fewer updates of the same size (--lr), each on K times
+as many samples. max and percentile do not depend on theta: K changes nothing for them.
 """
 from __future__ import annotations
 
@@ -35,6 +43,20 @@ class _Ltb:
         f[probes.LR_INPUT] = np.asarray(self.step, np.float32)
         return f
 
+    def update_round(self, outs: list, sizes: list):
+        """One update from a round's batches measured at the same theta (count-weighted means)."""
+        if len(outs) == 1:
+            return self.update(outs[0])
+        total = float(sum(sizes))
+        merged = {}
+        for p in self.probes:
+            merged[p.stat] = (sum(np.asarray(o[p.stat], np.float64) * n for o, n in zip(outs, sizes))
+                              / total).astype(np.float32)
+            for name in (p.clip_error, p.activity):
+                if name:
+                    merged[name] = sum(float(o[name]) * n for o, n in zip(outs, sizes)) / total
+        return self.update(merged)
+
     def update(self, outs: dict):
         errs = []
         for p in self.probes:
@@ -60,6 +82,12 @@ class _Max:
     def feeds(self):
         return {}
 
+    def update_round(self, outs: list, sizes: list):
+        err = None
+        for o in outs:          # theta-independent: batch by batch, in order
+            err = self.update(o)
+        return err
+
     def update(self, outs):
         for p in self.probes:
             self.theta[p.name] = max(self.theta[p.name], np.float32(outs[p.stat]))
@@ -84,15 +112,49 @@ class _Percentile(_Max):
         return None
 
 
+class MeasureJob:
+    """The probed model measuring one batch at given thresholds (`build`: its session, here or on
+    a cluster's workers): feeds + the round's threshold feeds -> the statistics to fetch."""
+
+    def __init__(self, probe_model, fetch: list):
+        self.probe_model, self.fetch = probe_model, fetch
+
+    def build(self, threads: int = 0):
+        sess = runtime.session(self.probe_model, threads=threads)
+        inputs = {i.name for i in sess.get_inputs()}
+
+        def measure(feeds: dict, labels=None, theta=None) -> tuple:
+            """(the statistics by name, samples in the batch)."""
+            run_feeds = {k: v for k, v in feeds.items() if k in inputs}
+            size = len(next(iter(v for v in run_feeds.values() if np.ndim(v))))
+            run_feeds.update(theta or {})
+            return dict(zip(self.fetch, runtime.run_checked(sess, self.fetch, run_feeds, "calibration"))), size
+        return measure
+
+
+def _rounds(batches, k: int):
+    """Lists of up to `k` consecutive items of `batches`."""
+    group = []
+    for item in batches:
+        group.append(item)
+        if len(group) == k:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
 def calibrate(analysis: Analysis, batches, config: CalibConfig, progress: bool = False, threads: int = 0,
-              snapshots=()):
-    """Thresholds for every activation of the analysed model from an iterable of feed dicts.
-    `snapshots`: iteration counts at which the thresholds are also kept (in `stats["snapshots"]`,
-    iteration count -> Thresholds), for choosing the calibration length afterwards (tuning.py)."""
+              snapshots=(), engine=None, shards=None, nonfinite=None):
+    """Thresholds for every activation of the analysed model from an iterable of feed dicts, in
+    rounds of config.round_batches batches (one update each). `snapshots`: iteration counts (batches)
+    at which the thresholds are also kept (in `stats["snapshots"]`, iteration count -> Thresholds),
+    for choosing the calibration length afterwards (tuning.py); with rounds, after the round that
+    reaches them. `engine`, `shards`: a cluster (cluster/) and the batches as (work.Shard list,
+    work.Reading or None), in place of `batches`: each round's batches run on its workers; the
+    batches they skip for NaN/Inf are counted in `nonfinite` (batches.NonFinite)."""
     analysis = as_analysis(analysis)
     probe_model, probe_list = probes.build(analysis, config.method, config.percentile)
-    sess = runtime.session(probe_model, threads=threads)
-    input_names = {i.name for i in sess.get_inputs()}
     fetch = sorted({p.stat for p in probe_list} | {p.clip_error for p in probe_list if p.clip_error}
                    | {p.activity for p in probe_list if p.activity})
     if config.method in ("ltb", "ltb-layer"):
@@ -101,33 +163,79 @@ def calibrate(analysis: Analysis, batches, config: CalibConfig, progress: bool =
         state = _Max(probe_list)
     else:
         state = _Percentile(probe_list)
+    # a round's batches are measured at the same theta; max and percentile do not depend on it, so on
+    # a cluster all their batches are in flight at once (the result is the same, batch by batch in order)
+    k = config.round_batches if isinstance(state, _Ltb) else 1
+    job = MeasureJob(probe_model, fetch)
     bar = None
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=config.iters, desc=f"calibrating ({config.method})", unit="batch", leave=False, disable=None)
-    run_time, iters, samples, err = 0.0, 0, 0, None
+    iters, samples, err = 0, 0, None
     kept = {}
-    for feeds in batches:
-        feeds = {k: v for k, v in feeds.items() if k in input_names}
-        feeds.update(state.feeds())
-        start = time.perf_counter()
-        values = runtime.run_checked(sess, fetch, feeds, "calibration")
-        run_time += time.perf_counter() - start
-        err = state.update(dict(zip(fetch, values)))
-        iters += 1
-        samples += len(next(iter(v for k, v in feeds.items() if k in input_names and np.ndim(v))))
-        if iters in snapshots:
-            kept[iters] = Thresholds(state.result(), config.method, {"iters": iters, "lr": config.lr})
+
+    session_time = [0.0]      # onnxruntime's seconds here (on a cluster: the rounds' wall time)
+
+    def rounds_here():
+        measure, measured = job.build(threads), []
+        theta = state.feeds()
+        for feeds in batches:
+            start = time.perf_counter()
+            measured.append(measure(feeds, theta=theta))
+            session_time[0] += time.perf_counter() - start
+            if len(measured) == k:
+                yield measured
+                measured, theta = [], state.feeds()      # the round's update is applied by now
+        if measured:
+            yield measured
+
+    def rounds_on(engine_):
+        shard_list, reading = shards
+        with engine_.job("calibration", job, reading) as run:
+            if not isinstance(state, _Ltb):
+                for _, value, skipped in run(shard_list):
+                    count(skipped)
+                    yield [value] if value is not None else []
+                return
+            for group in _rounds(shard_list, k):
+                theta = state.feeds()
+                for shard in group:
+                    shard.extra = {"theta": theta}
+                got = []
+                for _, value, skipped in run(group):
+                    count(skipped)
+                    if value is not None:
+                        got.append(value)
+                yield got
+
+    def count(skipped):
+        if skipped and nonfinite is not None:
+            nonfinite.skipped += skipped
+
+    started = time.perf_counter()
+    for measured in (rounds_here() if engine is None else rounds_on(engine)):
+        if not measured:
+            continue
+        err = state.update_round([m[0] for m in measured], [m[1] for m in measured])
+        before = iters
+        iters += len(measured)
+        samples += sum(m[1] for m in measured)
+        for point in snapshots:
+            if before < point <= iters:
+                kept[point] = Thresholds(state.result(), config.method, {"iters": point, "lr": config.lr})
         if bar is not None:
-            bar.update(1)
+            bar.update(len(measured))
             if err is not None:
                 bar.set_postfix(clip_error=f"{err:.4f}")
+    run_time = session_time[0] if engine is None else time.perf_counter() - started
     if bar is not None:
         bar.close()
     if iters == 0:
         raise UserError("calibration received no data")
     info = {"iters": iters, "samples": samples, "batch_size": config.batch_size, "lr": config.lr,
             "seed": config.seed, "augment": config.augment}
+    if config.round_batches != 1:
+        info["round_batches"] = config.round_batches
     if config.method == "percentile":
         info["percentile"] = config.percentile
     if err is not None:

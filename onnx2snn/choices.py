@@ -76,31 +76,47 @@ def batches_used(model, calib: CalibConfig, snn: SNNConfig, calibrated: bool, st
     return used
 
 
+def sample_batches(source, model, samples: int, timesteps: int = 1, memory: MemoryBudget | None = None,
+                   nonfinite=None):
+    """Up to `samples` samples of a random-access source (a fixed random subset) as batches.EvalBatches
+    the correction graph at `timesteps` can run within the memory budget."""
+    inputs = D.model_inputs(model)
+    batch = correction_batch_size(model, timesteps, samples, memory)
+    _warn_one_sample(model, timesteps, memory)
+    return Bt.eval_batches(source, batch, samples, exact=D.static_batch(inputs) is not None,
+                           nonfinite=nonfinite or Bt.NonFinite())
+
+
 def sample_feeds(source, model, samples: int, skip_nonfinite: bool = False, timesteps: int = 1,
                  memory: MemoryBudget | None = None) -> list:
     """Up to `samples` samples of the data as a list of feed dicts (a fixed random subset), in
     batches the correction graph at `timesteps` can run within the memory budget."""
     inputs = D.model_inputs(model)
     batch = correction_batch_size(model, timesteps, samples, memory)
+    _warn_one_sample(model, timesteps, memory)
+    return [f for f, _ in Bt.eval_batches(source, batch, samples, exact=D.static_batch(inputs) is not None,
+                                          nonfinite=Bt.NonFinite(skip_nonfinite))]
+
+
+def _warn_one_sample(model, timesteps: int, memory: MemoryBudget | None) -> None:
+    """Warn when one sample of the correction graph at `timesteps` exceeds the memory budget."""
     memory = memory or mem.budget()
     per_sample = mem.simulation_sample_bytes(largest_activation(model), timesteps, mem.CORRECTION_COPIES)
     if not memory.fits(per_sample):
         log.warning("memory budget %s: one sample of the correction at T=%d is estimated at %.1f GiB, above the "
                     "budget; it runs one sample at a time (a layer's correction needs all T steps before the next "
                     "layer runs, so its steps cannot run in slices)", memory.describe(), timesteps, per_sample / 2 ** 30)
-    return [f for f, _ in Bt.eval_batches(source, batch, samples, exact=D.static_batch(inputs) is not None,
-                                          nonfinite=Bt.NonFinite(skip_nonfinite))]
 
 
 def choose_delay_on(analysis, thresholds, snn: SNNConfig, source, samples: int = 200,
                     threads: int = 0, progress: bool = False, skip_nonfinite: bool = False,
-                    memory: MemoryBudget | None = None) -> DelayChoice:
+                    memory: MemoryBudget | None = None, engine=None) -> DelayChoice:
     """The readout delay for `snn.timesteps`, chosen on `samples` samples of `source` (a fixed random
     subset when it holds more; the first batches of a loader script)."""
     analysis = as_analysis(analysis)
     batches = simulation_batches(source, analysis.model, snn.timesteps, samples, skip_nonfinite, memory)
     total = min(samples, len(source)) if isinstance(source, D.Source) else None
-    return choose_delay(analysis, thresholds, snn, batches, threads, progress, total, memory=memory)
+    return choose_delay(analysis, thresholds, snn, batches, threads, progress, total, memory=memory, engine=engine)
 
 
 def data_defaults(have_data: bool, thresholds=None, timesteps: int = SNNConfig.timesteps) -> dict:
@@ -126,7 +142,8 @@ RIDE_BATCH = 32     # correction batches at least this large (or all samples in 
 
 
 def correct_and_delay(analysis, th: Thresholds, snn: SNNConfig, source, correct_samples: int, delay_samples: int,
-                       progress: bool, skip_nonfinite: bool = False, memory: MemoryBudget | None = None):
+                       progress: bool, skip_nonfinite: bool = False, memory: MemoryBudget | None = None,
+                       engine=None):
     """(thresholds with the correction `snn.correct`, the delay choice or None, seconds per step).
 
     Order: potential correction (all T steps), the readout delay (`--delay auto`), bias correction
@@ -136,7 +153,8 @@ def correct_and_delay(analysis, th: Thresholds, snn: SNNConfig, source, correct_
     fixed subset), each correction and the delay choice after it share one simulation, so `both`
     costs two simulations at T instead of four; not when the memory budget (or a model's fixed
     batch size) splits the correction into batches of fewer than RIDE_BATCH samples, since each
-    batch's own correction would then fit it too closely for the delay scored on it."""
+    batch's own correction would then fit it too closely for the delay scored on it. `engine`: a
+    cluster whose workers run the simulations' batches (cluster/); the same results."""
     seconds = {}
     steps = STEPS.get(snn.correct, ())
     if snn.correct == "none" or not stored(th, snn.correct, snn.timesteps):
@@ -149,8 +167,14 @@ def correct_and_delay(analysis, th: Thresholds, snn: SNNConfig, source, correct_
     if steps and source is None:
         raise UserError(f"--correct {snn.correct}: needs --data (or thresholds saved with this correction at "
                         f"T={snn.timesteps})")
-    feeds = sample_feeds(source, analysis.model, correct_samples, skip_nonfinite, snn.timesteps, memory) \
-        if steps else []
+    if steps and engine is not None and isinstance(source, D.Source) and not skip_nonfinite:
+        # on a cluster the workers read the correction samples themselves: the same batches, by index
+        feeds = sample_batches(source, analysis.model, correct_samples, snn.timesteps, memory)
+        sizes = [len(c) for c in feeds.plan]
+    else:
+        feeds = sample_feeds(source, analysis.model, correct_samples, skip_nonfinite, snn.timesteps, memory) \
+            if steps else []
+        sizes = [len(next(iter(f.values()))) for f in feeds]
 
     def timed(key, fn, name):
         start = time.perf_counter()
@@ -163,24 +187,25 @@ def correct_and_delay(analysis, th: Thresholds, snn: SNNConfig, source, correct_
     auto = snn.delay == AUTO
     # one simulation serves both when they use the same samples and the correction's batches are large
     # enough that each batch's in-graph correction stands for the whole set's (RIDE_BATCH)
-    sizes = [len(next(iter(f.values()))) for f in feeds]
     ride = auto and delay_samples == correct_samples and bool(sizes) and min(sizes[:-1] or sizes) >= min(
         RIDE_BATCH, sum(sizes))
 
     def corrected(kind, first, th):
         """(thresholds with correction `kind`, the delay chosen in the same simulation or None)."""
         if not ride:
-            return correct(analysis, th, snn, feeds, kind, first_step=first, progress=progress), None
+            return correct(analysis, th, snn, feeds, kind, first_step=first, progress=progress, engine=engine), None
         rider = Corrector(analysis, th, snn, kind, first)
-        n = sum(len(next(iter(f.values()))) for f in feeds)
-        found = choose_delay(analysis, th, snn, [(f, None) for f in feeds], progress=progress, total=n, rider=rider)
+        pairs = feeds.without_labels() if isinstance(feeds, Bt.EvalBatches) else [(f, None) for f in feeds]
+        found = choose_delay(analysis, th, snn, pairs, progress=progress, total=sum(sizes), rider=rider,
+                             engine=engine)
         return rider.result(), found
 
     if "potential" in steps:
         th, choice = timed("correction", lambda: corrected("potential", 0, th), "potential correction")
     if auto and choice is None:
         choice = timed("delay", lambda: choose_delay_on(analysis, th, snn, source, delay_samples, progress=progress,
-                                                          skip_nonfinite=skip_nonfinite, memory=memory), "delay choice")
+                                                          skip_nonfinite=skip_nonfinite, memory=memory, engine=engine),
+                       "delay choice")
     if "bias" in steps:
         first = choice.delay if choice is not None else snn.delay
         th, again = timed("correction", lambda: corrected("bias", first, th), "bias correction")
@@ -188,7 +213,7 @@ def correct_and_delay(analysis, th: Thresholds, snn: SNNConfig, source, correct_
         if auto and again is None:
             choice = timed("delay", lambda: choose_delay_on(analysis, th, snn, source, delay_samples,
                                                             progress=progress, skip_nonfinite=skip_nonfinite,
-                                                            memory=memory),
+                                                            memory=memory, engine=engine),
                            "delay choice (after the bias correction)")
     if th.bias or th.potential:      # the readout the correction was made for, reused without data
         fix = dict(th.info.get("correction") or {}, delay=choice.delay if choice is not None else snn.delay)

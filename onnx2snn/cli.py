@@ -49,6 +49,20 @@ def _data_flags(p: argparse.ArgumentParser, required_note: str):
                    help="a Pascal VOC root's ImageSets/Segmentation/NAME.txt (default: every image with a mask)")
 
 
+def _cluster_flags(p: argparse.ArgumentParser):
+    g = p.add_argument_group("scaling out (README \"Scaling out\"; the same results as one process)")
+    g.add_argument("--workers", type=int, metavar="N",
+                   help="run the batches on a local Dask cluster of N worker processes (the onnx2snn[dask] extra)")
+    g.add_argument("--cluster", metavar="ADDRESS",
+                   help="run the batches on an existing cluster: a Dask scheduler (tcp://HOST:8786), Ray "
+                        "(ray://HOST:10001, or ray:auto: RAY_ADDRESS or a local Ray; the onnx2snn[ray] extra)")
+
+
+def _say(args):
+    """Where a cluster's notes go: printed unless --quiet (or --json on eval)."""
+    return (lambda text: None) if getattr(args, "quiet", False) else (lambda text: print(text, flush=True))
+
+
 def _prep(args, recorded=None):
     from . import data as D
     mean = D.parse_floats(args.mean, "--mean")
@@ -119,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tune", choices=["none", "auto"], default="none",
                    help="auto: keep threshold snapshots at iters/8, /4, /2 and iters and use the one whose SNN at T is "
                         "closest to the ANN on --delay-samples calibration samples held back from calibration (none)")
+    g.add_argument("--round-batches", type=int, default=1, metavar="K",
+                   help="LTB: measure K batches at the same thresholds per update (1: sequential LTB); on a "
+                        "cluster a round's batches run in parallel; the result depends on K and --seed only")
     g.add_argument("--skip-nonfinite", action="store_true",
                    help="skip (and count) calibration batches holding NaN or Inf instead of stopping")
     g.add_argument("--thresholds", metavar="FILE", help="reuse thresholds (JSON/NPZ) and skip calibration")
@@ -178,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-v", "--verbose", action="store_true", help="log details")
     c.add_argument("--max-memory", metavar="SIZE", help=MAX_MEMORY_HELP)
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bars or tables")
+    _cluster_flags(c)
 
     e = sub.add_parser("eval", help="accuracy/agreement of an SNN at several T",
                        description="Simulate once up to the largest T and report each listed T.")
@@ -210,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--e-mac", type=float, default=E_MAC_PJ, help="pJ per MAC (12.5)")
     e.add_argument("-v", "--verbose", action="store_true")
     e.add_argument("-q", "--quiet", action="store_true")
+    _cluster_flags(e)
 
     r = sub.add_parser("run", help="run an SNN on data and save its outputs",
                        description="Outputs go to .npy (one output) or .npz keyed by output name.")
@@ -223,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the runtime to run on (openvino and tract run --portable models; from the "
                         "onnx2snn[runtimes] extra)")
     r.add_argument("-v", "--verbose", action="store_true")
+    _cluster_flags(r)
 
     i = sub.add_parser("inspect", help="say what conversion will do, without data or calibration",
                        description="Activations, max pools, regions, blocking nodes with reasons and the inputs' "
@@ -247,7 +267,7 @@ def configs(args) -> tuple:
     from . import api
     calib = CalibConfig(method=args.method, iters=args.iters, batch_size=args.batch_size, lr=args.lr,
                         percentile=args.percentile, seed=args.seed, augment=args.augment,
-                        skip_nonfinite=args.skip_nonfinite, tune=args.tune)
+                        skip_nonfinite=args.skip_nonfinite, tune=args.tune, round_batches=args.round_batches)
     auto = api.data_defaults(bool(args.data or args.data_loader), args.thresholds, args.timesteps)
     snn = SNNConfig(timesteps=args.timesteps, delay=auto["delay"] if args.delay is None else args.delay,
                     v_init=args.v_init, maxpool=args.maxpool, form=args.form, chunk=args.chunk,
@@ -268,7 +288,8 @@ def _convert(args) -> int:
         check_samples=args.check if (args.data or args.data_loader) else 0, progress=not args.quiet,
         delay_samples=args.delay_samples, report_path=args.report, plot_dir=args.plot,
         correct_samples=args.correct_samples, max_memory=args.max_memory, freeze_norm=args.freeze_norm,
-        freeze_samples=args.freeze_samples, annotations=args.annotations, split=args.split)
+        freeze_samples=args.freeze_samples, annotations=args.annotations, split=args.split,
+        workers=args.workers, cluster=args.cluster, say=_say(args))
     if not args.quiet:
         th = result.thresholds
         how = (f"{th.info.get('iters')} batches in {result.calibration_seconds:.1f}s" if args.thresholds is None
@@ -339,7 +360,9 @@ def _eval(args) -> int:
                                json_path=args.json,
                                report_path=args.report, plot_dir=args.plot, e_sop=args.e_sop, e_mac=args.e_mac,
                                max_memory=args.max_memory, task=args.task, annotations=args.annotations,
-                               decode=args.decode, split=args.split, delay=_delay_flag(args.delay))
+                               decode=args.decode, split=args.split, delay=_delay_flag(args.delay),
+                               workers=args.workers, cluster=args.cluster,
+                               say=(lambda text: None) if args.quiet or args.json else _say(args))
     if not args.quiet:
         print(delay_line(result, SNNInfo.from_metadata(snn)))
         if result.task:
@@ -362,7 +385,8 @@ def _run(args) -> int:
     snn = api.load_snn(args.snn)
     arrays = api.run_file(args.snn, args.output, args.data, args.data_loader, args.batch_size, args.limit,
                           _prep(args, api.recorded_preprocess(snn)), runtime_name=args.runtime,
-                          max_memory=args.max_memory, annotations=args.annotations, split=args.split)
+                          max_memory=args.max_memory, annotations=args.annotations, split=args.split,
+                          workers=args.workers, cluster=args.cluster, say=_say(args))
     print(f"wrote {', '.join(f'{k} {list(v.shape)}' for k, v in arrays.items())} to {args.output}")
     return 0
 

@@ -67,6 +67,7 @@ class CalibConfig:
     augment: bool | str | None = False   # False/None/"none": off; True = "crop-flip"; or "flip", "ssd"
     skip_nonfinite: bool = False    # skip (and count) batches holding NaN/Inf instead of stopping
     tune: str = "none"              # "auto": choose the calibration length for T (tuning.py)
+    round_batches: int = 1          # LTB: batches measured at the same theta per update (calibration.py)
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -80,6 +81,7 @@ class CalibConfig:
             raise UserError(f"--percentile {self.percentile}: must be in (0, 100]")
         _int("--seed", self.seed, 0)
         augment_kind(self.augment)
+        _int("--round-batches", self.round_batches, 1)
         if self.tune not in ("none", "auto"):
             raise UserError(f"--tune {self.tune}: expected none or auto")
 

@@ -57,6 +57,7 @@ class Corrector:
     def __init__(self, analysis: Analysis, thresholds: Thresholds, config: SNNConfig, kind: str, first_step: int):
         if kind not in ("bias", "potential"):
             raise UserError(f"--correct {kind}: expected bias or potential")
+        self.args = (analysis, thresholds, config, kind, first_step)
         self.thresholds, self.config = thresholds, config
         self.kind, self.first_step, self.t = kind, first_step, config.timesteps
         probe_cfg = replace(config, delay=0, form="unrolled", chunk=1, portable=False, early_exit=False,
@@ -72,6 +73,9 @@ class Corrector:
         self.ann_sess = runtime.session(ann_model)
         self.ann_inputs = {i.name for i in self.ann_sess.get_inputs()}
         self.total, self.n = None, 0
+
+    def __reduce__(self):       # to a cluster's workers: its settings, rebuilt there (sessions included)
+        return Corrector, self.args
 
     # ---- as a rider of a simulation (snn.runs.Unrolled) ----------------------------------------
     def rewrite(self, model: onnx.ModelProto) -> tuple:
@@ -92,17 +96,29 @@ class Corrector:
         self.n += size
 
     # ---- on its own ------------------------------------------------------------------------------
-    def run(self, batches, progress: bool = False) -> None:
-        model, outs = _correction_graph(self.snn, self.layers, self.act_of, self.axes, self.kind, self.t,
-                                        self.first_step, self.config.v_init)
-        sess = runtime.session(model)
-        inputs = {i.name for i in sess.get_inputs()}
-        for feeds in tqdm(batches, desc=f"{self.kind} correction", unit="batch", disable=None if progress else True,
-                          leave=False):
-            run_feeds = {k: v for k, v in feeds.items() if k in inputs}
-            run_feeds.update(self.feeds(feeds))
-            self.collect(runtime.run_checked(sess, outs, run_feeds, "correction"),
-                         len(next(iter(feeds.values()))))
+    def build(self, threads: int = 0) -> "_CorrectionRunner":
+        """The correction graph's session (here, or on a cluster's worker: cluster/work.py)."""
+        return _CorrectionRunner(self, threads)
+
+    def run(self, batches, progress: bool = False, engine=None) -> None:
+        """Measure the correction on `batches` (a list of feed dicts, or batches.EvalBatches), in
+        order; on `engine`'s workers when given (cluster/), collected here in the same order."""
+        total = len(batches.plan if hasattr(batches, "plan") else batches)
+        bar = tqdm(total=total, desc=f"{self.kind} correction", unit="batch", disable=None if progress else True,
+                   leave=False)
+        if engine is None:
+            runner = self.build()
+            results = (runner(feeds) for feeds, _ in _pairs(batches))
+        else:
+            from .cluster import batch_shards
+            shards, reading = batch_shards(engine, _pairs(batches), f"{self.kind} correction",
+                                           why="the correction's samples are held here")
+            results = (value for _, value, _ in engine.map(f"{self.kind} correction", self, shards, reading)
+                       if value is not None)
+        for diffs, size in results:
+            self.collect(diffs, size)
+            bar.update(1)
+        bar.close()
 
     def result(self) -> Thresholds:
         """The thresholds with this correction added (the batches' differences averaged)."""
@@ -136,8 +152,32 @@ class Corrector:
         return corrected.validate("correction")
 
 
+class _CorrectionRunner:
+    """A Corrector's correction graph in a session: feeds -> the batch's differences per layer."""
+
+    def __init__(self, corrector: Corrector, threads: int = 0):
+        c = corrector
+        model, self.outs = _correction_graph(c.snn, c.layers, c.act_of, c.axes, c.kind, c.t, c.first_step,
+                                             c.config.v_init)
+        self.corrector, self.sess = c, runtime.session(model, threads)
+        self.inputs = {i.name for i in self.sess.get_inputs()}
+
+    def __call__(self, feeds: dict, labels=None) -> tuple:
+        """(the batch's differences per layer, its samples)."""
+        run_feeds = {k: v for k, v in feeds.items() if k in self.inputs}
+        run_feeds.update(self.corrector.feeds(feeds))
+        return runtime.run_checked(self.sess, self.outs, run_feeds, "correction"), len(next(iter(feeds.values())))
+
+
+def _pairs(batches):
+    """(feeds, labels) pairs: a list of feed dicts as (feeds, None); batches.EvalBatches as they are."""
+    if hasattr(batches, "plan"):
+        return batches.without_labels()
+    return [(f, None) for f in batches]
+
+
 def correct(analysis: Analysis, thresholds: Thresholds, config: SNNConfig, batches, kind: str = "bias",
-            first_step: int = 0, progress: bool = False) -> Thresholds:
+            first_step: int = 0, progress: bool = False, engine=None) -> Thresholds:
     """Thresholds with a correction of `kind` ("bias" or "potential") added for every neuron at
     `config.timesteps` (on top of corrections `thresholds` already holds). `batches`: a list of feed
     dicts (calibration samples). `first_step`: the SNN's averages are taken over steps
@@ -151,7 +191,7 @@ def correct(analysis: Analysis, thresholds: Thresholds, config: SNNConfig, batch
     if not batches:
         raise UserError("--correct: received no samples")
     corrector = Corrector(analysis, thresholds, config, kind, first_step)
-    corrector.run(batches, progress)
+    corrector.run(batches, progress, engine)
     return corrector.result()
 
 

@@ -40,11 +40,13 @@ class DelayChoice:
 
 
 def choose_delay(analysis: Analysis, thresholds, config: SNNConfig, batches, threads: int = 0,
-                 progress: bool = False, total: int | None = None, rider=None, memory=None) -> DelayChoice:
+                 progress: bool = False, total: int | None = None, rider=None, memory=None,
+                 engine=None) -> DelayChoice:
     """The readout delay for `config.timesteps` that brings the SNN's output closest to the ANN's on
     `batches` (an iterable of (feeds, labels) as batches.eval_batches yields). `rider`: a
     correction.Corrector measured in the same simulation; the SNN scored is then the one it
-    corrects in the graph. `memory`: the budget the simulation keeps to (evaluate.window_scores)."""
+    corrects in the graph. `memory`: the budget the simulation keeps to (evaluate.window_scores);
+    `engine`: a cluster that runs the batches (cluster/)."""
     t = config.timesteps
     probe = replace(config, delay=0, form="unrolled", chunk=1, portable=False, early_exit=False)
     snn, _ = to_snn(analysis, thresholds, probe)
@@ -57,7 +59,8 @@ def choose_delay(analysis: Analysis, thresholds, config: SNNConfig, batches, thr
     desc = f"{rider.kind} correction and the delay (T={t})" if rider is not None else f"choosing the delay (T={t})"
     scores, _, _, _ = window_scores(snn, info, windows, batches, analysis.model, spike_counts=False,
                                     threads=threads, total=total, desc=desc if progress else None, rider=rider,
-                                    memory=memory)
+                                    memory=memory, engine=engine,
+                                    what=f"{rider.kind} correction and delay choice" if rider else "delay choice")
     if scores.err_den == 0:
         return DelayChoice(0, scores.n, {}, {})
     rel = {d: scores.rel_error((t, d)) for d in ds}

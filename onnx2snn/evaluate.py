@@ -99,12 +99,11 @@ class _LayerStats:
 
     def __init__(self, snn, info: SNNInfo, ann, t: int, threads: int):
         self.t, self.info = t, info
-        self.tally = {n["name"]: {"spikes": 0.0, "count": 0, "samples": 0, "silent": 0, "saturated": 0, "err": 0.0,
-                                  "ref": 0.0}
-                      for n in info.neurons}
+        self.tally = self._fresh()       # merged over batches (merge)
+        self.batch = self._fresh()       # this batch's (add; taken by take)
         self.thetas = simulate.neuron_thresholds(snn, info)
         self.tensor = {n["name"]: n["tensor"] for n in info.neurons}
-        self.sess = None
+        self.sess, self.with_ann = None, ann is not None
         if ann is not None:
             analysis = as_analysis(ann)
             names = sorted({self.tensor[n] for n in self.thetas})
@@ -113,6 +112,24 @@ class _LayerStats:
             self.sess = runtime.session(model, threads)
             self.names = names
             self.inputs = input_names(self.sess)
+
+    def _fresh(self) -> dict:
+        return {n["name"]: {"spikes": 0.0, "count": 0, "samples": 0, "silent": 0, "saturated": 0, "err": 0.0,
+                            "ref": 0.0} for n in self.info.neurons}
+
+    def __getstate__(self):         # the tallies travel (a cluster's shards), the session does not
+        return {"t": self.t, "info": self.info, "tally": self.tally, "batch": self.batch, "thetas": self.thetas,
+                "tensor": self.tensor, "sess": None, "with_ann": self.with_ann}
+
+    def take(self) -> dict:
+        """This batch's tallies (and a fresh one for the next)."""
+        batch, self.batch = self.batch, self._fresh()
+        return batch
+
+    def merge(self, batch: dict) -> None:
+        for name, tl in self.tally.items():
+            for key, value in batch[name].items():
+                tl[key] += value
 
     def add(self, feeds: dict, per_neuron: dict) -> None:
         """per_neuron: name -> (summed weighted spikes, spike count), each [N * neurons], over T."""
@@ -123,7 +140,7 @@ class _LayerStats:
             clipped = dict(zip(self.names, runtime.run_checked(self.sess, self.names, run_feeds, "report")))
         batch = max((np.shape(v)[0] for v in feeds.values() if np.ndim(v)), default=1)
         for name, (total, fired) in per_neuron.items():
-            tl = self.tally[name]
+            tl = self.batch[name]
             tl["samples"] += batch
             tl["spikes"] += float(fired.sum())
             tl["count"] += fired.size
@@ -144,57 +161,147 @@ class _LayerStats:
                                   "zero": int(np.sum(theta == 0)), "values": [float(v) for v in theta]},
                         "firing_rate": tl["spikes"] / (count * self.t), "silent": tl["silent"] / count,
                         "saturated": tl["saturated"] / count,
-                        "rate_error": tl["err"] / tl["ref"] if self.sess is not None and tl["ref"] > 0 else None})
+                        "rate_error": tl["err"] / tl["ref"] if self.with_ann and tl["ref"] > 0 else None})
         return out
+
+
+@dataclass
+class ScorePart:
+    """One batch's share of window_scores: its Scores, per-layer tallies and the rider's outputs."""
+    scores: scoring.Scores
+    layers: dict | None = None
+    rider: list | None = None
+    counts: bool = False        # SOPs measured (spike counts)
+    steps: bool = False         # steps used measured (early exit)
+
+
+@dataclass
+class ScoreJob:
+    """What window_scores runs on each batch, built once per process (`build`): here, or shipped to
+    a cluster's workers (cluster/), where the rider (a correction.Corrector) is rebuilt from its
+    settings. `threads` 0: onnxruntime's default."""
+    snn: onnx.ModelProto
+    windows: list
+    ann: onnx.ModelProto | None = None
+    spike_counts: bool = True
+    layers: bool = False
+    rider: object = None
+    memory: MemoryBudget | None = None
+    task: object = None
+
+    def per_t(self, info: SNNInfo) -> bool:
+        return info.looped and (info.early_exit is not None or not info.readouts
+                                or any(t % info.chunk for t, _ in self.windows)
+                                or any(d != info.delay for _, d in self.windows))
+
+    def stats(self, info: SNNInfo, threads: int):
+        """Per-layer statistics at the largest T (None when not asked or not available)."""
+        if self.layers and not self.per_t(info):
+            return _LayerStats(self.snn, info, self.ann, max(t for t, _ in self.windows), threads)
+        return None
+
+    def build(self, threads: int = 0) -> "ScoreRunner":
+        return ScoreRunner(self, threads)
+
+
+class ScoreRunner:
+    """A ScoreJob's sessions: the simulation that yields every window's outputs (snn/runs.py), the
+    ANN and the per-layer statistics; called per batch, it returns the batch's ScorePart."""
+
+    def __init__(self, job: ScoreJob, threads: int = 0):
+        snn, windows, rider = job.snn, job.windows, job.rider
+        info = SNNInfo.from_metadata(snn)
+        self.info, self.rider = info, rider
+        out_names = list(dict.fromkeys([score_output(snn)] + (list(job.task.outputs) if job.task is not None else [])))
+        self.stats = job.stats(info, threads)
+        if job.per_t(info):
+            outputs = PerT(snn, info, windows, threads, out_names)
+        elif info.looped:
+            outputs = History(snn, info, windows, threads, self.stats, out_names)
+        else:
+            steps = None if rider is not None else slice_steps(info, max(t for t, _ in windows), job.memory,
+                                                               snn.ByteSize())
+            if steps is not None:
+                log.info("memory budget %s: the unrolled simulation at T=%d runs %d steps at a time",
+                         job.memory.describe(), max(t for t, _ in windows), steps)
+                outputs = Sliced(snn, info, windows, job.spike_counts, threads, self.stats, steps, out_names)
+            else:
+                outputs = Unrolled(snn, info, windows, job.spike_counts, threads, self.stats, rider, out_names)
+        if rider is not None and not isinstance(outputs, Unrolled):
+            raise ValueError("a rider needs the unrolled simulation")
+        self.outputs = outputs
+        ann_sess = None
+        if job.ann is not None:
+            ann_sess = runtime.session(job.ann, threads)
+            missing = sorted(input_names(ann_sess) - {i.name for i in snn.graph.input})
+            if missing:
+                raise UserError(f"--ann: its input(s) {', '.join(missing)} are not inputs of the SNN; "
+                                "is it the model that was converted?")
+        self.scorer = scoring.BatchScorer(outputs, windows, ann_sess, score_output(snn), job.task)
+        self.counts = bool(getattr(outputs, "counts", None))
+        self.steps = job.per_t(info) and getattr(outputs, "has_steps", False)
+
+    def __call__(self, feeds: dict, labels) -> ScorePart:
+        scores = self.scorer(feeds, labels)
+        return ScorePart(scores, self.stats.take() if self.stats is not None else None,
+                         getattr(self.outputs, "rider_values", None), self.counts, self.steps)
 
 
 def window_scores(snn: onnx.ModelProto, info: SNNInfo, windows, batches, ann: onnx.ModelProto | None = None,
                   spike_counts: bool = True, threads: int = 0, desc: str | None = None,
                   total: int | None = None, layers: bool = False, rider=None,
-                  memory: MemoryBudget | None = None, task=None) -> tuple:
+                  memory: MemoryBudget | None = None, task=None, engine=None, what: str = "evaluation") -> tuple:
     """(Scores, sops measured, steps measured, per-layer statistics at the largest T or None) of
-    `snn` for each (T, D) window over `batches`. `rider`: see Unrolled (unrolled models only).
-    `memory`: an unrolled simulation whose one sample does not fit it runs in slices of steps
-    (Sliced; not with a rider). `task`: tasks.TaskSpec scored per window (scoring.Scores)."""
+    `snn` for each (T, D) window over `batches`. `rider`: see Unrolled (unrolled models only); its
+    outputs are collected batch by batch (`rider.collect`). `memory`: an unrolled simulation whose
+    one sample does not fit it runs in slices of steps (Sliced; not with a rider). `task`:
+    tasks.TaskSpec scored per window (scoring.Scores). `engine`: a cluster (cluster/) that runs the
+    batches as shards (`what` names the step in its notes); the batches' results are merged in the
+    same order either way."""
     windows = sorted(set(windows))
-    per_t = info.looped and (info.early_exit is not None or not info.readouts
-                             or any(t % info.chunk for t, _ in windows) or any(d != info.delay for _, d in windows))
-    out_names = list(dict.fromkeys([score_output(snn)] + (list(task.outputs) if task is not None else [])))
-    stats = None
-    if layers and not per_t:
-        stats = _LayerStats(snn, info, ann, max(t for t, _ in windows), threads)
-    elif layers:
+    job = ScoreJob(snn, windows, ann, spike_counts, layers, rider, memory, task)
+    if layers and job.per_t(info):
         log.warning("per-layer statistics of a looped model need one simulation of all steps: not available "
                     "with early exit, a T off the chunk grid or delays other than the model's")
-    if per_t:
-        outputs = PerT(snn, info, windows, threads, out_names)
-    elif info.looped:
-        outputs = History(snn, info, windows, threads, stats, out_names)
-    else:
-        steps = None if rider is not None else slice_steps(info, max(t for t, _ in windows), memory, snn.ByteSize())
-        if steps is not None:
-            log.info("memory budget %s: the unrolled simulation at T=%d runs %d steps at a time",
-                     memory.describe(), max(t for t, _ in windows), steps)
-            outputs = Sliced(snn, info, windows, spike_counts, threads, stats, steps, out_names)
-        else:
-            outputs = Unrolled(snn, info, windows, spike_counts, threads, stats, rider, out_names)
-    if rider is not None and not isinstance(outputs, Unrolled):
-        raise ValueError("a rider needs the unrolled simulation")
-    ann_sess = None
-    if ann is not None:
-        ann_sess = runtime.session(ann, threads)
-        missing = sorted(input_names(ann_sess) - {i.name for i in snn.graph.input})
-        if missing:
-            raise UserError(f"--ann: its input(s) {', '.join(missing)} are not inputs of the SNN; "
-                            "is it the model that was converted?")
     bar = None
     if desc:
         from tqdm import tqdm
         bar = tqdm(total=total, desc=desc, unit="img", leave=False, disable=None)
-    scores = scoring.score(batches, outputs, windows, ann_sess, score_output(snn), bar, task)
+    if engine is None:
+        runner = job.build(threads)
+        stats = runner.stats
+        parts = (runner(feeds, labels) for feeds, labels in batches)
+    else:
+        from .cluster import batch_shards
+        stats = job.stats(info, threads)
+        shards, reading = batch_shards(engine, batches, what)
+        parts = _from_shards(engine.map(what, job, shards, reading), batches)
+    scores = scoring.Scores(windows, score_output(snn), task, ann is not None)
+    counts = steps = False
+    for part in parts:
+        counts, steps = part.counts, part.steps
+        scores.merge(part.scores)
+        if stats is not None:
+            stats.merge(part.layers)
+        if rider is not None:
+            rider.collect(part.rider, part.scores.n)
+        if bar is not None:
+            bar.update(part.scores.n)
+    if bar is not None:
+        bar.close()
     if scores.n == 0:
         raise UserError("evaluation received no data")
-    return scores, bool(getattr(outputs, "counts", None)), per_t and getattr(outputs, "has_steps", False), stats
+    return scores, counts, steps, stats
+
+
+def _from_shards(results, batches):
+    """The parts of a cluster's shard results, the samples it skipped (NaN/Inf) counted into `batches`'."""
+    check = getattr(batches, "nonfinite", None)
+    for _, part, skipped in results:
+        if skipped and check is not None:
+            check.skipped += skipped
+        if part is not None:
+            yield part
 
 
 def delay_candidates(timesteps: int) -> list:
@@ -223,12 +330,13 @@ def window_delays(info: SNNInfo, timesteps, delay=None) -> dict:
 
 def evaluate(snn: onnx.ModelProto, batches, timesteps, ann: onnx.ModelProto | None = None,
              progress: bool = False, total: int | None = None, threads: int = 0, layers: bool = False,
-             memory: MemoryBudget | None = None, task=None, delay=None) -> EvalResult:
+             memory: MemoryBudget | None = None, task=None, delay=None, engine=None,
+             what: str = "evaluation") -> EvalResult:
     """The task's metric (`task`: tasks.TaskSpec; without one, top-1 accuracy when there are labels),
     agreement, relative error and SOPs of `snn` at each T, reading out from the delay window_delays
     gives (`delay`: None, an int, or "auto": per T, the candidate D whose output is closest to the
     ANN's on this data, which needs `ann`). With `layers`, per-layer statistics at the largest T
-    (see _LayerStats). `memory`: see window_scores. Each row says the D it used."""
+    (see _LayerStats). `memory`, `engine` (a cluster): see window_scores. Each row says the D it used."""
     info = SNNInfo.from_metadata(snn)
     ts = sorted(set(int(t) for t in timesteps))
     if not ts:
@@ -250,7 +358,7 @@ def evaluate(snn: onnx.ModelProto, batches, timesteps, ann: onnx.ModelProto | No
         windows = list(window_delays(info, ts, delay).items())
     scores, sops, steps, stats = window_scores(snn, info, windows, batches, ann, threads=threads, total=total,
                                                desc=f"evaluating (T up to {ts[-1]})" if progress else None,
-                                               layers=layers, memory=memory, task=task)
+                                               layers=layers, memory=memory, task=task, engine=engine, what=what)
     if delay == "auto":
         best = {}
         for t, d in windows:

@@ -62,6 +62,17 @@ def nonlinear_middle_model():
     return make(nodes, {"w": w}, ["N", 2, 3, 3], out_shape=["N", 2, 3, 3])
 
 
+
+def residual_stem() -> list:
+    """conv1 -> relu1 -> conv2 (+ relu1: identity skip) -> relu2, padded 3x3 convolutions; weights w1, w2."""
+    return [
+        helper.make_node("Conv", ["input", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["c2", "r1"], ["a2"], name="skip"),
+        helper.make_node("Relu", ["a2"], ["r2"], name="relu2"),
+    ]
+
 def residual_integer_model(seed=0, channels=4):
     """Conv-Relu-Conv-Add(skip)-Relu-MaxPool-GAP-Gemm with small integer weights: every sum in every
     form is exactly representable, so all forms must agree bit for bit."""
@@ -69,12 +80,7 @@ def residual_integer_model(seed=0, channels=4):
     w1 = rng.integers(-2, 3, size=(channels, 2, 3, 3))
     w2 = rng.integers(-2, 3, size=(channels, channels, 3, 3))
     w3 = rng.integers(-2, 3, size=(3, channels))
-    nodes = [
-        helper.make_node("Conv", ["input", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
-        helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
-        helper.make_node("Add", ["c2", "r1"], ["a2"], name="skip"),
-        helper.make_node("Relu", ["a2"], ["r2"], name="relu2"),
+    nodes = residual_stem() + [
         helper.make_node("MaxPool", ["r2"], ["p2"], name="pool2", kernel_shape=[2, 2], strides=[2, 2]),
         helper.make_node("GlobalAveragePool", ["p2"], ["g"], name="gap"),
         helper.make_node("Flatten", ["g"], ["f"], name="flatten"),

@@ -3,6 +3,7 @@
     inputs.py    the model's inputs, batch sizes, preprocessing settings, checks that data fits
     sources.py   image folders, .npy/.npz files, loader scripts
     datasets.py  Pascal VOC segmentation roots and COCO image folders with their annotations
+    remote.py    --data URL (s3://, gs://, https://, file://, ... through fsspec): a local copy per machine
 
 `open_data` picks the source for the --data / --data-loader / --annotations / --split flags.
 """

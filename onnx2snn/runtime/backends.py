@@ -60,3 +60,26 @@ def backend(name: str, model_path, threads: int = 0):
 
 def _first_line(err: Exception) -> str:
     return (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+
+
+class RunJob:
+    """`onnx2snn run` on a cluster's workers: the model's bytes, written to a file of the worker's
+    own (the runtimes load paths; the name keeps the driver's for messages), then run on `name`."""
+
+    def __init__(self, name: str, model_path, outputs: list):
+        from pathlib import Path
+        self.name, self.file, self.outputs = name, Path(model_path).name, outputs
+        self.data = Path(model_path).read_bytes()
+
+    def build(self, threads: int = 0):
+        import tempfile
+        from pathlib import Path
+        folder = tempfile.mkdtemp(prefix="onnx2snn-run-")      # lives as long as the worker process
+        path = Path(folder) / self.file
+        path.write_bytes(self.data)
+        run = backend(self.name, path, threads)
+
+        def outputs(feeds: dict, labels=None) -> dict:
+            values = run(feeds)
+            return {n: values[n] for n in self.outputs}
+        return outputs

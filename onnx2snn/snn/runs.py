@@ -79,14 +79,14 @@ class Unrolled(OneSimulation):
 
     `rider`: work that rides along in the same simulation (the correction, correction.Corrector):
     `rider.rewrite(model)` -> (model, extra output names) changes the simulation graph,
-    `rider.feeds(feeds)` gives its extra inputs for a batch and `rider.collect(values, batch)` takes
-    its outputs."""
+    `rider.feeds(feeds)` gives its extra inputs for a batch, and its outputs for the batch are left
+    in `rider_values` (evaluate.window_scores hands them to `rider.collect` in batch order)."""
 
     def __init__(self, snn, info: SNNInfo, windows, spike_counts: bool, threads: int, layers=None, rider=None,
                  out_names=None):
         model, self.counts, self.stats = simulate.unrolled_steps(snn, info, max(t for t, _ in windows),
                                                                  spike_counts, layers is not None)
-        self.rider, self.rider_names = rider, []
+        self.rider, self.rider_names, self.rider_values = rider, [], None
         if rider is not None:
             model, self.rider_names = rider.rewrite(model)
         super().__init__(snn, info, windows, model, threads, layers, out_names)
@@ -101,7 +101,7 @@ class Unrolled(OneSimulation):
             [x for _, total, fired in self.stats for x in (total, fired)]
         values = runtime.run_checked(self.sim, names + self.rider_names, run_feeds, "evaluation")
         if self.rider is not None:
-            self.rider.collect(values[len(names):], batch)
+            self.rider_values = values[len(names):]
             values = values[:len(names)]
         steps, spike_counts = values[:n_read], values[n_read:n_read + n_counts]
         if self.layers is not None:

@@ -43,6 +43,9 @@ class Decode:
     def __init__(self, spec: str):
         self.fn, self.spec = user_function(spec, "--decode"), spec
 
+    def __reduce__(self):        # on a cluster worker the hook is loaded again from its file
+        return Decode, (self.spec,)
+
     def __call__(self, outputs: dict, meta: list) -> list:
         try:
             found = self.fn(outputs, meta)

@@ -64,6 +64,11 @@ class Metric:
     def add(self, pred, target) -> None:
         raise NotImplementedError
 
+    def merge(self, other: "Metric") -> None:
+        """Add what `other` (a fresh copy given later batches: one batch, or a cluster shard's) has
+        seen, as if its batches had been added here in order."""
+        raise NotImplementedError
+
     def result(self) -> dict:
         raise NotImplementedError
 
@@ -126,6 +131,17 @@ class Classify(Metric):
         else:
             self._top5_defined = False
         self._n += n
+
+    def merge(self, other: "Classify") -> None:
+        if not other._n:
+            return
+        if self._classes is not None and other._classes is not None and other._classes != self._classes:
+            raise UserError(f"classify: predictions have {other._classes} classes, earlier batches had {self._classes}")
+        self._classes = self._classes if other._classes is None else other._classes
+        self._n += other._n
+        self._top1 += other._top1
+        self._top5 += other._top5
+        self._top5_defined &= other._top5_defined
 
     def result(self) -> dict:
         return {"top1": _fraction(self._top1, self._n),
@@ -227,6 +243,17 @@ class Segment(Metric):
         if self._confusion is None:
             self._confusion = np.zeros((c, c), np.int64)
         self._confusion += counts.reshape(c, c)
+        self._added = True
+
+    def merge(self, other: "Segment") -> None:
+        if not other._added:
+            return
+        if self._classes is not None and other._classes != self._classes:
+            raise UserError(f"segment: predictions have {other._classes} classes, earlier batches had {self._classes}")
+        self._classes = other._classes
+        if self._confusion is None:
+            self._confusion = np.zeros_like(other._confusion)
+        self._confusion += other._confusion
         self._added = True
 
     def confusion(self) -> np.ndarray | None:
@@ -392,6 +419,25 @@ class Detect(Metric):
                             "(boxes are x1, y1, x2, y2)")
         return np.concatenate([boxes[:, :2], wh, scores[:, None], labels[:, None].astype(np.float64)], axis=1)
 
+    def merge(self, other: "Detect") -> None:
+        for image_id in other._images:
+            if image_id in self._seen:
+                raise UserError(f"detect: image_id {image_id!r} was added twice")
+            self._seen.add(image_id)
+            self._images.append(image_id)
+        self._dets.extend(other._dets)
+        self._count += other._count
+
+    def __getstate__(self):         # pickled (to or from a cluster's worker): without the ground truth,
+        state = dict(self.__dict__)     # which stays with the metric that computes the result
+        state["_coco"] = None
+        return state
+
+    def __copy__(self):             # fresh(): the copy keeps the ground truth
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        return new
+
     def detections(self) -> list:
         """The detections added, as a COCO result list (bbox x, y, w, h)."""
         return [{"image_id": image_id, "category_id": int(row[5]), "bbox": row[:4].tolist(), "score": float(row[4])}
@@ -458,6 +504,12 @@ class Regress(Metric):
         self._count += diff.size
         self._low = min(self._low, float(target.min()))
         self._high = max(self._high, float(target.max()))
+
+    def merge(self, other: "Regress") -> None:
+        self._sse += other._sse
+        self._count += other._count
+        self._low = min(self._low, other._low)
+        self._high = max(self._high, other._high)
 
     def result(self) -> dict:
         if not self._count:
