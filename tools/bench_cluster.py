@@ -9,8 +9,8 @@ Converts the model once (defaults at T, `--iters` calibration batches), then tim
 - `eval` of `--limit` validation images at T/4, T/2 and T: without a cluster, and with --workers 1
   and 2 (a local Dask cluster, started and stopped inside the timing, as the command does);
 - calibration with --round-batches K (`--round-k`, default 4) the same three ways.
-Each configuration runs `--repeats` times (default 2), the configurations taking turns, and its
-best wall time counts (a VM's noise on one 30 s run was seen at +-5%). Prints each best time, its
+Each configuration runs `--repeats` times (default 3), the configurations taking turns, and its
+best wall time counts (a VM's noise on one 30-40 s run was seen at +-5-10%). Prints each best time, its
 ratio to the single process, and whether every eval JSON and every set of thresholds is
 byte-identical to the single process's. The overhead of the cluster path is the ratio of
 --workers 1 to no cluster.
@@ -44,7 +44,7 @@ def main():
                                                           "calibration timing (200)")
     p.add_argument("--round-k", type=int, default=4, help="--round-batches of the calibration timing (4)")
     p.add_argument("--workers", default="1,2", help="cluster sizes to time (1,2)")
-    p.add_argument("--repeats", type=int, default=2, help="runs of each configuration; the best counts (2)")
+    p.add_argument("--repeats", type=int, default=3, help="runs of each configuration; the best counts (3)")
     args = p.parse_args()
     prep = D.Preprocess(args.mean, args.std)
     sizes = [None] + [int(w) for w in args.workers.split(",")]
