@@ -190,7 +190,8 @@ def _convert(model_path, data=None, data_loader=None, output=None,
             check_samples: int = 0, check_timesteps=(), progress: bool = False,
             write: bool = True, delay_samples: int = 200, report_path=None, plot_dir=None,
             correct_samples: int = 200, max_memory=None, freeze_norm: bool = False,
-            freeze_samples: int = 500, annotations=None, split: str | None = None, engine=None) -> Conversion:
+            freeze_samples: int = 500, annotations=None, split: str | None = None, nir=None,
+            engine=None) -> Conversion:
     """ANN file -> SNN file: load, analyse, calibrate (or reuse thresholds), rewrite, save atomically.
 
     With `snn.delay == "auto"` the readout delay is chosen on `delay_samples` samples of the data
@@ -202,7 +203,8 @@ def _convert(model_path, data=None, data_loader=None, output=None,
     `freeze_norm`: normalisation layers between spiking layers become fixed affines from the ANN's
     statistics on `freeze_samples` samples of the data (freeze/norms.py; result's `frozen`).
     `annotations`, `split`: see open_source; the check scores the task the data holds (tasks/).
-    `engine`: a cluster (cluster.connect) or None."""
+    `nir`: also write the SNN as a NIR graph there (nir/files.py; checked exportable before
+    calibration). `engine`: a cluster (cluster.connect) or None."""
     if snn is None:
         snn = SNNConfig(**data_defaults(bool(data or data_loader), thresholds))
     if snn.delay == AUTO and not (data or data_loader):
@@ -231,6 +233,9 @@ def _convert(model_path, data=None, data_loader=None, output=None,
     if (report_path or plot_dir) and not (check_samples and source is not None):
         raise UserError("--report/--plot describe the check after converting: they need --data and --check N > 0")
     _check_report_outputs(files, report_path, plot_dir)
+    if nir:
+        from .nir.files import check_outputs
+        check_outputs(files, nir, "--nir", [p for p in (out_path if write else None, save_thresholds, report_path) if p])
     analysis = analyse(model)
     if source is not None:
         analysis = check_shapes(analysis, _first_batch(source, model), runtime.session)
@@ -238,6 +243,11 @@ def _convert(model_path, data=None, data_loader=None, output=None,
     if freeze_norm:
         analysis, frozen = _freeze_norms(analysis, source, freeze_samples, calib, memory)
     check_form(analysis, snn)
+    if nir:
+        from .nir.files import verdict
+        judged = verdict(analysis, snn.keep_analog)
+        if not judged["exportable"]:
+            raise UserError(f"--nir {nir}: the SNN cannot be exported to NIR: {judged['reason']}")
     seconds, tuned = 0.0, None
     if thresholds is not None:
         th = thresholds if isinstance(thresholds, Thresholds) else Thresholds.load(thresholds)
@@ -267,6 +277,13 @@ def _convert(model_path, data=None, data_loader=None, output=None,
         th.save(save_thresholds)
     if write:
         write_atomic(out_path, snn_model.SerializeToString(), "-o")
+    if nir:
+        from .nir.files import export_file
+        # the export reads the unrolled form's IF nodes: other forms are rebuilt for it, same thresholds
+        unrolled = snn_model if snn.form == "unrolled" and not snn.portable else \
+            to_snn(analysis, th, replace(snn, form="unrolled", portable=False, chunk=1, early_exit=False,
+                                         loop_op="loop"), provenance)[0]
+        export_file(unrolled, nir, where="--nir")
     result = Conversion(out_path if write else None, snn_model, layers, th, seconds,
                         inputs=D.model_inputs(model), delay=delay_choice, tune=tuned, step_seconds=step_seconds,
                         memory=memory, frozen=frozen)
@@ -413,18 +430,13 @@ def run_file(snn_path, output, data=None, data_loader=None, batch_size: int | No
     check_cluster(workers, cluster)
     files, snn, info = _open_snn(snn_path, batch_size, limit)
     source = open_source(snn, data, data_loader, prep or recorded_preprocess(snn), files, annotations, split)
-    out = Path(output)
-    if out.suffix not in (".npy", ".npz"):
-        raise UserError(f"-o {out}: expected a .npy or .npz file name")
-    files.output(out, "-o")
     names = [o.name for o in snn.graph.output if o.type.HasField("tensor_type")]
     skipped = [o.name for o in snn.graph.output if not o.type.HasField("tensor_type")]
     if skipped:
         log.warning("run: output(s) %s are not tensors (e.g. a ZipMap) and are not saved", ", ".join(skipped))
     if not names:
-        raise UserError(f"-o {out}: the model has no tensor output to save")
-    if out.suffix == ".npy" and len(names) != 1:
-        raise UserError(f"-o {out}: the model has {len(names)} outputs; use .npz")
+        raise UserError(f"-o {output}: the model has no tensor output to save")
+    out = _output_file(files, output, names)
     inputs = D.model_inputs(snn)
     batch = D.resolve_batch(batch_size, inputs, ev.auto_batch_size(info, info.timesteps, mem.budget(max_memory)))
     chunks = {n: [] for n in names}
@@ -445,12 +457,57 @@ def run_file(snn_path, output, data=None, data_loader=None, batch_size: int | No
         raise UserError("run: received no data")
     # per-sample outputs are concatenated; per-batch scalars (onnx2snn_steps) are stacked
     arrays = {n: np.concatenate(v) if v[0].ndim else np.stack(v) for n, v in chunks.items()}
+    _save_outputs(out, arrays)
+    return arrays
+
+
+def _output_file(files: Files, output, names: list) -> Path:
+    """-o of run and run-nir, checked: .npy for one output, .npz for any."""
+    out = Path(output)
+    if out.suffix not in (".npy", ".npz"):
+        raise UserError(f"-o {out}: expected a .npy or .npz file name")
+    files.output(out, "-o")
+    if out.suffix == ".npy" and len(names) != 1:
+        raise UserError(f"-o {out}: the model has {len(names)} outputs; use .npz")
+    return out
+
+
+def _save_outputs(out: Path, arrays: dict) -> None:
     buf = io.BytesIO()
     if out.suffix == ".npy":
         np.save(buf, next(iter(arrays.values())))
     else:
         np.savez(buf, **arrays)
     write_atomic(out, buf.getvalue())
+
+
+def run_nir_file(nir_path, output, data=None, data_loader=None, batch_size: int | None = None,
+                 limit: int | None = None, prep: D.Preprocess | None = None, timesteps: int | None = None,
+                 delay: int | None = None, annotations=None, split: str | None = None) -> dict:
+    """`onnx2snn run-nir`: a NIR graph written by export-nir (host parts included, nir/files.py)
+    run over a data set by the NumPy reference simulation (nir/simulate.py); T and D from the
+    graph's metadata unless given; outputs written as run_file writes them; returns them."""
+    from .nir.files import NirFile
+    _positive(batch_size, "--batch-size")
+    _positive(limit, "--limit")
+    _positive(timesteps, "-T")
+    if delay is not None and (isinstance(delay, bool) or not isinstance(delay, int) or delay < 0):
+        raise UserError(f"-D {delay}: must be an integer >= 0")
+    files = Files()
+    model = NirFile(nir_path, files)
+    out = _output_file(files, output, model.outputs)
+    interface = model.interface()
+    source = open_source(interface, data, data_loader, prep or model.preprocess(), files, annotations, split)
+    inputs = D.model_inputs(interface)
+    batch = D.resolve_batch(batch_size, inputs, 32)
+    chunks = {n: [] for n in model.outputs}
+    for feeds, _ in Bt.eval_batches(source, batch, limit, exact=D.static_batch(inputs) is not None):
+        for name, value in model(feeds, timesteps, delay).items():
+            chunks[name].append(np.asarray(value))
+    if not chunks[model.outputs[0]]:
+        raise UserError("run-nir: received no data")
+    arrays = {n: np.concatenate(v) for n, v in chunks.items()}
+    _save_outputs(out, arrays)
     return arrays
 
 

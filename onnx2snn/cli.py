@@ -14,7 +14,7 @@ from ._version import __version__
 from .config import CORRECTIONS, E_MAC_PJ, E_SOP_PJ, METHODS, CalibConfig, SNNConfig, check_energy
 from .errors import InternalError, UserError
 
-COMMANDS = ("convert", "eval", "run", "demo", "inspect")
+COMMANDS = ("convert", "eval", "run", "demo", "inspect", "export-nir", "run-nir")
 
 
 def _int_list(text: str, flag: str):
@@ -179,6 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "without Loop (tract); no early exit with scan")
     s.add_argument("--portable", action="store_true",
                    help="standard ONNX ops only (no custom op library needed), same outputs")
+    s.add_argument("--portable-steps", choices=["written", "scan"], default="written",
+                   help="with --portable: each neuron's steps written out one by one (default: onnxruntime, "
+                        "OpenVINO and tract run it, fixed or symbolic batch; runs at its own T only), or a Scan "
+                        "over the steps (graph size independent of T; not tract)")
+    s.add_argument("--nir", metavar="FILE.nir",
+                   help="also write the SNN as a NIR graph (as export-nir; checked before calibration)")
     s.add_argument("--early-exit", action="store_true",
                    help="with --form loop: stop when the top-1 is stable; adds output onnx2snn_steps")
     s.add_argument("--exit-stable", type=int, default=32, metavar="S",
@@ -250,8 +256,34 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("model", help="the trained ANN (.onnx)")
     i.add_argument("--keep-analog", action="store_true", help="as for convert: judge with --keep-analog")
     i.add_argument("--freeze-norm", action="store_true", help="as for convert: judge with --freeze-norm")
+    i.add_argument("--nir", action="store_true",
+                   help="also say whether the SNN will export to NIR (export-nir), what stays on the host and "
+                        "what NIR cannot express (exit code 1 when it cannot)")
     i.add_argument("--json", action="store_true", help="print JSON instead of text")
     i.add_argument("-v", "--verbose", action="store_true")
+
+    x = sub.add_parser("export-nir", help="write a converted SNN as a NIR graph (neuromorphic toolchains)",
+                       description="The SNN (unrolled form, without --portable) from its input to the readout as "
+                                   "a NIR file; what runs on the host is written beside it as small ONNX files "
+                                   "(README \"To neuromorphic hardware\").")
+    x.add_argument("snn", help="an SNN written by onnx2snn (.onnx)")
+    x.add_argument("-o", "--output", help="the NIR file (default: the SNN's name with .nir)")
+    x.add_argument("--target", choices=["speck"],
+                   help="also quantise and check against a chip's limits (speck: SynSense Speck / DYNAP-CNN, "
+                        "8-bit weights; needs sinabs for the memory check); exit code 1 when it does not fit")
+    x.add_argument("-v", "--verbose", action="store_true")
+
+    n = sub.add_parser("run-nir", help="run an exported NIR graph (NumPy reference simulation) on data",
+                       description="Same data options and output format as `run`; the host parts beside the .nir "
+                                   "run first (and the head after the readout last).")
+    n.add_argument("nir", help="a .nir file written by export-nir")
+    _data_flags(n, "")
+    n.add_argument("-o", "--output", default="outputs.npz", help="output file (.npy or .npz)")
+    n.add_argument("-T", "--timesteps", type=int, help="steps to run (default: the graph's metadata)")
+    n.add_argument("-D", "--delay", type=int, help="readout from step D+1 (default: the graph's metadata)")
+    n.add_argument("--batch-size", type=int, help="samples per run (32)")
+    n.add_argument("--limit", type=int)
+    n.add_argument("-v", "--verbose", action="store_true")
 
     d = sub.add_parser("demo", help="convert the bundled digits CNN on bundled data and evaluate it",
                        description="No downloads: a small CNN trained on scikit-learn's digits ships with the package.")
@@ -271,7 +303,7 @@ def configs(args) -> tuple:
     auto = api.data_defaults(bool(args.data or args.data_loader), args.thresholds, args.timesteps)
     snn = SNNConfig(timesteps=args.timesteps, delay=auto["delay"] if args.delay is None else args.delay,
                     v_init=args.v_init, maxpool=args.maxpool, form=args.form, chunk=args.chunk,
-                    portable=args.portable, early_exit=args.early_exit, exit_stable=args.exit_stable,
+                    portable=args.portable, portable_steps=args.portable_steps, early_exit=args.early_exit, exit_stable=args.exit_stable,
                     exit_margin=args.exit_margin, exit_min_steps=args.exit_min_steps,
                     keep_analog=args.keep_analog, loop_op=args.loop_op, correct=args.correct or auto["correct"])
     return calib, snn
@@ -289,7 +321,7 @@ def _convert(args) -> int:
         delay_samples=args.delay_samples, report_path=args.report, plot_dir=args.plot,
         correct_samples=args.correct_samples, max_memory=args.max_memory, freeze_norm=args.freeze_norm,
         freeze_samples=args.freeze_samples, annotations=args.annotations, split=args.split,
-        workers=args.workers, cluster=args.cluster, say=_say(args))
+        nir=args.nir, workers=args.workers, cluster=args.cluster, say=_say(args))
     if not args.quiet:
         th = result.thresholds
         how = (f"{th.info.get('iters')} batches in {result.calibration_seconds:.1f}s" if args.thresholds is None
@@ -330,6 +362,8 @@ def _convert(args) -> int:
             print(eval_table(result.check))
         if result.report is not None:
             print(report_lines(result.report))
+        if args.nir:
+            print(f"NIR graph: {args.nir} (host parts beside it, if any; see export-nir)")
     else:
         print(result.output)
     return 0
@@ -396,9 +430,43 @@ def _inspect(args) -> int:
 
     from .inspection import inspect_model
     from .report import inspection_text
-    report = inspect_model(args.model, keep_analog=args.keep_analog, freeze_norm=args.freeze_norm)
+    report = inspect_model(args.model, keep_analog=args.keep_analog, freeze_norm=args.freeze_norm, nir=args.nir)
     print(json.dumps(report, indent=1) if args.json else inspection_text(report))
-    return 0 if report["convertible"] else 1
+    return 0 if report["convertible"] and (not args.nir or report["nir"]["exportable"]) else 1
+
+
+def _export_nir(args) -> int:
+    from . import api
+    from .files import Files
+    from .nir import files as nf
+    files = Files()
+    files.input(args.snn, "the SNN")
+    out = args.output or (args.snn[:-5] if args.snn.endswith(".onnx") else args.snn) + ".nir"
+    if out.endswith(".snn.nir"):
+        out = out[:-8] + ".nir"
+    nf.check_outputs(files, out, "-o")
+    snn = api.load_snn(args.snn)
+    graph, info, written, report = nf.export_file(snn, out, args.target)
+    if report is not None:
+        print(report.text())
+        if report.fits is None:
+            raise UserError(f"--target speck: the layer rules hold but the memory was {report.memory_note} "
+                            "(pip install --no-deps sinabs: its validator needs only numpy); nothing written")
+        if report.fits is False:
+            raise UserError(f"--target speck: does not fit Speck ({len(report.all_problems)} problem(s), listed "
+                            "above); nothing written")
+    print(nf.summary(graph, info, written))
+    return 0
+
+
+def _run_nir(args) -> int:
+    from . import api
+    from .nir.files import NirFile
+    prep = _prep(args, NirFile(args.nir).preprocess())
+    arrays = api.run_nir_file(args.nir, args.output, args.data, args.data_loader, args.batch_size, args.limit, prep,
+                              args.timesteps, args.delay, args.annotations, args.split)
+    print(f"wrote {', '.join(f'{k} {list(v.shape)}' for k, v in arrays.items())} to {args.output}")
+    return 0
 
 
 def _demo(args) -> int:
@@ -434,7 +502,7 @@ def _main(argv=None) -> int:
                         format="%(levelname)s %(name)s: %(message)s", force=True)
     try:
         return {"convert": _convert, "eval": _eval, "run": _run, "demo": _demo,
-                "inspect": _inspect}[args.command](args)
+                "inspect": _inspect, "export-nir": _export_nir, "run-nir": _run_nir}[args.command](args)
     except UserError as err:
         if verbose:
             traceback.print_exc()

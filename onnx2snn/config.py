@@ -14,6 +14,7 @@ METHODS = ("ltb", "ltb-layer", "max", "percentile")
 FORMS = ("unrolled", "loop")
 MAXPOOLS = ("spiking", "move")
 LOOP_OPS = ("loop", "scan")
+PORTABLE_STEPS = ("written", "scan")   # a portable neuron's steps: written out one by one, or a Scan
 CORRECTIONS = ("none", "bias", "potential", "both")
 AUGMENTS = ("crop-flip", "flip", "ssd")   # calibration augmentation kinds (batches.py); True = crop-flip
 AUTO = "auto"
@@ -96,6 +97,7 @@ class SNNConfig:
     form: str = "unrolled"      # or "loop"
     chunk: int = 1              # loop: steps per iteration (time-batched inside)
     portable: bool = False      # standard ONNX ops only (no custom domain)
+    portable_steps: str = "written"   # portable neurons: each step written out (every runtime), or a Scan
     early_exit: bool = False    # loop: stop when the top-1 is stable
     exit_stable: int = 32       # ... unchanged for this many steps
     exit_margin: float = 2.0    # ... and its margin over the runner-up exceeds this (output units)
@@ -123,6 +125,8 @@ class SNNConfig:
             raise UserError(f"--loop-op {self.loop_op}: expected {' or '.join(LOOP_OPS)}")
         if self.loop_op != "loop" and self.form != "loop":
             raise UserError("--loop-op needs --form loop")
+        if self.portable_steps not in PORTABLE_STEPS:
+            raise UserError(f"--portable-steps {self.portable_steps}: expected {' or '.join(PORTABLE_STEPS)}")
         if self.early_exit and self.loop_op != "loop":
             raise UserError("--early-exit needs --loop-op loop (a Scan cannot stop early)")
         _float("--v-init", self.v_init, 0.0, 1.0)

@@ -43,7 +43,7 @@ def _pools(analysis: Analysis) -> list:
     return out
 
 
-def inspect_model(path, keep_analog: bool = False, freeze_norm: bool = False) -> dict:
+def inspect_model(path, keep_analog: bool = False, freeze_norm: bool = False, nir: bool = False) -> dict:
     """The inspection of the model at `path` as a JSON-ready dict; `convertible` says the verdict
     (with `freeze_norm`, normalisation layers between spiking layers count as frozen: listed under
     "frozen", not blocking)."""
@@ -56,7 +56,7 @@ def inspect_model(path, keep_analog: bool = False, freeze_norm: bool = False) ->
     frozen = [n.name for n, _ in blocking if freeze_norm and n.op in NORM_OPS]
     blocking = [(n, why) for n, why in blocking if n.name not in frozen]
     dtype_ok = all(a.input.dtype is None or np.dtype(a.input.dtype) == np.float32 for a in analysis.activations)
-    return {
+    report = {
         "model": str(path),
         "producer": f"{model.producer_name} {model.producer_version}".strip(),
         "opset": M.default_opset(model),
@@ -81,6 +81,18 @@ def inspect_model(path, keep_analog: bool = False, freeze_norm: bool = False) ->
                                  "reason": "activations are not float32 (convert the model to float32)"}]),
         "convertible": bool(analysis.activations) and not blocking and dtype_ok,
     }
+    if nir:
+        if not report["convertible"]:
+            report["nir"] = {"exportable": False, "reason": "the model does not convert (above)", "input_coding": None,
+                             "host": []}
+        elif frozen:
+            report["nir"] = {"exportable": False, "input_coding": None, "host": [],
+                             "reason": "not judged: the --freeze-norm layers are fixed from calibration data; "
+                                       "convert, then run export-nir"}
+        else:
+            from .nir.files import verdict
+            report["nir"] = verdict(analysis, keep_analog)
+    return report
 
 
 def _type(vi: onnx.ValueInfoProto) -> str:

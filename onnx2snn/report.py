@@ -119,6 +119,17 @@ def inspection_text(d: dict) -> str:
                   if b["node"] else f"  {b['reason']}" for b in d["blocking"]]
     else:
         lines.append("\nconvertible")
+    if "nir" in d:
+        v = d["nir"]
+        if v["exportable"]:
+            lines.append("NIR export (export-nir): yes; input: " + (
+                "the image at every step (direct coding)" if v["input_coding"] == "direct"
+                else f"the current into the first neurons, computed on the host ({v['reason']})"))
+            after = [h["node"] for h in v["host"] if h["when"] == "after"]
+            if after:
+                lines.append("  stays on the host after the readout: " + ", ".join(after))
+        else:
+            lines.append(f"NIR export (export-nir): no: {v['reason']}")
     return "\n".join(lines)
 
 

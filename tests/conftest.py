@@ -44,6 +44,11 @@ def resnet_path(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def pool_resnet_path(tmp_path_factory):
+    return _export(tmp_path_factory, "pool_resnet", models.digits_pool_resnet)
+
+
+@pytest.fixture(scope="session")
 def mlp_path(tmp_path_factory):
     return _export(tmp_path_factory, "mlp", models.digits_mlp)
 
@@ -56,7 +61,7 @@ def mobilenet_path(tmp_path_factory):
 # Two tiers: `pytest -m "not slow"` runs the unit tests (hand-built graphs, the C++ op, analysis,
 # builder, energy, every form) in well under a minute; the end-to-end tests train and export models,
 # spawn the command line or run exporters, and are marked slow. CI runs both tiers.
-_SLOW_FIXTURES = {"cnn_path", "resnet_path", "mlp_path", "mobilenet_path", "digits_npz", "digits_data"}
+_SLOW_FIXTURES = {"cnn_path", "resnet_path", "pool_resnet_path", "mlp_path", "mobilenet_path", "digits_npz", "digits_data"}
 _SLOW_MODULES = {"test_cli", "test_exporters", "test_readme", "test_runtimes"}
 
 

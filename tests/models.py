@@ -80,6 +80,27 @@ def digits_resnet(seed: int = 0, epochs: int = 30):
     return _train(net, x, y, epochs, seed), x
 
 
+def digits_pool_resnet(seed: int = 0, epochs: int = 20):
+    """Spiking max pools and a residual block: conv-relu-block(identity skip)-maxpool-conv-relu-maxpool-fc."""
+    import torch
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.c1, self.c2 = nn.Conv2d(c, c, 3, padding=1), nn.Conv2d(c, c, 3, padding=1)
+
+        def forward(self, x):
+            return torch.relu(self.c2(torch.relu(self.c1(x))) + x)
+
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Conv2d(1, 12, 3, padding=1), nn.ReLU(), Block(12), nn.MaxPool2d(2),
+                        nn.Conv2d(12, 24, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                        nn.Linear(24 * 4, 10))
+    x, y, _, _ = digits_split(seed)
+    return _train(net, x, y, epochs, seed), x
+
+
 def digits_mlp(seed: int = 0, epochs: int = 20):
     import torch
     from torch import nn

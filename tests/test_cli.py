@@ -5,7 +5,6 @@ import sys
 
 import numpy as np
 import onnx
-import pytest
 from PIL import Image
 
 from onnx2snn.cli import main

@@ -5,10 +5,11 @@ import pytest
 
 import graphs
 import onnx2snn
-from onnx2snn.neuron import DOMAIN, OPSET_VERSION
+from onnx2snn.neuron import DOMAIN
 from onnx2snn import CalibConfig, SNNConfig, Thresholds, runtime, reference, to_snn
 from onnx2snn import model as M
 from onnx2snn.analyse import find_activations
+from onnx2snn.errors import UserError
 
 T = 16
 
@@ -17,6 +18,7 @@ def forms(t, odd):
     """Every form; `odd` is a chunk that does not divide t."""
     assert t % odd
     return [dict(form="unrolled"), dict(form="unrolled", portable=True),
+            dict(form="unrolled", portable=True, portable_steps="scan"),
             dict(form="loop", chunk=1), dict(form="loop", chunk=1, portable=True),
             dict(form="loop", chunk=odd), dict(form="loop", chunk=odd, portable=True),
             dict(form="loop", chunk=t)]
@@ -138,9 +140,17 @@ def test_eval_gives_the_same_numbers_and_spike_counts_in_every_form(cnn_path, di
         if 8 % kw.get("chunk", 1):
             continue                      # eval steps must be multiples of the chunk for one simulation
         snn, _ = to_snn(ann, th, SNNConfig(timesteps=32, **kw))   # evaluated beyond the model's T too
+        if kw.get("portable") and kw.get("portable_steps", "written") == "written" and kw["form"] == "unrolled":
+            # its steps are written out for T=32: that T only, shorter windows read from it
+            with pytest.raises(UserError, match="runs at T=32 only.*--portable-steps scan"):
+                evaluate(snn, batches, [8, 16, 64], ann)
+            written = [(r["T"], r["accuracy"], r["sops"]) for r in evaluate(snn, batches, [8, 16, 32], ann).rows]
+            continue
         rows[str(kw)] = [(r["T"], r["accuracy"], r["sops"]) for r in evaluate(snn, batches, [8, 16, 64], ann).rows]
     first = next(iter(rows.values()))
     assert all(r[2] > 0 for r in first)
     for key, value in rows.items():
         assert [(t, a) for t, a, _ in value] == [(t, a) for t, a, _ in first], key
         np.testing.assert_allclose([s for _, _, s in value], [s for _, _, s in first], rtol=1e-3, err_msg=key)
+    assert [(t, a) for t, a, _ in written[:2]] == [(t, a) for t, a, _ in first[:2]]
+    np.testing.assert_allclose([s for _, _, s in written[:2]], [s for _, _, s in first[:2]], rtol=1e-3)

@@ -84,9 +84,10 @@ def folded_constants_model():
     return graphs.make(nodes, inits, ["N", 2, 5, 5], out_shape=["N", 4, 5, 5])
 
 
-def concat_model():
+def concat_model(integer=False):
     """Two spiking branches concatenated on the channels, then a convolution."""
     rng = np.random.default_rng(0)
+    draw = (lambda size: rng.integers(-2, 3, size=size).astype(np.float32)) if integer else rng.normal
     nodes = []
     for i, source in ((1, "input"), (2, "r1")):       # two padded 3x3 conv + ReLU stages in a row
         nodes += [helper.make_node("Conv", [source, f"w{i}"], [f"c{i}"], name=f"conv{i}", pads=[1] * 4),
@@ -94,8 +95,35 @@ def concat_model():
     nodes += [helper.make_node("Concat", ["r1", "r2"], ["cat"], name="join", axis=1),
               helper.make_node("Conv", ["cat", "w3"], ["c3"], name="conv3"),
               helper.make_node("Relu", ["c3"], ["out"], name="relu3")]
-    return graphs.make(nodes, {"w1": rng.normal(size=(3, 2, 3, 3)), "w2": rng.normal(size=(3, 3, 3, 3)),
-                               "w3": rng.normal(size=(2, 6, 1, 1))}, ["N", 2, 5, 5], out_shape=["N", 2, 5, 5])
+    return graphs.make(nodes, {"w1": draw(size=(3, 2, 3, 3)), "w2": draw(size=(3, 3, 3, 3)),
+                               "w3": draw(size=(2, 6, 1, 1))}, ["N", 2, 5, 5], out_shape=["N", 2, 5, 5])
+
+
+def option_a_shortcut_model():
+    """A ResNet's downsampling block with the option-A shortcut (as the bench ResNet-32 exports it):
+    the input subsampled by two strided Slices, zero channels (a channel Slice times 0) on both
+    sides by a Concat, added to a stride-2 convolution; then ReLU, average pool and Gemm."""
+    rng = np.random.default_rng(0)
+    w = lambda *s: rng.integers(-2, 3, size=s).astype(np.float32)  # noqa: E731
+    i64 = lambda *v: np.array(v, np.int64)  # noqa: E731
+    nodes = [
+        helper.make_node("Conv", ["input", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2", pads=[1, 1, 1, 1], strides=[2, 2]),
+        helper.make_node("Slice", ["r1", "zero", "big", "two", "two"], ["s1"], name="rows"),
+        helper.make_node("Slice", ["s1", "zero", "big", "three", "two"], ["s2"], name="columns"),
+        helper.make_node("Slice", ["s2", "zero", "half", "one", "one"], ["s3"], name="some_channels"),
+        helper.make_node("Mul", ["s3", "nothing"], ["z"], name="zeros"),
+        helper.make_node("Concat", ["z", "s2", "z"], ["cat"], name="pad_channels", axis=1),
+        helper.make_node("Add", ["c2", "cat"], ["sum"], name="shortcut"),
+        helper.make_node("Relu", ["sum"], ["r2"], name="relu2"),
+        helper.make_node("GlobalAveragePool", ["r2"], ["g"], name="gap"),
+        helper.make_node("Flatten", ["g"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "w3"], ["out"], name="fc", transB=1),
+    ]
+    inits = {"w1": w(4, 2, 3, 3), "w2": w(8, 4, 3, 3), "w3": w(3, 8), "zero": i64(0), "big": i64(2 ** 62),
+             "two": i64(2), "three": i64(3), "one": i64(1), "half": i64(2), "nothing": np.array(0, np.float32)}
+    return graphs.make(nodes, inits, ["N", 2, 6, 6], out_shape=["N", 3])
 
 
 def _acts(model):
@@ -216,7 +244,9 @@ def test_residual_sum_becomes_converging_edges_with_corrections_folded():
 
 
 @pytest.mark.parametrize("make,silent", [(conv_pool_linear, [("relu1", 1), ("relu3", 4)]),
-                                         (residual_block, [("relu2", 0)]), (folded_constants_model, [])])
+                                         (residual_block, [("relu2", 0)]), (folded_constants_model, []),
+                                         (lambda: concat_model(integer=True), [("relu1", 2)]),
+                                         (option_a_shortcut_model, [("relu1", 1)])])
 def test_simulation_equals_onnxruntime_bit_for_bit(make, silent):
     """Integer weights and inputs, power-of-two θ (some 0): every sum and every folded weight is
     exact, so the NIR graph's spike trains and readout are the SNN's exactly."""
@@ -291,7 +321,6 @@ def test_stem_with_a_max_pool_stays_on_the_host_and_the_graph_input_is_the_curre
 
 @pytest.mark.parametrize("make,config,words", [
     (graphs.spiking_pool_model, {}, ["SpikingMaxPool 'pool'", "average pooling"]),
-    (concat_model, {}, ["Concat 'join'", "no concatenation", "summed"]),
     (graphs.nhwc_model, {}, ["Transpose 'to_nchw2'", "NCHW"]),      # the first one stays on the host
     (graphs.nonlinear_middle_model, {"keep_analog": True}, ["Sigmoid 'squash'", "--keep-analog"]),
     (graphs.residual_integer_model, {"form": "loop"}, ["loop form", "--form unrolled"]),
@@ -349,3 +378,23 @@ def test_nir_write_read_round_trip_keeps_the_graph_and_its_behaviour(tmp_path):
     fc = onnx.numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == "w3"))
     host = a["readout"]["readout.r2"].mean(axis=(2, 3)) @ fc.T       # the host's GAP, Flatten, Gemm
     np.testing.assert_allclose(host, want, rtol=1e-6, atol=1e-6)
+
+
+def test_slices_and_concatenation_become_fixed_one_by_one_convolutions():
+    """The option-A shortcut: the two strided Slices are 1x1 Conv2d with strides (2, 1) and (1, 2),
+    the zero channels leave no node, and the Concat places the subsampled channels at offset 2 of
+    8 (a 1x1 Conv2d); relu1's θ goes into the first, relu2's into the last; it meets conv2 at relu2."""
+    model = option_a_shortcut_model()
+    th = _power_of_two_thresholds(model)
+    snn, _ = to_snn(model, th, SNNConfig(timesteps=T, delay=D))
+    graph, _ = to_nir(snn)
+    n = graph.nodes
+    assert sorted(src for src, dst in graph.edges if dst == "relu2") == ["conv2", "pad_channels"]
+    assert [tuple(n[k].stride) for k in ("rows", "columns")] == [(2, 1), (1, 2)]
+    assert not any(k.startswith(("zeros", "some_channels")) for k in n)
+    th1, th2 = th.values["relu1"], th.values["relu2"]
+    assert np.array_equal(n["rows"].weight[:, :, 0, 0], np.diag(th1))     # the spikes' θ, absorbed first
+    assert np.array_equal(n["columns"].weight[:, :, 0, 0], np.eye(4))
+    want = np.zeros((8, 4))
+    want[2:6] = np.eye(4)
+    assert np.array_equal(n["pad_channels"].weight[:, :, 0, 0], want / th2[:, None])   # into relu2's units

@@ -1,6 +1,5 @@
 """The C++ IFNeuron operator equals the NumPy reference neuron bit for bit."""
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper

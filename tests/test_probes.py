@@ -1,6 +1,5 @@
 """Probes and in-graph statistics, checked against NumPy on the same activations."""
 import numpy as np
-import onnx
 import pytest
 
 from onnx2snn import model as M

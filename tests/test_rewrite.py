@@ -6,7 +6,7 @@ import onnx
 import pytest
 
 import graphs
-from onnx2snn.neuron import DOMAIN, OPSET_VERSION
+from onnx2snn.neuron import DOMAIN
 from onnx2snn import SNNConfig, Thresholds, UserError, runtime, reference, to_snn
 from onnx2snn import model as M
 

@@ -24,14 +24,15 @@ from onnx2snn.analyse import analyse
 JS = Path(__file__).resolve().parent / "js"
 # the forms each runtime implements (README "Deploying")
 FORMS = {
-    "unrolled": dict(),
+    "unrolled": dict(),                                   # the --portable default: steps written out
+    "unrolled-scan": dict(portable_steps="scan"),
     "loop": dict(form="loop"),
     "loop-chunk4": dict(form="loop", chunk=4),
     "loop-scan": dict(form="loop", loop_op="scan"),
 }
 SUPPORTED = {
-    "openvino": ["unrolled", "loop", "loop-chunk4"],
-    "tract": ["loop-scan"],
+    "openvino": ["unrolled", "unrolled-scan", "loop", "loop-chunk4"],
+    "tract": ["unrolled", "loop-scan"],
     "onnxruntime-node": list(FORMS),
     "onnxruntime-web": list(FORMS),
 }
@@ -47,6 +48,14 @@ def _js_runtime(name):
         pytest.skip("node is not installed")
     if not (JS / "node_modules" / name).exists():
         pytest.skip(f"{name} is not installed (cd tests/js && npm install --ignore-scripts)")
+
+
+def _tract_fixed(path: Path, x: np.ndarray) -> np.ndarray:
+    """tract with the input's shape fixed to x's, as tract's own examples load models."""
+    import tract
+    model = tract.onnx().load(str(path))
+    model.set_input_fact(0, ",".join(map(str, x.shape)) + ",f32")
+    return model.into_model().into_runnable().run([x])[0].to_numpy()
 
 
 def _run(name, path: Path, x: np.ndarray, tmp_path: Path, repeats: int = 1):
@@ -122,3 +131,31 @@ def test_run_on_another_runtime_from_the_cli(tmp_path, capsys):
     assert main(["run", str(tmp_path / "c.onnx"), "--data", str(tmp_path / "x.npy"), "-o", str(tmp_path / "o.npy"),
                  "--runtime", "openvino"]) == 1
     assert "convert with --portable" in capsys.readouterr().err
+
+
+def test_default_portable_form_runs_on_every_runtime_with_fixed_and_symbolic_batch(pool_resnet_path, digits_npz,
+                                                                                    tmp_path):
+    """The --portable default (unrolled, each neuron's steps written out) on a trained model with
+    spiking max pools and a residual block: onnxruntime, OpenVINO, tract with a symbolic and with a
+    fixed batch, onnxruntime-node and -web give the same top-1 on >= 15 of 16 images."""
+    from onnx2snn import api
+    ann = analyse(onnx.load(pool_resnet_path))
+    th = api.calibrate(ann, api.open_source(ann.model, str(digits_npz[0])), CalibConfig(iters=30))
+    snn, _ = to_snn(ann, th, SNNConfig(timesteps=32, portable=True))
+    assert {n.op_type for n in snn.graph.node}.isdisjoint({"Scan", "Loop", "IFNeuron", "SpikingMaxPool"})
+    path = tmp_path / "portable.onnx"
+    onnx.save(snn, path)
+    x = np.load(digits_npz[1])["input"][:16]
+    want = runtime.session(snn).run(None, {"input": x})[0].argmax(1)
+    ran = {}
+    for name in SUPPORTED:
+        present = (shutil.which("node") is not None and (JS / "node_modules" / name).exists()
+                   if name.startswith("onnxruntime-") else importlib.util.find_spec(name) is not None)
+        if present:
+            ran[name] = _run(name, path, x, tmp_path)[0].argmax(1)
+    if importlib.util.find_spec("tract") is not None:
+        ran["tract, fixed batch"] = _tract_fixed(path, x).argmax(1)
+    if not ran:
+        pytest.skip("no runtime besides onnxruntime is installed (the onnx2snn[runtimes] extra, tests/js)")
+    for name, top1 in ran.items():
+        assert np.sum(top1 == want) >= 15, (name, top1, want)

@@ -5,7 +5,7 @@ import json
 import numpy as np
 
 import graphs
-from onnx2snn import CalibConfig, SNNConfig, api
+from onnx2snn import CalibConfig, SNNConfig
 from onnx2snn import data as D
 from onnx2snn.analyse import analyse
 from onnx2snn.calibration import calibrate

@@ -5,8 +5,10 @@ difference and time per image, measured in one run.
         --val ../shared/bench/cifar10/val --mean 0.4914,0.4822,0.4465 --std 0.2470,0.2435,0.2616 \\
         --thresholds vgg7_th.json [-T 32] [--images 64]
 
-Runtimes: onnxruntime, OpenVINO and tract (Python packages), onnxruntime-node and onnxruntime-web
-(WASM) through tests/js/run.mjs when node and its npm packages are installed.
+Runtimes: onnxruntime, OpenVINO and tract (Python packages; tract with a symbolic batch and with
+the input fixed to the batch's shape), onnxruntime-node and onnxruntime-web (WASM) through
+tests/js/run.mjs when node and its npm packages are installed. Forms: the --portable default
+(unrolled, steps written out), unrolled with a Scan per neuron, loop, loop chunk 8, loop as Scan.
 """
 from __future__ import annotations
 
@@ -27,9 +29,9 @@ from onnx2snn import data as D
 from onnx2snn import model as M
 
 JS = Path(__file__).resolve().parents[1] / "tests" / "js"
-FORMS = {"unrolled": {}, "loop": dict(form="loop"), "loop-chunk8": dict(form="loop", chunk=8),
-         "loop-scan": dict(form="loop", loop_op="scan")}
-RUNTIMES = ["onnxruntime", "openvino", "tract", "onnxruntime-node", "onnxruntime-web"]
+FORMS = {"unrolled": {}, "unrolled-scan": dict(portable_steps="scan"), "loop": dict(form="loop"),
+         "loop-chunk8": dict(form="loop", chunk=8), "loop-scan": dict(form="loop", loop_op="scan")}
+RUNTIMES = ["onnxruntime", "openvino", "tract", "tract-fixed", "onnxruntime-node", "onnxruntime-web"]
 
 
 def _js(backend, path, x, out_name, repeats):
@@ -48,7 +50,14 @@ def _js(backend, path, x, out_name, repeats):
 def run(name, path, x, out_name, repeats):
     if name.startswith("onnxruntime-"):
         return _js(name.split("-")[1], path, x, out_name, repeats)
-    fn = runtime.backend(name, path)
+    if name == "tract-fixed":          # the input's shape fixed to the batch's, as tract's examples load models
+        import tract
+        model = tract.onnx().load(str(path))
+        model.set_input_fact(0, ",".join(map(str, x.shape)) + ",f32")
+        runnable = model.into_model().into_runnable()
+        fn = lambda feeds: {out_name: runnable.run([feeds["input"]])[0].to_numpy()}  # noqa: E731
+    else:
+        fn = runtime.backend(name, path)
     best, y = float("inf"), None
     for _ in range(repeats):
         start = time.perf_counter()

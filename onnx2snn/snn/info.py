@@ -42,6 +42,7 @@ class SNNInfo:
     early_exit: dict | None = None     # {stable_steps, margin, min_steps} when the loop exits early
     analog: list = field(default_factory=list)   # nodes kept analog between neurons (--keep-analog)
     loop_op: str = "loop"                          # the looped form's ONNX op: Loop or Scan
+    portable_steps: str = "scan"                   # portable neurons: steps "written" out, or a "scan"
     provenance: Provenance = field(default_factory=Provenance)
     version: str = __version__
 
@@ -58,6 +59,8 @@ class SNNInfo:
             "readout": json.dumps(self.readouts),
             "source_model": self.provenance.source_model,
         }
+        if self.portable:
+            meta["portable_steps"] = self.portable_steps
         if self.analog:
             meta["analog"] = json.dumps(self.analog)
         if self.looped:
@@ -86,6 +89,7 @@ class SNNInfo:
                 readouts=json.loads(meta.get("readout", "[]")), chunk=int(meta.get("chunk", 1)),
                 early_exit=json.loads(meta["early_exit_rule"]) if early else None,
                 analog=json.loads(meta.get("analog", "[]")), loop_op=meta.get("loop_op", "loop"),
+                portable_steps=meta.get("portable_steps", "scan"),
                 provenance=Provenance(meta.get("preprocessing"), meta.get("source_model", ""),
                                       json.loads(meta["delay_choice"]) if "delay_choice" in meta else None),
                 version=meta["version"])

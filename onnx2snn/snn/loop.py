@@ -158,7 +158,7 @@ def build(p: Prepared, provenance: Provenance | None = None) -> onnx.ModelProto:
     else:
         cond_out = None
     if config.portable:
-        lower_neurons(graph, b, p, explicit=K <= EXPLICIT_MAX)
+        lower_neurons(graph, b, p, explicit=K <= EXPLICIT_MAX or p.config.portable_steps == "written")
     inside = {id(n) for n in p.ordered} | {id(n) for n in graph.nodes[marker:]}
     body_nodes = [n for n in graph.nodes if id(n) in inside and (n.inputs or n.outputs)]
     graph.nodes = [n for n in graph.nodes if id(n) not in inside]

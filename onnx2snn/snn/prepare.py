@@ -266,6 +266,7 @@ def describe_snn(p: Prepared, readouts: list, provenance: Provenance | None, ear
     c = p.config
     return SNNInfo(form=c.form, timesteps=c.timesteps, delay=int(c.delay), v_init=float(c.v_init),
                    maxpool=c.maxpool, portable=c.portable, method=p.thresholds.method,
+                   portable_steps=c.portable_steps,
                    thresholds=p.thresholds.info, costs=p.costs,
                    neurons=[{"name": l.name, "source": l.source, "role": l.role, "tensor": l.tensor}
                             for l in p.layers],

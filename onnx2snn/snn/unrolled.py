@@ -1,7 +1,9 @@
 """The unrolled form: time folded into the batch axis, T*N rows through every spiking layer.
 
-Each neuron is one IFNeuron node scanning its T steps in C++ (or, portable, a Scan of standard
-ops); the graph's size does not depend on T, its memory grows with T.
+Each neuron is one IFNeuron node scanning its T steps in C++; the graph's size does not depend on
+T, its memory grows with T. Portable: each neuron's T steps written out in standard ops (the
+default: every runtime runs it, with a fixed or a symbolic batch; the graph grows with T), or a
+Scan of them (--portable-steps scan).
 """
 from __future__ import annotations
 
@@ -26,5 +28,5 @@ def build(p: Prepared, provenance: Provenance | None = None) -> onnx.ModelProto:
     for node in spiking_pools(p):
         p.fold.spiking_pool(node, fused=not p.config.portable)
     if p.config.portable:
-        lower_neurons(p.graph, p.b, p)
+        lower_neurons(p.graph, p.b, p, explicit=p.config.portable_steps == "written")
     return finish(p, describe_snn(p, readouts, provenance))
