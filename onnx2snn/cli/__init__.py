@@ -1,0 +1,76 @@
+"""Command line: `onnx2snn MODEL --data DIR` (convert), `eval`, `run`, `inspect`, `export-nir`,
+`run-nir`, `demo`.
+
+    parser.py    every subcommand and flag (argparse only)
+    commands.py  what each subcommand does: calls into the library and prints
+
+Importing this package is cheap (argparse and the config only); the library is imported inside
+the commands, so `--help` is fast and Ctrl-C during start-up ends with one line like any other.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+
+from ..errors import InternalError, UserError
+from . import commands
+from .commands import configs
+from .parser import build_parser
+
+__all__ = ["COMMANDS", "build_parser", "configs", "main"]
+
+COMMANDS = ("convert", "eval", "run", "demo", "inspect", "export-nir", "run-nir")
+
+
+def main(argv=None) -> int:
+    """Exit code 0 on success, 1 on any error (one line on stderr), 130 on Ctrl-C."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("onnx2snn: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:          # the reader went away (`| head`): stop quietly, as a pipe stage does
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+
+
+def _main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] not in COMMANDS and not argv[0].startswith("-"):
+        argv = ["convert"] + argv
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 1
+    verbose = getattr(args, "verbose", False)
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s", force=True)
+    try:
+        return {"convert": commands.convert, "eval": commands.evaluate, "run": commands.run, "demo": commands.demo,
+                "inspect": commands.inspect, "export-nir": commands.export_nir,
+                "run-nir": commands.run_nir}[args.command](args)
+    except UserError as err:
+        if verbose:
+            traceback.print_exc()
+        print(f"onnx2snn: error: {err}", file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, SystemExit, BrokenPipeError):
+        raise
+    except InternalError as err:   # onnx2snn contradicted itself: its message names the step and node
+        if verbose:
+            traceback.print_exc()
+        print(f"onnx2snn: error: internal error in {err}", file=sys.stderr)
+        return 1
+    except MemoryError:
+        print("onnx2snn: error: out of memory; use a smaller --batch-size or fewer timesteps", file=sys.stderr)
+        return 1
+    except Exception as err:  # a bug: one line by default, the traceback with -v
+        if verbose:
+            traceback.print_exc()
+        first = (str(err).strip().splitlines() or [""])[0][:300]
+        print(f"onnx2snn: error: internal error ({type(err).__name__}: {first}); rerun with -v for the "
+              "traceback and report it", file=sys.stderr)
+        return 1
