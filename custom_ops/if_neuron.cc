@@ -13,6 +13,7 @@
 //   spikes float32 [K*N, ...]: theta where the neuron fired, 0 elsewhere (weighted spikes).
 //   v_out  float32 [N, ...] (optional): membrane potential after the K steps.
 // Attributes: timesteps K (int, >= 1), axis (int, default 1), v_init (float, default 0.5),
+//   max_spikes M (int, default 1: binary spikes; M > 1: burst spikes, up to M per step),
 //   channel_block b (int, default 0) and channels C (int): with b > 0 the tensors are in
 //   onnxruntime's blocked channel layout (NCHWc: [K*N, Cpad/b, H, W, b] in memory for the logical
 //   shape [K*N, Cpad, H, W], Cpad = C rounded up to b), axis must be 1, and the Cpad - C padding
@@ -21,8 +22,10 @@
 // addend, bias and repeat_input are set by onnx2snn.events when a session is created (the Add
 // nodes and the time tiling in front of a neuron, fused); files keep the Adds.
 //
-// Per step: v += (x_t [+ addend_t] [+ bias]); s_t = (v > theta) ? theta : 0; v -= s_t. The arithmetic is plain float32 in
-// this order, compiled without FMA contraction, so results equal the NumPy reference bit for bit.
+// Per step: v += (x_t [+ addend_t] [+ bias]); s_t = (v > theta) ? theta : 0; v -= s_t. With max_spikes M > 1 the
+// firing repeats up to M times within the step: s_t = 0; M times { f = (v > theta) ? theta : 0; v -= f; s_t += f }
+// (a burst of n spikes is n * theta, summed in that order). The arithmetic is plain float32 in this order,
+// compiled without FMA contraction, so results equal the NumPy reference bit for bit.
 
 #define ORT_API_MANUAL_INIT
 #include <onnxruntime_cxx_api.h>
@@ -60,6 +63,7 @@ struct NeuronTask {
   const float* bias;      // may be null: [bias_size]
   int64_t bias_size;      // 1 or channels
   bool repeat;            // x holds one step, read at every step
+  int64_t max_spikes;     // spikes per step at most (1: binary)
 };
 
 // values[channel of element] for the elements begin..begin+n-1 of a step (plain or blocked channel
@@ -97,8 +101,9 @@ void ChannelValues(const NeuronTask& t, int64_t begin, int64_t n, const float* v
   }
 }
 
-// The K steps of elements begin..begin+n-1; kAdd / kBias: addend / bias inputs present.
-template <bool kAdd, bool kBias>
+// The K steps of elements begin..begin+n-1; kAdd / kBias: addend / bias inputs present; kBurst: up to
+// t.max_spikes spikes per step.
+template <bool kAdd, bool kBias, bool kBurst>
 inline void Steps(const NeuronTask& t, int64_t begin, int64_t n, float* __restrict vp, const float* __restrict tp,
                   const float* __restrict bp) {
   for (int64_t s = 0; s < t.steps; ++s) {
@@ -111,12 +116,25 @@ inline void Steps(const NeuronTask& t, int64_t begin, int64_t n, float* __restri
       if (kBias) current = current + bp[j];
       const float thj = tp[j];
       float vj = vp[j] + current;
-      const float spike = vj > thj ? thj : 0.0f;
+      float spike = vj > thj ? thj : 0.0f;
       vj = vj - spike;
+      if (kBurst) {
+        for (int64_t m = 1; m < t.max_spikes; ++m) {
+          const float more = vj > thj ? thj : 0.0f;
+          vj = vj - more;
+          spike = spike + more;
+        }
+      }
       vp[j] = vj;
       out[j] = spike;
     }
   }
+}
+
+template <bool kAdd, bool kBias>
+inline void StepsOf(const NeuronTask& t, int64_t begin, int64_t n, float* vp, const float* tp, const float* bp) {
+  if (t.max_spikes > 1) Steps<kAdd, kBias, true>(t, begin, n, vp, tp, bp);
+  else Steps<kAdd, kBias, false>(t, begin, n, vp, tp, bp);
 }
 
 ONNX2SNN_VECTOR_CLONES void RunBlock(void* data, size_t index) {
@@ -143,10 +161,10 @@ ONNX2SNN_VECTOR_CLONES void RunBlock(void* data, size_t index) {
   } else {
     for (int64_t j = 0; j < n; ++j) vp[j] = t.v_init * tp[j];
   }
-  if (t.addend && t.bias) Steps<true, true>(t, begin, n, vp, tp, bi.data());
-  else if (t.addend) Steps<true, false>(t, begin, n, vp, tp, nullptr);
-  else if (t.bias) Steps<false, true>(t, begin, n, vp, tp, bi.data());
-  else Steps<false, false>(t, begin, n, vp, tp, nullptr);
+  if (t.addend && t.bias) StepsOf<true, true>(t, begin, n, vp, tp, bi.data());
+  else if (t.addend) StepsOf<true, false>(t, begin, n, vp, tp, nullptr);
+  else if (t.bias) StepsOf<false, true>(t, begin, n, vp, tp, bi.data());
+  else StepsOf<false, false>(t, begin, n, vp, tp, nullptr);
 }
 
 struct IFNeuronKernel : GuardedKernel<IFNeuronKernel> {
@@ -159,6 +177,7 @@ struct IFNeuronKernel : GuardedKernel<IFNeuronKernel> {
   int64_t cblock = 0;       // blocked channel layout (see the header comment)
   int64_t real_channels = -1;
   bool repeat = false;
+  int64_t max_spikes = 1;
 
   explicit IFNeuronKernel(const OrtKernelInfo* info) {
     Ort::ConstKernelInfo ki(info);
@@ -172,6 +191,9 @@ struct IFNeuronKernel : GuardedKernel<IFNeuronKernel> {
     const int64_t rep = OptionalAttribute<int64_t>(ki, "repeat_input", 0, kName);
     if (rep != 0 && rep != 1) throw InvalidInput("IFNeuron: attribute repeat_input must be 0 or 1");
     repeat = rep == 1;
+    max_spikes = OptionalAttribute<int64_t>(ki, "max_spikes", 1, kName);
+    if (max_spikes < 1 || max_spikes > 1024)
+      throw InvalidInput("IFNeuron: attribute max_spikes must be in [1, 1024], got " + std::to_string(max_spikes));
   }
 
   void Compute(OrtKernelContext* context) {
@@ -272,7 +294,7 @@ struct IFNeuronKernel : GuardedKernel<IFNeuronKernel> {
 
     NeuronTask task{x.GetTensorData<float>(), theta.GetTensorData<float>(), v_in, v0,
                     out.GetTensorMutableData<float>(), v_out, steps, step_size, inner, channels,
-                    v_init, 0, per_sample, v0_size, cblock, real, addend, bias, bias_size, repeat};
+                    v_init, 0, per_sample, v0_size, cblock, real, addend, bias, bias_size, repeat, max_spikes};
     // Work items of ~16k neurons: large enough to amortise scheduling, small enough to balance.
     task.block = std::max<int64_t>(1, std::min<int64_t>(step_size, 16384));
     const size_t items = static_cast<size_t>((step_size + task.block - 1) / task.block);

@@ -14,7 +14,8 @@ METHODS = ("ltb", "ltb-layer", "max", "percentile")
 FORMS = ("unrolled", "loop")
 MAXPOOLS = ("spiking", "move")
 LOOP_OPS = ("loop", "scan")
-PORTABLE_STEPS = ("written", "scan")   # a portable neuron's steps: written out one by one, or a Scan
+PORTABLE_STEPS = ("written", "scan")
+MAX_BURST = 64            # --spikes burst:K, K at most (the operator allows 1024)   # a portable neuron's steps: written out one by one, or a Scan
 CORRECTIONS = ("none", "bias", "potential", "both")
 AUGMENTS = ("crop-flip", "flip", "ssd")   # calibration augmentation kinds (batches.py); True = crop-flip
 AUTO = "auto"
@@ -105,8 +106,19 @@ class SNNConfig:
     keep_analog: bool = False   # element-wise non-ReLU ops between neurons run per step (not spiking)
     loop_op: str = "loop"       # loop form: an ONNX Loop, or a Scan over iterations (runtimes without Loop)
     correct: str = "none"       # "bias" (per channel), "potential" (per neuron), "both": correction at T
+    spikes: str = "binary"      # or "burst:K": up to K spikes per neuron and step, thresholds divided by K
     # api.convert without an SNNConfig (and the CLI without --delay/--correct) uses delay "auto" and
     # correct "both" when it has data: see choices.data_defaults and README "Defaults".
+
+    @property
+    def max_spikes(self) -> int:
+        """K of --spikes burst:K (1 for binary spikes)."""
+        if self.spikes == "binary":
+            return 1
+        kind, _, count = str(self.spikes).partition(":")
+        if kind != "burst" or not count.isdigit() or not 2 <= int(count) <= MAX_BURST:
+            raise UserError(f"--spikes {self.spikes}: expected binary or burst:K with K in [2, {MAX_BURST}]")
+        return int(count)
 
     def __post_init__(self):
         if self.form not in FORMS:
@@ -130,6 +142,7 @@ class SNNConfig:
         if self.early_exit and self.loop_op != "loop":
             raise UserError("--early-exit needs --loop-op loop (a Scan cannot stop early)")
         _float("--v-init", self.v_init, 0.0, 1.0)
+        _ = self.max_spikes            # validates --spikes
         _int("--exit-stable", self.exit_stable, 1)
         _float("--exit-margin", self.exit_margin, 0.0)
         _int("--exit-min-steps", self.exit_min_steps, 0)

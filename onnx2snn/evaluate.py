@@ -93,7 +93,7 @@ def default_timesteps(info: SNNInfo) -> list:
 
 class _LayerStats:
     """Per layer at T: firing rate (spikes per neuron per step), the fractions of silent (no spike)
-    and saturated (a spike at every step) neurons, and the rate error against the ANN's clipped
+    and saturated (a spike at every step; K with burst:K) neurons, and the rate error against the ANN's clipped
     activation (the probed ANN with the SNN's thresholds): sum |rate x theta - clip(a, 0, theta)| /
     sum |clip(a, 0, theta)| over neurons and samples."""
 
@@ -107,7 +107,9 @@ class _LayerStats:
         if ann is not None:
             analysis = as_analysis(ann)
             names = sorted({self.tensor[n] for n in self.thetas})
-            theta_of = {n["source"]: self.thetas[n["name"]] for n in info.neurons if n["name"] in self.thetas}
+            # the neuron's range: K·θ with burst:K spikes (θ is then the size of one of its K levels)
+            theta_of = {n["source"]: self.thetas[n["name"]] * np.float32(info.max_spikes) for n in info.neurons
+                        if n["name"] in self.thetas}
             model, self.fixed = probes.clipped(analysis, theta_of, names)
             self.sess = runtime.session(model, threads)
             self.names = names
@@ -145,7 +147,7 @@ class _LayerStats:
             tl["spikes"] += float(fired.sum())
             tl["count"] += fired.size
             tl["silent"] += int(np.sum(fired == 0))
-            tl["saturated"] += int(np.sum(fired >= self.t))
+            tl["saturated"] += int(np.sum(fired >= self.t * self.info.max_spikes))
             if self.tensor[name] in clipped:
                 a = clipped[self.tensor[name]].astype(np.float64).reshape(-1)
                 tl["err"] += float(np.abs(total.astype(np.float64) / self.t - a).sum())

@@ -16,19 +16,24 @@ STATES = {"IFNeuron": [(2, 1)], "SpikingMaxPool": [(1, 1), (2, 2)]}
 
 
 def if_neuron(x: np.ndarray, theta: np.ndarray, timesteps: int, axis: int = 1, v_init: float = 0.5,
-              v: np.ndarray | None = None, return_state: bool = False, v0: np.ndarray | None = None):
+              v: np.ndarray | None = None, return_state: bool = False, v0: np.ndarray | None = None,
+              max_spikes: int = 1):
     """Run an IF neuron over `timesteps` steps stacked time-major on axis 0 of `x`.
 
     x: float32 [K*N, ...]; theta: [C] (channel axis `axis`) or [1]; v: optional state [N, ...];
     v0: optional initial potential of each neuron of one sample ([prod(...)] or [1]), used when
-    there is no state (else v_init * theta).
-    Returns the weighted spikes (theta or 0) shaped like x, and the final state if asked.
+    there is no state (else v_init * theta). max_spikes M > 1: burst spikes, the firing repeated up
+    to M times per step (a burst of n spikes is n * theta, summed one theta at a time).
+    Returns the weighted spikes (theta or 0; n * theta with bursts) shaped like x, and the final
+    state if asked.
     """
     x = np.asarray(x, dtype=np.float32)
     theta = np.asarray(theta, dtype=np.float32).reshape(-1)
     # the same refusals as the C++ operator, so a fuzzed case either fails in both or in neither
     if timesteps < 1:
         raise ValueError("timesteps must be >= 1")
+    if not 1 <= max_spikes <= 1024:
+        raise ValueError(f"max_spikes must be in [1, 1024], got {max_spikes}")
     if x.ndim < 1:
         raise ValueError("input must have rank >= 1")
     if theta.size == 0:
@@ -67,6 +72,10 @@ def if_neuron(x: np.ndarray, theta: np.ndarray, timesteps: int, axis: int = 1, v
         state = state + steps[t]
         spike = np.where(state > th, th, zero)
         state = state - spike
+        for _ in range(max_spikes - 1):
+            more = np.where(state > th, th, zero)
+            state = state - more
+            spike = spike + more
         out[t] = spike
     out = out.reshape(x.shape)
     return (out, state) if return_state else out

@@ -14,9 +14,9 @@ from .neuron import DOMAIN, if_neuron
 class IFNeuron(OpRun):
     op_domain = DOMAIN
 
-    def _run(self, x, theta, v=None, v0=None, timesteps=None, axis=1, v_init=0.5):
+    def _run(self, x, theta, v=None, v0=None, timesteps=None, axis=1, v_init=0.5, max_spikes=1):
         spikes, state = if_neuron(x, theta, int(timesteps), int(axis), np.float32(v_init), v=v,
-                                  return_state=True, v0=v0)
+                                  return_state=True, v0=v0, max_spikes=int(max_spikes))
         if len(self.output) > 1:
             return spikes, state
         return (spikes,)

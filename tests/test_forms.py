@@ -38,19 +38,27 @@ def _power_of_two_thresholds(model):
                       "manual")
 
 
+@pytest.mark.parametrize("spikes", ["binary", "burst:2", "burst:4"])
 @pytest.mark.parametrize("make", [graphs.residual_integer_model, lambda: graphs.stem_pool_model(integer=True),
                                   graphs.spiking_pool_model])
-def test_forms_agree_exactly_on_exactly_representable_models(make):
+def test_forms_agree_exactly_on_exactly_representable_models(make, spikes):
+    """Every form, portable ones included, against the NumPy neuron, with binary and burst spikes
+    (θ/2, θ/4: powers of two, so every sum stays exact)."""
     model = make()
     th = _power_of_two_thresholds(model)
     shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[1:]]
     x = np.random.default_rng(0).integers(-3, 6, size=[6] + shape).astype(np.float32)
     # T - D = 16 steps are averaged: a power of two, so the average is exact too
-    base, _ = to_snn(model, th, SNNConfig(timesteps=18, delay=2))
+    base, _ = to_snn(model, th, SNNConfig(timesteps=18, delay=2, spikes=spikes))
     want = reference.run(base, {"input": x})[0]             # NumPy neuron, no onnxruntime
     assert np.any(want != 0)
+    if spikes != "binary":     # bursts happen, and change the outputs
+        binary = reference.run(to_snn(model, th, SNNConfig(timesteps=18, delay=2))[0], {"input": x})[0]
+        assert not np.array_equal(want, binary)
+        assert all(a.i == int(spikes[6:]) for n in base.graph.node if n.op_type == "IFNeuron"
+                   for a in n.attribute if a.name == "max_spikes")
     for kw in forms(18, 4):
-        snn, _ = to_snn(model, th, SNNConfig(timesteps=18, delay=2, **kw))
+        snn, _ = to_snn(model, th, SNNConfig(timesteps=18, delay=2, spikes=spikes, **kw))
         onnx.checker.check_model(snn)
         got = _run(snn, x, kw.get("portable", False))
         assert np.array_equal(got, want), kw

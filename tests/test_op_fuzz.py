@@ -61,6 +61,9 @@ def neuron_cases(draw):
         attrs["v_init"] = 1                    # wrong attribute type: must be refused, not ignored
     elif v_init != "missing":
         attrs["v_init"] = float(v_init)
+    burst = draw(st.sampled_from(["missing", "missing", 1, 2, 3, 0]))   # 0: refused (spikes per step >= 1)
+    if burst != "missing":
+        attrs["max_spikes"] = burst
     state = draw(st.sampled_from([None, "right", "wrong"]))
     per_sample = int(np.prod(shape[1:])) if rank > 1 else 1
     v0_size = draw(st.sampled_from([None, None, 1, per_sample, per_sample + 1]))
@@ -78,7 +81,7 @@ def test_if_neuron_matches_the_reference_or_fails_cleanly(case):
     feeds = {"x": x, "theta": theta, **({"v": v} if state else {}), **({"v0": v0} if v0 is not None else {})}
     try:
         want = if_neuron(x, theta, attrs["timesteps"], attrs["axis"], attrs.get("v_init", 0.5),
-                         v=v if state else None, return_state=True, v0=v0)
+                         v=v if state else None, return_state=True, v0=v0, max_spikes=attrs.get("max_spikes", 1))
         if v0 is not None and state and v0.size not in (1, int(np.prod(x.shape[1:])) if x.ndim > 1 else 1):
             want = None                                     # the op checks v0 even when the state wins
         if state == "wrong" and v.shape[0] * max(1, attrs["timesteps"]) != x.shape[0]:

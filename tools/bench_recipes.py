@@ -11,7 +11,9 @@ it: every choice (calibration length, delay, correction) is made on calibration 
 validation images are used for the reported accuracy alone. Calibrations that do not depend on T
 (no `--tune auto`) are shared between the T of a recipe and between recipes with equal calibration
 settings. Prints one line per (recipe, T): top-1, agreement with the ANN, relative output error,
-the chosen delay, and the seconds spent on calibration, correction and delay choice.
+the chosen delay, the synaptic operations per image (every spike of a burst counted), and the
+seconds spent on calibration, correction and delay choice. Neuron variants are recipes too:
+`--recipe "--spikes burst:2"`.
 """
 from __future__ import annotations
 
@@ -68,7 +70,8 @@ def main():
             r = ev.rows[0]
             row = {"model": Path(args.model).name, "recipe": recipe or "(defaults)", "T": t,
                    "accuracy": r["accuracy"], "ann_accuracy": ev.ann_accuracy, "agreement": r["agreement"],
-                   "rel_error": r["rel_error"], "delay": res.delay.delay if res.delay else snn.delay,
+                   "rel_error": r["rel_error"], "sops": r["sops"], "spikes": snn.spikes,
+                   "delay": res.delay.delay if res.delay else snn.delay,
                    "tune_iters": (res.thresholds.info.get("tune") or {}).get("iters"),
                    # the label-free score the defaults are chosen by: relative output error on the
                    # calibration samples --delay auto scored (None with a fixed delay)
@@ -76,7 +79,8 @@ def main():
                    "calibration_s": round(cal_s, 1), "conversion_s": round(whole_s, 1),
                    **{f"{k}_s": round(v, 1) for k, v in res.step_seconds.items()}, "samples": ev.samples}
             print(f"[{row['recipe']}] T={t}: top-1 {100 * r['accuracy']:.1f}% (ANN {100 * ev.ann_accuracy:.1f}%), "
-                  f"agreement {100 * r['agreement']:.1f}%, rel.error {r['rel_error']:.3f}, D={row['delay']}"
+                  f"agreement {100 * r['agreement']:.1f}%, rel.error {r['rel_error']:.3f}, D={row['delay']}, "
+                  f"SOPs/image {r['sops'] / 1e6:.2f}M"
                   + (f", tuned to {row['tune_iters']} batches" if row["tune_iters"] else "")
                   + (f", rel.error on calibration samples {row['calib_rel_error']:.3f}" if row["calib_rel_error"] else "")
                   + f"; seconds: calibration {row['calibration_s']}"

@@ -39,7 +39,8 @@ def configs(args) -> tuple:
                     v_init=args.v_init, maxpool=args.maxpool, form=args.form, chunk=args.chunk,
                     portable=args.portable, portable_steps=args.portable_steps, early_exit=args.early_exit, exit_stable=args.exit_stable,
                     exit_margin=args.exit_margin, exit_min_steps=args.exit_min_steps,
-                    keep_analog=args.keep_analog, loop_op=args.loop_op, correct=args.correct or auto["correct"])
+                    keep_analog=args.keep_analog, loop_op=args.loop_op, correct=args.correct or auto["correct"],
+                    spikes=args.spikes)
     return calib, snn
 
 
@@ -61,7 +62,8 @@ def convert(args) -> int:
         how = (f"{th.info.get('iters')} batches in {result.calibration_seconds:.1f}s" if args.thresholds is None
                else f"thresholds from {args.thresholds}")
         form = args.form + (f", chunk {args.chunk}" if args.form == "loop" else "") + \
-            (", portable" if args.portable else "") + (", early exit" if args.early_exit else "")
+            (", portable" if args.portable else "") + (", early exit" if args.early_exit else "") + \
+            (f", {args.spikes} spikes" if args.spikes != "binary" else "")
         print(f"converted {args.model} -> {result.output}  ({form}, T={args.timesteps}, "
               f"method {th.method}, {how})")
         print(f"memory budget {result.memory.describe()}; samples per batch: "

@@ -150,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "without Loop (tract); no early exit with scan")
     s.add_argument("--portable", action="store_true",
                    help="standard ONNX ops only (no custom op library needed), same outputs")
+    s.add_argument("--spikes", default="binary", metavar="binary|burst:K",
+                   help="binary: at most one spike per neuron and step (default); burst:K: up to K, each worth θ/K "
+                        "(the same range in finer levels; SOPs count every spike of a burst)")
     s.add_argument("--portable-steps", choices=["written", "scan"], default="written",
                    help="with --portable: each neuron's steps written out one by one (default: onnxruntime, "
                         "OpenVINO and tract run it, fixed or symbolic batch; runs at its own T only), or a Scan "

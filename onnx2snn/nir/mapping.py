@@ -110,6 +110,9 @@ class Mapping:
         if len(node.input) > 4 or (len(node.input) > 2 and node.input[2]):
             raise refuse(node, "carries state or fused inputs (a session's in-memory graph)",
                           "export the model file as onnx2snn wrote it")
+        if int(a.get("max_spikes", 1)) > 1:
+            raise refuse(node, f"emits bursts of up to {int(a['max_spikes'])} spikes per step (--spikes burst); NIR's "
+                         "IF emits one spike per step", "convert with --spikes binary to export to NIR")
         if int(a.get("timesteps", 0)) != self.info.timesteps:
             raise refuse(node, f"runs {a.get('timesteps')} steps, the model {self.info.timesteps}",
                           "convert the ANN again")

@@ -43,8 +43,14 @@ class SNNInfo:
     analog: list = field(default_factory=list)   # nodes kept analog between neurons (--keep-analog)
     loop_op: str = "loop"                          # the looped form's ONNX op: Loop or Scan
     portable_steps: str = "scan"                   # portable neurons: steps "written" out, or a "scan"
+    spikes: str = "binary"                         # or "burst:K" (config.SNNConfig.spikes)
     provenance: Provenance = field(default_factory=Provenance)
     version: str = __version__
+
+    @property
+    def max_spikes(self) -> int:
+        """Spikes per neuron and step at most: K of burst:K, else 1."""
+        return int(self.spikes.split(":")[1]) if self.spikes.startswith("burst:") else 1
 
     @property
     def looped(self) -> bool:
@@ -61,6 +67,8 @@ class SNNInfo:
         }
         if self.portable:
             meta["portable_steps"] = self.portable_steps
+        if self.spikes != "binary":
+            meta["spikes"] = self.spikes
         if self.analog:
             meta["analog"] = json.dumps(self.analog)
         if self.looped:
@@ -89,7 +97,7 @@ class SNNInfo:
                 readouts=json.loads(meta.get("readout", "[]")), chunk=int(meta.get("chunk", 1)),
                 early_exit=json.loads(meta["early_exit_rule"]) if early else None,
                 analog=json.loads(meta.get("analog", "[]")), loop_op=meta.get("loop_op", "loop"),
-                portable_steps=meta.get("portable_steps", "scan"),
+                portable_steps=meta.get("portable_steps", "scan"), spikes=meta.get("spikes", "binary"),
                 provenance=Provenance(meta.get("preprocessing"), meta.get("source_model", ""),
                                       json.loads(meta["delay_choice"]) if "delay_choice" in meta else None),
                 version=meta["version"])

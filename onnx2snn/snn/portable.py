@@ -12,8 +12,9 @@ from ..errors import UserError
 from .timefold import theta_broadcast
 
 
-def _step(prefix: str, v_prev, x, theta_b, zero):
-    """v <- v + x; s <- theta if v > theta else 0; v <- v - s   (nodes, v_new, s)."""
+def _step(prefix: str, v_prev, x, theta_b, zero, max_spikes: int = 1):
+    """v <- v + x; s <- theta if v > theta else 0; v <- v - s   (nodes, v_new, s); with bursts the
+    firing repeats up to `max_spikes` times: f <- theta if v > theta else 0; v <- v - f; s <- s + f."""
     v = gs.Variable(f"{prefix}/v", np.float32)
     fire = gs.Variable(f"{prefix}/fire", np.bool_)
     s = gs.Variable(f"{prefix}/s", np.float32)
@@ -22,6 +23,16 @@ def _step(prefix: str, v_prev, x, theta_b, zero):
              gs.Node("Greater", f"{prefix}/threshold", inputs=[v, theta_b], outputs=[fire]),
              gs.Node("Where", f"{prefix}/spike", inputs=[fire, theta_b, zero], outputs=[s]),
              gs.Node("Sub", f"{prefix}/reset", inputs=[v, s], outputs=[v_new])]
+    for m in range(1, max_spikes):
+        fire_m = gs.Variable(f"{prefix}/fire{m}", np.bool_)
+        f_m = gs.Variable(f"{prefix}/f{m}", np.float32)
+        v_m = gs.Variable(f"{prefix}/v_new{m}", np.float32)
+        s_m = gs.Variable(f"{prefix}/s{m}", np.float32)
+        nodes += [gs.Node("Greater", f"{prefix}/threshold{m}", inputs=[v_new, theta_b], outputs=[fire_m]),
+                  gs.Node("Where", f"{prefix}/spike{m}", inputs=[fire_m, theta_b, zero], outputs=[f_m]),
+                  gs.Node("Sub", f"{prefix}/reset{m}", inputs=[v_new, f_m], outputs=[v_m]),
+                  gs.Node("Add", f"{prefix}/burst{m}", inputs=[s, f_m], outputs=[s_m])]
+        v_new, s = v_m, s_m
     return nodes, v_new, s
 
 
@@ -36,6 +47,7 @@ def lower_neuron(graph: gs.Graph, b: Builder, node: gs.Node, rank: int, steps_co
     runtimes such as tract run nested Scans poorly)."""
     steps = int(node.attrs["timesteps"])
     v_init = np.float32(node.attrs.get("v_init", 0.5))
+    burst = int(node.attrs.get("max_spikes", 1))
     x = node.inputs[0]
     v_in = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2].name else None
     v0_c = node.inputs[3] if len(node.inputs) > 3 else None      # initial potential per neuron of a sample
@@ -55,7 +67,7 @@ def lower_neuron(graph: gs.Graph, b: Builder, node: gs.Node, rank: int, steps_co
         start = b.reshape(v0_c, sample if v0_c.values.size > 1 else [1] * max(rank - 1, 1))
     if steps == 1:
         v0 = v_in if v_in is not None else start
-        nodes, v_new, s = _step(b.prefix, v0, x, theta_b, zero)
+        nodes, v_new, s = _step(b.prefix, v0, x, theta_b, zero, burst)
         graph.nodes.extend(nodes)
         b.op("Identity", [s], out=[spikes])
         if v_out is not None:
@@ -66,11 +78,11 @@ def lower_neuron(graph: gs.Graph, b: Builder, node: gs.Node, rank: int, steps_co
                                             dtype=np.int64)])
     v0 = v_in if v_in is not None else b.op("Expand", [start, b.shape_tail(per_step)])
     if explicit:
-        _explicit_steps(graph, b, node.name, steps, per_step, v0, theta_b, zero, x, spikes, v_out)
+        _explicit_steps(graph, b, node.name, steps, per_step, v0, theta_b, zero, x, spikes, v_out, burst)
         return
     v_prev = gs.Variable(f"{node.name}/scan/v_prev", np.float32)
     x_t = gs.Variable(f"{node.name}/scan/x_t", np.float32)
-    nodes, v_new, s = _step(f"{node.name}/scan", v_prev, x_t, theta_b, zero)
+    nodes, v_new, s = _step(f"{node.name}/scan", v_prev, x_t, theta_b, zero, burst)
     for t in (v_prev, x_t, v_new, s):   # every runtime wants the Scan body's I/O typed and ranked
         t.shape = list(dims) if dims is not None else [None] * rank
     body = gs.Graph(nodes=nodes, inputs=[v_prev, x_t], outputs=[v_new, s], name=f"{node.name}/scan_body",
@@ -83,7 +95,8 @@ def lower_neuron(graph: gs.Graph, b: Builder, node: gs.Node, rank: int, steps_co
          out=[spikes])
 
 
-def _explicit_steps(graph, b: Builder, name: str, steps: int, per_step, v, theta_b, zero, x, spikes, v_out):
+def _explicit_steps(graph, b: Builder, name: str, steps: int, per_step, v, theta_b, zero, x, spikes, v_out,
+                    burst: int = 1):
     """The K steps of one neuron written out: the same float32 operations as the Scan body."""
     axis0 = b.const(np.array([0], np.int64))
     stacked = []
@@ -91,7 +104,7 @@ def _explicit_steps(graph, b: Builder, name: str, steps: int, per_step, v, theta
         b.prefix = f"{name}/portable/step{t}"
         x_t = b.op("Squeeze", [b.op("Slice", [per_step, b.const(np.array([t], np.int64)),
                                               b.const(np.array([t + 1], np.int64)), axis0]), axis0])
-        nodes, v, s = _step(b.prefix, v, x_t, theta_b, zero)
+        nodes, v, s = _step(b.prefix, v, x_t, theta_b, zero, burst)
         graph.nodes.extend(nodes)
         stacked.append(b.op("Unsqueeze", [s, axis0]))
     b.prefix = f"{name}/portable"

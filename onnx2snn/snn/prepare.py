@@ -91,8 +91,10 @@ def _neuron(graph: gs.Graph, x, out, theta: np.ndarray, axis: int, name: str, co
     inputs = [x, theta_c]
     if v0 is not None:
         inputs += [gs.Variable.empty(), gs.Constant(f"{name}.v0", np.asarray(v0, np.float32).reshape(-1))]
-    node = gs.Node("IFNeuron", name, {"timesteps": config.timesteps, "axis": axis, "v_init": float(config.v_init)},
-                   inputs, [out], domain=DOMAIN)
+    attrs = {"timesteps": config.timesteps, "axis": axis, "v_init": float(config.v_init)}
+    if config.max_spikes > 1:
+        attrs["max_spikes"] = config.max_spikes
+    node = gs.Node("IFNeuron", name, attrs, inputs, [out], domain=DOMAIN)
     graph.nodes.append(node)
     return node
 
@@ -105,6 +107,8 @@ def _place_neurons(graph: gs.Graph, acts, thresholds: Thresholds, config: SNNCon
         theta = np.asarray(thresholds.values[act.name], np.float32).reshape(-1)
         if act.cap is not None:
             theta = np.minimum(theta, np.float32(act.cap))
+        if config.max_spikes > 1:       # burst:K: K levels of θ/K in a step, the same range as one θ
+            theta = (theta / np.float32(config.max_spikes)).astype(np.float32)
         x, y = act.input, act.output
         act.node.inputs.clear()
         act.node.outputs.clear()
@@ -264,11 +268,13 @@ def spiking_pools(p: Prepared) -> list:
 
 def describe_snn(p: Prepared, readouts: list, provenance: Provenance | None, early_exit: dict | None = None) -> SNNInfo:
     c = p.config
+    axes = {n.name: n.attrs.get("axis", 1) for n in p.neurons}
     return SNNInfo(form=c.form, timesteps=c.timesteps, delay=int(c.delay), v_init=float(c.v_init),
                    maxpool=c.maxpool, portable=c.portable, method=p.thresholds.method,
-                   portable_steps=c.portable_steps,
+                   portable_steps=c.portable_steps, spikes=c.spikes,
                    thresholds=p.thresholds.info, costs=p.costs,
-                   neurons=[{"name": l.name, "source": l.source, "role": l.role, "tensor": l.tensor}
+                   neurons=[{"name": l.name, "source": l.source, "role": l.role, "tensor": l.tensor,
+                             "rank": int(p.ranks.get(l.name, 0)), "axis": int(axes.get(l.name, 1))}
                             for l in p.layers],
                    readouts=readouts, chunk=c.chunk, early_exit=early_exit, analog=p.analog,
                    provenance=provenance or Provenance())

@@ -22,22 +22,48 @@ from ..neuron import DOMAIN, STATES
 from .info import SNNInfo
 from .loop import DELAY_NAME, STEPS_NAME, TRIP_NAME
 from .prepare import T_NAME
+from .timefold import theta_broadcast
 
 
-def _spike_count(b: Builder, spikes, leading) -> gs.Variable:
-    """Number of spikes (nonzero outputs) per row of `leading` ([-1] folds all: per step)."""
-    fired = b.op("Cast", [b.op("Greater", [spikes, b.const(np.float32(0))], dtype=np.bool_)],
-                 {"to": onnx.TensorProto.FLOAT})
+def _fired(b: Builder, spikes, theta_b=None):
+    """Spikes per neuron and step: 1 where it fired; with bursts (`theta_b`, the thresholds
+    broadcast to the tensor, 1 where θ = 0) the n of a burst n·θ."""
+    if theta_b is None:
+        return b.op("Cast", [b.op("Greater", [spikes, b.const(np.float32(0))], dtype=np.bool_)],
+                    {"to": onnx.TensorProto.FLOAT})
+    return b.op("Round", [b.op("Div", [spikes, theta_b])])
+
+
+def _burst_thetas(snn: onnx.ModelProto, info: SNNInfo) -> dict:
+    """neuron name -> its thresholds broadcast to its tensor's rank (1 where θ = 0), for counting the
+    spikes of bursts; {} for binary spikes (a spike is then any nonzero output)."""
+    if info.spikes == "binary":
+        return {}
+    found = neuron_thresholds(snn, info)
+    out = {}
+    for n in info.neurons:
+        if n["name"] in found and n.get("rank"):
+            th = np.where(found[n["name"]] > 0, found[n["name"]], np.float32(1)).astype(np.float32)
+            out[n["name"]] = gs.Constant(f"{n['name']}/eval/theta_levels", theta_broadcast(th, n["axis"], n["rank"]))
+    missing = [n["name"] for n in info.neurons if n["name"] not in out]
+    if missing:
+        raise UserError(f"burst spikes: the thresholds of neuron '{missing[0]}' are not in the model's metadata and "
+                        "constants; convert it again")
+    return out
+
+
+def _spike_count(b: Builder, spikes, leading, theta_b=None) -> gs.Variable:
+    """Number of spikes per row of `leading` ([-1] folds all: per step)."""
+    fired = _fired(b, spikes, theta_b)
     if leading is None:
         return b.reduce("ReduceSum", fired, None, keepdims=0)
     return b.reduce("ReduceSum", b.reshape(fired, leading), [1], keepdims=0)
 
 
-def _over_steps(b: Builder, spikes, steps: int):
+def _over_steps(b: Builder, spikes, steps: int, theta_b=None):
     """(sum of the weighted spikes, number of spikes) of each neuron over the `steps` steps of a
     [steps*N, ...] tensor, flattened to [N * neurons per sample]."""
-    fired = b.op("Cast", [b.op("Greater", [spikes, b.const(np.float32(0))], dtype=np.bool_)],
-                 {"to": onnx.TensorProto.FLOAT})
+    fired = _fired(b, spikes, theta_b)
     return tuple(b.reduce("ReduceSum", b.reshape(t, [steps, -1]), [0], keepdims=0) for t in (spikes, fired))
 
 
@@ -60,18 +86,19 @@ def unrolled_steps(snn: onnx.ModelProto, info: SNNInfo, t_max: int, spike_counts
         if node.op in ("IFNeuron", "SpikingMaxPool"):
             node.attrs["timesteps"] = t_max
     extra, counts, stats = [], [], []
+    levels = _burst_thetas(snn, info) if (spike_counts or layer_stats) else {}
     for neuron in info.neurons if (spike_counts or layer_stats) else []:
         spikes = tensors.get(neuron.get("tensor", ""))
         if spikes is None:
             continue
         b.prefix = f"{neuron['name']}/eval"
         if spike_counts:
-            per_step = _spike_count(b, spikes, [t_max, -1])
+            per_step = _spike_count(b, spikes, [t_max, -1], levels.get(neuron["name"]))
             per_step.name = f"{neuron['name']}/spike_count"
             counts.append((neuron["name"], per_step.name))
             extra.append(per_step)
         if layer_stats:
-            total, fired = _over_steps(b, spikes, t_max)
+            total, fired = _over_steps(b, spikes, t_max, levels.get(neuron["name"]))
             stats.append((neuron["name"], total.name, fired.name))
             extra += [total, fired]
     for r in info.readouts:
@@ -104,14 +131,16 @@ def loop_history(snn: onnx.ModelProto, info: SNNInfo, t_max: int, layer_stats: b
         emitted.append(out)
         return name
 
+    levels = _burst_thetas(snn, info)
     for neuron in info.neurons:
         spikes = inside.get(neuron.get("tensor", ""))
         if spikes is None:
             continue
         b.prefix = f"{neuron['name']}/eval"
-        counts.append((neuron["name"], emit(_spike_count(b, spikes, None), f"{neuron['name']}/eval/counts")))
+        counts.append((neuron["name"], emit(_spike_count(b, spikes, None, levels.get(neuron["name"])),
+                                            f"{neuron['name']}/eval/counts")))
         if layer_stats:
-            total, fired = _over_steps(b, spikes, info.chunk)
+            total, fired = _over_steps(b, spikes, info.chunk, levels.get(neuron["name"]))
             stats.append((neuron["name"], emit(total, f"{neuron['name']}/eval/spike_sums"),
                           emit(fired, f"{neuron['name']}/eval/fire_counts")))
     for r in info.readouts:
