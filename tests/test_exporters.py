@@ -63,12 +63,30 @@ def _convert_and_check(path, x_train, y_train, x_test, y_test, tmp_path, capsys,
     ann, row, result = _snn_row(defaults, test, path, tmp_path / "defaults.json", capsys)
     _meets_the_bars(ann, row, result, "defaults")
     snn = tmp_path / "m.snn.onnx"
-    code = main([str(path), "--data", str(calib), "-o", str(snn), "-T", str(T),
-                 "--iters", str(iters), "--check", "0", "-q", *extra])
+    code = main([str(path), "--data", str(calib), "-o", str(snn), "-T", str(T), "--save-thresholds",
+                 str(tmp_path / "th.json"), "--iters", str(iters), "--check", "0", "-q", *extra])
     assert code == 0, capsys.readouterr().err
     ann, row, result = _snn_row(snn, test, path, tmp_path / "eval.json", capsys, T)
     _meets_the_bars(ann, row, result, f"T={T}")
+    _portable_agrees(path, snn, tmp_path, test, capsys)
     return result
+
+
+def _portable_agrees(path, snn, tmp_path, test, capsys):
+    """The default --portable file (each neuron's steps written out) of the same thresholds and
+    correction runs like the custom-op SNN: same top-1 (or label) on >= 99% of the test samples."""
+    portable = tmp_path / "p.snn.onnx"
+    assert main([str(path), "--thresholds", str(tmp_path / "th.json"), "-T", str(T), "--portable", "-o",
+                 str(portable), "-q"]) == 0, capsys.readouterr().err
+    assert not any(n.domain == "ai.onnx2snn" for n in onnx.load(portable).graph.node)   # no operator library
+    outs = {}
+    for name, model in (("ops", snn), ("portable", portable)):
+        assert main(["run", str(model), "--data", str(test), "-o", str(tmp_path / f"{name}.npz")]) == 0
+        outs[name] = np.load(tmp_path / f"{name}.npz")
+    for key in outs["ops"].files:
+        a, b = outs["ops"][key], outs["portable"][key]
+        same = a.argmax(-1) == b.argmax(-1) if a.ndim == 2 and a.dtype.kind == "f" else a == b
+        assert np.mean(same) >= 0.99, key
 
 
 # ---- PyTorch -------------------------------------------------------------------------------------
