@@ -482,11 +482,12 @@ def _save_outputs(out: Path, arrays: dict) -> None:
 
 
 def run_nir_file(nir_path, output, data=None, data_loader=None, batch_size: int | None = None,
-                 limit: int | None = None, prep: D.Preprocess | None = None, timesteps: int | None = None,
+                 limit: int | None = None, prep=None, timesteps: int | None = None,
                  delay: int | None = None, annotations=None, split: str | None = None) -> dict:
     """`onnx2snn run-nir`: a NIR graph written by export-nir (host parts included, nir/files.py)
     run over a data set by the NumPy reference simulation (nir/simulate.py); T and D from the
-    graph's metadata unless given; outputs written as run_file writes them; returns them."""
+    graph's metadata unless given; outputs written as run_file writes them; returns them. `prep`:
+    a data.Preprocess, or a function of the one recorded in the graph (the flags applied to it)."""
     from .nir.files import NirFile
     _positive(batch_size, "--batch-size")
     _positive(limit, "--limit")
@@ -497,7 +498,9 @@ def run_nir_file(nir_path, output, data=None, data_loader=None, batch_size: int 
     model = NirFile(nir_path, files)
     out = _output_file(files, output, model.outputs)
     interface = model.interface()
-    source = open_source(interface, data, data_loader, prep or model.preprocess(), files, annotations, split)
+    recorded = model.preprocess()
+    prep = prep(recorded) if callable(prep) else (prep or recorded)
+    source = open_source(interface, data, data_loader, prep, files, annotations, split)
     inputs = D.model_inputs(interface)
     batch = D.resolve_batch(batch_size, inputs, 32)
     chunks = {n: [] for n in model.outputs}

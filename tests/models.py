@@ -60,21 +60,28 @@ def digits_cnn(seed: int = 0, epochs: int = 15):
     return _train(net, x, y, epochs, seed), x
 
 
-def digits_resnet(seed: int = 0, epochs: int = 30):
-    """A small residual CNN (identity shortcut, average pool head)."""
+def _residual_block(c: int):
+    """conv-relu-conv + identity skip, then relu (the residual test models' block)."""
     import torch
     from torch import nn
 
     class Block(nn.Module):
-        def __init__(self, c):
+        def __init__(self):
             super().__init__()
             self.c1, self.c2 = nn.Conv2d(c, c, 3, padding=1), nn.Conv2d(c, c, 3, padding=1)
 
         def forward(self, x):
             return torch.relu(self.c2(torch.relu(self.c1(x))) + x)
+    return Block()
+
+
+def digits_resnet(seed: int = 0, epochs: int = 30):
+    """A small residual CNN (identity shortcut, average pool head)."""
+    import torch
+    from torch import nn
 
     torch.manual_seed(seed)
-    net = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), Block(16), Block(16),
+    net = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), _residual_block(16), _residual_block(16),
                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
     x, y, _, _ = digits_split(seed)
     return _train(net, x, y, epochs, seed), x
@@ -85,16 +92,8 @@ def digits_pool_resnet(seed: int = 0, epochs: int = 20):
     import torch
     from torch import nn
 
-    class Block(nn.Module):
-        def __init__(self, c):
-            super().__init__()
-            self.c1, self.c2 = nn.Conv2d(c, c, 3, padding=1), nn.Conv2d(c, c, 3, padding=1)
-
-        def forward(self, x):
-            return torch.relu(self.c2(torch.relu(self.c1(x))) + x)
-
     torch.manual_seed(seed)
-    net = nn.Sequential(nn.Conv2d(1, 12, 3, padding=1), nn.ReLU(), Block(12), nn.MaxPool2d(2),
+    net = nn.Sequential(nn.Conv2d(1, 12, 3, padding=1), nn.ReLU(), _residual_block(12), nn.MaxPool2d(2),
                         nn.Conv2d(12, 24, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
                         nn.Linear(24 * 4, 10))
     x, y, _, _ = digits_split(seed)

@@ -197,10 +197,9 @@ def export_nir(args) -> int:
 
 def run_nir(args) -> int:
     from .. import api
-    from ..nir.files import NirFile
-    prep = _prep(args, NirFile(args.nir).preprocess())
-    arrays = api.run_nir_file(args.nir, args.output, args.data, args.data_loader, args.batch_size, args.limit, prep,
-                              args.timesteps, args.delay, args.annotations, args.split)
+    arrays = api.run_nir_file(args.nir, args.output, args.data, args.data_loader, args.batch_size, args.limit,
+                              lambda recorded: _prep(args, recorded), args.timesteps, args.delay, args.annotations,
+                              args.split)
     print(f"wrote {', '.join(f'{k} {list(v.shape)}' for k, v in arrays.items())} to {args.output}")
     return 0
 

@@ -271,14 +271,13 @@ class NirFile:
 
     def __call__(self, feeds: dict, T: int | None = None, D: int | None = None) -> dict:
         """The model's outputs for one batch: host part, NIR simulation, head."""
+        values = feeds
         if "host_pre" in self.sessions:
             sess = self.sessions["host_pre"]
             names = [o.name for o in sess.get_outputs()]
             values = dict(zip(names, sess.run(names, {i.name: feeds[i.name] for i in sess.get_inputs()})))
-            by_tensor = {i["onnx_tensor"]: i["node"] for i in json.loads(_text(self.meta["inputs"]))}
-            graph_in = {by_tensor[k]: v for k, v in values.items()}
-        else:
-            graph_in = feeds[self.inputs[0]["name"]]
+        # each Input node of the graph takes a model input (direct coding) or a host part's output
+        graph_in = {i["node"]: values[i["onnx_tensor"]] for i in json.loads(_text(self.meta["inputs"]))}
         result = run_nir(self.graph, graph_in, T, D)
         means = {r["mean"]: result["readout"][r["output"]] for r in self.readout}
         out = {name: means[name] for name in self.outputs if name in means}

@@ -40,7 +40,7 @@ def run_nir(graph, inputs, T: int | None = None, D: int | None = None) -> dict:
         raise UserError(f"{_WHERE}: need T >= 1 and 0 <= D < T (got T={T}, D={D})")
     feeds = _feeds(graph, nir, inputs)
     n = next(iter(feeds.values())).shape[0]
-    order = _order(graph)
+    order = node_order(graph)
     sources = defaultdict(list)
     for src, dst in graph.edges:
         sources[dst].append(src)
@@ -93,8 +93,9 @@ def _feeds(graph, nir, inputs) -> dict:
     return feeds
 
 
-def _order(graph) -> list:
-    """The nodes in topological order (Kahn's algorithm, ties in the graph's node order)."""
+def node_order(graph, where: str = _WHERE, why: str = "recurrent edges are not simulated") -> list:
+    """The nodes of a NIR graph in topological order (Kahn's algorithm, ties in the graph's node
+    order); a cycle is refused as `where: ... (why)`."""
     indegree = {name: 0 for name in graph.nodes}
     after = defaultdict(list)
     for src, dst in graph.edges:
@@ -110,7 +111,7 @@ def _order(graph) -> list:
             if indegree[nxt] == 0:
                 ready.append(nxt)
     if len(order) != len(graph.nodes):
-        raise UserError(f"{_WHERE}: the graph has a cycle (recurrent edges are not simulated)")
+        raise UserError(f"{where}: the graph has a cycle ({why})")
     return order
 
 

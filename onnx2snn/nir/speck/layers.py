@@ -7,7 +7,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from ...errors import UserError
+from ..simulate import node_order
 from .limits import WHERE
 from .report import SpeckLayer
 
@@ -15,22 +15,6 @@ from .report import SpeckLayer
 def pair(value) -> tuple:
     v = np.asarray(value).reshape(-1)
     return (int(v[0]), int(v[0])) if v.size == 1 else (int(v[0]), int(v[1]))
-
-
-def topological(graph, preds, succs) -> list:
-    indegree = {n: len(preds[n]) for n in graph.nodes}
-    ready = [n for n in graph.nodes if indegree[n] == 0]
-    order = []
-    while ready:
-        n = ready.pop(0)
-        order.append(n)
-        for m in succs[n]:
-            indegree[m] -= 1
-            if indegree[m] == 0:
-                ready.append(m)
-    if len(order) != len(graph.nodes):
-        raise UserError(f"{WHERE}: the graph has a cycle; Speck layers are feed-forward")
-    return order
 
 
 def type_name(node) -> str:
@@ -44,7 +28,7 @@ class SpeckGraph:
         for src, dst in graph.edges:
             self.preds[dst].append(src)
             self.succs[src].append(dst)
-        self.order = topological(graph, self.preds, self.succs)
+        self.order = node_order(graph, WHERE, "Speck layers are feed-forward")
 
     def node(self, name):
         return self.g.nodes[name]
