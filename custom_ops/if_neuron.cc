@@ -1,6 +1,6 @@
 // Integrate-and-fire neuron for onnxruntime's CPU provider (domain ai.onnx2snn, version 1).
 //
-// IFNeuron(x, theta[, v_in[, v0[, addend[, bias]]]]) -> (spikes[, v_out])
+// IFNeuron(x, theta[, v_in[, v0[, addend[, bias[, n_in]]]]]) -> (spikes[, v_out[, n_out]])
 //   x      float32 [K*N, ...]: K time steps of N samples, time-major (step t = rows t*N..t*N+N-1);
 //          with attribute repeat_input = 1, [N, ...]: the same input at each of the K steps.
 //   theta  float32 [C] or [1]: threshold per channel of axis `axis`.
@@ -12,8 +12,11 @@
 //   bias   float32 [C] or [1] (optional): a constant input current per channel, added after addend.
 //   spikes float32 [K*N, ...]: theta where the neuron fired, 0 elsewhere (weighted spikes).
 //   v_out  float32 [N, ...] (optional): membrane potential after the K steps.
+//   n_in   float32 [N, ...] (optional, signed only): net spike count carried in (zero without it).
+//   n_out  float32 [N, ...] (optional, signed only): net spike count after the K steps.
 // Attributes: timesteps K (int, >= 1), axis (int, default 1), v_init (float, default 0.5),
 //   max_spikes M (int, default 1: binary spikes; M > 1: burst spikes, up to M per step),
+//   signed (int, default 0; 1: negative spikes, see below),
 //   channel_block b (int, default 0) and channels C (int): with b > 0 the tensors are in
 //   onnxruntime's blocked channel layout (NCHWc: [K*N, Cpad/b, H, W, b] in memory for the logical
 //   shape [K*N, Cpad, H, W], Cpad = C rounded up to b), axis must be 1, and the Cpad - C padding
@@ -24,7 +27,10 @@
 //
 // Per step: v += (x_t [+ addend_t] [+ bias]); s_t = (v > theta) ? theta : 0; v -= s_t. With max_spikes M > 1 the
 // firing repeats up to M times within the step: s_t = 0; M times { f = (v > theta) ? theta : 0; v -= f; s_t += f }
-// (a burst of n spikes is n * theta, summed in that order). The arithmetic is plain float32 in this order,
+// (a burst of n spikes is n * theta, summed in that order). With signed = 1 each firing round is
+// f = (v > theta) ? theta : ((v < -theta && n > 0) ? -theta : 0), n += (v > theta) ? 1 : ((v < -theta && n > 0) ? -1 : 0)
+// with n the neuron's net spike count (a float32 integer), so the net rate never goes below zero.
+// The arithmetic is plain float32 in this order,
 // compiled without FMA contraction, so results equal the NumPy reference bit for bit.
 
 #define ORT_API_MANUAL_INIT
@@ -64,6 +70,9 @@ struct NeuronTask {
   int64_t bias_size;      // 1 or channels
   bool repeat;            // x holds one step, read at every step
   int64_t max_spikes;     // spikes per step at most (1: binary)
+  bool sign;              // negative spikes while the net count is positive
+  const float* n_in;      // may be null: net spike count carried in (signed)
+  float* n_out;           // may be null: net spike count out (signed)
 };
 
 // values[channel of element] for the elements begin..begin+n-1 of a step (plain or blocked channel
@@ -101,11 +110,21 @@ void ChannelValues(const NeuronTask& t, int64_t begin, int64_t n, const float* v
   }
 }
 
+// One firing round of a signed neuron: the spike (theta, -theta or 0); v and the net count nj updated.
+inline float SignedRound(float& vj, float& nj, float thj) {
+  const bool up = vj > thj;
+  const bool down = vj < -thj && nj > 0.0f;
+  const float f = up ? thj : (down ? -thj : 0.0f);
+  nj = nj + (up ? 1.0f : (down ? -1.0f : 0.0f));
+  vj = vj - f;
+  return f;
+}
+
 // The K steps of elements begin..begin+n-1; kAdd / kBias: addend / bias inputs present; kBurst: up to
-// t.max_spikes spikes per step.
-template <bool kAdd, bool kBias, bool kBurst>
+// t.max_spikes spikes per step; kSigned: negative spikes too, with the net counts in np_.
+template <bool kAdd, bool kBias, bool kBurst, bool kSigned>
 inline void Steps(const NeuronTask& t, int64_t begin, int64_t n, float* __restrict vp, const float* __restrict tp,
-                  const float* __restrict bp) {
+                  const float* __restrict bp, float* __restrict np_) {
   for (int64_t s = 0; s < t.steps; ++s) {
     const float* xs = t.x + (t.repeat ? 0 : s * t.step_size) + begin;   // may alias `out` (in place)
     const float* as = kAdd ? t.addend + s * t.step_size + begin : nullptr;
@@ -116,13 +135,22 @@ inline void Steps(const NeuronTask& t, int64_t begin, int64_t n, float* __restri
       if (kBias) current = current + bp[j];
       const float thj = tp[j];
       float vj = vp[j] + current;
-      float spike = vj > thj ? thj : 0.0f;
-      vj = vj - spike;
-      if (kBurst) {
-        for (int64_t m = 1; m < t.max_spikes; ++m) {
-          const float more = vj > thj ? thj : 0.0f;
-          vj = vj - more;
-          spike = spike + more;
+      float spike;
+      if (kSigned) {
+        float nj = np_[j];
+        spike = SignedRound(vj, nj, thj);
+        if (kBurst)
+          for (int64_t m = 1; m < t.max_spikes; ++m) spike = spike + SignedRound(vj, nj, thj);
+        np_[j] = nj;
+      } else {
+        spike = vj > thj ? thj : 0.0f;
+        vj = vj - spike;
+        if (kBurst) {
+          for (int64_t m = 1; m < t.max_spikes; ++m) {
+            const float more = vj > thj ? thj : 0.0f;
+            vj = vj - more;
+            spike = spike + more;
+          }
         }
       }
       vp[j] = vj;
@@ -132,9 +160,16 @@ inline void Steps(const NeuronTask& t, int64_t begin, int64_t n, float* __restri
 }
 
 template <bool kAdd, bool kBias>
-inline void StepsOf(const NeuronTask& t, int64_t begin, int64_t n, float* vp, const float* tp, const float* bp) {
-  if (t.max_spikes > 1) Steps<kAdd, kBias, true>(t, begin, n, vp, tp, bp);
-  else Steps<kAdd, kBias, false>(t, begin, n, vp, tp, bp);
+inline void StepsOf(const NeuronTask& t, int64_t begin, int64_t n, float* vp, const float* tp, const float* bp,
+                    float* np_) {
+  if (t.sign) {
+    if (t.max_spikes > 1) Steps<kAdd, kBias, true, true>(t, begin, n, vp, tp, bp, np_);
+    else Steps<kAdd, kBias, false, true>(t, begin, n, vp, tp, bp, np_);
+  } else if (t.max_spikes > 1) {
+    Steps<kAdd, kBias, true, false>(t, begin, n, vp, tp, bp, nullptr);
+  } else {
+    Steps<kAdd, kBias, false, false>(t, begin, n, vp, tp, bp, nullptr);
+  }
 }
 
 ONNX2SNN_VECTOR_CLONES void RunBlock(void* data, size_t index) {
@@ -144,6 +179,12 @@ ONNX2SNN_VECTOR_CLONES void RunBlock(void* data, size_t index) {
   const int64_t n = end - begin;
   // The state lives in the v_out buffer when there is one (the looped forms), else locally.
   std::vector<float> local(t.v_out ? 0 : static_cast<size_t>(n));
+  std::vector<float> counts(t.sign && !t.n_out ? static_cast<size_t>(n) : 0);   // net counts (signed)
+  float* np_ = t.sign ? (t.n_out ? t.n_out + begin : counts.data()) : nullptr;
+  if (t.sign) {
+    if (t.n_in) std::copy(t.n_in + begin, t.n_in + end, np_);
+    else std::fill(np_, np_ + n, 0.0f);
+  }
   std::vector<float> th(static_cast<size_t>(n)), bi(t.bias ? static_cast<size_t>(n) : 0);
   float* __restrict vp = t.v_out ? t.v_out + begin : local.data();
   float* __restrict tp = th.data();
@@ -161,15 +202,15 @@ ONNX2SNN_VECTOR_CLONES void RunBlock(void* data, size_t index) {
   } else {
     for (int64_t j = 0; j < n; ++j) vp[j] = t.v_init * tp[j];
   }
-  if (t.addend && t.bias) StepsOf<true, true>(t, begin, n, vp, tp, bi.data());
-  else if (t.addend) StepsOf<true, false>(t, begin, n, vp, tp, nullptr);
-  else if (t.bias) StepsOf<false, true>(t, begin, n, vp, tp, bi.data());
-  else StepsOf<false, false>(t, begin, n, vp, tp, nullptr);
+  if (t.addend && t.bias) StepsOf<true, true>(t, begin, n, vp, tp, bi.data(), np_);
+  else if (t.addend) StepsOf<true, false>(t, begin, n, vp, tp, nullptr, np_);
+  else if (t.bias) StepsOf<false, true>(t, begin, n, vp, tp, bi.data(), np_);
+  else StepsOf<false, false>(t, begin, n, vp, tp, nullptr, np_);
 }
 
 struct IFNeuronKernel : GuardedKernel<IFNeuronKernel> {
   static constexpr const char* kName = "IFNeuron";
-  static constexpr size_t kInputs = 6, kRequiredInputs = 2, kOutputs = 2, kRequiredOutputs = 1;
+  static constexpr size_t kInputs = 7, kRequiredInputs = 2, kOutputs = 3, kRequiredOutputs = 1;
   static constexpr int kInplaceInput = 0;   // spikes may overwrite x: each x is read before its spike is written
   int64_t steps = 1;
   int64_t axis = 1;
@@ -178,6 +219,7 @@ struct IFNeuronKernel : GuardedKernel<IFNeuronKernel> {
   int64_t real_channels = -1;
   bool repeat = false;
   int64_t max_spikes = 1;
+  bool sign = false;
 
   explicit IFNeuronKernel(const OrtKernelInfo* info) {
     Ort::ConstKernelInfo ki(info);
@@ -194,6 +236,9 @@ struct IFNeuronKernel : GuardedKernel<IFNeuronKernel> {
     max_spikes = OptionalAttribute<int64_t>(ki, "max_spikes", 1, kName);
     if (max_spikes < 1 || max_spikes > 1024)
       throw InvalidInput("IFNeuron: attribute max_spikes must be in [1, 1024], got " + std::to_string(max_spikes));
+    const int64_t sg = OptionalAttribute<int64_t>(ki, "signed", 0, kName);
+    if (sg != 0 && sg != 1) throw InvalidInput("IFNeuron: attribute signed must be 0 or 1");
+    sign = sg == 1;
   }
 
   void Compute(OrtKernelContext* context) {
@@ -284,17 +329,33 @@ struct IFNeuronKernel : GuardedKernel<IFNeuronKernel> {
     if (bias && bias_size != 1 && cblock == 0 && (ax < 1 || ax >= rank || shape[ax] != bias_size))
       throw InvalidInput("IFNeuron: bias has " + std::to_string(bias_size) + " values but input " + ShapeString(shape) +
                          " has other channel counts on axis " + std::to_string(axis));
+    const float* n_in = nullptr;
+    if (GivenInput(ctx, 6, given)) {
+      if (!sign) throw InvalidInput("IFNeuron: input n_in (a net spike count) needs attribute signed = 1");
+      const std::vector<int64_t> nshape = given.GetTensorTypeAndShapeInfo().GetShape();
+      if (nshape != state_shape)
+        throw InvalidInput("IFNeuron: n_in has shape " + ShapeString(nshape) + ", expected " + ShapeString(state_shape));
+      n_in = given.GetTensorData<float>();
+    }
+    if (ctx.GetOutputCount() > 2 && !sign)
+      throw InvalidInput("IFNeuron: output n_out (a net spike count) needs attribute signed = 1");
     Ort::UnownedValue out = ctx.GetOutput(0, shape);
     float* v_out = nullptr;
-    if (ctx.GetOutputCount() > 1) {
+    if (ctx.GetOutputCount() > 1) {     // an omitted optional output comes as a null value
       Ort::UnownedValue vo = ctx.GetOutput(1, state_shape);
-      v_out = vo.GetTensorMutableData<float>();
+      if (static_cast<OrtValue*>(vo) != nullptr) v_out = vo.GetTensorMutableData<float>();
+    }
+    float* n_out = nullptr;
+    if (ctx.GetOutputCount() > 2) {
+      Ort::UnownedValue no = ctx.GetOutput(2, state_shape);
+      if (static_cast<OrtValue*>(no) != nullptr) n_out = no.GetTensorMutableData<float>();
     }
     if (total == 0) return;
 
     NeuronTask task{x.GetTensorData<float>(), theta.GetTensorData<float>(), v_in, v0,
                     out.GetTensorMutableData<float>(), v_out, steps, step_size, inner, channels,
-                    v_init, 0, per_sample, v0_size, cblock, real, addend, bias, bias_size, repeat, max_spikes};
+                    v_init, 0, per_sample, v0_size, cblock, real, addend, bias, bias_size, repeat, max_spikes,
+                    sign, n_in, n_out};
     // Work items of ~16k neurons: large enough to amortise scheduling, small enough to balance.
     task.block = std::max<int64_t>(1, std::min<int64_t>(step_size, 16384));
     const size_t items = static_cast<size_t>((step_size + task.block - 1) / task.block);

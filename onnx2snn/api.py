@@ -245,7 +245,7 @@ def _convert(model_path, data=None, data_loader=None, output=None,
     check_form(analysis, snn)
     if nir:
         from .nir.files import verdict
-        judged = verdict(analysis, snn.keep_analog)
+        judged = verdict(analysis, snn.keep_analog, snn.spikes, snn.signed)
         if not judged["exportable"]:
             raise UserError(f"--nir {nir}: the SNN cannot be exported to NIR: {judged['reason']}")
     seconds, tuned = 0.0, None

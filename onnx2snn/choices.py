@@ -157,10 +157,10 @@ def correct_and_delay(analysis, th: Thresholds, snn: SNNConfig, source, correct_
     cluster whose workers run the simulations' batches (cluster/); the same results."""
     seconds = {}
     steps = STEPS.get(snn.correct, ())
-    if snn.correct == "none" or not stored(th, snn.correct, snn.timesteps, snn.spikes):
+    if snn.correct == "none" or not stored(th, snn.correct, snn.timesteps, snn.neuron):
         if th.bias or th.potential:
             log.info("dropping the thresholds' %s correction (%s at T=%s with %s spikes asked)",
-                     (th.info.get("correction") or {}).get("kind", "stored"), snn.correct, snn.timesteps, snn.spikes)
+                     (th.info.get("correction") or {}).get("kind", "stored"), snn.correct, snn.timesteps, snn.neuron)
         th = without(th)
     else:
         steps = ()

@@ -107,6 +107,7 @@ class SNNConfig:
     loop_op: str = "loop"       # loop form: an ONNX Loop, or a Scan over iterations (runtimes without Loop)
     correct: str = "none"       # "bias" (per channel), "potential" (per neuron), "both": correction at T
     spikes: str = "binary"      # or "burst:K": up to K spikes per neuron and step, thresholds divided by K
+    signed: bool = False        # negative spikes (-θ) while a neuron's net spike count is positive
     # api.convert without an SNNConfig (and the CLI without --delay/--correct) uses delay "auto" and
     # correct "both" when it has data: see choices.data_defaults and README "Defaults".
 
@@ -119,6 +120,11 @@ class SNNConfig:
         if kind != "burst" or not count.isdigit() or not 2 <= int(count) <= MAX_BURST:
             raise UserError(f"--spikes {self.spikes}: expected binary or burst:K with K in [2, {MAX_BURST}]")
         return int(count)
+
+    @property
+    def neuron(self) -> str:
+        """The neuron in use: the spikes, "+signed" when signed (binary, burst:2+signed, ...)."""
+        return self.spikes + ("+signed" if self.signed else "")
 
     def __post_init__(self):
         if self.form not in FORMS:
@@ -143,6 +149,8 @@ class SNNConfig:
             raise UserError("--early-exit needs --loop-op loop (a Scan cannot stop early)")
         _float("--v-init", self.v_init, 0.0, 1.0)
         _ = self.max_spikes            # validates --spikes
+        if not isinstance(self.signed, bool):
+            raise UserError(f"--signed: expected true or false, got {self.signed!r}")
         _int("--exit-stable", self.exit_stable, 1)
         _float("--exit-margin", self.exit_margin, 0.0)
         _int("--exit-min-steps", self.exit_min_steps, 0)

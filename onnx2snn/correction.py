@@ -146,7 +146,7 @@ class Corrector:
         kinds = {s["kind"] for s in steps}
         corrected.info = dict(corrected.info, correction={
             "kind": "both" if kinds == {"bias", "potential"} else self.kind, "timesteps": t, "samples": self.n,
-            "steps": steps, **({"spikes": self.config.spikes} if self.config.spikes != "binary" else {})})
+            "steps": steps, **({"spikes": self.config.neuron} if self.config.neuron != "binary" else {})})
         log.info("%s correction at T=%d (steps %d..%d) on %d samples: mean |difference| before %.4g", self.kind, t,
                  self.first_step, t - 1, self.n, np.mean(before))
         return corrected.validate("correction")
@@ -244,7 +244,7 @@ def _correction_graph(snn: onnx.ModelProto, layers, act_of: dict, axes: dict, ki
 
 def stored(thresholds: Thresholds, kind: str, timesteps: int, spikes: str = "binary") -> bool:
     """Whether `thresholds` already hold the correction `kind` made for `timesteps` steps of the
-    neuron `spikes` (binary, burst:K)."""
+    neuron `spikes` (config.SNNConfig.neuron: binary, burst:K, either +signed)."""
     info = thresholds.info.get("correction") or {}
     return bool(thresholds.bias or thresholds.potential) and info.get("kind") == kind \
         and info.get("timesteps") == timesteps and info.get("spikes", "binary") == spikes

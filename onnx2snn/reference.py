@@ -14,12 +14,21 @@ from .neuron import DOMAIN, if_neuron
 class IFNeuron(OpRun):
     op_domain = DOMAIN
 
-    def _run(self, x, theta, v=None, v0=None, timesteps=None, axis=1, v_init=0.5, max_spikes=1):
-        spikes, state = if_neuron(x, theta, int(timesteps), int(axis), np.float32(v_init), v=v,
-                                  return_state=True, v0=v0, max_spikes=int(max_spikes))
-        if len(self.output) > 1:
-            return spikes, state
-        return (spikes,)
+    def _run(self, x, theta, v=None, v0=None, addend=None, bias=None, count=None, timesteps=None, axis=1,
+             v_init=0.5, max_spikes=1, signed=0):
+        x = np.asarray(x, np.float32)
+        if addend is not None:       # the operator's order: (x + addend) + bias
+            x = x + addend
+        if bias is not None:
+            bias = np.asarray(bias, np.float32).reshape(-1)
+            shape = [1] * x.ndim
+            if bias.size > 1:
+                shape[int(axis) % x.ndim] = bias.size
+            x = x + bias.reshape(shape)
+        spikes, state, net = if_neuron(x, theta, int(timesteps), int(axis), np.float32(v_init), v=v,
+                                       return_state=True, v0=v0, max_spikes=int(max_spikes), signed=bool(signed),
+                                       count=count, return_count=True)
+        return (spikes, state, net)[:max(1, len(self.output))]
 
 
 class SpikingMaxPool(OpRun):

@@ -16,9 +16,13 @@ def make(nodes, inits, in_shape, out_name="out", out_shape=None, opset=17):
     return model
 
 
-def spiking_pool_model(channels=3):
-    """input -> Relu -> Conv1x1(identity) -> Relu -> MaxPool 2x2 -> out (pool fed by spikes)."""
-    eye = np.eye(channels, dtype=np.float32).reshape(channels, channels, 1, 1)
+def spiking_pool_model(channels=3, mixed=False):
+    """input -> Relu -> Conv1x1(identity) -> Relu -> MaxPool 2x2 -> out (pool fed by spikes).
+    mixed: the 1x1 conv is 2·identity minus the next channel, so the pool's currents rise and fall."""
+    eye = np.eye(channels, dtype=np.float32)
+    if mixed:
+        eye = 2 * eye - np.roll(eye, 1, axis=1)
+    eye = eye.reshape(channels, channels, 1, 1)
     nodes = [
         helper.make_node("Relu", ["input"], ["r0"], name="relu0"),
         helper.make_node("Conv", ["r0", "w"], ["c1"], name="conv1"),

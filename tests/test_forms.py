@@ -31,6 +31,15 @@ def _run(snn, x, portable):
     return runtime.session(snn).run(None, {"input": x})[0]
 
 
+def _negative_spikes(snn, x) -> int:
+    """How many negative spikes the SNN's neurons send on `x` (NumPy neuron)."""
+    model = onnx.ModelProto()
+    model.CopyFrom(snn)
+    outs = [n.output[0] for n in model.graph.node if n.op_type == "IFNeuron"]
+    model.graph.output.extend(onnx.helper.make_tensor_value_info(o, onnx.TensorProto.FLOAT, None) for o in outs)
+    return sum(int((v < 0).sum()) for v in reference.run(model, {"input": x}, outs))
+
+
 def _power_of_two_thresholds(model):
     acts = find_activations(M.to_graph(M.load_proto(model)))
     rng = np.random.default_rng(3)
@@ -38,18 +47,23 @@ def _power_of_two_thresholds(model):
                       "manual")
 
 
-@pytest.mark.parametrize("spikes", ["binary", "burst:2", "burst:4"])
-@pytest.mark.parametrize("make", [graphs.residual_integer_model, lambda: graphs.stem_pool_model(integer=True),
-                                  graphs.spiking_pool_model])
-def test_forms_agree_exactly_on_exactly_representable_models(make, spikes):
+@pytest.mark.parametrize("neuron", ["binary", "burst:2", "burst:4", "binary+signed", "burst:2+signed"])
+@pytest.mark.parametrize("make,rising", [(graphs.residual_integer_model, False),
+                                         (lambda: graphs.stem_pool_model(integer=True), False),
+                                         (graphs.spiking_pool_model, True),
+                                         (lambda: graphs.spiking_pool_model(mixed=True), False)],
+                         ids=["residual", "stem_pool", "spiking_pool", "spiking_pool_mixed"])
+def test_forms_agree_exactly_on_exactly_representable_models(make, rising, neuron):
     """Every form, portable ones included, against the NumPy neuron, with binary and burst spikes
-    (θ/2, θ/4: powers of two, so every sum stays exact)."""
+    (θ/2, θ/4: powers of two, so every sum stays exact), either signed or not; the spiking pool
+    models put signed currents into spiking max pools (mixed) or only `rising` ones (not mixed)."""
+    spikes, signed = neuron.split("+")[0], neuron.endswith("+signed")
     model = make()
     th = _power_of_two_thresholds(model)
     shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[1:]]
-    x = np.random.default_rng(0).integers(-3, 6, size=[6] + shape).astype(np.float32)
+    x = np.random.default_rng(1).integers(-3, 6, size=[6] + shape).astype(np.float32)
     # T - D = 16 steps are averaged: a power of two, so the average is exact too
-    base, _ = to_snn(model, th, SNNConfig(timesteps=18, delay=2, spikes=spikes))
+    base, _ = to_snn(model, th, SNNConfig(timesteps=18, delay=2, spikes=spikes, signed=signed))
     want = reference.run(base, {"input": x})[0]             # NumPy neuron, no onnxruntime
     assert np.any(want != 0)
     if spikes != "binary":     # bursts happen, and change the outputs
@@ -57,8 +71,14 @@ def test_forms_agree_exactly_on_exactly_representable_models(make, spikes):
         assert not np.array_equal(want, binary)
         assert all(a.i == int(spikes[6:]) for n in base.graph.node if n.op_type == "IFNeuron"
                    for a in n.attribute if a.name == "max_spikes")
+    if signed:                 # negative spikes happen where a neuron's current falls, and only there
+        unsigned = reference.run(to_snn(model, th, SNNConfig(timesteps=18, delay=2, spikes=spikes))[0],
+                                 {"input": x})[0]
+        assert (_negative_spikes(base, x) == 0) == rising
+        if rising:
+            assert np.array_equal(want, unsigned)
     for kw in forms(18, 4):
-        snn, _ = to_snn(model, th, SNNConfig(timesteps=18, delay=2, spikes=spikes, **kw))
+        snn, _ = to_snn(model, th, SNNConfig(timesteps=18, delay=2, spikes=spikes, signed=signed, **kw))
         onnx.checker.check_model(snn)
         got = _run(snn, x, kw.get("portable", False))
         assert np.array_equal(got, want), kw

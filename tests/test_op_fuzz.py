@@ -29,7 +29,7 @@ VALUES = [-3.0, -1.0, -0.25, 0.0, 0.125, 0.5, 1.0, 2.5, 7.0, np.nan, np.inf, -np
 def _session(op, inputs, outputs, attrs):
     node = helper.make_node(op, inputs, outputs, domain=DOMAIN, **attrs)
     graph = helper.make_graph([node], "fuzz", [helper.make_tensor_value_info(n, 1, None) for n in inputs if n],
-                              [helper.make_tensor_value_info(n, 1, None) for n in outputs])
+                              [helper.make_tensor_value_info(n, 1, None) for n in outputs if n])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
                                                     helper.make_opsetid(DOMAIN, OPSET_VERSION)])
     model.ir_version = 8
@@ -64,24 +64,43 @@ def neuron_cases(draw):
     burst = draw(st.sampled_from(["missing", "missing", 1, 2, 3, 0]))   # 0: refused (spikes per step >= 1)
     if burst != "missing":
         attrs["max_spikes"] = burst
+    signed = draw(st.sampled_from(["missing", "missing", 0, 1, 1, 2]))  # 2: refused (0 or 1)
+    if signed != "missing":
+        attrs["signed"] = signed
     state = draw(st.sampled_from([None, "right", "wrong"]))
     per_sample = int(np.prod(shape[1:])) if rank > 1 else 1
     v0_size = draw(st.sampled_from([None, None, 1, per_sample, per_sample + 1]))
     v0 = None if v0_size is None else draw(_array([v0_size]))
+    # the net spike count: carried in (n_in, input 6) and/or out (n_out, output 2; v_out present or not)
+    count = draw(st.sampled_from([None, None, "right", "wrong"]))
+    count_out = draw(st.sampled_from([None, None, "with_v", "without_v"]))
+    n = draw(_array([max(1, rows // steps) if count == "wrong" else rows // steps] + shape[1:])) if count else None
     return (draw(_array(shape)), draw(_array([channels])), attrs, state,
-            draw(_array([max(1, rows // steps) if state == "wrong" else rows // steps] + shape[1:])), v0)
+            draw(_array([max(1, rows // steps) if state == "wrong" else rows // steps] + shape[1:])), v0, n,
+            count_out)
 
 
 @FUZZ
 @given(neuron_cases())
 def test_if_neuron_matches_the_reference_or_fails_cleanly(case):
-    x, theta, attrs, state, v, v0 = case
-    inputs = ["x", "theta"] + (["v"] if state else ([""] if v0 is not None else [])) + (["v0"] if v0 is not None else [])
-    outputs = ["spikes"] + (["v_out"] if state else [])
-    feeds = {"x": x, "theta": theta, **({"v": v} if state else {}), **({"v0": v0} if v0 is not None else {})}
+    x, theta, attrs, state, v, v0, n, count_out = case
+    inputs = ["x", "theta", "v" if state else "", "v0" if v0 is not None else ""] + \
+        (["", "", "n"] if n is not None else [])
+    while inputs[-1] == "":
+        inputs.pop()
+    outputs = ["spikes"] + (["v_out"] if state or count_out == "with_v" else ([""] if count_out else [])) + \
+        (["n_out"] if count_out else [])
+    feeds = {"x": x, "theta": theta, **({"v": v} if state else {}), **({"v0": v0} if v0 is not None else {}),
+             **({"n": n} if n is not None else {})}
+    signed = attrs.get("signed", 0)
     try:
         want = if_neuron(x, theta, attrs["timesteps"], attrs["axis"], attrs.get("v_init", 0.5),
-                         v=v if state else None, return_state=True, v0=v0, max_spikes=attrs.get("max_spikes", 1))
+                         v=v if state else None, return_state=True, v0=v0, max_spikes=attrs.get("max_spikes", 1),
+                         signed=signed, count=n, return_count=True)
+        if count_out and signed != 1:
+            want = None                                     # only a signed neuron has a count to give
+        if n is not None and n.shape[0] * max(1, attrs["timesteps"]) != x.shape[0]:
+            want = None
         if v0 is not None and state and v0.size not in (1, int(np.prod(x.shape[1:])) if x.ndim > 1 else 1):
             want = None                                     # the op checks v0 even when the state wins
         if state == "wrong" and v.shape[0] * max(1, attrs["timesteps"]) != x.shape[0]:
@@ -97,8 +116,11 @@ def test_if_neuron_matches_the_reference_or_fails_cleanly(case):
         return
     assert want is not None, ("accepted a case the reference refuses", x.shape, theta.shape, attrs, state)
     assert np.array_equal(got[0], want[0], equal_nan=True)
-    if state:
-        assert np.array_equal(got[1], want[1], equal_nan=True)
+    named = dict(zip([o for o in outputs if o], got))
+    if "v_out" in named:
+        assert np.array_equal(named["v_out"], want[1], equal_nan=True)
+    if "n_out" in named:
+        assert np.array_equal(named["n_out"], want[2], equal_nan=True)
 
 
 def _probe_reference(x, theta, step, cap, axis):

@@ -30,6 +30,9 @@ FORMS = {
     "loop-chunk4": dict(form="loop", chunk=4),
     "loop-scan": dict(form="loop", loop_op="scan"),
 }
+# the default portable form with the other neurons, exact model only: signed (a second state, its net
+# count; 16 negative spikes on the test input) and burst (repeated firing rounds)
+NEURON_FORMS = {"unrolled-signed": dict(signed=True), "unrolled-burst": dict(spikes="burst:2")}
 SUPPORTED = {
     "openvino": ["unrolled", "unrolled-scan", "loop", "loop-chunk4"],
     "tract": ["unrolled", "loop-scan"],
@@ -83,8 +86,8 @@ def _run(name, path: Path, x: np.ndarray, tmp_path: Path, repeats: int = 1):
 def test_exact_model_gives_identical_outputs_on_every_runtime(name, tmp_path):
     (_python_runtime if not name.startswith("onnxruntime-") else _js_runtime)(name)
     model, th, x = graphs.exact_runtime_model()
-    for form in SUPPORTED[name]:
-        snn, _ = to_snn(model, th, SNNConfig(timesteps=16, portable=True, **FORMS[form]))
+    for form in SUPPORTED[name] + list(NEURON_FORMS):
+        snn, _ = to_snn(model, th, SNNConfig(timesteps=16, portable=True, **{**FORMS, **NEURON_FORMS}[form]))
         path = tmp_path / f"{form}.onnx"
         onnx.save(snn, path)
         want = runtime.session(snn).run(None, {"input": x})[0]

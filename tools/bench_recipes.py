@@ -13,7 +13,7 @@ validation images are used for the reported accuracy alone. Calibrations that do
 settings. Prints one line per (recipe, T): top-1, agreement with the ANN, relative output error,
 the chosen delay, the synaptic operations per image (every spike of a burst counted), and the
 seconds spent on calibration, correction and delay choice. Neuron variants are recipes too:
-`--recipe "--spikes burst:2"`.
+`--recipe "--spikes burst:2"`, `--recipe "--signed"`, `--recipe "--signed --spikes burst:2"`.
 """
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def main():
             r = ev.rows[0]
             row = {"model": Path(args.model).name, "recipe": recipe or "(defaults)", "T": t,
                    "accuracy": r["accuracy"], "ann_accuracy": ev.ann_accuracy, "agreement": r["agreement"],
-                   "rel_error": r["rel_error"], "sops": r["sops"], "spikes": snn.spikes,
+                   "rel_error": r["rel_error"], "sops": r["sops"], "spikes": snn.neuron,
                    "delay": res.delay.delay if res.delay else snn.delay,
                    "tune_iters": (res.thresholds.info.get("tune") or {}).get("iters"),
                    # the label-free score the defaults are chosen by: relative output error on the

@@ -40,7 +40,7 @@ def configs(args) -> tuple:
                     portable=args.portable, portable_steps=args.portable_steps, early_exit=args.early_exit, exit_stable=args.exit_stable,
                     exit_margin=args.exit_margin, exit_min_steps=args.exit_min_steps,
                     keep_analog=args.keep_analog, loop_op=args.loop_op, correct=args.correct or auto["correct"],
-                    spikes=args.spikes)
+                    spikes=args.spikes, signed=args.signed)
     return calib, snn
 
 
@@ -63,7 +63,7 @@ def convert(args) -> int:
                else f"thresholds from {args.thresholds}")
         form = args.form + (f", chunk {args.chunk}" if args.form == "loop" else "") + \
             (", portable" if args.portable else "") + (", early exit" if args.early_exit else "") + \
-            (f", {args.spikes} spikes" if args.spikes != "binary" else "")
+            (f", {args.spikes} spikes" if args.spikes != "binary" else "") + (", signed" if args.signed else "")
         print(f"converted {args.model} -> {result.output}  ({form}, T={args.timesteps}, "
               f"method {th.method}, {how})")
         print(f"memory budget {result.memory.describe()}; samples per batch: "

@@ -153,6 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--spikes", default="binary", metavar="binary|burst:K",
                    help="binary: at most one spike per neuron and step (default); burst:K: up to K, each worth θ/K "
                         "(the same range in finer levels; SOPs count every spike of a burst)")
+    s.add_argument("--signed", action="store_true",
+                   help="signed spikes: a neuron whose net spike count is positive sends a negative spike (-θ) "
+                        "when its potential falls below -θ, taking back an early spike (with binary or burst "
+                        "spikes; each negative spike costs one SOP per fan-out)")
     s.add_argument("--portable-steps", choices=["written", "scan"], default="written",
                    help="with --portable: each neuron's steps written out one by one (default: onnxruntime, "
                         "OpenVINO and tract run it, fixed or symbolic batch; runs at its own T only), or a Scan "

@@ -200,15 +200,16 @@ def _standalone(graph: gs.Graph, snn: onnx.ModelProto, what: str) -> onnx.ModelP
 
 # ---- inspect --nir ---------------------------------------------------------------------------------
 
-def verdict(analysis, keep_analog: bool = False) -> dict:
+def verdict(analysis, keep_analog: bool = False, spikes: str = "binary", signed: bool = False) -> dict:
     """What the NIR export would do with this ANN, judged before calibration: the ANN converted
-    with θ = 1 everywhere at T = 2 and exported. {"exportable", "reason", "input_coding", "host"}."""
+    with θ = 1 everywhere at T = 2, with the neuron asked (`spikes`, `signed`), and exported.
+    {"exportable", "reason", "input_coding", "host"}."""
     from ..config import SNNConfig
     from ..snn import to_snn
     from ..thresholds import Thresholds
     try:
         snn, _ = to_snn(analysis, Thresholds.placeholder(analysis.activations),
-                        SNNConfig(timesteps=2, keep_analog=keep_analog))
+                        SNNConfig(timesteps=2, keep_analog=keep_analog, spikes=spikes, signed=signed))
         _, info = to_nir(snn)
     except UserError as err:
         text = str(err)

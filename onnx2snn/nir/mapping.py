@@ -113,6 +113,9 @@ class Mapping:
         if int(a.get("max_spikes", 1)) > 1:
             raise refuse(node, f"emits bursts of up to {int(a['max_spikes'])} spikes per step (--spikes burst); NIR's "
                          "IF emits one spike per step", "convert with --spikes binary to export to NIR")
+        if int(a.get("signed", 0)):
+            raise refuse(node, "sends negative spikes (--signed); NIR's IF has no negative spike and no spike count",
+                         "convert without --signed to export to NIR")
         if int(a.get("timesteps", 0)) != self.info.timesteps:
             raise refuse(node, f"runs {a.get('timesteps')} steps, the model {self.info.timesteps}",
                           "convert the ANN again")

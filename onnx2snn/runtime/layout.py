@@ -257,10 +257,10 @@ class _Rewrite:
         self.blocked_states = {}
         self.graph(body, equiv)
         blocked, (self.carried, self.blocked_states) = self.blocked_states, saved
-        before, after = [], []
+        before, after, made = [], [], {}   # states with one initial value (onnxruntime merges equal zeros) share its copy
         for k, channels in sorted(blocked.items()):
             initial = loop.input[2 + k]
-            before += self._ensure_blocked(initial, channels, {})
+            before += self._ensure_blocked(initial, channels, made)
             loop.input[2 + k] = initial + "/blocked"
             final = loop.output[k]
             loop.output[k] = final + "/blocked"

@@ -44,6 +44,7 @@ class SNNInfo:
     loop_op: str = "loop"                          # the looped form's ONNX op: Loop or Scan
     portable_steps: str = "scan"                   # portable neurons: steps "written" out, or a "scan"
     spikes: str = "binary"                         # or "burst:K" (config.SNNConfig.spikes)
+    signed: bool = False                           # negative spikes (config.SNNConfig.signed)
     provenance: Provenance = field(default_factory=Provenance)
     version: str = __version__
 
@@ -51,6 +52,11 @@ class SNNInfo:
     def max_spikes(self) -> int:
         """Spikes per neuron and step at most: K of burst:K, else 1."""
         return int(self.spikes.split(":")[1]) if self.spikes.startswith("burst:") else 1
+
+    @property
+    def neuron(self) -> str:
+        """binary, burst:K, and "+signed" with negative spikes (config.SNNConfig.neuron)."""
+        return self.spikes + ("+signed" if self.signed else "")
 
     @property
     def looped(self) -> bool:
@@ -69,6 +75,8 @@ class SNNInfo:
             meta["portable_steps"] = self.portable_steps
         if self.spikes != "binary":
             meta["spikes"] = self.spikes
+        if self.signed:
+            meta["signed"] = 1
         if self.analog:
             meta["analog"] = json.dumps(self.analog)
         if self.looped:
@@ -98,6 +106,7 @@ class SNNInfo:
                 early_exit=json.loads(meta["early_exit_rule"]) if early else None,
                 analog=json.loads(meta.get("analog", "[]")), loop_op=meta.get("loop_op", "loop"),
                 portable_steps=meta.get("portable_steps", "scan"), spikes=meta.get("spikes", "binary"),
+                signed=bool(int(meta.get("signed", 0))),
                 provenance=Provenance(meta.get("preprocessing"), meta.get("source_model", ""),
                                       json.loads(meta["delay_choice"]) if "delay_choice" in meta else None),
                 version=meta["version"])

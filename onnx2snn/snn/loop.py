@@ -98,6 +98,12 @@ def _neuron_states(lb: _LoopBuilder):
         n.inputs = n.inputs[:2] + [entry[1]]
         n.outputs.append(v_out)
         entry[2] = v_out
+        if int(n.attrs.get("signed", 0)):       # the net spike count, from zero: IFNeuron's input 6, output 2
+            b.prefix = f"{n.name}/n0"
+            count = lb.carry(f"{n.name}/n", lb.zeros(n.outputs[0]), dims=lb.dims(n.outputs[0]))
+            count[2] = gs.Variable(f"{n.name}/n_out", np.float32)
+            n.inputs += [gs.Variable.empty()] * 3 + [count[1]]
+            n.outputs.append(count[2])
 
 
 def _pool_states(lb: _LoopBuilder):

@@ -94,6 +94,8 @@ def _neuron(graph: gs.Graph, x, out, theta: np.ndarray, axis: int, name: str, co
     attrs = {"timesteps": config.timesteps, "axis": axis, "v_init": float(config.v_init)}
     if config.max_spikes > 1:
         attrs["max_spikes"] = config.max_spikes
+    if config.signed:
+        attrs["signed"] = 1
     node = gs.Node("IFNeuron", name, attrs, inputs, [out], domain=DOMAIN)
     graph.nodes.append(node)
     return node
@@ -271,7 +273,7 @@ def describe_snn(p: Prepared, readouts: list, provenance: Provenance | None, ear
     axes = {n.name: n.attrs.get("axis", 1) for n in p.neurons}
     return SNNInfo(form=c.form, timesteps=c.timesteps, delay=int(c.delay), v_init=float(c.v_init),
                    maxpool=c.maxpool, portable=c.portable, method=p.thresholds.method,
-                   portable_steps=c.portable_steps, spikes=c.spikes,
+                   portable_steps=c.portable_steps, spikes=c.spikes, signed=c.signed,
                    thresholds=p.thresholds.info, costs=p.costs,
                    neurons=[{"name": l.name, "source": l.source, "role": l.role, "tensor": l.tensor,
                              "rank": int(p.ranks.get(l.name, 0)), "axis": int(axes.get(l.name, 1))}

@@ -18,7 +18,7 @@ import onnx_graphsurgeon as gs
 from ..builder import Builder
 from ..errors import UserError
 from ..model import default_opset
-from ..neuron import DOMAIN, STATES
+from ..neuron import DOMAIN, STATES, node_states
 from .info import SNNInfo
 from .loop import DELAY_NAME, STEPS_NAME, TRIP_NAME
 from .prepare import T_NAME
@@ -26,18 +26,20 @@ from .timefold import theta_broadcast
 
 
 def _fired(b: Builder, spikes, theta_b=None):
-    """Spikes per neuron and step: 1 where it fired; with bursts (`theta_b`, the thresholds
-    broadcast to the tensor, 1 where θ = 0) the n of a burst n·θ."""
+    """Spikes per neuron and step: 1 where it fired; with bursts or signed spikes (`theta_b`, the
+    thresholds broadcast to the tensor, 1 where θ = 0) |n| of a step's n·θ: a burst of n spikes
+    counts n, a negative spike one, as each is a synaptic event per fan-out."""
     if theta_b is None:
         return b.op("Cast", [b.op("Greater", [spikes, b.const(np.float32(0))], dtype=np.bool_)],
                     {"to": onnx.TensorProto.FLOAT})
-    return b.op("Round", [b.op("Div", [spikes, theta_b])])
+    return b.op("Abs", [b.op("Round", [b.op("Div", [spikes, theta_b])])])
 
 
 def _burst_thetas(snn: onnx.ModelProto, info: SNNInfo) -> dict:
     """neuron name -> its thresholds broadcast to its tensor's rank (1 where θ = 0), for counting the
-    spikes of bursts; {} for binary spikes (a spike is then any nonzero output)."""
-    if info.spikes == "binary":
+    spikes of bursts and the negative spikes of signed neurons; {} for binary spikes (a spike is then
+    any positive output)."""
+    if info.neuron == "binary":
         return {}
     found = neuron_thresholds(snn, info)
     out = {}
@@ -47,7 +49,7 @@ def _burst_thetas(snn: onnx.ModelProto, info: SNNInfo) -> dict:
             out[n["name"]] = gs.Constant(f"{n['name']}/eval/theta_levels", theta_broadcast(th, n["axis"], n["rank"]))
     missing = [n["name"] for n in info.neurons if n["name"] not in out]
     if missing:
-        raise UserError(f"burst spikes: the thresholds of neuron '{missing[0]}' are not in the model's metadata and "
+        raise UserError(f"{info.neuron} spikes: the thresholds of neuron '{missing[0]}' are not in the model's metadata and "
                         "constants; convert it again")
     return out
 
@@ -123,8 +125,9 @@ def loop_history(snn: onnx.ModelProto, info: SNNInfo, t_max: int, layer_stats: b
 
     emitted = []
 
-    def emit(tensor, name: str) -> str:
+    def emit(tensor, name: str, shape) -> str:
         tensor.dtype = np.float32
+        tensor.shape = shape        # a Scan (--loop-op scan) wants every body output's shape set
         body.outputs = list(body.outputs) + [tensor]
         out = gs.Variable(name, np.float32)
         loop.outputs = list(loop.outputs) + [out]
@@ -138,15 +141,15 @@ def loop_history(snn: onnx.ModelProto, info: SNNInfo, t_max: int, layer_stats: b
             continue
         b.prefix = f"{neuron['name']}/eval"
         counts.append((neuron["name"], emit(_spike_count(b, spikes, None, levels.get(neuron["name"])),
-                                            f"{neuron['name']}/eval/counts")))
+                                            f"{neuron['name']}/eval/counts", [])))
         if layer_stats:
             total, fired = _over_steps(b, spikes, info.chunk, levels.get(neuron["name"]))
-            stats.append((neuron["name"], emit(total, f"{neuron['name']}/eval/spike_sums"),
-                          emit(fired, f"{neuron['name']}/eval/fire_counts")))
+            stats.append((neuron["name"], emit(total, f"{neuron['name']}/eval/spike_sums", [None]),
+                          emit(fired, f"{neuron['name']}/eval/fire_counts", [None])))
     for r in info.readouts:
         b.prefix = f"{r['acc']}/eval"
         copy = b.op("Identity", [inside[r["acc"]]])
-        histories.append(emit(copy, f"{r['acc']}/history"))
+        histories.append(emit(copy, f"{r['acc']}/history", inside[r["acc"]].shape))
     graph.outputs = emitted        # the model's own outputs (maybe maps or sequences) are not needed
     return gs.export_onnx(graph.cleanup(), do_type_check=False), counts, histories, stats
 
@@ -167,7 +170,7 @@ def carried_states(model: onnx.ModelProto) -> tuple:
         for node in graph.node:
             if node.domain != DOMAIN or node.op_type not in STATES:
                 continue
-            for i, o in STATES[node.op_type]:
+            for i, o in node_states(node):
                 name = f"onnx2snn.state/{k}/{node.op_type}/{o}"
                 k += 1
                 while len(node.output) <= o:
