@@ -225,3 +225,25 @@ def channel_last_model(weights: dict, channels: int):
     inits.update({"fc1.w": weights["fc1.weight"].T, "fc2.w": weights["fc2.weight"].T,
                   "flat": np.array([-1, 16 * channels], np.int64)})
     return make(nodes, inits, ["N", 8, 8, 1], out_shape=["N", 10])
+
+
+def spike_levels(snn, x, t):
+    """{neuron: (its spike levels n of each step's n·θ [T*N, ...], the eval graph's spike counts per
+    step)} of the unrolled SNN `snn` on input x at T = t, in one run (θ = 0 channels: level 0)."""
+    from onnx2snn import runtime
+    from onnx2snn.snn import simulate
+    from onnx2snn.snn.info import SNNInfo
+    info = SNNInfo.from_metadata(snn)
+    model, counts, _ = simulate.unrolled_steps(snn, info, t)
+    tensors = {n["name"]: n["tensor"] for n in info.neurons}
+    model.graph.output.extend(helper.make_tensor_value_info(tensors[name], TensorProto.FLOAT, None)
+                              for name, _ in counts)
+    names = [c for _, c in counts] + [tensors[name] for name, _ in counts]
+    values = dict(zip(names, runtime.session(model).run(names, {"input": x})))
+    thetas = simulate.neuron_thresholds(snn, info)
+    out = {}
+    for name, count in counts:
+        spikes, theta = values[tensors[name]], thetas[name]
+        safe = np.where(theta > 0, theta, 1).reshape([1, -1] + [1] * (spikes.ndim - 2))
+        out[name] = (np.round(spikes / safe), values[count])
+    return out

@@ -7,14 +7,12 @@ import json
 import numpy as np
 import onnx
 import pytest
-from onnx import helper
 
 import graphs
-from onnx2snn import SNNConfig, Thresholds, runtime, to_snn
+from onnx2snn import SNNConfig, Thresholds, to_snn
 from onnx2snn.errors import UserError
 from onnx2snn.evaluate import evaluate
 from onnx2snn.neuron import if_neuron
-from onnx2snn.snn import simulate
 from onnx2snn.snn.info import SNNInfo
 
 
@@ -49,19 +47,6 @@ def test_thresholds_are_divided_by_k_and_the_choice_is_recorded(tmp_path):
             SNNConfig(spikes=bad)
 
 
-def _spikes_and_counts(snn, x, t):
-    """(each neuron's spikes [T*N, ...], the eval graph's spike counts per step) in one run."""
-    info = SNNInfo.from_metadata(snn)
-    model, counts, _ = simulate.unrolled_steps(snn, info, t)
-    tensors = {n["name"]: n["tensor"] for n in info.neurons}
-    model.graph.output.extend(helper.make_tensor_value_info(tensors[name], onnx.TensorProto.FLOAT, None)
-                              for name, _ in counts)
-    names = [c for _, c in counts] + [tensors[name] for name, _ in counts]
-    values = dict(zip(names, runtime.session(model).run(names, {"input": x})))
-    thetas = simulate.neuron_thresholds(snn, info)
-    return {name: (values[tensors[name]], values[c], thetas[name]) for name, c in counts}
-
-
 def test_sops_count_every_spike_of_a_burst():
     """The eval graph counts n for a burst n·θ (not 1): its per-step counts equal the spikes'
     own levels, and bursts make those exceed the number of neurons that fired."""
@@ -74,13 +59,10 @@ def test_sops_count_every_spike_of_a_burst():
     x = rng.integers(0, 6, size=[5] + shape).astype(np.float32)
     snn, _ = to_snn(model, th, SNNConfig(timesteps=8, spikes="burst:4"))
     burst_seen = False
-    for name, (spikes, counts, theta) in _spikes_and_counts(snn, x, 8).items():
-        axis_shape = [1, -1] + [1] * (spikes.ndim - 2)
-        safe = np.where(theta > 0, theta, 1).reshape(axis_shape)
-        levels = np.round(spikes / safe)
+    for name, (levels, counts) in graphs.spike_levels(snn, x, 8).items():
         assert np.all(levels == np.clip(levels, 0, 4))
         assert np.array_equal(counts, levels.reshape(8, -1).sum(1)), name
-        burst_seen |= bool(counts.sum() > np.count_nonzero(spikes))
+        burst_seen |= bool(counts.sum() > np.count_nonzero(levels))
     assert burst_seen
     # the SOPs evaluate reports grow with the bursts' spikes: burst:4 at T=8 spends more than binary
     batches = [({"input": x}, None)]

@@ -7,7 +7,6 @@ spikes are counted for SOPs, the metadata, the command line and the NIR export's
 import numpy as np
 import onnx
 import pytest
-from onnx import helper
 
 import graphs
 from onnx2snn import SNNConfig, Thresholds, runtime, to_snn
@@ -85,19 +84,9 @@ def test_sliced_runs_carry_the_net_count_and_equal_one_run(neuron):
 def test_sops_count_every_negative_spike():
     """The eval graph counts |n| for a step's n·θ: a negative spike costs one, like a positive one."""
     _, _, snn, x = _snn("burst:2+signed", t=8)
-    info = SNNInfo.from_metadata(snn)
-    model, counts, _ = simulate.unrolled_steps(snn, info, 8)
-    tensors = {n["name"]: n["tensor"] for n in info.neurons}
-    model.graph.output.extend(helper.make_tensor_value_info(tensors[name], onnx.TensorProto.FLOAT, None)
-                              for name, _ in counts)
-    names = [c for _, c in counts] + [tensors[name] for name, _ in counts]
-    values = dict(zip(names, runtime.session(model).run(names, {"input": x})))
-    thetas = simulate.neuron_thresholds(snn, info)
     negative = 0
-    for name, count in counts:
-        spikes, theta = values[tensors[name]], thetas[name]
-        levels = np.round(spikes / np.where(theta > 0, theta, 1).reshape([1, -1] + [1] * (spikes.ndim - 2)))
-        assert np.array_equal(values[count], np.abs(levels).reshape(8, -1).sum(1)), name
+    for name, (levels, counts) in graphs.spike_levels(snn, x, 8).items():
+        assert np.array_equal(counts, np.abs(levels).reshape(8, -1).sum(1)), name
         negative += int((levels < 0).sum())
     assert negative > 0
 
