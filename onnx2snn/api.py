@@ -235,7 +235,8 @@ def _convert(model_path, data=None, data_loader=None, output=None,
     _check_report_outputs(files, report_path, plot_dir)
     if nir:
         from .nir.files import check_outputs
-        check_outputs(files, nir, "--nir", [p for p in (out_path if write else None, save_thresholds, report_path) if p])
+        check_outputs(files, nir, "--nir",
+                      [p for p in (out_path if write else None, save_thresholds, report_path) if p])
     analysis = analyse(model)
     if source is not None:
         analysis = check_shapes(analysis, _first_batch(source, model), runtime.session)

@@ -14,8 +14,8 @@ METHODS = ("ltb", "ltb-layer", "max", "percentile")
 FORMS = ("unrolled", "loop")
 MAXPOOLS = ("spiking", "move")
 LOOP_OPS = ("loop", "scan")
-PORTABLE_STEPS = ("written", "scan")
-MAX_BURST = 64            # --spikes burst:K, K at most (the operator allows 1024)   # a portable neuron's steps: written out one by one, or a Scan
+PORTABLE_STEPS = ("written", "scan")   # a portable neuron's steps: written out one by one, or a Scan
+MAX_BURST = 64            # --spikes burst:K, K at most (the operator allows 1024)
 CORRECTIONS = ("none", "bias", "potential", "both")
 AUGMENTS = ("crop-flip", "flip", "ssd")   # calibration augmentation kinds (batches.py); True = crop-flip
 AUTO = "auto"

@@ -37,7 +37,8 @@ def configs(args) -> tuple:
     auto = api.data_defaults(bool(args.data or args.data_loader), args.thresholds, args.timesteps)
     snn = SNNConfig(timesteps=args.timesteps, delay=auto["delay"] if args.delay is None else args.delay,
                     v_init=args.v_init, maxpool=args.maxpool, form=args.form, chunk=args.chunk,
-                    portable=args.portable, portable_steps=args.portable_steps, early_exit=args.early_exit, exit_stable=args.exit_stable,
+                    portable=args.portable, portable_steps=args.portable_steps, early_exit=args.early_exit,
+                    exit_stable=args.exit_stable,
                     exit_margin=args.exit_margin, exit_min_steps=args.exit_min_steps,
                     keep_analog=args.keep_analog, loop_op=args.loop_op, correct=args.correct or auto["correct"],
                     spikes=args.spikes, signed=args.signed)

@@ -257,7 +257,8 @@ class _Rewrite:
         self.blocked_states = {}
         self.graph(body, equiv)
         blocked, (self.carried, self.blocked_states) = self.blocked_states, saved
-        before, after, made = [], [], {}   # states with one initial value (onnxruntime merges equal zeros) share its copy
+        # states with one initial value (onnxruntime merges equal zeros) share its blocked copy
+        before, after, made = [], [], {}
         for k, channels in sorted(blocked.items()):
             initial = loop.input[2 + k]
             before += self._ensure_blocked(initial, channels, made)

@@ -49,8 +49,8 @@ def _burst_thetas(snn: onnx.ModelProto, info: SNNInfo) -> dict:
             out[n["name"]] = gs.Constant(f"{n['name']}/eval/theta_levels", theta_broadcast(th, n["axis"], n["rank"]))
     missing = [n["name"] for n in info.neurons if n["name"] not in out]
     if missing:
-        raise UserError(f"{info.neuron} spikes: the thresholds of neuron '{missing[0]}' are not in the model's metadata and "
-                        "constants; convert it again")
+        raise UserError(f"{info.neuron} spikes: the thresholds of neuron '{missing[0]}' are not in the model's "
+                        "metadata and constants; convert it again")
     return out
 
 
