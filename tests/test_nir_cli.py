@@ -148,3 +148,30 @@ def test_target_speck_writes_a_fitting_model_quantised_and_refuses_one_that_does
     assert "does NOT fit" in captured.out and "PROBLEM" in captured.out
     assert captured.err.startswith("onnx2snn: error: --target speck: does not fit Speck (")
     assert not (tmp_path / "a.nir").exists()
+
+
+def test_a_scikit_learn_model_with_zipmap_exports_and_runs_through_nir(digits_data, tmp_path, capsys):
+    """skl2onnx's defaults (a label output and ZipMap post-processing, ai.onnx.ml ops after the readout):
+    the host parts keep the model's ai.onnx.ml opset and the declared sequence type, and run-nir gives
+    run's labels."""
+    from sklearn.neural_network import MLPClassifier
+    from skl2onnx import to_onnx
+    x_train, y_train, x_test, _ = digits_data
+    flat_train, flat_test = x_train.reshape(len(x_train), -1), x_test.reshape(len(x_test), -1)
+    clf = MLPClassifier((64, 32), max_iter=300, random_state=0).fit(flat_train, y_train)
+    onnx.save(to_onnx(clf, flat_train[:1]), tmp_path / "mlp.onnx")
+    np.savez(tmp_path / "calib.npz", X=flat_train)
+    np.savez(tmp_path / "test.npz", X=flat_test)
+    snn = str(tmp_path / "mlp.snn.onnx")
+    assert main([str(tmp_path / "mlp.onnx"), "--data", str(tmp_path / "calib.npz"), "--correct", "none", "--delay",
+                 "0", "--v-init", "0", "-T", "32", "--iters", "50", "-o", snn, "-q"]) == 0
+    assert main(["export-nir", snn, "-o", str(tmp_path / "mlp.nir")]) == 0, capsys.readouterr().err
+    head = onnx.load(tmp_path / "mlp.head.onnx")
+    assert "ai.onnx.ml" in {o.domain for o in head.opset_import} and "ZipMap" in {n.op_type for n in head.graph.node}
+    assert head.graph.output[1].type.WhichOneof("value") == "sequence_type"
+    assert main(["run", snn, "--data", str(tmp_path / "test.npz"), "-o", str(tmp_path / "ort.npz")]) == 0
+    assert main(["run-nir", str(tmp_path / "mlp.nir"), "--data", str(tmp_path / "test.npz"),
+                 "-o", str(tmp_path / "nir.npz")]) == 0
+    got, want = np.load(tmp_path / "nir.npz"), np.load(tmp_path / "ort.npz")
+    assert list(got) == list(want) == ["output_label"] and len(want["output_label"]) == len(flat_test)
+    assert np.mean(got["output_label"] == want["output_label"]) >= 0.99

@@ -99,12 +99,18 @@ def export_file(snn: onnx.ModelProto, output, target: str | None = None, where: 
     return graph, info, written, report
 
 
-def summary(graph, info: dict, written: dict) -> str:
-    """What export-nir wrote, for people."""
+def node_counts(graph) -> dict:
+    """NIR node kind -> how many the graph holds."""
     kinds = {}
     for node in graph.nodes.values():
         kinds[type(node).__name__] = kinds.get(type(node).__name__, 0) + 1
-    lines = [f"wrote {written['nir']}: " + ", ".join(f"{v} {k}" for k, v in sorted(kinds.items()))
+    return dict(sorted(kinds.items()))
+
+
+def summary(graph, info: dict, written: dict) -> str:
+    """What export-nir wrote, for people."""
+    kinds = node_counts(graph)
+    lines = [f"wrote {written['nir']}: " + ", ".join(f"{v} {k}" for k, v in kinds.items())
              + f"; T={info['timesteps']}, D={info['delay']}, readout averaged over steps {info['delay'] + 1}.."
              + f"{info['timesteps']}; reset by subtraction, firing v > v_threshold (metadata)"]
     if info["input_coding"] == "direct":
@@ -188,10 +194,17 @@ def host_parts(snn: onnx.ModelProto, info: dict) -> tuple:
 
 def _standalone(graph: gs.Graph, snn: onnx.ModelProto, what: str) -> onnx.ModelProto:
     model = gs.export_onnx(graph, do_type_check=False)
+    # the model's own inputs and outputs keep their declared types: graphsurgeon writes tensor types
+    # only, and a sequence or map output (skl2onnx's ZipMap) would lose its type
+    declared = {v.name: v for v in list(snn.graph.input) + list(snn.graph.output)}
+    for value in list(model.graph.input) + list(model.graph.output):
+        if value.name in declared:
+            value.CopyFrom(declared[value.name])
     if uses_domain(model, DOMAIN):
         raise InternalError(f"export-nir: {what} contains onnx2snn operators")
     del model.opset_import[:]
-    model.opset_import.extend(o for o in snn.opset_import if o.domain in ("", "ai.onnx"))
+    # every domain the model imports but ours: a host part may hold ai.onnx.ml post-processing (ZipMap, ...)
+    model.opset_import.extend(o for o in snn.opset_import if o.domain != DOMAIN)
     model.ir_version = snn.ir_version
     model.producer_name = "onnx2snn export-nir"
     onnx.checker.check_model(model)
