@@ -46,6 +46,8 @@ ANALOG_OPS = {
 # Normalisation by each sample's own statistics: not linear in the spikes; --freeze-norm makes them
 # fixed affines (freeze/norms.py).
 NORM_OPS = ("InstanceNormalization", "LayerNormalization", "GroupNormalization")
+# why a graph without a single activation cannot convert: `inspect` reports it, `convert` refuses with it
+NO_ACTIVATION = "no ReLU-like activation (Relu, Clip(0, c), LeakyRelu(0), Max(x, 0)) to convert"
 
 
 @dataclass(frozen=True)
@@ -285,10 +287,14 @@ class Analysis:
         """(node, reason) for the nodes that stop conversion (fewer with --keep-analog)."""
         return [(n, why) for n, why in self.problems if not (keep_analog and n.op in ANALOG_OPS)]
 
+    def require_activations(self) -> None:
+        """Refuse a graph with nothing to turn into neurons, in inspect's words, before any session runs."""
+        if not self.activations:
+            raise UserError(f"not convertible: {NO_ACTIVATION}")
+
     def require_convertible(self, keep_analog: bool = False) -> None:
         """Raise the user error that explains why this graph cannot become an SNN, if any."""
-        if not self.activations:
-            raise UserError("the model has no ReLU-like activation (Relu, or Clip with min 0) to convert")
+        self.require_activations()
         for act in self.activations:
             if act.input.dtype is not None and np.dtype(act.input.dtype) != np.float32:
                 raise UserError(f"node '{act.name}': activations are {np.dtype(act.input.dtype)}; the IF "
@@ -356,7 +362,9 @@ def check_shapes(analysis: Analysis, feeds: dict, session) -> Analysis:
     del probe.graph.output[:]
     probe.graph.output.extend(onnx.helper.make_tensor_value_info(a.input.name, onnx.TensorProto.FLOAT, None)
                               for a in acts)
-    values = dict(zip([a.input.name for a in acts], session(probe).run([a.input.name for a in acts], feeds)))
+    # no session when every activation reads a model input (onnxruntime refuses a run with no outputs)
+    values = dict(zip([a.input.name for a in acts], session(probe).run([a.input.name for a in acts], feeds))) \
+        if acts else {}
     values.update({k: v for k, v in feeds.items()})
     checked = []
     for act in analysis.activations:

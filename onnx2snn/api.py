@@ -238,6 +238,7 @@ def _convert(model_path, data=None, data_loader=None, output=None,
         check_outputs(files, nir, "--nir",
                       [p for p in (out_path if write else None, save_thresholds, report_path) if p])
     analysis = analyse(model)
+    analysis.require_activations()             # before any session runs (one would ask for no outputs)
     if source is not None:
         analysis = check_shapes(analysis, _first_batch(source, model), runtime.session)
     frozen = None

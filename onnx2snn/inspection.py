@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 
 from . import model as M
-from .analyse import NORM_OPS, Analysis, analog_nodes, analyse
+from .analyse import NO_ACTIVATION, NORM_OPS, Analysis, analog_nodes, analyse
 from .data import model_inputs
 
 
@@ -75,8 +75,7 @@ def inspect_model(path, keep_analog: bool = False, freeze_norm: bool = False, ni
                       "freeze_norm_helps": n.op in NORM_OPS} for n, why in blocking]
         + ([] if analysis.activations else [{"node": None, "op": None, "keep_analog_helps": False,
                                              "freeze_norm_helps": False,
-                                             "reason": "no ReLU-like activation (Relu, Clip(0, c), "
-                                                       "LeakyRelu(0), Max(x, 0)) to convert"}])
+                                             "reason": NO_ACTIVATION}])
         + ([] if dtype_ok else [{"node": None, "op": None, "keep_analog_helps": False, "freeze_norm_helps": False,
                                  "reason": "activations are not float32 (convert the model to float32)"}]),
         "convertible": bool(analysis.activations) and not blocking and dtype_ok,

@@ -92,8 +92,7 @@ def build(analysis: Analysis, method: str = "ltb", percentile: float = 99.9,
     if method not in METHODS:
         raise UserError(f"--method {method}: unknown (choose from {', '.join(METHODS)})")
     analysis = as_analysis(analysis)
-    if not analysis.activations:
-        raise UserError("the model has no ReLU-like activation (Relu, or Clip with min 0) to convert")
+    analysis.require_activations()
     graph, acts = analysis.copy()
     model_outputs = list(graph.outputs) if keep_outputs else []
     named = graph.tensors()

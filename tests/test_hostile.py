@@ -192,6 +192,12 @@ CASES = [
     ("data of the wrong shape", lambda f, c: ([_model(f), "--data", _bytes_npy(f)], []), ["do not fit input"]),
     ("unsupported op between spiking layers", lambda f, c: ([_sigmoid(f), "--data", _sig_data(f)], []),
      ["Sigmoid 'squash'"]),
+    # refused in inspect's words before any onnxruntime session runs (one asked for no outputs and crashed)
+    ("no ReLU-like activation", lambda f, c: ([_no_relu(f), "--data", _sig_data(f)], []),
+     ["not convertible: no ReLU-like activation"]),
+    ("no ReLU-like activation, --freeze-norm", lambda f, c: (
+        [_no_relu(f), "--data", _sig_data(f), "--freeze-norm", "--iters", 1], []),
+     ["not convertible: no ReLU-like activation"]),
 ]
 
 
@@ -276,6 +282,32 @@ def _bytes_npy(f: Path) -> Path:
 def _sigmoid(f: Path) -> Path:
     onnx.save(graphs.nonlinear_middle_model(), f / "sig.onnx")
     return f / "sig.onnx"
+
+
+def _no_relu(f: Path) -> Path:
+    """Conv -> Sigmoid -> Conv -> Tanh -> GAP -> Flatten: nonlinear, but nothing ReLU-like."""
+    nodes = [helper.make_node("Conv", ["input", "w1"], ["c1"], name="conv1"),
+             helper.make_node("Sigmoid", ["c1"], ["s1"], name="gate"),
+             helper.make_node("Conv", ["s1", "w2"], ["c2"], name="conv2"),
+             helper.make_node("Tanh", ["c2"], ["t2"], name="squash"),
+             helper.make_node("GlobalAveragePool", ["t2"], ["g"], name="gap"),
+             helper.make_node("Flatten", ["g"], ["out"], name="flat")]
+    rng = np.random.default_rng(0)
+    onnx.save(graphs.make(nodes, {"w1": rng.normal(size=(3, 2, 1, 1)), "w2": rng.normal(size=(4, 3, 1, 1))},
+                          ["N", 2, 3, 3], out_shape=["N", 4]), f / "norelu.onnx")
+    return f / "norelu.onnx"
+
+
+def test_inspect_and_convert_refuse_a_model_without_relu_in_the_same_words(tmp_path, capsys):
+    model, data = _no_relu(tmp_path), _sig_data(tmp_path)
+    assert main(["inspect", str(model), "--json", str(tmp_path / "i.json")]) == 1      # 1: does not convert
+    report = json.loads((tmp_path / "i.json").read_text())
+    assert not report["convertible"]
+    reason = [b["reason"] for b in report["blocking"] if b["node"] is None][0]
+    capsys.readouterr()
+    assert main([str(model), "--data", str(data), "-o", str(tmp_path / "x.snn.onnx")]) == 1
+    assert f"not convertible: {reason}" in capsys.readouterr().err
+    assert not (tmp_path / "x.snn.onnx").exists()
 
 
 def _sig_data(f: Path) -> Path:
