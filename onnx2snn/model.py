@@ -17,6 +17,21 @@ log = logging.getLogger(__name__)
 # break `--json` output; onnx2snn reports what matters itself
 gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR
 
+# onnxruntime's own log lines (severity 2 = warnings, 4 = fatal only): a command's output is its one-line
+# errors and its tables; onnxruntime's errors reach us as exceptions. -v shows its warnings.
+_ORT_SEVERITY = {"level": 4}
+
+
+def onnxruntime_logging(verbose: bool | None = None) -> int:
+    """The severity onnxruntime logs at, for every session this process makes (set with `verbose`;
+    sessions with their own options read it back). Returns it."""
+    if verbose is not None:
+        _ORT_SEVERITY["level"] = 2 if verbose else 4
+    import onnxruntime as ort
+    ort.set_default_logger_severity(_ORT_SEVERITY["level"])
+    return _ORT_SEVERITY["level"]
+
+
 MIN_OPSET = 13  # Unsqueeze/ReduceSum with axes inputs, CumSum; older models are upgraded to it
 _READ_ERRORS = (DecodeError, RuntimeError, ValueError, OSError, onnx.checker.ValidationError)
 
@@ -107,6 +122,7 @@ def to_graph(model: onnx.ModelProto) -> gs.Graph:
     # the importer keeps the model's own opset list, which export would extend in place: copy it
     graph.import_domains = [onnx.helper.make_opsetid(o.domain, o.version) for o in model.opset_import]
     try:
+        onnxruntime_logging()                # graphsurgeon folds through onnxruntime sessions of its own
         graph.fold_constants(error_ok=True).cleanup()
     except Exception as err:  # folding is an optimisation
         log.warning("constant folding skipped: %s", err)

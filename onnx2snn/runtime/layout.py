@@ -26,7 +26,7 @@ import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 
-from ..model import all_graphs, subgraphs
+from ..model import all_graphs, onnxruntime_logging, subgraphs
 from ..neuron import DOMAIN, STATES
 
 NCHWC = "com.microsoft.nchwc"
@@ -52,7 +52,7 @@ def block_size() -> int:
 def _optimize(model_bytes: bytes, library: str | None) -> onnx.ModelProto:
     """The graph onnxruntime runs on this CPU (all optimizations, the NCHWc layout included)."""
     opts = ort.SessionOptions()
-    opts.log_severity_level = 4
+    opts.log_severity_level = onnxruntime_logging()
     if library:
         opts.register_custom_ops_library(library)
     with tempfile.TemporaryDirectory(prefix="onnx2snn-layout-") as tmp:

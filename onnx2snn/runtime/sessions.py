@@ -15,14 +15,14 @@ import onnxruntime as ort
 
 from . import events, fusion, layout
 from ..errors import InternalError, UserError
-from ..model import all_graphs, uses_domain
+from ..model import all_graphs, onnxruntime_logging, uses_domain
 from ..neuron import DOMAIN
 
 _ENV = "ONNX2SNN_OPS_LIBRARY"
 _REWRITE_ENV = "ONNX2SNN_REWRITE"
 _STATE = ort.capi.onnxruntime_pybind11_state
 # onnxruntime's own log lines would break the one-line error rule: its errors reach us as exceptions
-ort.set_default_logger_severity(4)
+onnxruntime_logging()
 
 
 def library_path() -> str:
@@ -124,7 +124,7 @@ def session(model, threads: int = 0, in_order: bool = False, rewrite: bool = Tru
 
 def _options(threads: int, in_order: bool, arena: bool = True) -> ort.SessionOptions:
     opts = ort.SessionOptions()
-    opts.log_severity_level = 4
+    opts.log_severity_level = onnxruntime_logging()
     opts.enable_cpu_mem_arena = arena
     if threads:
         opts.intra_op_num_threads = threads
