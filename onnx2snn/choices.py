@@ -138,7 +138,7 @@ def data_defaults(have_data: bool, thresholds=None, timesteps: int = SNNConfig.t
     return plain
 
 
-RIDE_BATCH = 32     # correction batches at least this large (or all samples in one) carry the delay choice
+RIDE_BATCH = 32     # correction batches at least this large carry the delay choice that sets the bias window
 
 
 def correct_and_delay(analysis, th: Thresholds, snn: SNNConfig, source, correct_samples: int, delay_samples: int,
@@ -151,9 +151,15 @@ def correct_and_delay(analysis, th: Thresholds, snn: SNNConfig, source, correct_
     the thresholds already hold for this T and kind is reused; any other is dropped first. With
     `--delay auto` and as many delay samples as correction samples (the defaults: 200 each, the same
     fixed subset), each correction and the delay choice after it share one simulation, so `both`
-    costs two simulations at T instead of four; not when the memory budget (or a model's fixed
-    batch size) splits the correction into batches of fewer than RIDE_BATCH samples, since each
-    batch's own correction would then fit it too closely for the delay scored on it. `engine`: a
+    costs two simulations at T instead of four.
+
+    The delay written is always chosen on the network written, so that a replay from the saved
+    thresholds chooses it again bit for bit: a simulation that rides along scores each batch's own
+    in-graph correction, which is the correction written only when one batch holds every sample.
+    When the memory budget (or a model's fixed batch size) splits the correction into batches, the
+    potential correction's rider still sets the bias correction's readout window (with batches of
+    at least RIDE_BATCH samples; smaller ones fit each batch too closely for the delay scored on it),
+    and the final delay is chosen in a simulation of its own after the last correction. `engine`: a
     cluster whose workers run the simulations' batches (cluster/); the same results."""
     seconds = {}
     steps = STEPS.get(snn.correct, ())
@@ -185,12 +191,13 @@ def correct_and_delay(analysis, th: Thresholds, snn: SNNConfig, source, correct_
 
     choice = None
     auto = snn.delay == AUTO
-    # one simulation serves both when they use the same samples and the correction's batches are large
-    # enough that each batch's in-graph correction stands for the whole set's (RIDE_BATCH)
-    ride = auto and delay_samples == correct_samples and bool(sizes) and min(sizes[:-1] or sizes) >= min(
-        RIDE_BATCH, sum(sizes))
+    same = auto and delay_samples == correct_samples and bool(sizes)
+    # a rider's delay is final when one batch holds every sample (its network is the one written); with
+    # batches, the potential correction's rider only sets the bias window, from batches of RIDE_BATCH or more
+    final_ride = same and len(sizes) == 1
+    window_ride = same and "bias" in steps and min(sizes[:-1] or sizes) >= RIDE_BATCH
 
-    def corrected(kind, first, th):
+    def corrected(kind, first, th, ride):
         """(thresholds with correction `kind`, the delay chosen in the same simulation or None)."""
         if not ride:
             return correct(analysis, th, snn, feeds, kind, first_step=first, progress=progress, engine=engine), None
@@ -201,14 +208,15 @@ def correct_and_delay(analysis, th: Thresholds, snn: SNNConfig, source, correct_
         return rider.result(), found
 
     if "potential" in steps:
-        th, choice = timed("correction", lambda: corrected("potential", 0, th), "potential correction")
+        th, choice = timed("correction", lambda: corrected("potential", 0, th, final_ride or window_ride),
+                           "potential correction")
     if auto and choice is None:
         choice = timed("delay", lambda: choose_delay_on(analysis, th, snn, source, delay_samples, progress=progress,
                                                           skip_nonfinite=skip_nonfinite, memory=memory, engine=engine),
                        "delay choice")
     if "bias" in steps:
         first = choice.delay if choice is not None else snn.delay
-        th, again = timed("correction", lambda: corrected("bias", first, th), "bias correction")
+        th, again = timed("correction", lambda: corrected("bias", first, th, final_ride), "bias correction")
         choice = again or choice
         if auto and again is None:
             choice = timed("delay", lambda: choose_delay_on(analysis, th, snn, source, delay_samples,

@@ -130,15 +130,20 @@ class Corrector:
         before = []
         for layer, diff in zip(self.layers, (x / self.n for x in self.total)):
             before.append(float(np.abs(diff).mean()))
+            # float32 arithmetic in the correction graph's order (e, then T*e, then + v0): with every
+            # sample in one batch the network written is bit for bit the one the graph corrected
+            diff = diff.astype(np.float32)
             if self.kind == "bias":
-                corrected.bias[layer.name] = (corrected.bias.get(layer.name, 0) + diff).astype(np.float32)
+                corrected.bias[layer.name] = (corrected.bias.get(layer.name, np.float32(0)) + diff).astype(np.float32)
                 continue
             start = corrected.potential.get(layer.name)
             if start is None:
                 act = self.act_of[layer.source]
                 start = np.broadcast_to(theta_broadcast(layer.theta, act.axis, act.rank), diff.shape) \
                     * np.float32(self.config.v_init)
-            corrected.potential[layer.name] = (start.reshape(-1) + t * diff.reshape(-1)).astype(np.float32)
+            scaled = np.float32(t) * diff
+            corrected.potential[layer.name] = (np.asarray(start, np.float32).reshape(-1) + scaled.reshape(-1)) \
+                .astype(np.float32)
         done = dict(corrected.info.get("correction") or {})
         steps = [s for s in done.get("steps", []) if s["kind"] != self.kind]
         steps.append({"kind": self.kind, "first_step": self.first_step,

@@ -157,6 +157,46 @@ def test_default_conversion_corrects_both_and_the_thresholds_reproduce_it_withou
                          snn=SNNConfig(timesteps=64, correct="potential"))
 
 
+def _graph_bytes(path) -> bytes:
+    import onnx
+    return onnx.load(path).graph.SerializeToString()
+
+
+@pytest.mark.parametrize("per_batch", [16, 64, 300])
+def test_a_replay_from_the_saved_thresholds_is_the_same_snn_bit_for_bit(per_batch, tmp_path):
+    """Defaults with data (both corrections, the delay chosen), the correction's 300 samples split into
+    batches by the memory budget (16: no rider; 64: the potential's rider sets the bias window; 300: one
+    batch, every choice rides): converting again from the saved thresholds, with the same data and T,
+    chooses the same delay and writes the same graph, in the unrolled and the looped form; the delay
+    written is the best on the network written."""
+    import onnx2snn
+    from onnx2snn.choices import correction_batch_size
+    from onnx2snn.energy import largest_activation
+    from onnx2snn.runtime import memory as mem
+    path, calib, test = _chain_files(tmp_path)
+    model = analyse(str(path)).model
+    per_sample = mem.simulation_sample_bytes(largest_activation(model), 64, mem.CORRECTION_COPIES)
+    budget = mem.MemoryBudget(int(per_sample * per_batch), "test")
+    assert correction_batch_size(model, 64, 300, budget) == per_batch
+    kw = dict(data=str(calib), calib=CalibConfig(iters=40), max_memory=budget, check_samples=0,
+              correct_samples=300, delay_samples=300)
+    first = onnx2snn.convert(path, output=tmp_path / "a.snn.onnx", save_thresholds=tmp_path / "th.json", **kw)
+    assert first.thresholds.info["correction"]["kind"] == "both" and first.delay is not None
+    x = {"input": test[:64]}
+    want = runtime.session(tmp_path / "a.snn.onnx").run(None, x)[0]
+    for form, name in (("unrolled", "b"), ("loop", "c")):
+        replay = onnx2snn.convert(path, output=tmp_path / f"{name}.snn.onnx", thresholds=tmp_path / "th.json",
+                                  snn=SNNConfig(timesteps=64, delay="auto", correct="both", form=form), **kw)
+        assert replay.delay.delay == first.delay.delay, (form, replay.delay.to_json(), first.delay.to_json())
+        # the same scores up to the order of float64 sums over batches of another size
+        assert replay.delay.rel_error == pytest.approx(first.delay.rel_error, rel=1e-12, abs=0), form
+        assert np.array_equal(runtime.session(tmp_path / f"{name}.snn.onnx").run(None, x)[0], want), form
+    assert _graph_bytes(tmp_path / "b.snn.onnx") == _graph_bytes(tmp_path / "a.snn.onnx")
+    # the replay scored the network written: the same scores, so the delay recorded is its best
+    rel = first.delay.rel_error
+    assert first.delay.delay == min(rel, key=lambda d: (rel[d], d))
+
+
 def test_both_corrections_beat_potential_alone_and_none_on_held_out_data(tmp_path):
     """On a deep chain at T=16 with a delayed readout, potential + bias (over the readout window)
     brings the output closer to the ANN on held-out samples than the potential correction alone,
