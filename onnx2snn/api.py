@@ -67,6 +67,30 @@ class Conversion:
     batches: dict = field(default_factory=dict)        # step -> samples per batch (those that ran)
     frozen: FrozenNorms | None = None    # --freeze-norm: the layers frozen and the error each adds
 
+    def to_json(self) -> dict:
+        """The conversion for machines (`onnx2snn convert --json`): the settings the SNN records,
+        its layers with threshold statistics, the corrections, the delay, batch sizes, the check."""
+        info = SNNInfo.from_metadata(self.snn)
+        layers = []
+        for layer in self.layers:
+            th = np.asarray(layer.theta, np.float32)
+            layers.append({"name": layer.name, "source": layer.source, "role": layer.role,
+                           "channels": int(layer.channels or th.size), "theta_mean": float(th.mean()),
+                           "theta_min": float(th.min()), "theta_max": float(th.max()),
+                           "silent": int(np.sum(th == 0))})
+        return {"output": str(self.output) if self.output else None, "form": info.form, "chunk": info.chunk,
+                "portable": info.portable, "neuron": info.neuron, "timesteps": info.timesteps,
+                "delay": info.delay, "v_init": info.v_init, "maxpool": info.maxpool, "method": self.thresholds.method,
+                "calibration": {k: v for k, v in self.thresholds.info.items() if k not in ("correction", "tune")},
+                "calibration_seconds": round(self.calibration_seconds, 3),
+                "step_seconds": {k: round(v, 3) for k, v in self.step_seconds.items()},
+                "correction": self.thresholds.info.get("correction"), "tune": self.thresholds.info.get("tune"),
+                "delay_choice": self.delay.to_json() if self.delay else None,
+                "memory_bytes": self.memory.bytes if self.memory else None, "batches": dict(self.batches),
+                "frozen": self.frozen.to_json() if self.frozen is not None else None,
+                "analog": list(info.analog), "layers": layers,
+                "check": self.check.to_json() if self.check is not None else None}
+
 
 def default_output(model_path) -> Path:
     p = Path(model_path)

@@ -7,9 +7,59 @@ from ..errors import UserError
 from .parser import _int_list
 
 
+def _quiet(args) -> bool:
+    """-q, or --json to stdout (where the JSON is all that is printed)."""
+    return args.quiet or args.json == "-"
+
+
+def _progress(args) -> bool:
+    """Progress bars (and a cluster's notes) unless -q or --json (any form: output for machines)."""
+    return not (args.quiet or args.json)
+
+
 def _say(args):
-    """Where a cluster's notes go: printed unless --quiet (or --json on eval)."""
-    return (lambda text: None) if getattr(args, "quiet", False) else (lambda text: print(text, flush=True))
+    """Where a cluster's notes go: printed with the progress bars (_progress)."""
+    return (lambda text: print(text, flush=True)) if _progress(args) else (lambda text: None)
+
+
+def _check_json(args, inputs=(), outputs=()) -> None:
+    """--json FILE checked before any work, as every output is: not one of the command's `inputs`
+    ((path, flag) pairs), nor any of its other `outputs`."""
+    from pathlib import Path
+
+    from ..files import Files
+    if args.json in (None, "-"):
+        return
+    files = Files()
+    for path, flag in inputs:
+        if path and flag == "--data-loader":          # FILE.py:FN names a file
+            path = str(path).rpartition(":")[0] or str(path)
+        if path and Path(path).exists():
+            files.input(path, flag, folder_ok=True)
+    files.output(args.json, "--json")
+    for path, flag in outputs:
+        if path and Path(path).resolve() == Path(args.json).resolve():
+            raise UserError(f"--json {args.json}: is also the {flag} output")
+
+
+def _emit(args, payload: dict, text=None) -> None:
+    """The command's result: JSON on stdout (--json alone or -), else `text` unless it is None,
+    and the JSON written to --json FILE."""
+    import json
+
+    from ..files import write_atomic
+    encoded = json.dumps(payload, indent=1, sort_keys=True)
+    if args.json == "-":
+        print(encoded)
+        return
+    if args.json:
+        write_atomic(args.json, encoded.encode(), "--json")
+    if text is not None:
+        print(text)
+
+
+def _data_inputs(args) -> list:
+    return [(args.data, "--data"), (args.data_loader, "--data-loader"), (args.annotations, "--annotations")]
 
 
 def _prep(args, recorded=None):
@@ -50,15 +100,19 @@ def convert(args) -> int:
     from ..report import eval_table, layers_table, report_lines
     from ..snn.info import SNNInfo
     calib, snn = configs(args)
+    _check_json(args, [(args.model, "the model"), (args.thresholds, "--thresholds")] + _data_inputs(args),
+                [(args.output or api.default_output(args.model), "-o"), (args.save_thresholds, "--save-thresholds"),
+                 (args.report, "--report"), (args.nir, "--nir")])
     result = api.convert(
         args.model, data=args.data, data_loader=args.data_loader, output=args.output, calib=calib, snn=snn,
         prep=_prep(args), thresholds=args.thresholds, save_thresholds=args.save_thresholds,
-        check_samples=args.check if (args.data or args.data_loader) else 0, progress=not args.quiet,
+        check_samples=args.check if (args.data or args.data_loader) else 0, progress=_progress(args),
         delay_samples=args.delay_samples, report_path=args.report, plot_dir=args.plot,
         correct_samples=args.correct_samples, max_memory=args.max_memory, freeze_norm=args.freeze_norm,
         freeze_samples=args.freeze_samples, annotations=args.annotations, split=args.split,
         nir=args.nir, workers=args.workers, cluster=args.cluster, say=_say(args))
-    if not args.quiet:
+    _emit(args, result.to_json())
+    if not _quiet(args):
         th = result.thresholds
         how = (f"{th.info.get('iters')} batches in {result.calibration_seconds:.1f}s" if args.thresholds is None
                else f"thresholds from {args.thresholds}")
@@ -101,7 +155,7 @@ def convert(args) -> int:
             print(report_lines(result.report))
         if args.nir:
             print(f"NIR graph: {args.nir} (host parts beside it, if any; see export-nir)")
-    else:
+    elif args.json != "-":
         print(result.output)
     return 0
 
@@ -127,13 +181,16 @@ def evaluate(args) -> int:
     prep = _prep(args, api.recorded_preprocess(snn))
     result = api.evaluate_file(args.snn, args.data, args.data_loader, args.ann,
                                _int_list(args.timesteps, "--timesteps") if args.timesteps else None,
-                               args.batch_size, args.limit, prep, progress=not (args.quiet or args.json),
-                               json_path=args.json,
+                               args.batch_size, args.limit, prep, progress=_progress(args),
+                               json_path=None if args.json == "-" else args.json,
                                report_path=args.report, plot_dir=args.plot, e_sop=args.e_sop, e_mac=args.e_mac,
                                max_memory=args.max_memory, task=args.task, annotations=args.annotations,
                                decode=args.decode, split=args.split, delay=_delay_flag(args.delay),
                                workers=args.workers, cluster=args.cluster,
-                               say=(lambda text: None) if args.quiet or args.json else _say(args))
+                               say=_say(args))
+    if args.json == "-":
+        _emit(args, result.to_json())
+        return 0
     if not args.quiet:
         print(delay_line(result, SNNInfo.from_metadata(snn)))
         if result.task:
@@ -154,21 +211,29 @@ def evaluate(args) -> int:
 def run(args) -> int:
     from .. import api
     snn = api.load_snn(args.snn)
+    _check_json(args, [(args.snn, "the SNN")] + _data_inputs(args), [(args.output, "-o")])
     arrays = api.run_file(args.snn, args.output, args.data, args.data_loader, args.batch_size, args.limit,
                           _prep(args, api.recorded_preprocess(snn)), runtime_name=args.runtime,
                           max_memory=args.max_memory, annotations=args.annotations, split=args.split,
                           workers=args.workers, cluster=args.cluster, say=_say(args))
-    print(f"wrote {', '.join(f'{k} {list(v.shape)}' for k, v in arrays.items())} to {args.output}")
+    _written(args, arrays)
     return 0
 
 
-def inspect(args) -> int:
-    import json
+def _written(args, arrays: dict) -> None:
+    """What run and run-nir wrote."""
+    payload = {"output": args.output, "outputs": {k: {"shape": list(v.shape), "dtype": str(v.dtype)}
+                                                  for k, v in arrays.items()}}
+    _emit(args, payload, args.output if args.quiet else
+          f"wrote {', '.join(f'{k} {list(v.shape)}' for k, v in arrays.items())} to {args.output}")
 
+
+def inspect(args) -> int:
     from ..inspection import inspect_model
     from ..report import inspection_text
+    _check_json(args, [(args.model, "the model")])
     report = inspect_model(args.model, keep_analog=args.keep_analog, freeze_norm=args.freeze_norm, nir=args.nir)
-    print(json.dumps(report, indent=1) if args.json else inspection_text(report))
+    _emit(args, report, None if args.quiet else inspection_text(report))
     return 0 if report["convertible"] and (not args.nir or report["nir"]["exportable"]) else 1
 
 
@@ -182,17 +247,26 @@ def export_nir(args) -> int:
     if out.endswith(".snn.nir"):
         out = out[:-8] + ".nir"
     nf.check_outputs(files, out, "-o")
+    _check_json(args, [(args.snn, "the SNN")], [(out, "-o")] + [(p, "-o") for p in nf.host_paths(out).values()])
     snn = api.load_snn(args.snn)
     graph, info, written, report = nf.export_file(snn, out, args.target)
     if report is not None:
-        print(report.text())
+        if not _quiet(args):
+            print(report.text())
         if report.fits is None:
             raise UserError(f"--target speck: the layer rules hold but the memory was {report.memory_note} "
                             "(pip install --no-deps sinabs: its validator needs only numpy); nothing written")
         if report.fits is False:
-            raise UserError(f"--target speck: does not fit Speck ({len(report.all_problems)} problem(s), listed "
-                            "above); nothing written")
-    print(nf.summary(graph, info, written))
+            where = "run without -q or --json to list them" if _quiet(args) else "listed above"
+            raise UserError(f"--target speck: does not fit Speck ({len(report.all_problems)} problem(s), {where}); "
+                            "nothing written")
+    payload = {"output": str(written["nir"]),
+               "host_pre": str(written["host_pre"]) if written.get("host_pre") else None,
+               "host_head": str(written["host_head"]) if written.get("host_head") else None,
+               "nodes": nf.node_counts(graph), "timesteps": info["timesteps"], "delay": info["delay"],
+               "input_coding": info["input_coding"], "host": info["host"],
+               "speck": None if report is None else {"fits": report.fits, "problems": len(report.all_problems)}}
+    _emit(args, payload, str(written["nir"]) if args.quiet else nf.summary(graph, info, written))
     return 0
 
 
@@ -201,11 +275,14 @@ def run_nir(args) -> int:
     arrays = api.run_nir_file(args.nir, args.output, args.data, args.data_loader, args.batch_size, args.limit,
                               lambda recorded: _prep(args, recorded), args.timesteps, args.delay, args.annotations,
                               args.split)
-    print(f"wrote {', '.join(f'{k} {list(v.shape)}' for k, v in arrays.items())} to {args.output}")
+    _written(args, arrays)
     return 0
 
 
 def demo(args) -> int:
     from .. import demo
-    print(demo.run(args.output, iters=args.iters, progress=not args.quiet))
+    _check_json(args, [(demo.MODEL, "the demo model")], [(args.output, "-o")])
+    result, evaluation = demo.run(args.output, iters=args.iters, progress=_progress(args))
+    _emit(args, {"conversion": result.to_json(), "eval": evaluation.to_json()},
+          demo.describe(result, evaluation, quiet=args.quiet))
     return 0

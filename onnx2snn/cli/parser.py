@@ -49,6 +49,18 @@ def _cluster_flags(p: argparse.ArgumentParser):
                         "(ray://HOST:10001, or ray:auto: RAY_ADDRESS or a local Ray; the onnx2snn[ray] extra)")
 
 
+def _output_flags(p: argparse.ArgumentParser, quiet: str, json: str):
+    """-v, -q and --json, the same three on every command with the same meaning: `quiet` says what
+    -q still prints, `json` what --json holds."""
+    g = p.add_argument_group("output (every command)")
+    g.add_argument("-v", "--verbose", action="store_true",
+                   help="log details, onnxruntime's own warnings and, on an error, the traceback")
+    g.add_argument("-q", "--quiet", action="store_true", help=f"no progress bars or tables: print only {quiet}")
+    g.add_argument("--json", nargs="?", const="-", metavar="FILE",
+                   help=f"{json} as JSON: written to FILE (atomically), or, with no FILE or '-', printed to stdout "
+                        "instead of the text; no progress bars")
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with the house rule for user errors: one line on stderr, exit code 1."""
 
@@ -176,9 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the check's full report: per layer (firing rate, silent/saturated neurons, rate error), "
                         "per T, SOP90/SOP95, frames per joule")
     s.add_argument("--plot", metavar="DIR", help="the check's plots as PNG files in DIR (needs matplotlib)")
-    c.add_argument("-v", "--verbose", action="store_true", help="log details")
     c.add_argument("--max-memory", metavar="SIZE", help=MAX_MEMORY_HELP)
-    c.add_argument("-q", "--quiet", action="store_true", help="no progress bars or tables")
+    _output_flags(c, "the SNN's path", "the conversion (output, settings, layers and thresholds, corrections, "
+                  "delay, batch sizes, the check)")
     _cluster_flags(c)
 
     e = sub.add_parser("eval", help="accuracy/agreement of an SNN at several T",
@@ -202,7 +214,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="samples per simulation batch; memory grows with T x batch (default: the most that fit "
                         "--max-memory, at most 64)")
     e.add_argument("--max-memory", metavar="SIZE", help=MAX_MEMORY_HELP)
-    e.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     e.add_argument("--report", metavar="FILE.json",
                    help="full report: per layer (firing rate, silent/saturated neurons, rate error vs the ANN's "
                         "clipped activation), per T (accuracy, agreement, SOPs, energy), SOP90/SOP95, frames per joule")
@@ -210,8 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="PNG plots in DIR: accuracy vs T, firing rates, rate errors, thresholds (needs matplotlib)")
     e.add_argument("--e-sop", type=float, default=E_SOP_PJ, help="pJ per synaptic operation (0.077)")
     e.add_argument("--e-mac", type=float, default=E_MAC_PJ, help="pJ per MAC (12.5)")
-    e.add_argument("-v", "--verbose", action="store_true")
-    e.add_argument("-q", "--quiet", action="store_true")
+    _output_flags(e, "the results table", "the results (samples, task, the ANN's and each T's figures)")
     _cluster_flags(e)
 
     r = sub.add_parser("run", help="run an SNN on data and save its outputs",
@@ -225,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--runtime", choices=["onnxruntime", "openvino", "tract"], default="onnxruntime",
                    help="the runtime to run on (openvino and tract run --portable models; from the "
                         "onnx2snn[runtimes] extra)")
-    r.add_argument("-v", "--verbose", action="store_true")
+    _output_flags(r, "the outputs file's path", "what was written (file, outputs and their shapes)")
     _cluster_flags(r)
 
     i = sub.add_parser("inspect", help="say what conversion will do, without data or calibration",
@@ -237,8 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--nir", action="store_true",
                    help="also say whether the SNN will export to NIR (export-nir), what stays on the host and "
                         "what NIR cannot express (exit code 1 when it cannot)")
-    i.add_argument("--json", action="store_true", help="print JSON instead of text")
-    i.add_argument("-v", "--verbose", action="store_true")
+    _output_flags(i, "nothing (the exit code says whether the model converts)", "the inspection")
 
     x = sub.add_parser("export-nir", help="write a converted SNN as a NIR graph (neuromorphic toolchains)",
                        description="The SNN (unrolled form, without --portable) from its input to the readout as "
@@ -249,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--target", choices=["speck"],
                    help="also quantise and check against a chip's limits (speck: SynSense Speck / DYNAP-CNN, "
                         "8-bit weights; needs sinabs for the memory check); exit code 1 when it does not fit")
-    x.add_argument("-v", "--verbose", action="store_true")
+    _output_flags(x, "the NIR file's path", "the export (files written, nodes, T and D, input coding, host parts)")
 
     n = sub.add_parser("run-nir", help="run an exported NIR graph (NumPy reference simulation) on data",
                        description="Same data options and output format as `run`; the host parts beside the .nir "
@@ -261,12 +270,11 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("-D", "--delay", type=int, help="readout from step D+1 (default: the graph's metadata)")
     n.add_argument("--batch-size", type=int, help="samples per run (32)")
     n.add_argument("--limit", type=int)
-    n.add_argument("-v", "--verbose", action="store_true")
+    _output_flags(n, "the outputs file's path", "what was written (file, outputs and their shapes)")
 
     d = sub.add_parser("demo", help="convert the bundled digits CNN on bundled data and evaluate it",
                        description="No downloads: a small CNN trained on scikit-learn's digits ships with the package.")
     d.add_argument("-o", "--output", default="digits_cnn.snn.onnx", help="where to write the demo SNN")
     d.add_argument("--iters", type=int, default=100)
-    d.add_argument("-v", "--verbose", action="store_true")
-    d.add_argument("-q", "--quiet", action="store_true")
+    _output_flags(d, "the results table", "the evaluation of the demo SNN on the held-out digits")
     return p
