@@ -175,3 +175,69 @@ def test_fixed_batch_model_uses_its_batch_size(tmp_path):
     code, out, err = _cli("eval", tmp_path / "x.onnx", "--data", data, "--ann", path, "-T", "8,16", "-q")
     assert code == 0, err
     assert "samples: 7" in out
+
+
+def test_every_command_takes_q_v_and_json_with_one_meaning(tmp_path, capsys):
+    """-q, -v and --json on every command: -q prints only the command's result line (or nothing),
+    --json alone prints only JSON, --json FILE writes it there (the text as usual)."""
+    import graphs
+    from onnx2snn.cli import COMMANDS, build_parser
+    positional = {"convert": ["m.onnx"], "eval": ["s.onnx"], "run": ["s.onnx"], "inspect": ["m.onnx"],
+                  "export-nir": ["s.onnx"], "run-nir": ["g.nir"], "demo": []}
+    assert set(positional) == set(COMMANDS)
+    parser = build_parser()
+    for command in COMMANDS:
+        for flags, want in ((["-q"], (True, False, None)), (["-v"], (False, True, None)),
+                            (["--json"], (False, False, "-")), (["--json", "r.json"], (False, False, "r.json"))):
+            args = parser.parse_args([command, *positional[command], *flags])
+            assert (args.quiet, args.verbose, args.json) == want, (command, flags)
+    model, data = tmp_path / "m.onnx", tmp_path / "x.npy"
+    onnx.save(graphs.deep_chain_model(depth=3), model)
+    np.save(data, np.random.default_rng(0).normal(size=(60, 16)).astype(np.float32))
+    snn = tmp_path / "m.snn.onnx"
+    capsys.readouterr()
+    assert main([str(model), "--data", str(data), "--iters", "5", "-T", "16", "--check", "8", "-o", str(snn),
+                 "--json"]) == 0
+    conversion = json.loads(capsys.readouterr().out)
+    assert conversion["output"] == str(snn) and conversion["timesteps"] == 16 and len(conversion["layers"]) == 3
+    assert conversion["correction"]["kind"] == "both" and [r["T"] for r in conversion["check"]["snn"]] == [4, 8, 16]
+    assert main(["run", str(snn), "--data", str(data), "-o", str(tmp_path / "o.npy"), "-q"]) == 0
+    assert capsys.readouterr().out == f"{tmp_path / 'o.npy'}\n"
+    assert main(["run", str(snn), "--data", str(data), "-o", str(tmp_path / "o.npy"), "--json",
+                 str(tmp_path / "run.json")]) == 0
+    assert capsys.readouterr().out.startswith("wrote out [60, 5]")
+    assert json.loads((tmp_path / "run.json").read_text())["outputs"]["out"]["shape"] == [60, 5]
+    assert main(["inspect", str(model), "-q"]) == 0 and capsys.readouterr().out == ""
+    assert main(["eval", str(snn), "--data", str(data), "--json", "-q"]) == 0
+    assert json.loads(capsys.readouterr().out)["samples"] == 60
+    # --json FILE is checked like every output before any work: never onto an input
+    assert main(["run", str(snn), "--data", str(data), "-o", str(tmp_path / "o.npy"), "--json", str(data)]) == 1
+    assert "--json" in capsys.readouterr().err and data.stat().st_size > 0
+
+
+def test_onnxruntime_log_lines_show_only_with_v(tmp_path):
+    """A transformer's attention makes onnxruntime's optimizer warn (UnsqueezeElimination) in the
+    sessions onnx-graphsurgeon's constant folding opens: `inspect` prints none of it, `-v` does."""
+    import torch
+    import torch.nn as nn
+
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Conv2d(1, 16, 4, 4)
+            layer = nn.TransformerEncoderLayer(16, 2, 32, activation="gelu", batch_first=True)
+            self.encoder = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
+            self.head = nn.Linear(16, 10)
+
+        def forward(self, x):
+            return self.head(self.encoder(self.embed(x).flatten(2).transpose(1, 2)).mean(1))
+
+    torch.manual_seed(0)
+    path = tmp_path / "vit.onnx"
+    torch.onnx.export(Tiny().eval(), torch.randn(1, 1, 8, 8), str(path), input_names=["input"],
+                      output_names=["logits"], dynamic_axes={"input": {0: "N"}}, dynamo=False)
+    code, out, err = _cli("inspect", path)
+    assert code == 1 and "no ReLU-like activation" in out
+    assert ":onnxruntime:" not in out + err and not err.strip(), err[-2000:]
+    code, out, err = _cli("inspect", path, "-v")
+    assert code == 1 and "W:onnxruntime:" in err           # the same run, verbose: its warnings shown

@@ -60,6 +60,7 @@ def test_segmenter_scores_miou_from_npz_masks_and_a_voc_root(segmenter, tmp_path
 
 @pytest.fixture(scope="module")
 def detector(tmp_path_factory):
+    pytest.importorskip("pycocotools", reason="--task detect needs pycocotools (the 'tasks' extra)")
     folder = tmp_path_factory.mktemp("det")
     net, x = tm.train_detector(seed=0)
     (folder / "det.onnx").write_bytes(tm.export(net, x[:2], tm.DETECTOR_OUTPUTS))
