@@ -4,8 +4,8 @@
 // strides, pads, dilations, group; NOTSET padding) with filter W [F, C / group, kh, kw] and bias
 // B [F], computed from X's non-zero entries only: each adds value * W[f, c, ky, kx] to the outputs
 // it reaches. An SNN's neurons fire in a small fraction of their steps, so a convolution after them
-// does that fraction of a dense one's work. onnx2snn.events puts it after the neurons when a
-// session is created.
+// does that fraction of a dense one's work. onnx2snn.runtime.events puts it after the neurons
+// when a session is created.
 //
 // Arithmetic: each output is its bias plus value * w terms added in the order (kernel row, kernel
 // column, input channel) -- each product rounded, then added (compiled without FMA contraction):

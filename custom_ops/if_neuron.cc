@@ -20,10 +20,11 @@
 //   channel_block b (int, default 0) and channels C (int): with b > 0 the tensors are in
 //   onnxruntime's blocked channel layout (NCHWc: [K*N, Cpad/b, H, W, b] in memory for the logical
 //   shape [K*N, Cpad, H, W], Cpad = C rounded up to b), axis must be 1, and the Cpad - C padding
-//   channels never fire. Set by onnx2snn.layout on onnxruntime's optimized graph, never in files.
+//   channels never fire. Set by onnx2snn.runtime.layout (a session-time pass) on onnxruntime's
+//   optimized graph, never in files.
 //
-// addend, bias and repeat_input are set by onnx2snn.events when a session is created (the Add
-// nodes and the time tiling in front of a neuron, fused); files keep the Adds.
+// addend, bias and repeat_input are set by onnx2snn.runtime.fusion when a session is created (the
+// Add nodes and the time tiling in front of a neuron, fused); files keep the Adds.
 //
 // Per step: v += (x_t [+ addend_t] [+ bias]); s_t = (v > theta) ? theta : 0; v -= s_t. With max_spikes M > 1 the
 // firing repeats up to M times within the step: s_t = 0; M times { f = (v > theta) ? theta : 0; v -= f; s_t += f }

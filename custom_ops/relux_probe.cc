@@ -12,7 +12,8 @@
 // Attributes: axis (int, default 1); channel_block b (int, default 0) and channels C (int): with
 //   b > 0, x and y are in onnxruntime's blocked channel layout (memory [N, Cpad/b, H, W, b] for the
 //   logical shape [N, Cpad, H, W]), axis must be 1 and the padding channels (C..Cpad-1) are left out
-//   of every statistic. Set by onnx2snn.layout on onnxruntime's optimized graph, never in files.
+//   of every statistic. Set by onnx2snn.runtime.layout (a session-time pass) on onnxruntime's
+//   optimized graph, never in files.
 // The fused form of the probe's standard-op graph, so calibration costs little more than the ANN's
 // own inference: one read for the statistics, one read and one write for y; in the blocked layout
 // on AVX-512 one pass that writes y = clip(x, 0, theta) with the statistics and records the entries

@@ -10,7 +10,7 @@
 // 0), dilations (default 1) as MaxPool's (ceil_mode 0, NOTSET padding); channel_block b (int,
 // default 0): with b > 0 every tensor is in onnxruntime's blocked channel layout ([.., C/b, H, W, b]
 // in memory for the logical [.., C, H, W]; padding channels hold zeros and stay zero). Set by
-// onnx2snn.layout on onnxruntime's optimized graph, never in files.
+// onnx2snn.runtime.layout (a session-time pass) on onnxruntime's optimized graph, never in files.
 //
 // The same float32 operations in the same order as the standard-op graph it replaces
 // (timefold.TimeFold.spiking_pool: CumSum over steps, MaxPool, difference of consecutive steps),
