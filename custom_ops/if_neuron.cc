@@ -7,7 +7,7 @@
 //   v_in   float32 [N, ...] (optional): membrane potential carried in from earlier steps.
 //   v0     float32 [prod(...)] or [1] (optional): the initial membrane potential of each neuron of one
 //          sample (or of all), in the input's units, the same for every sample. Without v_in and v0
-//          the potential starts at v_init * theta (README, "Neuron"); v_in takes precedence over v0.
+//          the potential starts at v_init * theta (docs/method/how-it-works.md); v_in takes precedence over v0.
 //   addend float32 [K*N, ...] (optional): added to x (a residual sum fused into the neuron).
 //   bias   float32 [C] or [1] (optional): a constant input current per channel, added after addend.
 //   spikes float32 [K*N, ...]: theta where the neuron fired, 0 elsewhere (weighted spikes).

@@ -11,8 +11,8 @@ _EXPORTS = {
     "Conversion": "api", "calibrate": "api", "convert": "api", "evaluate_file": "api", "load_snn": "api",
     "run": "api", "session": "api",
     "CalibConfig": "config", "SNNConfig": "config",
-    "Thresholds": "thresholds", "Preprocess": "data", "UserError": "errors",
-    "if_neuron": "neuron", "library_path": "runtime", "to_snn": "snn",
+    "Thresholds": "calibration.thresholds", "Preprocess": "data", "UserError": "errors",
+    "if_neuron": "ops.neuron", "library_path": "runtime", "to_snn": "snn",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -16,20 +16,20 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from . import batches as Bt
-from . import calibration as cal
+from .data import batches as Bt
+from .calibration import balancing as cal
 from . import data as D
-from . import evaluate as ev
-from . import model as M
+from .evaluate import evaluation as ev
+from .graph import onnx_io as M
 from . import runtime
-from .analyse import analyse, as_analysis, check_shapes
+from .graph.analyse import analyse, as_analysis, check_shapes
 from .cluster import check_flags as check_cluster, connect
 from .cluster.work import DataSpec
 from .config import AUTO, E_MAC_PJ, E_SOP_PJ, CalibConfig, SNNConfig, check_energy
-from .choices import choose_delay_on, correct_and_delay, data_defaults, simulation_batches  # noqa: F401 (API)
-from .choices import batches_used, calibration_batch_size
-from .energy import largest_activation
-from .delay import DelayChoice
+from .fit.steps import choose_delay_on, correct_and_delay, data_defaults, simulation_batches  # noqa: F401 (API)
+from .fit.steps import batches_used, calibration_batch_size
+from .graph.costs import largest_activation
+from .fit.delay import DelayChoice
 from .errors import UserError
 from .files import Files, write_atomic
 from . import freeze
@@ -38,14 +38,14 @@ from . import tasks
 from .freeze import FrozenNorms
 from .snn import check as check_form
 from .snn import to_snn
-from .plots import plot_report
-from .report import report_json
+from .evaluate.plots import plot_report
+from .evaluate.report import report_json
 from .runtime import memory as mem
 from .runtime.backends import RunJob
 from .runtime.memory import MemoryBudget
 from .snn.info import Provenance, SNNInfo
-from .thresholds import Thresholds
-from .tuning import choose_snapshot, snapshot_points
+from .calibration.thresholds import Thresholds
+from .fit.tuning import choose_snapshot, snapshot_points
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +202,7 @@ def convert(model_path, data=None, data_loader=None, output=None, *args, workers
     """ANN file -> SNN file (see _convert for the other arguments). `workers` (a local Dask cluster
     of that many processes) or `cluster` (an address: tcp://..., ray://..., ray:auto; a
     dask.distributed Client; or a cluster.connect engine): calibration, the corrections, the delay
-    choice and the check run their batches there (README "Scaling out"), with the same results;
+    choice and the check run their batches there (docs/guide/scaling-out.md), with the same results;
     `say` gets its notes (default: the log)."""
     with connect(workers, cluster, say) as engine:
         return _convert(model_path, data, data_loader, output, *args, engine=engine, **kwargs)

@@ -59,7 +59,7 @@ def augment_kind(augment) -> str | None:
 
 @dataclass(frozen=True)
 class CalibConfig:
-    """How thresholds are calibrated (README "How it works", step 3)."""
+    """How thresholds are calibrated (docs/method/how-it-works.md, step 3)."""
     method: str = "ltb"
     iters: int = 1000
     batch_size: int | None = None   # None: 100, or the model's fixed batch size
@@ -90,7 +90,7 @@ class CalibConfig:
 
 @dataclass(frozen=True)
 class SNNConfig:
-    """The spiking network to build (README "How it works", steps 4-8)."""
+    """The spiking network to build (docs/method/how-it-works.md, steps 4-8)."""
     timesteps: int = 64
     delay: int | str = 0        # readout from step D+1; "auto": chosen from data by api.convert (see delay.py)
     v_init: float = 0.5         # initial membrane potential, fraction of theta
@@ -109,7 +109,7 @@ class SNNConfig:
     spikes: str = "binary"      # or "burst:K": up to K spikes per neuron and step, thresholds divided by K
     signed: bool = False        # negative spikes (-θ) while a neuron's net spike count is positive
     # api.convert without an SNNConfig (and the CLI without --delay/--correct) uses delay "auto" and
-    # correct "both" when it has data: see choices.data_defaults and README "Defaults".
+    # correct "both" when it has data: see choices.data_defaults and docs/method/defaults.md.
 
     @property
     def max_spikes(self) -> int:

@@ -170,7 +170,7 @@ def exact_runtime_model():
     Conv-ReLU-Conv-Clip(0,6)-MaxPool(spiking)-Conv-Add(skip)-ReLU-MaxPool(spiking)-GAP-Gemm with
     integer weights and inputs and power-of-two thresholds: every sum is exactly representable."""
     from onnx2snn import Thresholds
-    from onnx2snn.analyse import analyse
+    from onnx2snn.graph.analyse import analyse
     rng = np.random.default_rng(0)
     w = lambda *s: rng.integers(-2, 3, size=s).astype(np.float32)  # noqa: E731
     nodes = [helper.make_node("Conv", ["input", "w0"], ["c0"], name="conv0", pads=[1, 1, 1, 1]),

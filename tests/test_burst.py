@@ -11,8 +11,8 @@ import pytest
 import graphs
 from onnx2snn import SNNConfig, Thresholds, to_snn
 from onnx2snn.errors import UserError
-from onnx2snn.evaluate import evaluate
-from onnx2snn.neuron import if_neuron
+from onnx2snn.evaluate.evaluation import evaluate
+from onnx2snn.ops.neuron import if_neuron
 from onnx2snn.snn.info import SNNInfo
 
 
@@ -112,7 +112,7 @@ def test_eval_counts_the_same_spikes_in_every_form():
 
 
 def test_a_stored_correction_is_reused_only_for_the_neuron_it_was_made_for():
-    from onnx2snn.correction import stored
+    from onnx2snn.fit.correction import stored
     th = Thresholds({"r": np.ones(2, np.float32)}, "manual",
                     {"correction": {"kind": "both", "timesteps": 8, "delay": 1}},
                     bias={"r": np.zeros(2, np.float32)})

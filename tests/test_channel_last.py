@@ -11,11 +11,12 @@ import pytest
 from onnx import TensorProto, helper
 
 import graphs
-from onnx2snn import SNNConfig, Thresholds, convert, reference, runtime, to_snn
-from onnx2snn.analyse import analyse
+from onnx2snn import SNNConfig, Thresholds, convert, runtime, to_snn
+from onnx2snn.ops import reference
+from onnx2snn.graph.analyse import analyse
 from onnx2snn.cli import main
 from onnx2snn.errors import InternalError, UserError
-from onnx2snn.neuron import DOMAIN, OPSET_VERSION, if_neuron
+from onnx2snn.ops.neuron import DOMAIN, OPSET_VERSION, if_neuron
 
 CHANNELS = 4
 FORMS = (dict(), dict(portable=True), dict(form="loop"), dict(form="loop", portable=True),
@@ -135,7 +136,7 @@ def test_an_operator_refusing_a_conversion_steps_inputs_is_reported_as_ours():
 
 def test_cli_names_the_step_and_node_when_a_conversion_builds_inputs_an_operator_refuses(tmp_path, capsys,
                                                                                         monkeypatch):
-    from onnx2snn import choices
+    from onnx2snn.fit import steps as choices
     model = _integer_model()
     onnx.save(model, tmp_path / "m.onnx")
     np.savez(tmp_path / "c.npz", input=np.random.default_rng(0).uniform(size=(40, 8, 8, 1)).astype(np.float32))

@@ -145,7 +145,7 @@ class _Joined:
     """The first `k` calibration batches of `size` samples (calibration_plan, seed 0) as one source."""
 
     def __init__(self, source, size, k):
-        from onnx2snn import batches as Bt
+        from onnx2snn.data import batches as Bt
         self.source = source
         self.take = [i for chunk in Bt.calibration_plan(len(source), size, k, 0) for i in chunk]
 

@@ -5,11 +5,12 @@ import numpy as np
 import pytest
 
 import graphs
-from onnx2snn import CalibConfig, SNNConfig, Thresholds, UserError, reference, runtime, to_snn
-from onnx2snn.analyse import analyse
-from onnx2snn.calibration import calibrate
-from onnx2snn import probes
-from onnx2snn.correction import correct
+from onnx2snn import CalibConfig, SNNConfig, Thresholds, UserError, runtime, to_snn
+from onnx2snn.ops import reference
+from onnx2snn.graph.analyse import analyse
+from onnx2snn.calibration.balancing import calibrate
+from onnx2snn.calibration import probes
+from onnx2snn.fit.correction import correct
 from onnx2snn.snn import simulate
 
 
@@ -170,8 +171,8 @@ def test_a_replay_from_the_saved_thresholds_is_the_same_snn_bit_for_bit(per_batc
     chooses the same delay and writes the same graph, in the unrolled and the looped form; the delay
     written is the best on the network written."""
     import onnx2snn
-    from onnx2snn.choices import correction_batch_size
-    from onnx2snn.energy import largest_activation
+    from onnx2snn.fit.steps import correction_batch_size
+    from onnx2snn.graph.costs import largest_activation
     from onnx2snn.runtime import memory as mem
     path, calib, test = _chain_files(tmp_path)
     model = analyse(str(path)).model
@@ -204,7 +205,7 @@ def test_both_corrections_beat_potential_alone_and_none_on_held_out_data(tmp_pat
     import onnx2snn
     path, calib, test = _chain_files(tmp_path)
     ann = runtime.session(path).run(None, {"input": test})[0]
-    th = calibrate(analyse(onnx2snn.model.load(path)), [{"input": np.load(calib)[:100]}] * 60, CalibConfig(iters=60))
+    th = calibrate(analyse(onnx2snn.graph.onnx_io.load(path)), [{"input": np.load(calib)[:100]}] * 60, CalibConfig(iters=60))
     err = {}
     for kind in ("none", "potential", "both"):
         res = onnx2snn.convert(path, data=str(calib), write=False, thresholds=th,
@@ -268,8 +269,8 @@ def test_one_pass_correction_equals_layer_by_layer_correction_on_one_batch(make,
 def test_the_delay_chosen_beside_a_correction_is_the_delay_of_the_corrected_network():
     """One simulation measures the correction and scores the delays of the network it corrects in
     the graph: the same scores as a separate delay choice on the corrected thresholds."""
-    from onnx2snn.correction import Corrector
-    from onnx2snn.delay import choose_delay
+    from onnx2snn.fit.correction import Corrector
+    from onnx2snn.fit.delay import choose_delay
     model = graphs.deep_chain_model(depth=6, features=12, seed=4)
     analysis = analyse(model)
     rng = np.random.default_rng(3)
@@ -293,7 +294,7 @@ def test_correction_graph_runs_bit_identically_in_the_sessions_rewritten_graph(k
     pool too, where the potential has the pooled shape) take onnxruntime's blocked layout in
     sessions (the potential reordered in the graph): same outputs as the graph as written."""
     from onnx import helper
-    from onnx2snn.correction import ANN_MEAN, Corrector, _correction_graph
+    from onnx2snn.fit.correction import ANN_MEAN, Corrector, _correction_graph
     from onnx2snn.runtime import layout
     rng = np.random.default_rng(2)
     nodes = [helper.make_node("Conv", ["input", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),

@@ -4,7 +4,7 @@ import pytest
 from PIL import Image
 
 from onnx2snn import UserError
-from onnx2snn import batches as Bt
+from onnx2snn.data import batches as Bt
 from onnx2snn import data as D
 
 INPUT = [D.InputInfo("input", (None, 3, 4, 4), np.dtype(np.float32))]

@@ -9,8 +9,8 @@ import pytest
 
 import onnx2snn
 from onnx2snn import CalibConfig, SNNConfig, evaluate_file
-from onnx2snn.delay import candidates
-from onnx2snn.model import get_metadata
+from onnx2snn.fit.delay import candidates
+from onnx2snn.graph.onnx_io import get_metadata
 
 sys.path.insert(0, str(Path(__file__).parent))
 import graphs  # noqa: E402

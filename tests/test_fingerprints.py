@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 
 import graphs
-from onnx2snn import SNNConfig, Thresholds, reference, runtime, to_snn
-from onnx2snn import model as M
-from onnx2snn.analyse import find_activations
+from onnx2snn import SNNConfig, Thresholds, runtime, to_snn
+from onnx2snn.ops import reference
+from onnx2snn.graph import onnx_io as M
+from onnx2snn.graph.analyse import find_activations
 
 PINNED = Path(__file__).with_name("fingerprints.json")
 MODELS = {"residual": graphs.residual_integer_model, "stem_pool": lambda: graphs.stem_pool_model(integer=True),

@@ -5,10 +5,11 @@ import pytest
 
 import graphs
 import onnx2snn
-from onnx2snn.neuron import DOMAIN
-from onnx2snn import CalibConfig, SNNConfig, Thresholds, runtime, reference, to_snn
-from onnx2snn import model as M
-from onnx2snn.analyse import find_activations
+from onnx2snn.ops.neuron import DOMAIN
+from onnx2snn import CalibConfig, SNNConfig, Thresholds, runtime, to_snn
+from onnx2snn.ops import reference
+from onnx2snn.graph import onnx_io as M
+from onnx2snn.graph.analyse import find_activations
 from onnx2snn.errors import UserError
 
 T = 16
@@ -157,7 +158,7 @@ def test_early_exit_keeps_accuracy_with_fewer_steps(cnn_path, digits_npz, tmp_pa
 
 
 def test_eval_gives_the_same_numbers_and_spike_counts_in_every_form(cnn_path, digits_npz, tmp_path):
-    from onnx2snn.evaluate import evaluate
+    from onnx2snn.evaluate.evaluation import evaluate
     calib, test = digits_npz
     ann = M.load(cnn_path)
     th = onnx2snn.calibrate(ann, onnx2snn.api.open_source(ann, str(calib)), CalibConfig(iters=30))

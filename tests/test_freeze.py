@@ -10,7 +10,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnx2snn import runtime
-from onnx2snn.analyse import analyse
+from onnx2snn.graph.analyse import analyse
 from onnx2snn.cli import main
 from onnx2snn.freeze import candidates, freeze
 

@@ -7,8 +7,9 @@ import pytest
 from onnx import helper
 
 import graphs
-from onnx2snn import CalibConfig, SNNConfig, Thresholds, UserError, reference, runtime, to_snn
-from onnx2snn.analyse import analyse
+from onnx2snn import CalibConfig, SNNConfig, Thresholds, UserError, runtime, to_snn
+from onnx2snn.ops import reference
+from onnx2snn.graph.analyse import analyse
 from onnx2snn.cli import main
 from onnx2snn.snn.info import SNNInfo
 
@@ -83,7 +84,7 @@ def test_silu_between_neurons_with_keep_analog():
                         ["N", 4], out_shape=["N", 3])
     assert {n.name for n, _ in analyse(model).blocking()} == {"sig", "silu"}
     assert analyse(model).blocking(keep_analog=True) == []
-    from onnx2snn.calibration import calibrate
+    from onnx2snn.calibration.balancing import calibrate
     th = calibrate(model, [{"input": rng.normal(size=(32, 4)).astype(np.float32)}], CalibConfig(method="max"))
     snn, _ = to_snn(model, th, SNNConfig(timesteps=8, keep_analog=True))
     assert sorted(SNNInfo.from_metadata(snn).analog) == ["sig", "silu"]

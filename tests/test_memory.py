@@ -5,14 +5,14 @@ import pytest
 
 import graphs
 from onnx2snn import UserError, api
-from onnx2snn import evaluate as ev
-from onnx2snn.analyse import as_analysis
+from onnx2snn.evaluate import evaluation as ev
+from onnx2snn.graph.analyse import as_analysis
 from onnx2snn.cli import main
 from onnx2snn.config import SNNConfig
-from onnx2snn.delay import choose_delay
+from onnx2snn.fit.delay import choose_delay
 from onnx2snn.runtime import memory as mem
 from onnx2snn.snn.info import SNNInfo
-from onnx2snn.thresholds import Thresholds
+from onnx2snn.calibration.thresholds import Thresholds
 
 
 def test_sizes_parse_in_binary_units_and_bad_ones_name_the_flag():

@@ -11,8 +11,8 @@ from onnx import TensorProto, helper
 import graphs
 import onnx2snn
 from onnx2snn import SNNConfig, Thresholds, runtime, to_snn
-from onnx2snn import model as M
-from onnx2snn.analyse import find_activations
+from onnx2snn.graph import onnx_io as M
+from onnx2snn.graph.analyse import find_activations
 from onnx2snn.errors import UserError
 
 nir = pytest.importorskip("nir", reason="the NIR export needs the optional `nir` package (pip install nir==1.0.8)")

@@ -4,7 +4,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from onnx2snn.neuron import DOMAIN, OPSET_VERSION
+from onnx2snn.ops.neuron import DOMAIN, OPSET_VERSION
 from onnx2snn import if_neuron, library_path, runtime
 
 

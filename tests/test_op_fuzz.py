@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from onnx import helper
 
 from onnx2snn import if_neuron, library_path
-from onnx2snn.neuron import DOMAIN, OPSET_VERSION
+from onnx2snn.ops.neuron import DOMAIN, OPSET_VERSION
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")   # NaN/Inf arithmetic is the point
 EXAMPLES = int(os.environ.get("ONNX2SNN_FUZZ_EXAMPLES", "150"))

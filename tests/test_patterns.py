@@ -7,8 +7,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnx2snn import CalibConfig, SNNConfig, runtime, to_snn
-from onnx2snn.analyse import analyse
-from onnx2snn.calibration import calibrate
+from onnx2snn.graph.analyse import analyse
+from onnx2snn.calibration.balancing import calibrate
 
 RNG = np.random.default_rng(0)
 T = 512

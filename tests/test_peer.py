@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(peer.available() is not None,
 
 
 def test_spikingjelly_build_of_the_snn_matches_onnx2snn(resnet_path, digits_npz):
-    ann = onnx2snn.model.load(resnet_path)
+    ann = onnx2snn.graph.onnx_io.load(resnet_path)
     calib, test = digits_npz
     th = onnx2snn.calibrate(ann, onnx2snn.api.open_source(ann, str(calib)), CalibConfig(iters=30))
     x = np.load(test)["input"][:64]

@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 
 import onnx2snn
-from onnx2snn import CalibConfig, SNNConfig, Thresholds, evaluate_file, runtime, reference
-from onnx2snn import model as M
+from onnx2snn import CalibConfig, SNNConfig, Thresholds, evaluate_file, runtime
+from onnx2snn.ops import reference
+from onnx2snn.graph import onnx_io as M
 
 TS = (8, 16, 32, 64, 128)
 
@@ -35,7 +36,7 @@ def test_eval_at_t_equals_the_converted_model_run_directly(cnn_path, digits_npz,
     x = np.load(test)["input"][:40]
     y = np.load(test)["y"][:40]
     direct = runtime.session(result.output).run(None, {"input": x})[0]
-    from onnx2snn.evaluate import evaluate
+    from onnx2snn.evaluate.evaluation import evaluate
     ev = evaluate(result.snn, [({"input": x}, y)], [10, 24, 40], ann=M.load(cnn_path))
     row = {r["T"]: r for r in ev.rows}[24]
     assert row["accuracy"] == np.mean(direct.argmax(1) == y)
@@ -90,7 +91,7 @@ def test_relu6_threshold_is_capped_by_the_clip(mlp_path, digits_npz, tmp_path):
 
 
 def test_looped_model_eval_from_one_simulation_equals_runs_per_t(cnn_path, digits_npz, tmp_path):
-    from onnx2snn.evaluate import evaluate, window_scores
+    from onnx2snn.evaluate.evaluation import evaluate, window_scores
     from onnx2snn.snn.info import SNNInfo
     calib, test = digits_npz
     result = onnx2snn.convert(cnn_path, data=str(calib), output=tmp_path / "l.onnx", calib=CalibConfig(iters=30),

@@ -2,9 +2,10 @@
 import numpy as np
 import pytest
 
-from onnx2snn import model as M
-from onnx2snn import runtime, probes
-from onnx2snn.calibration import calibrate
+from onnx2snn.graph import onnx_io as M
+from onnx2snn import runtime
+from onnx2snn.calibration import probes
+from onnx2snn.calibration.balancing import calibrate
 from onnx2snn.config import CalibConfig
 
 

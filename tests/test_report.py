@@ -93,7 +93,7 @@ def test_plot_without_matplotlib_names_the_extra(tiny, monkeypatch):
             raise ImportError(name)
         return real(name, *a, **k)
     monkeypatch.setattr(builtins, "__import__", no_matplotlib)
-    from onnx2snn.plots import plot_report
+    from onnx2snn.evaluate.plots import plot_report
     with pytest.raises(UserError, match=r"onnx2snn\[plots\]"):
         plot_report({"timesteps": [], "ann": {"accuracy": None}, "layers": []}, tiny)
 

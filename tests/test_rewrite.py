@@ -6,13 +6,14 @@ import onnx
 import pytest
 
 import graphs
-from onnx2snn.neuron import DOMAIN
-from onnx2snn import SNNConfig, Thresholds, UserError, runtime, reference, to_snn
-from onnx2snn import model as M
+from onnx2snn.ops.neuron import DOMAIN
+from onnx2snn import SNNConfig, Thresholds, UserError, runtime, to_snn
+from onnx2snn.ops import reference
+from onnx2snn.graph import onnx_io as M
 
 
 def _thresholds(model, value=1.0, layerwise=False):
-    from onnx2snn.analyse import find_activations
+    from onnx2snn.graph.analyse import find_activations
     acts = find_activations(M.to_graph(M.load_proto(model)))
     return Thresholds({a.name: np.full(1 if layerwise else a.channels, value, np.float32) for a in acts},
                       "manual", {"source": "test"})
@@ -150,7 +151,7 @@ def test_conversion_is_deterministic():
 
 
 def test_channel_axis_is_traced_through_transposes():
-    from onnx2snn.analyse import find_activations
+    from onnx2snn.graph.analyse import find_activations
     model = graphs.nhwc_model()
     acts = {a.name: a for a in find_activations(M.to_graph(M.load_proto(model)))}
     assert (acts["relu1"].axis, acts["relu1"].channels) == (3, 5)

@@ -19,10 +19,10 @@ import pytest
 
 import graphs
 from onnx2snn import CalibConfig, SNNConfig, runtime, to_snn
-from onnx2snn.analyse import analyse
+from onnx2snn.graph.analyse import analyse
 
 JS = Path(__file__).resolve().parent / "js"
-# the forms each runtime implements (README "Deploying")
+# the forms each runtime implements (docs/guide/deploying.md)
 FORMS = {
     "unrolled": dict(),                                   # the --portable default: steps written out
     "unrolled-scan": dict(portable_steps="scan"),

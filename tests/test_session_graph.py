@@ -12,8 +12,8 @@ import graphs
 from onnx2snn import SNNConfig, if_neuron, runtime, to_snn
 from onnx2snn.runtime import layout
 from onnx2snn.runtime.fusion import fuse_inputs
-from onnx2snn.neuron import DOMAIN, OPSET_VERSION
-from onnx2snn.thresholds import Thresholds
+from onnx2snn.ops.neuron import DOMAIN, OPSET_VERSION
+from onnx2snn.calibration.thresholds import Thresholds
 
 OPSETS = [helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, OPSET_VERSION)]
 
@@ -130,8 +130,8 @@ def test_event_conv_refuses_mismatched_shapes():
 
 
 def _thresholds(model, seed=3):
-    from onnx2snn import model as M
-    from onnx2snn.analyse import find_activations
+    from onnx2snn.graph import onnx_io as M
+    from onnx2snn.graph.analyse import find_activations
     acts = find_activations(M.to_graph(M.load_proto(model)))
     rng = np.random.default_rng(seed)
     return Thresholds({a.name: (2.0 ** rng.integers(0, 3, size=a.channels)).astype(np.float32) for a in acts},
@@ -196,7 +196,7 @@ def test_layout_drops_the_copies_around_neurons_where_onnxruntime_blocks_channel
 def test_event_convs_are_opt_in_and_close_to_dense(resnet_path, digits_npz):
     import onnx2snn
     from onnx2snn.runtime import events
-    ann = onnx2snn.model.load(resnet_path)
+    ann = onnx2snn.graph.onnx_io.load(resnet_path)
     calib, test = digits_npz
     th = onnx2snn.calibrate(ann, onnx2snn.api.open_source(ann, str(calib)), onnx2snn.CalibConfig(iters=10))
     snn, _ = to_snn(ann, th, SNNConfig(timesteps=16))
@@ -217,7 +217,7 @@ POOLS = [   # (kernel, stride, pads, dilation)
 def _standard_pool_graph(steps, kernel, stride, pads, dilation, state):
     """timefold.spiking_pool's standard-op graph, built with that module: the operator's oracle."""
     import onnx_graphsurgeon as gs
-    from onnx2snn.builder import Builder
+    from onnx2snn.graph.builder import Builder
     from onnx2snn.snn.timefold import TimeFold
     graph = gs.Graph(opset=17)
     x = gs.Variable("x", np.float32)
@@ -261,7 +261,7 @@ def test_spiking_max_pool_operator_equals_the_standard_op_graph(kernel, stride, 
     outs = ["y"] + (["sums_out", "peak_out"] if state else [])
     got = _single("SpikingMaxPool", ins, outs, **attrs).run(None, feeds)
     assert all(np.array_equal(a, b) for a, b in zip(got, want))
-    from onnx2snn import reference
+    from onnx2snn.ops import reference
     node = helper.make_node("SpikingMaxPool", ins, outs, domain=DOMAIN, **attrs)
     graph = helper.make_graph([node], "p", [helper.make_tensor_value_info(i, TensorProto.FLOAT, None) for i in ins],
                               [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outs])

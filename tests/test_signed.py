@@ -11,8 +11,8 @@ import pytest
 import graphs
 from onnx2snn import SNNConfig, Thresholds, runtime, to_snn
 from onnx2snn.errors import UserError
-from onnx2snn.evaluate import evaluate
-from onnx2snn.neuron import if_neuron
+from onnx2snn.evaluate.evaluation import evaluate
+from onnx2snn.ops.neuron import if_neuron
 from onnx2snn.snn import simulate
 from onnx2snn.snn.info import SNNInfo
 
@@ -173,7 +173,7 @@ def test_metadata_command_line_and_nir_refusal(tmp_path, capsys):
 
 
 def test_a_stored_correction_is_reused_only_for_the_neuron_it_was_made_for():
-    from onnx2snn.correction import stored
+    from onnx2snn.fit.correction import stored
     th = Thresholds({"r": np.ones(2, np.float32)}, "manual",
                     {"correction": {"kind": "both", "timesteps": 8, "spikes": "burst:2"}},
                     bias={"r": np.zeros(2, np.float32)})

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from onnx2snn import UserError
-from onnx2snn import batches as Bt
+from onnx2snn.data import batches as Bt
 from onnx2snn import data as D
 from onnx2snn.config import CalibConfig
 from onnx2snn.data import CocoImages, VOCSegmentation

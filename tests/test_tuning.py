@@ -7,10 +7,10 @@ import numpy as np
 import graphs
 from onnx2snn import CalibConfig, SNNConfig
 from onnx2snn import data as D
-from onnx2snn.analyse import analyse
-from onnx2snn.calibration import calibrate
+from onnx2snn.graph.analyse import analyse
+from onnx2snn.calibration.balancing import calibrate
 from onnx2snn.cli import main
-from onnx2snn.tuning import choose_snapshot, snapshot_points
+from onnx2snn.fit.tuning import choose_snapshot, snapshot_points
 
 
 def test_snapshot_points():

@@ -9,10 +9,11 @@ import pytest
 from onnx import helper
 
 import graphs
-from onnx2snn import CalibConfig, SNNConfig, Thresholds, UserError, energy, runtime, to_snn
-from onnx2snn import model as M
-from onnx2snn.analyse import analyse
-from onnx2snn.builder import Builder
+from onnx2snn import CalibConfig, SNNConfig, Thresholds, UserError, runtime, to_snn
+from onnx2snn.graph import costs as energy
+from onnx2snn.graph import onnx_io as M
+from onnx2snn.graph.analyse import analyse
+from onnx2snn.graph.builder import Builder
 from onnx2snn.snn.info import Provenance, SNNInfo
 
 
@@ -195,3 +196,19 @@ def test_a_missing_runtime_package_is_named(monkeypatch, tmp_path):
             runtime.backend(name, tmp_path / "p.onnx")
     with pytest.raises(UserError, match="--runtime cuda"):
         runtime.backend("cuda", tmp_path / "p.onnx")
+
+
+def test_the_public_names_are_what_they_say_after_every_subpackage_is_imported():
+    """A subpackage named like a public function (onnx2snn.calibrate) would replace it once imported."""
+    import importlib
+    import pkgutil
+
+    import onnx2snn
+    for info in pkgutil.walk_packages(onnx2snn.__path__, "onnx2snn."):
+        if not info.name.startswith(("onnx2snn.nir", "onnx2snn.cluster")) and not info.name.endswith("__main__") \
+                and not info.name.startswith("onnx2snn._"):
+            importlib.import_module(info.name)
+    for name in onnx2snn.__all__:
+        value = getattr(onnx2snn, name)
+        assert not isinstance(value, type(onnx2snn)), (name, value)
+    assert callable(onnx2snn.calibrate) and callable(onnx2snn.convert)

@@ -28,10 +28,10 @@ import numpy as np
 from benchcommon import best_seconds, high_water_mb, parser
 
 from onnx2snn import CalibConfig, SNNConfig, runtime, to_snn
-from onnx2snn import batches as Bt
+from onnx2snn.data import batches as Bt
 from onnx2snn import data as D
-from onnx2snn import model as M
-from onnx2snn.analyse import analyse
+from onnx2snn.graph import onnx_io as M
+from onnx2snn.graph.analyse import analyse
 from onnx2snn.api import calibrate
 
 FORMS = {"unrolled": {}, "loop": dict(form="loop"), "loop-chunk8": dict(form="loop", chunk=8),

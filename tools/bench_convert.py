@@ -21,12 +21,12 @@ from benchcommon import best_seconds, parser
 
 import onnx2snn
 from onnx2snn import api, runtime
-from onnx2snn import batches as Bt
+from onnx2snn.data import batches as Bt
 from onnx2snn import data as D
-from onnx2snn import model as M
-from onnx2snn.calibration import batches_needed, calibrate
+from onnx2snn.graph import onnx_io as M
+from onnx2snn.calibration.balancing import batches_needed, calibrate
 from onnx2snn.config import CalibConfig, SNNConfig
-from onnx2snn.evaluate import evaluate
+from onnx2snn.evaluate.evaluation import evaluate
 from onnx2snn.snn import to_snn
 
 

@@ -21,9 +21,9 @@ from benchcommon import best_seconds, parser
 
 from onnx2snn import SNNConfig, Thresholds, runtime, to_snn
 from onnx2snn.files import write_atomic
-from onnx2snn import batches as Bt
+from onnx2snn.data import batches as Bt
 from onnx2snn import data as D
-from onnx2snn import model as M
+from onnx2snn.graph import onnx_io as M
 
 FORMS = {
     "unrolled": dict(form="unrolled"),

@@ -25,10 +25,10 @@ from pathlib import Path
 from benchcommon import parser
 
 from onnx2snn import api, cli
-from onnx2snn import batches as Bt
+from onnx2snn.data import batches as Bt
 from onnx2snn import data as D
-from onnx2snn import model as M
-from onnx2snn.evaluate import evaluate
+from onnx2snn.graph import onnx_io as M
+from onnx2snn.evaluate.evaluation import evaluate
 
 
 def main():

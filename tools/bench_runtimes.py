@@ -26,7 +26,7 @@ from benchcommon import parser
 
 from onnx2snn import SNNConfig, Thresholds, runtime, to_snn
 from onnx2snn import data as D
-from onnx2snn import model as M
+from onnx2snn.graph import onnx_io as M
 
 JS = Path(__file__).resolve().parents[1] / "tests" / "js"
 FORMS = {"unrolled": {}, "unrolled-scan": dict(portable_steps="scan"), "loop": dict(form="loop"),

@@ -44,9 +44,9 @@ def _convert(model, calib, out, iters, extra, queue):
 
 def _eval(snn, data, ann, timesteps, queue):
     from onnx2snn import api
-    from onnx2snn.energy import largest_activation
+    from onnx2snn.graph.costs import largest_activation
     from onnx2snn.runtime import memory as mem
-    from onnx2snn import model as M
+    from onnx2snn.graph import onnx_io as M
     from onnx2snn.snn.info import SNNInfo
     info = SNNInfo.from_metadata(M.load(snn))
     start = time.perf_counter()

@@ -30,8 +30,8 @@ from benchcommon import parser
 
 from onnx2snn import SNNConfig, Thresholds, runtime, to_snn
 from onnx2snn import data as D
-from onnx2snn.analyse import analyse
-from onnx2snn.correction import without
+from onnx2snn.graph.analyse import analyse
+from onnx2snn.fit.correction import without
 
 CONFIGS = [dict(form="unrolled"), dict(form="unrolled", portable=True), dict(form="loop"),
            dict(form="loop", chunk=8), dict(form="loop", chunk=5, portable=True),

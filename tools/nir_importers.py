@@ -1,11 +1,11 @@
 """The NIR importer table: each framework's NIR importer (and settings) x exported test model ->
 spike-count entries (IF neuron x sample) that differ from onnx2snn's reference run_nir (reset by
 subtraction), or from its reset-to-zero variant for Norse. Uses the runners of
-tests/test_nir_importers.py (README "To neuromorphic hardware"):
+tests/test_nir_importers.py (docs/guide/nir.md):
 
     python tools/nir_importers.py
 
-Needs the cross-check frameworks (README "Tests": nirtorch, snntorch, norse, sinabs, pbr).
+Needs the cross-check frameworks (docs/reference/tests.md: nirtorch, snntorch, norse, sinabs, pbr).
 """
 import contextlib
 import io

@@ -48,7 +48,7 @@ def _main(argv=None) -> int:
     verbose = getattr(args, "verbose", False)
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", force=True)
-    from ..model import onnxruntime_logging
+    from ..graph.onnx_io import onnxruntime_logging
     onnxruntime_logging(verbose)             # onnxruntime's own warnings only with -v
     try:
         return {"convert": commands.convert, "eval": commands.evaluate, "run": commands.run, "demo": commands.demo,

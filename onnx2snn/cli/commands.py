@@ -97,7 +97,7 @@ def configs(args) -> tuple:
 
 def convert(args) -> int:
     from .. import api
-    from ..report import eval_table, layers_table, report_lines
+    from ..evaluate.report import eval_table, layers_table, report_lines
     from ..snn.info import SNNInfo
     calib, snn = configs(args)
     _check_json(args, [(args.model, "the model"), (args.thresholds, "--thresholds")] + _data_inputs(args),
@@ -174,7 +174,7 @@ def _delay_flag(value):
 
 def evaluate(args) -> int:
     from .. import api
-    from ..report import delay_line, eval_table, report_lines
+    from ..evaluate.report import delay_line, eval_table, report_lines
     from ..snn.info import SNNInfo
     check_energy(args.e_sop, args.e_mac)
     snn = api.load_snn(args.snn)
@@ -229,8 +229,8 @@ def _written(args, arrays: dict) -> None:
 
 
 def inspect(args) -> int:
-    from ..inspection import inspect_model
-    from ..report import inspection_text
+    from ..evaluate.inspection import inspect_model
+    from ..evaluate.report import inspection_text
     _check_json(args, [(args.model, "the model")])
     report = inspect_model(args.model, keep_analog=args.keep_analog, freeze_norm=args.freeze_norm, nir=args.nir)
     _emit(args, report, None if args.quiet else inspection_text(report))
@@ -280,7 +280,7 @@ def run_nir(args) -> int:
 
 
 def demo(args) -> int:
-    from .. import demo
+    from . import demo
     _check_json(args, [(demo.MODEL, "the demo model")], [(args.output, "-o")])
     result, evaluation = demo.run(args.output, iters=args.iters, progress=_progress(args))
     _emit(args, {"conversion": result.to_json(), "eval": evaluation.to_json()},

@@ -41,7 +41,7 @@ def _data_flags(p: argparse.ArgumentParser, required_note: str):
 
 
 def _cluster_flags(p: argparse.ArgumentParser):
-    g = p.add_argument_group("scaling out (README \"Scaling out\"; the same results as one process)")
+    g = p.add_argument_group("scaling out (docs/guide/scaling-out.md; the same results as one process)")
     g.add_argument("--workers", type=int, metavar="N",
                    help="run the batches on a local Dask cluster of N worker processes (the onnx2snn[dask] extra)")
     g.add_argument("--cluster", metavar="ADDRESS",
@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="samples per calibration batch (100, fewer if 100 do not fit --max-memory; a model with a "
                         "fixed batch size uses that)")
     g.add_argument("--lr", type=float, default=CalibConfig.lr,
-                   help=f"LTB learning rate ({CalibConfig.lr}; the paper uses 1.0, README \"Defaults\")")
+                   help=f"LTB learning rate ({CalibConfig.lr}; the paper uses 1.0, docs/method/defaults.md)")
     g.add_argument("--seed", type=int, default=0, help="shuffling/augmentation seed (0)")
     g.add_argument("--augment", nargs="?", const="crop-flip", metavar="KIND",
                    help="augment calibration batches: crop-flip (the default KIND: random flips and padded crops), "
@@ -252,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser("export-nir", help="write a converted SNN as a NIR graph (neuromorphic toolchains)",
                        description="The SNN (unrolled form, without --portable) from its input to the readout as "
                                    "a NIR file; what runs on the host is written beside it as small ONNX files "
-                                   "(README \"To neuromorphic hardware\").")
+                                   "(docs/guide/nir.md).")
     x.add_argument("snn", help="an SNN written by onnx2snn (.onnx)")
     x.add_argument("-o", "--output", help="the NIR file (default: the SNN's name with .nir)")
     x.add_argument("--target", choices=["speck"],

@@ -1,4 +1,4 @@
-"""Running evaluation, `run` and conversion on a cluster (README "Scaling out").
+"""Running evaluation, `run` and conversion on a cluster (docs/guide/scaling-out.md).
 
     engines.py   the engines: a local Dask cluster (--workers N), an existing Dask scheduler
                  (--cluster tcp://...), Ray (--cluster ray://... or ray:auto); shards in, results
@@ -89,7 +89,7 @@ def batch_shards(engine, batches, what: str, why: str | None = None):
     """(shards, work.Reading or None) for a run of `what` over `batches` (batches.EvalBatches, or
     any iterable of (feeds, labels)): sample indices the workers read when they all see the data
     (engine.sees), else the batches themselves, read here and sent (`why`: the reason to say). Says which."""
-    from .. import batches as Bt
+    from ..data import batches as Bt
     from .work import Reading, Shard, data_spec
     spec = data_spec(batches.source) if isinstance(batches, Bt.EvalBatches) else None
     if spec is not None and engine.sees(spec):
@@ -107,7 +107,7 @@ def calibration_shards(engine, source, batch_size: int, iters: int, seed: int, a
     """(shards, work.Reading or None) of calibration's batches (batches.calibration_plan: the shard
     id is the batch's index, which seeds its augmentation), read by the workers when they see the
     data, else read (and augmented) here and sent."""
-    from .. import batches as Bt
+    from ..data import batches as Bt
     from .work import Reading, Shard, data_spec
     spec = data_spec(source)
     if spec is not None and engine.sees(spec):

@@ -14,7 +14,7 @@ import pickle
 import threading
 from dataclasses import dataclass, field
 
-from .. import batches as Bt
+from ..data import batches as Bt
 from .. import runtime  # noqa: F401 (imported as a worker starts: its first shard does not wait for it)
 from ..config import augment_kind
 

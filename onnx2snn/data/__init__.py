@@ -14,8 +14,18 @@ from pathlib import Path
 from ..errors import UserError
 from .datasets import CocoImages, VOCSegmentation
 from .inputs import InputInfo, Preprocess, model_inputs, parse_floats, resolve_batch, static_batch
-from .sources import (ARRAY_EXTS, CACHE_ENV, IMAGE_EXTS, LABEL_KEYS, ArrayFiles, ImageFolder, ImageSource,
-                      LoaderScript, Source, Subset, split)
+from .sources import (
+    ARRAY_EXTS,
+    CACHE_ENV,
+    IMAGE_EXTS,
+    LABEL_KEYS,
+    ArrayFiles,
+    ImageFolder,
+    ImageSource,
+    LoaderScript,
+    Source,
+    Subset,
+    split)
 
 __all__ = ["ARRAY_EXTS", "CACHE_ENV", "IMAGE_EXTS", "LABEL_KEYS", "ArrayFiles", "CocoImages", "ImageFolder",
            "ImageSource", "InputInfo", "LoaderScript", "Preprocess", "Source", "Subset", "VOCSegmentation",

@@ -23,10 +23,10 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from .. import model as M
+from ..graph import onnx_io as M
 from .. import runtime
-from ..analyse import NORM_OPS
-from ..builder import Builder
+from ..graph.analyse import NORM_OPS
+from ..graph.builder import Builder
 from ..errors import UserError
 
 log = logging.getLogger(__name__)

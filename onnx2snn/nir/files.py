@@ -26,8 +26,8 @@ from onnx import helper
 
 from ..errors import InternalError, UserError
 from ..files import Files, write_atomic
-from ..model import uses_domain
-from ..neuron import DOMAIN
+from ..graph.onnx_io import uses_domain
+from ..ops.neuron import DOMAIN
 from .export import load_nir, to_nir
 from .simulate import run_nir
 
@@ -219,7 +219,7 @@ def verdict(analysis, keep_analog: bool = False, spikes: str = "binary", signed:
     {"exportable", "reason", "input_coding", "host"}."""
     from ..config import SNNConfig
     from ..snn import to_snn
-    from ..thresholds import Thresholds
+    from ..calibration.thresholds import Thresholds
     try:
         snn, _ = to_snn(analysis, Thresholds.placeholder(analysis.activations),
                         SNNConfig(timesteps=2, keep_analog=keep_analog, spikes=spikes, signed=signed))

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import UserError
-from ..neuron import DOMAIN
+from ..ops.neuron import DOMAIN
 from .reading import as_text, data_inputs, node_attrs
 from .refusals import WAY_LINEAR, WHERE, PreRefused, check_expressible, refuse
 

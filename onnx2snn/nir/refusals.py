@@ -14,7 +14,7 @@ channels, constants computed inside the network.
 from __future__ import annotations
 
 from ..errors import UserError
-from ..neuron import DOMAIN
+from ..ops.neuron import DOMAIN
 
 WHERE = "to_nir"
 WAY_LINEAR = "NIR 1.0 expresses Conv, Gemm/MatMul, average pooling, Flatten and sums between neurons"

@@ -6,8 +6,8 @@ import importlib
 import onnx
 
 from ..errors import UserError
-from ..model import uses_domain
-from ..neuron import DOMAIN
+from ..graph.onnx_io import uses_domain
+from ..ops.neuron import DOMAIN
 from .sessions import run_checked, session
 
 RUNTIMES = ("onnxruntime", "openvino", "tract")

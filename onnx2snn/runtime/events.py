@@ -14,8 +14,8 @@ from __future__ import annotations
 import onnx
 from onnx import helper
 
-from ..model import all_graphs
-from ..neuron import DOMAIN
+from ..graph.onnx_io import all_graphs
+from ..ops.neuron import DOMAIN
 
 MIN_FILTERS = 64
 _CONV_ATTRS = ("strides", "pads", "dilations", "group")

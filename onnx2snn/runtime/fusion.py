@@ -14,8 +14,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .layout import static_shapes
-from ..model import all_graphs
-from ..neuron import DOMAIN
+from ..graph.onnx_io import all_graphs
+from ..ops.neuron import DOMAIN
 
 
 def fuse_inputs(model: onnx.ModelProto, shapes: dict | None = None) -> bool:

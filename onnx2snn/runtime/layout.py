@@ -26,8 +26,8 @@ import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 
-from ..model import all_graphs, onnxruntime_logging, subgraphs
-from ..neuron import DOMAIN, STATES
+from ..graph.onnx_io import all_graphs, onnxruntime_logging, subgraphs
+from ..ops.neuron import DOMAIN, STATES
 
 NCHWC = "com.microsoft.nchwc"
 _OURS = ("IFNeuron", "ReLUXProbe", "SpikingMaxPool")

@@ -15,8 +15,8 @@ import onnxruntime as ort
 
 from . import events, fusion, layout
 from ..errors import InternalError, UserError
-from ..model import all_graphs, onnxruntime_logging, uses_domain
-from ..neuron import DOMAIN
+from ..graph.onnx_io import all_graphs, onnxruntime_logging, uses_domain
+from ..ops.neuron import DOMAIN
 
 _ENV = "ONNX2SNN_OPS_LIBRARY"
 _REWRITE_ENV = "ONNX2SNN_REWRITE"

@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import onnx
 
-from ..analyse import Analysis, as_analysis
+from ..graph.analyse import Analysis, as_analysis
 from ..config import AUTO, SNNConfig
 from ..errors import UserError
 from . import loop, unrolled

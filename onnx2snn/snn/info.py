@@ -12,7 +12,7 @@ import onnx
 
 from .._version import __version__
 from ..errors import UserError
-from ..model import get_metadata
+from ..graph.onnx_io import get_metadata
 
 _P = "onnx2snn."
 

@@ -17,10 +17,18 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..errors import UserError
-from ..model import shapes
+from ..graph.onnx_io import shapes
 from .info import Provenance
 from .portable import EXPLICIT_MAX, lower_neurons
-from .prepare import BIAS_SUFFIX, Prepared, boundary, connect_readout, describe_snn, finish, spiking_pools, tile_pre_inputs
+from .prepare import (
+    BIAS_SUFFIX,
+    Prepared,
+    boundary,
+    connect_readout,
+    describe_snn,
+    finish,
+    spiking_pools,
+    tile_pre_inputs)
 from .timefold import TimeFold, theta_broadcast
 
 TRIP_NAME = "onnx2snn.loop_iterations"

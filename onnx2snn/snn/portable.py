@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..builder import Builder
+from ..graph.builder import Builder
 from ..errors import UserError
 from .timefold import theta_broadcast
 

@@ -14,15 +14,15 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from .. import energy
+from ..graph import costs as energy
 from .._version import __version__
-from ..analyse import Analysis, Regions, analog_nodes, classify, describe, nonlinear_nodes
-from ..builder import Builder
+from ..graph.analyse import Analysis, Regions, analog_nodes, classify, describe, nonlinear_nodes
+from ..graph.builder import Builder
 from ..config import SNNConfig
 from ..errors import UserError
-from ..model import export, set_metadata, shapes
-from ..neuron import DOMAIN, OPSET_VERSION
-from ..thresholds import Thresholds
+from ..graph.onnx_io import export, set_metadata, shapes
+from ..ops.neuron import DOMAIN, OPSET_VERSION
+from ..calibration.thresholds import Thresholds
 from .info import Provenance, SNNInfo
 from .timefold import TimeFold, theta_broadcast
 

@@ -15,10 +15,10 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from ..builder import Builder
+from ..graph.builder import Builder
 from ..errors import UserError
-from ..model import default_opset
-from ..neuron import DOMAIN, STATES, node_states
+from ..graph.onnx_io import default_opset
+from ..ops.neuron import DOMAIN, STATES, node_states
 from .info import SNNInfo
 from .loop import DELAY_NAME, STEPS_NAME, TRIP_NAME
 from .prepare import T_NAME

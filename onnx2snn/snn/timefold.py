@@ -11,8 +11,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from ..builder import Builder
-from ..neuron import DOMAIN
+from ..graph.builder import Builder
+from ..ops.neuron import DOMAIN
 
 BIG = np.iinfo(np.int64).max
 

@@ -178,5 +178,5 @@ def for_check(model: onnx.ModelProto, source) -> TaskSpec | None:
     except detection (no decode there; its labels are then not used)."""
     if getattr(source, "task_hint", None) in (None, "detect"):
         return None
-    from ..evaluate import score_output
+    from ..evaluate.evaluation import score_output
     return infer(model, score_output(model), source)

@@ -2,8 +2,17 @@
 from __future__ import annotations
 
 from ..export import load_nir
-from .layers import (SpeckGraph, back_to_input, bias_of, find_destinations, find_sources,
-                     leads_to_output_only, new_layer, skip_fold, type_name, weight_of)
+from .layers import (
+    SpeckGraph,
+    back_to_input,
+    bias_of,
+    find_destinations,
+    find_sources,
+    leads_to_output_only,
+    new_layer,
+    skip_fold,
+    type_name,
+    weight_of)
 from . import limits
 from .limits import CORES, THRESHOLD_LOW, sinabs_version
 from .report import SpeckReport

@@ -1,10 +1,10 @@
 """What a conversion and an evaluation produced, for people (plain-text tables; the library never
-prints) and for machines (`report_json`: the schema is in the README, "Reports and plots")."""
+prints) and for machines (`report_json`: the schema is in docs/guide/reports.md)."""
 from __future__ import annotations
 
 import numpy as np
 
-from .config import E_MAC_PJ, E_SOP_PJ
+from ..config import E_MAC_PJ, E_SOP_PJ
 
 
 def layers_table(layers) -> str:

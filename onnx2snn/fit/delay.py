@@ -12,11 +12,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, replace
 
-from .analyse import Analysis
-from .config import SNNConfig
-from .evaluate import delay_candidates as candidates, window_scores  # noqa: F401 (candidates: API)
-from .snn import to_snn
-from .snn.info import SNNInfo
+from ..graph.analyse import Analysis
+from ..config import SNNConfig
+from ..evaluate.evaluation import delay_candidates as candidates, window_scores  # noqa: F401 (candidates: API)
+from ..snn import to_snn
+from ..snn.info import SNNInfo
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from .errors import UserError
-from .files import write_atomic
+from ..errors import UserError
+from ..files import write_atomic
 
 
 def _pyplot():

@@ -11,12 +11,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, replace
 
-from .analyse import Analysis
-from .config import AUTO, SNNConfig
+from ..graph.analyse import Analysis
+from ..config import AUTO, SNNConfig
 from .delay import choose_delay
-from .evaluate import window_scores
-from .snn import to_snn
-from .snn.info import SNNInfo
+from ..evaluate.evaluation import window_scores
+from ..snn import to_snn
+from ..snn.info import SNNInfo
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from . import model as M
-from .analyse import NO_ACTIVATION, NORM_OPS, Analysis, analog_nodes, analyse
-from .data import model_inputs
+from ..graph import onnx_io as M
+from ..graph.analyse import NO_ACTIVATION, NORM_OPS, Analysis, analog_nodes, analyse
+from ..data import model_inputs
 
 
 def _input_hint(shape, dtype) -> str:
@@ -89,7 +89,7 @@ def inspect_model(path, keep_analog: bool = False, freeze_norm: bool = False, ni
                              "reason": "not judged: the --freeze-norm layers are fixed from calibration data; "
                                        "convert, then run export-nir"}
         else:
-            from .nir.files import verdict
+            from ..nir.files import verdict
             report["nir"] = verdict(analysis, keep_analog)
     return report
 

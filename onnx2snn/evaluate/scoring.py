@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import runtime
-from .errors import UserError
+from .. import runtime
+from ..errors import UserError
 
 
 def top1(x) -> np.ndarray:

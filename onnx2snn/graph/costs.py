@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from .model import shapes
+from .onnx_io import shapes
 
 
 _WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")

@@ -13,15 +13,17 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from . import probes, runtime, scoring
-from .analyse import as_analysis
-from .errors import UserError
-from .runtime import memory as mem
-from .runtime.memory import MemoryBudget
-from .snn import simulate
-from .snn.info import SNNInfo
-from .snn.runs import SLICE_WEIGHT_COPIES, score_output, slice_steps  # noqa: F401 (SLICE_WEIGHT_COPIES: API)
-from .snn.runs import History, input_names, PerT, Sliced, Unrolled
+from ..calibration import probes
+from .. import runtime
+from . import scoring
+from ..graph.analyse import as_analysis
+from ..errors import UserError
+from ..runtime import memory as mem
+from ..runtime.memory import MemoryBudget
+from ..snn import simulate
+from ..snn.info import SNNInfo
+from ..snn.runs import SLICE_WEIGHT_COPIES, score_output, slice_steps  # noqa: F401 (SLICE_WEIGHT_COPIES: API)
+from ..snn.runs import History, input_names, PerT, Sliced, Unrolled
 
 log = logging.getLogger(__name__)
 
@@ -274,7 +276,7 @@ def window_scores(snn: onnx.ModelProto, info: SNNInfo, windows, batches, ann: on
         stats = runner.stats
         parts = (runner(feeds, labels) for feeds, labels in batches)
     else:
-        from .cluster import batch_shards
+        from ..cluster import batch_shards
         stats = job.stats(info, threads)
         shards, reading = batch_shards(engine, batches, what)
         parts = _from_shards(engine.map(what, job, shards, reading), batches)

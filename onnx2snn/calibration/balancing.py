@@ -1,6 +1,6 @@
 """Threshold calibration: stream batches through the probed model in onnxruntime, update in NumPy.
 
-Methods (README "How it works", step 3):
+Methods (docs/method/how-it-works.md, step 3):
 - ltb: channel-wise local threshold balancing (Bu et al.): theta += lr * 2 * mean((x-theta)H(x-theta)).
 - ltb-layer: the same with one theta per layer.
 - max: the largest activation seen (max-norm), one theta per layer.
@@ -23,10 +23,11 @@ import time
 
 import numpy as np
 
-from . import probes, runtime
-from .analyse import Analysis, as_analysis
-from .config import CalibConfig
-from .errors import UserError
+from . import probes
+from .. import runtime
+from ..graph.analyse import Analysis, as_analysis
+from ..config import CalibConfig
+from ..errors import UserError
 from .thresholds import Thresholds
 
 log = logging.getLogger(__name__)

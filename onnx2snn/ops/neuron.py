@@ -2,7 +2,7 @@
 
 The reference is the oracle for the C++ operator (custom_ops/if_neuron.cc) and for every graph
 form: the arithmetic is float32 in the same order as the operator, so results are identical bit for
-bit. The semantics are those of the README's "Neuron" section.
+bit. The semantics are those of docs/method/how-it-works.md.
 """
 from __future__ import annotations
 

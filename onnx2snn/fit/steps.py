@@ -1,6 +1,6 @@
 """What a conversion fits to the SNN's T on calibration samples (labels never used): the readout
 delay (delay.py) and the corrections (correction.py), in the order `convert` runs them, and the
-defaults that depend on whether there is data at all (README "Defaults, corrections and fewer steps").
+defaults that depend on whether there is data at all (docs/method/defaults.md).
 """
 from __future__ import annotations
 
@@ -10,19 +10,19 @@ from dataclasses import replace
 
 import onnx
 
-from . import batches as Bt
-from . import data as D
-from . import evaluate as ev
-from . import runtime
-from .analyse import as_analysis
-from .config import AUTO, CORRECTIONS, CalibConfig, SNNConfig
+from ..data import batches as Bt
+from .. import data as D
+from ..evaluate import evaluation as ev
+from .. import runtime
+from ..graph.analyse import as_analysis
+from ..config import AUTO, CORRECTIONS, CalibConfig, SNNConfig
 from .correction import STEPS, Corrector, correct, stored, without
 from .delay import DelayChoice, choose_delay
-from .energy import largest_activation
-from .errors import UserError
-from .runtime import memory as mem
-from .runtime.memory import MemoryBudget
-from .thresholds import Thresholds
+from ..graph.costs import largest_activation
+from ..errors import UserError
+from ..runtime import memory as mem
+from ..runtime.memory import MemoryBudget
+from ..calibration.thresholds import Thresholds
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def choose_delay_on(analysis, thresholds, snn: SNNConfig, source, samples: int =
 
 
 def data_defaults(have_data: bool, thresholds=None, timesteps: int = SNNConfig.timesteps) -> dict:
-    """The delay and correction a conversion uses when not told (README "Defaults"): with data,
+    """The delay and correction a conversion uses when not told (docs/method/defaults.md): with data,
     delay "auto" and correction "both"; without, the correction the thresholds (a Thresholds or a
     file) hold for `timesteps` with the delay it was made for, else no correction and delay 0."""
     if have_data:

@@ -11,12 +11,12 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from .analyse import Analysis, as_analysis
-from .builder import Builder
-from .config import METHODS
-from .errors import UserError
-from .model import export
-from .neuron import DOMAIN, OPSET_VERSION
+from ..graph.analyse import Analysis, as_analysis
+from ..graph.builder import Builder
+from ..config import METHODS
+from ..errors import UserError
+from ..graph.onnx_io import export
+from ..ops.neuron import DOMAIN, OPSET_VERSION
 
 LR_INPUT = "onnx2snn.step"  # 2 * lr, fed each batch
 
@@ -26,7 +26,7 @@ class Probe:
     name: str            # activation node name (key of the thresholds)
     theta_input: str     # graph input carrying the current threshold (broadcast shape)
     theta_shape: tuple   # (C,) per channel, (1,) layer-wise
-    stat: str            # graph output: method statistic (see calibrate.py)
+    stat: str            # graph output: method statistic (see balancing.py)
     clip_error: str      # graph output: mean((x - theta)+), scalar ("" when not tracked)
     activity: str        # graph output: mean(relu(x)), scalar ("" when not tracked)
     channels: int

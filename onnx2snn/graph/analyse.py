@@ -17,9 +17,9 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from . import model as M
-from .errors import UserError
-from .model import constant_value
+from . import onnx_io as M
+from ..errors import UserError
+from .onnx_io import constant_value
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ _ONE_VARYING = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Mul", "Einsum"}
 _FIRST_VARYING = {"Div"}
 _SHAPE_PRESERVING = {"Add", "Sub", "Mul", "Div", "BatchNormalization", "Identity", "Dropout", "Neg"}
 _ACTIVATIONS = ("Relu", "Clip", "LeakyRelu", "Max")
-# Element-wise ops that --keep-analog lets run on each step's input (not spiking; see README).
+# Element-wise ops that --keep-analog lets run on each step's input (not spiking; see docs/guide/command-line.md).
 ANALOG_OPS = {
     "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Gelu", "Erf", "Softplus", "Softsign", "Elu", "Selu",
     "Celu", "LeakyRelu", "PRelu", "Mish", "Exp", "Log", "Sqrt", "Abs", "Pow", "Reciprocal", "Mul", "Div",

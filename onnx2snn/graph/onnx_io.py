@@ -10,7 +10,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from google.protobuf.message import DecodeError
 
-from .errors import UserError
+from ..errors import UserError
 
 log = logging.getLogger(__name__)
 # onnx-graphsurgeon prints its warnings on stdout (e.g. for scikit-learn's map outputs), which would

@@ -31,15 +31,16 @@ import onnx
 import onnx_graphsurgeon as gs
 from tqdm import tqdm
 
-from . import probes, runtime
-from .analyse import Analysis
-from .builder import Builder
-from .model import default_opset
-from .config import SNNConfig
-from .errors import UserError
-from .snn import simulate, to_snn
-from .snn.timefold import theta_broadcast
-from .thresholds import Thresholds
+from ..calibration import probes
+from .. import runtime
+from ..graph.analyse import Analysis
+from ..graph.builder import Builder
+from ..graph.onnx_io import default_opset
+from ..config import SNNConfig
+from ..errors import UserError
+from ..snn import simulate, to_snn
+from ..snn.timefold import theta_broadcast
+from ..calibration.thresholds import Thresholds
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ class Corrector:
             runner = self.build()
             results = (runner(feeds) for feeds, _ in _pairs(batches))
         else:
-            from .cluster import batch_shards
+            from ..cluster import batch_shards
             shards, reading = batch_shards(engine, _pairs(batches), f"{self.kind} correction",
                                            why="the correction's samples are held here")
             results = (value for _, value, _ in engine.map(f"{self.kind} correction", self, shards, reading)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
-from .files import write_atomic
+from ..errors import UserError
+from ..files import write_atomic
 
 FORMAT = "onnx2snn-thresholds"
 BIAS = "bias:"             # NPZ key prefix of the bias corrections

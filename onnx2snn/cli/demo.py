@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import api
-from .config import CalibConfig, SNNConfig
-from .report import eval_table, layers_table
+from .. import api
+from ..config import CalibConfig, SNNConfig
+from ..evaluate.report import eval_table, layers_table
 
-HERE = Path(__file__).resolve().parent / "demo_data"
+HERE = Path(__file__).resolve().parent.parent / "demo_data"      # onnx2snn/demo_data
 MODEL = HERE / "digits_cnn.onnx"
 CALIB = HERE / "digits_calib.npz"
 TEST = HERE / "digits_test.npz"

@@ -10,9 +10,9 @@ import threading
 
 import numpy as np
 
-from .config import augment_kind
-from .data import LoaderScript
-from .errors import UserError
+from ..config import augment_kind
+from . import LoaderScript
+from ..errors import UserError
 
 log = logging.getLogger(__name__)
 IGNORE = 255   # the "ignore" class of segmentation masks
