@@ -25,7 +25,8 @@ from . import runtime
 from .graph.analyse import analyse, as_analysis, check_shapes
 from .cluster import check_flags as check_cluster, connect
 from .cluster.work import DataSpec
-from .config import AUTO, E_MAC_PJ, E_SOP_PJ, CalibConfig, SNNConfig, check_energy
+from .config import (AUTO, CORRECT_SAMPLES, DELAY_SAMPLES, E_MAC_PJ, E_SOP_PJ, FREEZE_SAMPLES, RUNTIMES, CalibConfig,
+                     SNNConfig, check_energy)
 from .fit.steps import choose_delay_on, correct_and_delay, data_defaults, simulation_batches  # noqa: F401 (API)
 from .fit.steps import batches_used, calibration_batch_size
 from .graph.costs import largest_activation
@@ -212,9 +213,9 @@ def _convert(model_path, data=None, data_loader=None, output=None,
             calib: CalibConfig = CalibConfig(), snn: SNNConfig | None = None,
             prep: D.Preprocess = D.Preprocess(), thresholds=None, save_thresholds=None,
             check_samples: int = 0, check_timesteps=(), progress: bool = False,
-            write: bool = True, delay_samples: int = 200, report_path=None, plot_dir=None,
-            correct_samples: int = 200, max_memory=None, freeze_norm: bool = False,
-            freeze_samples: int = 500, annotations=None, split: str | None = None, nir=None,
+            write: bool = True, delay_samples: int = DELAY_SAMPLES, report_path=None, plot_dir=None,
+            correct_samples: int = CORRECT_SAMPLES, max_memory=None, freeze_norm: bool = False,
+            freeze_samples: int = FREEZE_SAMPLES, annotations=None, split: str | None = None, nir=None,
             engine=None) -> Conversion:
     """ANN file -> SNN file: load, analyse, calibrate (or reuse thresholds), rewrite, save atomically.
 
@@ -446,7 +447,7 @@ def _evaluate_file(snn_path, data, data_loader, ann_path, timesteps, batch_size,
 
 
 def run_file(snn_path, output, data=None, data_loader=None, batch_size: int | None = None,
-             limit: int | None = None, prep: D.Preprocess | None = None, runtime_name: str = "onnxruntime",
+             limit: int | None = None, prep: D.Preprocess | None = None, runtime_name: str = RUNTIMES[0],
              max_memory=None, annotations=None, split: str | None = None, workers: int | None = None,
              cluster=None, say=None) -> dict:
     """Run a converted model over a data set on `runtime_name` (onnxruntime, openvino, tract) and

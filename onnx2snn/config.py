@@ -19,8 +19,14 @@ MAX_BURST = 64            # --spikes burst:K, K at most (the operator allows 102
 CORRECTIONS = ("none", "bias", "potential", "both")
 AUGMENTS = ("crop-flip", "flip", "ssd")   # calibration augmentation kinds (batches.py); True = crop-flip
 AUTO = "auto"
+RUNTIMES = ("onnxruntime", "openvino", "tract")   # what `run` runs a model on; the first is the default
 E_SOP_PJ = 0.077   # energy per synaptic operation, 77 fJ (Bu et al.)
 E_MAC_PJ = 12.5    # energy per multiply-accumulate (FLOP), 12.5 pJ
+# calibration samples each step of a conversion uses (the API's and the command line's defaults)
+DELAY_SAMPLES = 200      # --delay auto
+CORRECT_SAMPLES = 200    # --correct
+FREEZE_SAMPLES = 500     # --freeze-norm
+CHECK_SAMPLES = 64       # the command line's check after converting (the API's `check_samples` defaults to none)
 
 
 def _int(flag: str, value, low: int, high: float = math.inf) -> None:

@@ -212,3 +212,37 @@ def test_the_public_names_are_what_they_say_after_every_subpackage_is_imported()
         value = getattr(onnx2snn, name)
         assert not isinstance(value, type(onnx2snn)), (name, value)
     assert callable(onnx2snn.calibrate) and callable(onnx2snn.convert)
+
+
+def test_every_flag_default_has_one_source():
+    """The flags that fill a config dataclass (or a sample count the API shares) take their default
+    from it: the parser's defaults equal the dataclasses', and no command module writes one as a
+    literal (a second source that could drift)."""
+    import argparse
+    import ast
+    import dataclasses
+    from pathlib import Path
+
+    from onnx2snn import config
+    from onnx2snn.cli import build_parser
+    shared = {f.name: f.default for cls in (config.CalibConfig, config.SNNConfig) for f in dataclasses.fields(cls)}
+    shared.update(delay_samples=config.DELAY_SAMPLES, correct_samples=config.CORRECT_SAMPLES,
+                  freeze_samples=config.FREEZE_SAMPLES, check=config.CHECK_SAMPLES)
+    resolved_from_data = {"delay", "correct"}        # None on the command line: data_defaults decides
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    convert = sub.choices["convert"]
+    seen = set()
+    for action in convert._actions:
+        if action.dest in shared and action.dest not in resolved_from_data:
+            assert action.default == shared[action.dest], action.dest
+            seen.add(action.dest)
+    assert {"iters", "lr", "timesteps", "v_init", "delay_samples", "correct_samples", "check"} <= seen
+    literal = []
+    for path in (Path(config.__file__).parent / "cli").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "add_argument":
+                for kw in node.keywords:
+                    if kw.arg == "default" and isinstance(kw.value, ast.Constant) and kw.value.value is not None:
+                        flags = [a.value for a in node.args if isinstance(a, ast.Constant)]
+                        literal.append((path.name, flags, kw.value.value))
+    assert not literal, literal

@@ -1,8 +1,12 @@
 """Command line: `onnx2snn MODEL --data DIR` (convert), `eval`, `run`, `inspect`, `export-nir`,
 `run-nir`, `demo`.
 
-    parser.py    every subcommand and flag (argparse only)
-    commands.py  what each subcommand does: calls into the library and prints
+    parser.py    the top-level parser; each command's module adds its subparser
+    convert.py, evaluate.py, run.py, inspection.py, export_nir.py, run_nir.py, demo.py
+                 one module per command: its flags (`add`) and what it does (`command`)
+    options.py   flag groups several commands share (data, scaling out, memory, output), with the
+                 defaults read from the config dataclasses
+    output.py    -q, --json [FILE] and the text: what a command does with its result
 
 Importing this package is cheap (argparse and the config only); the library is imported inside
 the commands, so `--help` is fast and Ctrl-C during start-up ends with one line like any other.
@@ -14,13 +18,12 @@ import sys
 import traceback
 
 from ..errors import InternalError, UserError
-from . import commands
-from .commands import configs
-from .parser import build_parser
+from .convert import configs
+from .parser import MODULES, build_parser
 
 __all__ = ["COMMANDS", "build_parser", "configs", "main"]
 
-COMMANDS = ("convert", "eval", "run", "demo", "inspect", "export-nir", "run-nir")
+COMMANDS = tuple(m.NAME for m in MODULES)
 
 
 def main(argv=None) -> int:
@@ -48,12 +51,11 @@ def _main(argv=None) -> int:
     verbose = getattr(args, "verbose", False)
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", force=True)
-    from ..graph.onnx_io import onnxruntime_logging
-    onnxruntime_logging(verbose)             # onnxruntime's own warnings only with -v
+    command = {m.NAME: m.command for m in MODULES}[args.command]
     try:
-        return {"convert": commands.convert, "eval": commands.evaluate, "run": commands.run, "demo": commands.demo,
-                "inspect": commands.inspect, "export-nir": commands.export_nir,
-                "run-nir": commands.run_nir}[args.command](args)
+        from ..graph.onnx_io import onnxruntime_logging
+        onnxruntime_logging(verbose)             # onnxruntime's own warnings only with -v
+        return command(args)
     except UserError as err:
         if verbose:
             traceback.print_exc()

@@ -15,7 +15,7 @@ from .. import data as D
 from ..evaluate import evaluation as ev
 from .. import runtime
 from ..graph.analyse import as_analysis
-from ..config import AUTO, CORRECTIONS, CalibConfig, SNNConfig
+from ..config import AUTO, CORRECTIONS, DELAY_SAMPLES, CalibConfig, SNNConfig
 from .correction import STEPS, Corrector, correct, stored, without
 from .delay import DelayChoice, choose_delay
 from ..graph.costs import largest_activation
@@ -108,7 +108,7 @@ def _warn_one_sample(model, timesteps: int, memory: MemoryBudget | None) -> None
                     "layer runs, so its steps cannot run in slices)", memory.describe(), timesteps, per_sample / 2 ** 30)
 
 
-def choose_delay_on(analysis, thresholds, snn: SNNConfig, source, samples: int = 200,
+def choose_delay_on(analysis, thresholds, snn: SNNConfig, source, samples: int = DELAY_SAMPLES,
                     threads: int = 0, progress: bool = False, skip_nonfinite: bool = False,
                     memory: MemoryBudget | None = None, engine=None) -> DelayChoice:
     """The readout delay for `snn.timesteps`, chosen on `samples` samples of `source` (a fixed random
