@@ -6,7 +6,7 @@ Error messages name the command-line flag of the offending field.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .errors import UserError
 
@@ -72,7 +72,7 @@ class CalibConfig:
     lr: float = 2.0
     percentile: float = 99.9
     seed: int = 0
-    augment: bool | str | None = False   # False/None/"none": off; True = "crop-flip"; or "flip", "ssd"
+    augment: bool | str | None = None    # None/False/"none": off; True = "crop-flip"; or "flip", "ssd"
     skip_nonfinite: bool = False    # skip (and count) batches holding NaN/Inf instead of stopping
     tune: str = "none"              # "auto": choose the calibration length for T (tuning.py)
     round_batches: int = 1          # LTB: batches measured at the same theta per update (calibration.py)
@@ -131,6 +131,12 @@ class SNNConfig:
     def neuron(self) -> str:
         """The neuron in use: the spikes, "+signed" when signed (binary, burst:2+signed, ...)."""
         return self.spikes + ("+signed" if self.signed else "")
+
+    def reference(self, **changes) -> "SNNConfig":
+        """The same network in the reference form every fitting step simulates and the NIR export reads:
+        unrolled, custom operators, no early exit (the neuron, T, D and v_init kept, unless `changes`)."""
+        return replace(self, **{**dict(form="unrolled", chunk=1, portable=False, early_exit=False, loop_op="loop"),
+                                **changes})
 
     def __post_init__(self):
         if self.form not in FORMS:

@@ -158,12 +158,7 @@ def calibrate(analysis: Analysis, batches, config: CalibConfig, progress: bool =
     probe_model, probe_list = probes.build(analysis, config.method, config.percentile)
     fetch = sorted({p.stat for p in probe_list} | {p.clip_error for p in probe_list if p.clip_error}
                    | {p.activity for p in probe_list if p.activity})
-    if config.method in ("ltb", "ltb-layer"):
-        state = _Ltb(probe_list, config.lr)
-    elif config.method == "max":
-        state = _Max(probe_list)
-    else:
-        state = _Percentile(probe_list)
+    state = _state(config, probe_list)
     # a round's batches are measured at the same theta; max and percentile do not depend on it, so on
     # a cluster all their batches are in flight at once (the result is the same, batch by batch in order)
     k = config.round_batches if isinstance(state, _Ltb) else 1
@@ -174,47 +169,11 @@ def calibrate(analysis: Analysis, batches, config: CalibConfig, progress: bool =
         bar = tqdm(total=config.iters, desc=f"calibrating ({config.method})", unit="batch", leave=False, disable=None)
     iters, samples, err = 0, 0, None
     kept = {}
-
     session_time = [0.0]      # onnxruntime's seconds here (on a cluster: the rounds' wall time)
-
-    def rounds_here():
-        measure, measured = job.build(threads), []
-        theta = state.feeds()
-        for feeds in batches:
-            start = time.perf_counter()
-            measured.append(measure(feeds, theta=theta))
-            session_time[0] += time.perf_counter() - start
-            if len(measured) == k:
-                yield measured
-                measured, theta = [], state.feeds()      # the round's update is applied by now
-        if measured:
-            yield measured
-
-    def rounds_on(engine_):
-        shard_list, reading = shards
-        with engine_.job("calibration", job, reading) as run:
-            if not isinstance(state, _Ltb):
-                for _, value, skipped in run(shard_list):
-                    count(skipped)
-                    yield [value] if value is not None else []
-                return
-            for group in _rounds(shard_list, k):
-                theta = state.feeds()
-                for shard in group:
-                    shard.extra = {"theta": theta}
-                got = []
-                for _, value, skipped in run(group):
-                    count(skipped)
-                    if value is not None:
-                        got.append(value)
-                yield got
-
-    def count(skipped):
-        if skipped and nonfinite is not None:
-            nonfinite.skipped += skipped
-
     started = time.perf_counter()
-    for measured in (rounds_here() if engine is None else rounds_on(engine)):
+    rounds = _rounds_here(job, state, batches, k, threads, session_time) if engine is None else \
+        _rounds_on(engine, job, state, shards, k, nonfinite)
+    for measured in rounds:
         if not measured:
             continue
         err = state.update_round([m[0] for m in measured], [m[1] for m in measured])
@@ -233,6 +192,66 @@ def calibrate(analysis: Analysis, batches, config: CalibConfig, progress: bool =
         bar.close()
     if iters == 0:
         raise UserError("calibration received no data")
+    info = _info(config, iters, samples, err)
+    log.info("calibrated %d activations in %d batches (%.2fs in onnxruntime)", len(probe_list), iters, run_time)
+    kept[iters] = Thresholds(state.result(), config.method, info)
+    th = Thresholds(state.result(), config.method, info,
+                    stats={"session_seconds": run_time, "snapshots": {k: v.validate("calibration")
+                                                                      for k, v in sorted(kept.items())}})
+    return th.validate("calibration")
+
+
+def _state(config: CalibConfig, probe_list):
+    """The method's running state: LTB's thresholds, or max/percentile statistics."""
+    if config.method in ("ltb", "ltb-layer"):
+        return _Ltb(probe_list, config.lr)
+    if config.method == "max":
+        return _Max(probe_list)
+    return _Percentile(probe_list)
+
+
+def _rounds_here(job, state, batches, k: int, threads: int, session_time: list):
+    """Rounds of k measured batches, each round at the thresholds of the update before it."""
+    measure, measured = job.build(threads), []
+    theta = state.feeds()
+    for feeds in batches:
+        start = time.perf_counter()
+        measured.append(measure(feeds, theta=theta))
+        session_time[0] += time.perf_counter() - start
+        if len(measured) == k:
+            yield measured
+            measured, theta = [], state.feeds()      # the round's update is applied by now
+    if measured:
+        yield measured
+
+
+def _rounds_on(engine, job, state, shards, k: int, nonfinite):
+    """The same rounds on a cluster's workers (the batches they skip for NaN/Inf counted)."""
+    def count(skipped):
+        if skipped and nonfinite is not None:
+            nonfinite.skipped += skipped
+
+    shard_list, reading = shards
+    with engine.job("calibration", job, reading) as run:
+        if not isinstance(state, _Ltb):
+            for _, value, skipped in run(shard_list):
+                count(skipped)
+                yield [value] if value is not None else []
+            return
+        for group in _rounds(shard_list, k):
+            theta = state.feeds()
+            for shard in group:
+                shard.extra = {"theta": theta}
+            got = []
+            for _, value, skipped in run(group):
+                count(skipped)
+                if value is not None:
+                    got.append(value)
+            yield got
+
+
+def _info(config: CalibConfig, iters: int, samples: int, err) -> dict:
+    """What the thresholds record of their calibration."""
     info = {"iters": iters, "samples": samples, "batch_size": config.batch_size, "lr": config.lr,
             "seed": config.seed, "augment": config.augment}
     if config.round_batches != 1:
@@ -241,12 +260,7 @@ def calibrate(analysis: Analysis, batches, config: CalibConfig, progress: bool =
         info["percentile"] = config.percentile
     if err is not None:
         info["final_clip_error"] = err
-    log.info("calibrated %d activations in %d batches (%.2fs in onnxruntime)", len(probe_list), iters, run_time)
-    kept[iters] = Thresholds(state.result(), config.method, info)
-    th = Thresholds(state.result(), config.method, info,
-                    stats={"session_seconds": run_time, "snapshots": {k: v.validate("calibration")
-                                                                      for k, v in sorted(kept.items())}})
-    return th.validate("calibration")
+    return info
 
 
 def batches_needed(config: CalibConfig, n_samples: int | None) -> int:

@@ -191,6 +191,7 @@ def command(args) -> int:
               f"method {th.method}, {how})")
         print(f"memory budget {result.memory.describe()}; samples per batch: "
               + ", ".join(f"{k} {v}" for k, v in result.batches.items()))
+        print("steps (seconds): " + ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items()))
         if result.frozen is not None and result.frozen.layers:
             f = result.frozen
             print(f"froze {len(f.layers)} normalisation layer(s) on {f.samples} samples (--freeze-norm); relative "

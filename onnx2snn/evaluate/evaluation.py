@@ -87,10 +87,14 @@ def auto_batch_size(info: SNNInfo, t_max: int, memory: MemoryBudget | None = Non
     return simulation_batch(info.costs.get("largest_activation", 0), t_max, memory)
 
 
+def readout_timesteps(t: int) -> list:
+    """T/4, T/2 and T (those >= 1): the steps `eval` and the check after converting report by default."""
+    return sorted({x for x in (t // 4, t // 2, t) if x >= 1})
+
+
 def default_timesteps(info: SNNInfo) -> list:
     """T/4, T/2 and T of a converted model (its delay scaled to each: window_delays)."""
-    t = info.timesteps
-    return sorted({x for x in (t // 4, t // 2, t) if x >= 1})
+    return readout_timesteps(info.timesteps)
 
 
 class _LayerStats:

@@ -1,10 +1,16 @@
 """What a conversion and an evaluation produced, for people (plain-text tables; the library never
-prints) and for machines (`report_json`: the schema is in docs/guide/reports.md)."""
+prints) and for machines (`report_json`: the schema is in docs/guide/reports.md), written with its plots
+(`write_report`)."""
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import numpy as np
 
 from ..config import E_MAC_PJ, E_SOP_PJ
+from ..errors import UserError
+from ..files import Files, write_atomic
 
 
 def layers_table(layers) -> str:
@@ -195,3 +201,28 @@ def report_lines(report: dict) -> str:
         if worst["rate_error"] is not None:
             parts.append(f"largest rate error {worst['rate_error']:.3f} ({worst['name']})")
     return "; ".join(parts)
+
+
+PLOTS = ("accuracy_vs_T.png", "firing_rates.png", "rate_error.png", "thresholds.png")
+
+
+def check_report_outputs(files: Files, report_path, plot_dir) -> None:
+    if report_path:
+        files.output(report_path, "--report")
+    if plot_dir:
+        if not Path(plot_dir).is_dir():
+            raise UserError(f"--plot {plot_dir}: not a folder")
+        for name in PLOTS:
+            files.output(Path(plot_dir) / name, "--plot")
+
+
+def write_report(result, report_path=None, plot_dir=None, e_sop: float = E_SOP_PJ,
+                 e_mac: float = E_MAC_PJ, model: str = "", analog=()) -> dict:
+    """The report (JSON) and plots of an evaluation (evaluation.EvalResult) with per-layer statistics."""
+    from .plots import plot_report
+    report = report_json(result, e_sop, e_mac, model, analog)
+    if report_path:
+        write_atomic(report_path, json.dumps(report, indent=1, sort_keys=True).encode(), "--report")
+    if plot_dir:
+        plot_report(report, plot_dir)
+    return report

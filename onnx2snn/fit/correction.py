@@ -24,7 +24,6 @@ reduced in the graph. The corrections live in the thresholds (`Thresholds.bias`,
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -61,8 +60,7 @@ class Corrector:
         self.args = (analysis, thresholds, config, kind, first_step)
         self.thresholds, self.config = thresholds, config
         self.kind, self.first_step, self.t = kind, first_step, config.timesteps
-        probe_cfg = replace(config, delay=0, form="unrolled", chunk=1, portable=False, early_exit=False,
-                            loop_op="loop", correct="none")
+        probe_cfg = config.reference(delay=0, correct="none")
         self.snn, self.layers = to_snn(analysis, thresholds, probe_cfg)
         self.act_of = {a.name: a for a in analysis.activations}
         self.axes = {l.name: simulate.channel_axes(self.act_of[l.source].axis, self.act_of[l.source].rank)

@@ -10,7 +10,7 @@ spikes) and picks, among D = 0 .. 3T/4, the one whose averaged output is closest
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from ..graph.analyse import Analysis
 from ..config import SNNConfig
@@ -48,7 +48,7 @@ def choose_delay(analysis: Analysis, thresholds, config: SNNConfig, batches, thr
     corrects in the graph. `memory`: the budget the simulation keeps to (evaluate.window_scores);
     `engine`: a cluster that runs the batches (cluster/)."""
     t = config.timesteps
-    probe = replace(config, delay=0, form="unrolled", chunk=1, portable=False, early_exit=False)
+    probe = config.reference(delay=0)
     snn, _ = to_snn(analysis, thresholds, probe)
     info = SNNInfo.from_metadata(snn)
     if not info.readouts:

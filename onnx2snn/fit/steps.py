@@ -141,6 +141,34 @@ def data_defaults(have_data: bool, thresholds=None, timesteps: int = SNNConfig.t
 RIDE_BATCH = 32     # correction batches at least this large carry the delay choice that sets the bias window
 
 
+def _steps_to_run(th: Thresholds, snn: SNNConfig, source) -> tuple:
+    """(thresholds, correction steps to measure): a correction the thresholds hold for this T, kind and
+    neuron is reused (no steps); any other is dropped first."""
+    steps = STEPS.get(snn.correct, ())
+    if snn.correct == "none" or not stored(th, snn.correct, snn.timesteps, snn.neuron):
+        if th.bias or th.potential:
+            log.info("dropping the thresholds' %s correction (%s at T=%s with %s spikes asked)",
+                     (th.info.get("correction") or {}).get("kind", "stored"), snn.correct, snn.timesteps, snn.neuron)
+        th = without(th)
+    else:
+        steps = ()
+    if steps and source is None:
+        raise UserError(f"--correct {snn.correct}: needs --data (or thresholds saved with this correction at "
+                        f"T={snn.timesteps})")
+    return th, steps
+
+
+def _correction_feeds(analysis, snn: SNNConfig, source, steps, samples: int, skip_nonfinite: bool,
+                      memory: MemoryBudget | None, engine) -> tuple:
+    """(the correction's batches, their sizes): a list of feed dicts, or, on a cluster, batches its
+    workers read themselves (the same samples, by index)."""
+    if steps and engine is not None and isinstance(source, D.Source) and not skip_nonfinite:
+        feeds = sample_batches(source, analysis.model, samples, snn.timesteps, memory)
+        return feeds, [len(c) for c in feeds.plan]
+    feeds = sample_feeds(source, analysis.model, samples, skip_nonfinite, snn.timesteps, memory) if steps else []
+    return feeds, [len(next(iter(f.values()))) for f in feeds]
+
+
 def correct_and_delay(analysis, th: Thresholds, snn: SNNConfig, source, correct_samples: int, delay_samples: int,
                        progress: bool, skip_nonfinite: bool = False, memory: MemoryBudget | None = None,
                        engine=None):
@@ -162,25 +190,8 @@ def correct_and_delay(analysis, th: Thresholds, snn: SNNConfig, source, correct_
     and the final delay is chosen in a simulation of its own after the last correction. `engine`: a
     cluster whose workers run the simulations' batches (cluster/); the same results."""
     seconds = {}
-    steps = STEPS.get(snn.correct, ())
-    if snn.correct == "none" or not stored(th, snn.correct, snn.timesteps, snn.neuron):
-        if th.bias or th.potential:
-            log.info("dropping the thresholds' %s correction (%s at T=%s with %s spikes asked)",
-                     (th.info.get("correction") or {}).get("kind", "stored"), snn.correct, snn.timesteps, snn.neuron)
-        th = without(th)
-    else:
-        steps = ()
-    if steps and source is None:
-        raise UserError(f"--correct {snn.correct}: needs --data (or thresholds saved with this correction at "
-                        f"T={snn.timesteps})")
-    if steps and engine is not None and isinstance(source, D.Source) and not skip_nonfinite:
-        # on a cluster the workers read the correction samples themselves: the same batches, by index
-        feeds = sample_batches(source, analysis.model, correct_samples, snn.timesteps, memory)
-        sizes = [len(c) for c in feeds.plan]
-    else:
-        feeds = sample_feeds(source, analysis.model, correct_samples, skip_nonfinite, snn.timesteps, memory) \
-            if steps else []
-        sizes = [len(next(iter(f.values()))) for f in feeds]
+    th, steps = _steps_to_run(th, snn, source)
+    feeds, sizes = _correction_feeds(analysis, snn, source, steps, correct_samples, skip_nonfinite, memory, engine)
 
     def timed(key, fn, name):
         start = time.perf_counter()

@@ -9,7 +9,7 @@ configuration asks for (with `--delay auto` the best one for that snapshot), and
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from ..graph.analyse import Analysis
 from ..config import AUTO, SNNConfig
@@ -43,7 +43,7 @@ def _error(analysis: Analysis, thresholds, config: SNNConfig, batches) -> tuple:
         choice = choose_delay(analysis, thresholds, config, batches)
         err = choice.rel_error.get(choice.delay)
         return (float("inf") if err is None else err), choice.delay
-    probe = replace(config, form="unrolled", chunk=1, portable=False, early_exit=False, loop_op="loop")
+    probe = config.reference()
     snn, _ = to_snn(analysis, thresholds, probe)
     scores, _, _, _ = window_scores(snn, SNNInfo.from_metadata(snn), [(config.timesteps, config.delay)], batches,
                                     analysis.model, spike_counts=False)

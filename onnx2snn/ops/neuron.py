@@ -44,47 +44,10 @@ def if_neuron(x: np.ndarray, theta: np.ndarray, timesteps: int, axis: int = 1, v
     """
     x = np.asarray(x, dtype=np.float32)
     theta = np.asarray(theta, dtype=np.float32).reshape(-1)
-    # the same refusals as the C++ operator, so a fuzzed case either fails in both or in neither
-    if timesteps < 1:
-        raise ValueError("timesteps must be >= 1")
-    if not 1 <= max_spikes <= 1024:
-        raise ValueError(f"max_spikes must be in [1, 1024], got {max_spikes}")
-    if signed not in (0, 1):
-        raise ValueError(f"signed must be 0 or 1, got {signed}")
-    if count is not None and not signed:
-        raise ValueError("a net spike count is carried by signed neurons only")
-    if x.ndim < 1:
-        raise ValueError("input must have rank >= 1")
-    if theta.size == 0:
-        raise ValueError("theta is empty")
-    if x.shape[0] % timesteps:
-        raise ValueError(f"first dimension {x.shape[0]} is not a multiple of timesteps={timesteps}")
+    _check_arguments(x, theta, timesteps, max_spikes, signed, count)
     steps = x.reshape((timesteps, x.shape[0] // timesteps) + x.shape[1:])
-    if theta.size == 1:
-        th = theta.reshape((1,) * (x.ndim))
-    else:
-        if not -x.ndim <= axis < x.ndim or axis % x.ndim == 0:
-            raise ValueError(f"axis {axis} is out of range for rank {x.ndim} (axis 0 is time x batch)")
-        ax = axis % x.ndim
-        if x.shape[ax] != theta.size:
-            raise ValueError(f"theta has {theta.size} values, input has {x.shape[ax]} channels")
-        shape = [1] * x.ndim
-        shape[ax] = theta.size
-        th = theta.reshape(shape)
-    th = np.broadcast_to(th, steps.shape[1:])
-    if v is None and v0 is not None:
-        v0 = np.asarray(v0, dtype=np.float32).reshape(-1)
-        per_sample = int(np.prod(steps.shape[2:])) if steps.ndim > 2 else 1
-        if v0.size not in (1, per_sample):
-            raise ValueError(f"v0 has {v0.size} values; expected 1 or {per_sample}")
-        state = np.broadcast_to(v0.reshape(steps.shape[2:]) if v0.size == per_sample and steps.ndim > 2
-                                else v0.reshape(()), steps.shape[1:]).astype(np.float32).copy()
-    elif v is None:
-        state = (np.float32(v_init) * th).astype(np.float32)
-    else:
-        state = np.array(v, dtype=np.float32, copy=True)
-        if state.shape != steps.shape[1:]:
-            raise ValueError(f"state has shape {list(state.shape)}, expected {list(steps.shape[1:])}")
+    th = np.broadcast_to(_theta_shaped(x, theta, axis), steps.shape[1:])
+    state = _initial_state(steps, th, v, v0, v_init)
     if count is None:
         net = np.zeros(steps.shape[1:], np.float32)
     else:
@@ -113,3 +76,52 @@ def if_neuron(x: np.ndarray, theta: np.ndarray, timesteps: int, axis: int = 1, v
     out = out.reshape(x.shape)
     extra = ((state,) if return_state else ()) + ((net,) if return_count else ())
     return (out, *extra) if extra else out
+
+
+def _check_arguments(x, theta, timesteps: int, max_spikes: int, signed, count) -> None:
+    """The same refusals as the C++ operator, so a fuzzed case either fails in both or in neither."""
+    if timesteps < 1:
+        raise ValueError("timesteps must be >= 1")
+    if not 1 <= max_spikes <= 1024:
+        raise ValueError(f"max_spikes must be in [1, 1024], got {max_spikes}")
+    if signed not in (0, 1):
+        raise ValueError(f"signed must be 0 or 1, got {signed}")
+    if count is not None and not signed:
+        raise ValueError("a net spike count is carried by signed neurons only")
+    if x.ndim < 1:
+        raise ValueError("input must have rank >= 1")
+    if theta.size == 0:
+        raise ValueError("theta is empty")
+    if x.shape[0] % timesteps:
+        raise ValueError(f"first dimension {x.shape[0]} is not a multiple of timesteps={timesteps}")
+
+
+def _theta_shaped(x, theta, axis: int):
+    """theta ([C] or [1]) shaped to broadcast along the channel axis of x."""
+    if theta.size == 1:
+        return theta.reshape((1,) * (x.ndim))
+    if not -x.ndim <= axis < x.ndim or axis % x.ndim == 0:
+        raise ValueError(f"axis {axis} is out of range for rank {x.ndim} (axis 0 is time x batch)")
+    ax = axis % x.ndim
+    if x.shape[ax] != theta.size:
+        raise ValueError(f"theta has {theta.size} values, input has {x.shape[ax]} channels")
+    shape = [1] * x.ndim
+    shape[ax] = theta.size
+    return theta.reshape(shape)
+
+
+def _initial_state(steps, th, v, v0, v_init: float):
+    """The potential before the first step: the state carried in, else v0, else v_init * theta."""
+    if v is None and v0 is not None:
+        v0 = np.asarray(v0, dtype=np.float32).reshape(-1)
+        per_sample = int(np.prod(steps.shape[2:])) if steps.ndim > 2 else 1
+        if v0.size not in (1, per_sample):
+            raise ValueError(f"v0 has {v0.size} values; expected 1 or {per_sample}")
+        return np.broadcast_to(v0.reshape(steps.shape[2:]) if v0.size == per_sample and steps.ndim > 2
+                               else v0.reshape(()), steps.shape[1:]).astype(np.float32).copy()
+    if v is None:
+        return (np.float32(v_init) * th).astype(np.float32)
+    state = np.array(v, dtype=np.float32, copy=True)
+    if state.shape != steps.shape[1:]:
+        raise ValueError(f"state has shape {list(state.shape)}, expected {list(steps.shape[1:])}")
+    return state

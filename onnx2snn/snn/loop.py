@@ -149,16 +149,7 @@ def build(p: Prepared, provenance: Provenance | None = None) -> onnx.ModelProto:
     cond_in = gs.Variable("onnx2snn.cond_in", np.bool_, [])
     for node, sums, peak in pools:
         sums[2], peak[2] = p.fold.spiking_pool(node, (sums[1], peak[1]), fused=not config.portable)
-    b.prefix = "onnx2snn.loop/steps"
-    t_total = gs.Constant(STEPS_NAME, np.array(T, np.int64))
-    start = b.op("Mul", [iteration, b.const(np.array(K, np.int64))], dtype=np.int64)
-    step_idx = b.op("Add", [start, b.const(np.arange(K, dtype=np.int64))], dtype=np.int64)
-    delay_in = gs.Constant(DELAY_NAME, np.array(D, np.int64))       # named: evaluation sets other delays
-    counted = b.op("And", [b.op("GreaterOrEqual", [step_idx, delay_in], dtype=np.bool_),
-                           b.op("Less", [step_idx, t_total], dtype=np.bool_)], dtype=np.bool_)
-    weight = b.op("Cast", [counted], {"to": onnx.TensorProto.FLOAT})
-    done = b.op("Min", [b.op("Add", [start, b.const(np.array(K, np.int64))], dtype=np.int64), t_total],
-                dtype=np.int64)
+    weight, done, delay_in = _step_window(b, iteration, K, T, D)
     # steps done only grows; reading the carried count keeps every state input in use (tract drops
     # unused Scan states and then miscounts them)
     done = b.op("Max", [steps_entry[1], done], dtype=np.int64)
@@ -171,6 +162,30 @@ def build(p: Prepared, provenance: Provenance | None = None) -> onnx.ModelProto:
         cond_out = b.op("Identity", [cond_in], dtype=np.bool_)
     else:
         cond_out = None
+    _close_loop(p, lb, marker, iteration, cond_in, cond_out, iterations)
+    return _after_loop(p, leaving, accs, steps_entry, provenance)
+
+
+def _step_window(b, iteration, K: int, T: int, D: int) -> tuple:
+    """(weight of each of the iteration's K steps in the readout: 1 for steps D..T-1, else 0; steps
+    done by the end of the iteration, at most T; the delay, a named constant evaluation can set)."""
+    b.prefix = "onnx2snn.loop/steps"
+    t_total = gs.Constant(STEPS_NAME, np.array(T, np.int64))
+    start = b.op("Mul", [iteration, b.const(np.array(K, np.int64))], dtype=np.int64)
+    step_idx = b.op("Add", [start, b.const(np.arange(K, dtype=np.int64))], dtype=np.int64)
+    delay_in = gs.Constant(DELAY_NAME, np.array(D, np.int64))       # named: evaluation sets other delays
+    counted = b.op("And", [b.op("GreaterOrEqual", [step_idx, delay_in], dtype=np.bool_),
+                           b.op("Less", [step_idx, t_total], dtype=np.bool_)], dtype=np.bool_)
+    weight = b.op("Cast", [counted], {"to": onnx.TensorProto.FLOAT})
+    done = b.op("Min", [b.op("Add", [start, b.const(np.array(K, np.int64))], dtype=np.int64), t_total],
+                dtype=np.int64)
+    return weight, done, delay_in
+
+
+def _close_loop(p: Prepared, lb, marker: int, iteration, cond_in, cond_out, iterations: int) -> None:
+    """The nodes made since `marker` become the body of a Loop (or a Scan) over the iterations."""
+    graph, b, config = p.graph, p.b, p.config
+    K = config.chunk
     if config.portable:
         lower_neurons(graph, b, p, explicit=K <= EXPLICIT_MAX or p.config.portable_steps == "written")
     inside = {id(n) for n in p.ordered} | {id(n) for n in graph.nodes[marker:]}
@@ -204,7 +219,11 @@ def build(p: Prepared, provenance: Provenance | None = None) -> onnx.ModelProto:
                                    inputs=[trip, gs.Constant("onnx2snn.loop_cond", np.array(True))]
                                    + [e[0] for e in lb.carried], outputs=[e[3] for e in lb.carried]))
 
-    # ---- after the loop: averages feed the head ----------------------------------------------
+
+def _after_loop(p: Prepared, leaving, accs, steps_entry, provenance) -> onnx.ModelProto:
+    """After the loop: the averages feed the head; the model described in its metadata."""
+    graph, b, config = p.graph, p.b, p.config
+    D = config.delay
     b.prefix = "onnx2snn.readout"
     count = TimeFold.averaged_steps(b, steps_entry[3], gs.Constant(DELAY_NAME + "/readout", np.array(D, np.int64)))
     readouts = []

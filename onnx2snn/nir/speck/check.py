@@ -27,9 +27,18 @@ def check_speck(graph, info: dict | None = None) -> SpeckReport:
     G = SpeckGraph(nir, graph)
     weights = G.weight_types()
     problems, notes, host = [], [], []
-    layers, by_weight, by_neuron, folded_scales, refused = [], {}, {}, {}, set()
+    layers, by_weight, by_neuron, folded_scales, refused = _weight_layers(G, nir, weights, problems)
+    host_neurons, host_scales = _neurons_outside_layers(G, nir, weights, by_weight, by_neuron, info, graph, problems)
+    _sources_destinations_and_the_rest(G, nir, weights, layers, by_weight, by_neuron, folded_scales, refused,
+                                       host_neurons, host_scales, host, problems)
+    memory_checked, memory_note = _rules_and_memory(G, layers, problems)
+    input_info = _input_and_semantics(G, nir, graph, info, layers, host_neurons, notes, host)
+    return _report(G, graph, layers, problems, notes, host, input_info, memory_checked, memory_note, folded_scales)
 
-    # 1. weight node + the IF it feeds (+ a skip Scale folded into the kernel)
+
+def _weight_layers(G, nir, weights, problems) -> tuple:
+    """Speck layers: a weight node and the IF it feeds (and a skip Scale folded into the kernel)."""
+    layers, by_weight, by_neuron, folded_scales, refused = [], {}, {}, {}, set()
     for name in G.order:
         node = G.node(name)
         if not isinstance(node, weights):
@@ -61,7 +70,11 @@ def check_speck(graph, info: dict | None = None) -> SpeckReport:
         layers.append(layer)
         by_weight[name], by_neuron[neuron] = layer, layer
 
-    # 2. IF nodes outside layers: fed by the input (current coding) or by no single weight layer
+    return layers, by_weight, by_neuron, folded_scales, refused
+
+
+def _neurons_outside_layers(G, nir, weights, by_weight, by_neuron, info, graph, problems) -> tuple:
+    """IF nodes outside layers: fed by the input (current coding) or by no single weight layer."""
     host_neurons, host_scales = {}, set()
     for name in G.order:
         if G.is_(name, nir.IF) and name not in by_neuron:
@@ -86,7 +99,12 @@ def check_speck(graph, info: dict | None = None) -> SpeckReport:
                 problems.append(f"IF '{name}': fed by {what}, not by one weight layer (a Speck core integrates "
                                 "only its own convolution's output)")
 
-    # 3. sources (merges) and destinations (pooling) of each layer; readouts and other nodes
+    return host_neurons, host_scales
+
+
+def _sources_destinations_and_the_rest(G, nir, weights, layers, by_weight, by_neuron, folded_scales, refused,
+                                       host_neurons, host_scales, host, problems) -> None:
+    """Sources (merges) and destinations (pooling) of each layer; readouts and other nodes."""
     for layer in layers:
         find_sources(G, layer, by_neuron, host_neurons)
         find_destinations(G, layer, by_weight, folded_scales, host)
@@ -107,7 +125,10 @@ def check_speck(graph, info: dict | None = None) -> SpeckReport:
             problems.append(f"{type_name(node)} '{name}': no Speck counterpart (a core is convolution, "
                             "integrate-and-fire and sum pooling)")
 
-    # 4. layer rules, quantisation, memory
+
+
+def _rules_and_memory(G, layers, problems) -> tuple:
+    """Layer rules, quantisation, cores and memory: (memory checked, how)."""
     for layer in layers:
         check_rules(G, layer)
         quantise_layer(G, layer)
@@ -125,7 +146,11 @@ def check_speck(graph, info: dict | None = None) -> SpeckReport:
             check_memory(validator, layer)
         assign_cores(layers, problems)
 
-    # 5. the input and the time semantics
+    return memory_checked, memory_note
+
+
+def _input_and_semantics(G, nir, graph, info, layers, host_neurons, notes, host) -> dict:
+    """How the input reaches the chip, and the time semantics the chip keeps only as rates."""
     inputs = [n for n in G.order if G.is_(n, nir.Input)]
     coding = info.get("input_coding", (graph.metadata or {}).get("input_coding", "direct"))
     entry = [L for L in layers if "input" in L.sources]
@@ -157,6 +182,12 @@ def check_speck(graph, info: dict | None = None) -> SpeckReport:
             host.append(f"before the graph (host, once per sample): {', '.join(before)}")
         if after:
             host.append(f"after the readout (host): {', '.join(after)}")
+    return input_info
+
+
+def _report(G, graph, layers, problems, notes, host, input_info, memory_checked, memory_note,
+            folded_scales) -> SpeckReport:
+    """The report, problems deduplicated, with the quantised weights the export writes."""
     problems = list(dict.fromkeys(problems))
     for layer in layers:
         layer.problems = list(dict.fromkeys(layer.problems))
