@@ -25,7 +25,7 @@ from .conversion.context import Context, Request, default_output, open_source  #
 from .conversion.result import Conversion
 from .conversion.steps import positive
 from .data import batches as Bt
-from .errors import UserError
+from .errors import UserError, param
 from .evaluate import evaluation as ev
 from .evaluate.report import PLOTS, check_report_outputs, write_report  # noqa: F401 (API)
 from .files import Files, write_atomic
@@ -101,8 +101,8 @@ def recorded_preprocess(model: onnx.ModelProto, mean=None, std=None, size=None, 
 
 def _open_snn(snn_path, batch_size, limit):
     """(files, SNN model, its info): the flags checked, the SNN read and remembered as an input."""
-    positive(batch_size, "--batch-size")
-    positive(limit, "--limit")
+    positive(batch_size, param("batch_size"))
+    positive(limit, param("limit"))
     files = Files()
     files.input(snn_path, "the SNN")
     snn_model = load_snn(snn_path)
@@ -141,15 +141,15 @@ def _evaluate_file(snn_path, data, data_loader, ann_path, timesteps, batch_size,
     prep = prep or recorded_preprocess(snn_model)
     ann = None
     if ann_path:
-        files.input(ann_path, "--ann")
+        files.input(ann_path, param("ann"))
         ann = M.load(ann_path)
     source = open_source(snn_model, data, data_loader, prep, files, annotations, split)
     if decode:
-        files.input(decode.rpartition(":")[0] or decode, "--decode")
+        files.input(decode.rpartition(":")[0] or decode, param("decode"))
     spec = tasks.infer(snn_model, ev.score_output(snn_model), source, task, annotations, decode,
                        getattr(source, "size", None))
     if json_path:
-        files.output(json_path, "--json")
+        files.output(json_path, param("json_path"))
     check_report_outputs(files, report_path, plot_dir)
     total = min(limit or len(source), len(source)) if isinstance(source, D.Source) else None
     batches = Bt.eval_batches(source, batch_size, limit, exact=D.static_batch(inputs) is not None)
@@ -163,7 +163,7 @@ def _evaluate_file(snn_path, data, data_loader, ann_path, timesteps, batch_size,
         steps = info.chunk if info.looped else result.slice_steps or max(timesteps)
         result.sample_bytes = mem.simulation_sample_bytes(largest, steps)
     if json_path:
-        write_atomic(json_path, json.dumps(result.to_json(), indent=1, sort_keys=True).encode(), "--json")
+        write_atomic(json_path, json.dumps(result.to_json(), indent=1, sort_keys=True).encode(), param("json_path"))
     if report_path or plot_dir:
         result.report = write_report(result, report_path, plot_dir, e_sop, e_mac, Path(snn_path).name, info.analog)
     return result
@@ -185,7 +185,7 @@ def run_file(snn_path, output, data=None, data_loader=None, batch_size: int | No
     if skipped:
         log.warning("run: output(s) %s are not tensors (e.g. a ZipMap) and are not saved", ", ".join(skipped))
     if not names:
-        raise UserError(f"-o {output}: the model has no tensor output to save")
+        raise UserError(f"{param('output')} {output}: the model has no tensor output to save")
     out = _output_file(files, output, names)
     inputs = D.model_inputs(snn)
     batch = D.resolve_batch(batch_size, inputs, ev.auto_batch_size(info, info.timesteps, mem.budget(max_memory)))
@@ -215,10 +215,10 @@ def _output_file(files: Files, output, names: list) -> Path:
     """-o of run and run-nir, checked: .npy for one output, .npz for any."""
     out = Path(output)
     if out.suffix not in (".npy", ".npz"):
-        raise UserError(f"-o {out}: expected a .npy or .npz file name")
-    files.output(out, "-o")
+        raise UserError(f"{param('output')} {out}: expected a .npy or .npz file name")
+    files.output(out, param("output"))
     if out.suffix == ".npy" and len(names) != 1:
-        raise UserError(f"-o {out}: the model has {len(names)} outputs; use .npz")
+        raise UserError(f"{param('output')} {out}: the model has {len(names)} outputs; use .npz")
     return out
 
 
@@ -239,11 +239,11 @@ def run_nir_file(nir_path, output, data=None, data_loader=None, batch_size: int 
     graph's metadata unless given; outputs written as run_file writes them; returns them. `prep`:
     a data.Preprocess, or a function of the one recorded in the graph (the flags applied to it)."""
     from .nir.files import NirFile
-    positive(batch_size, "--batch-size")
-    positive(limit, "--limit")
-    positive(timesteps, "-T")
+    positive(batch_size, param("batch_size"))
+    positive(limit, param("limit"))
+    positive(timesteps, param("timesteps"))
     if delay is not None and (isinstance(delay, bool) or not isinstance(delay, int) or delay < 0):
-        raise UserError(f"-D {delay}: must be an integer >= 0")
+        raise UserError(f"{param('delay')} {delay}: must be an integer >= 0")
     files = Files()
     model = NirFile(nir_path, files)
     out = _output_file(files, output, model.outputs)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from .errors import UserError
+from .errors import UserError, param
 
 METHODS = ("ltb", "ltb-layer", "max", "percentile")
 FORMS = ("unrolled", "loop")
@@ -37,8 +37,8 @@ def _int(flag: str, value, low: int, high: float = math.inf) -> None:
 
 def check_energy(e_sop, e_mac) -> None:
     """The energy constants of the estimate (pJ): finite and > 0."""
-    _float("--e-sop", e_sop, 0.0, low_open=True)
-    _float("--e-mac", e_mac, 0.0, low_open=True)
+    _float(param("e_sop"), e_sop, 0.0, low_open=True)
+    _float(param("e_mac"), e_mac, 0.0, low_open=True)
 
 
 def _float(flag: str, value, low: float, high: float = math.inf, low_open: bool = False) -> None:
@@ -60,7 +60,7 @@ def augment_kind(augment) -> str | None:
         return "crop-flip"
     if isinstance(augment, str) and augment in AUGMENTS:
         return augment
-    raise UserError(f"--augment {augment}: expected crop-flip, flip or ssd")
+    raise UserError(f"{param('augment')} {augment}: expected crop-flip, flip or ssd")
 
 
 @dataclass(frozen=True)
@@ -79,19 +79,19 @@ class CalibConfig:
 
     def __post_init__(self):
         if self.method not in METHODS:
-            raise UserError(f"--method {self.method}: unknown (choose from {', '.join(METHODS)})")
-        _int("--iters", self.iters, 1)
+            raise UserError(f"{param('method')} {self.method}: unknown (choose from {', '.join(METHODS)})")
+        _int(param("iters"), self.iters, 1)
         if self.batch_size is not None:
-            _int("--batch-size", self.batch_size, 1)
-        _float("--lr", self.lr, 0.0, low_open=True)
-        _float("--percentile", self.percentile, 0.0, 100.0)
+            _int(param("batch_size"), self.batch_size, 1)
+        _float(param("lr"), self.lr, 0.0, low_open=True)
+        _float(param("percentile"), self.percentile, 0.0, 100.0)
         if not self.percentile > 0:
-            raise UserError(f"--percentile {self.percentile}: must be in (0, 100]")
-        _int("--seed", self.seed, 0)
+            raise UserError(f"{param('percentile')} {self.percentile}: must be in (0, 100]")
+        _int(param("seed"), self.seed, 0)
         augment_kind(self.augment)
-        _int("--round-batches", self.round_batches, 1)
+        _int(param("round_batches"), self.round_batches, 1)
         if self.tune not in ("none", "auto"):
-            raise UserError(f"--tune {self.tune}: expected none or auto")
+            raise UserError(f"{param('tune')} {self.tune}: expected none or auto")
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,7 @@ class SNNConfig:
             return 1
         kind, _, count = str(self.spikes).partition(":")
         if kind != "burst" or not count.isdigit() or not 2 <= int(count) <= MAX_BURST:
-            raise UserError(f"--spikes {self.spikes}: expected binary or burst:K with K in [2, {MAX_BURST}]")
+            raise UserError(f"{param('spikes')} {self.spikes}: expected binary or burst:K with K in [2, {MAX_BURST}]")
         return int(count)
 
     @property
@@ -140,33 +140,33 @@ class SNNConfig:
 
     def __post_init__(self):
         if self.form not in FORMS:
-            raise UserError(f"--form {self.form}: expected {' or '.join(FORMS)}")
+            raise UserError(f"{param('form')} {self.form}: expected {' or '.join(FORMS)}")
         if self.maxpool not in MAXPOOLS:
-            raise UserError(f"--maxpool {self.maxpool}: expected {' or '.join(MAXPOOLS)}")
-        _int("--timesteps", self.timesteps, 1)
-        _int("--chunk", self.chunk, 1)
+            raise UserError(f"{param('maxpool')} {self.maxpool}: expected {' or '.join(MAXPOOLS)}")
+        _int(param("timesteps"), self.timesteps, 1)
+        _int(param("chunk"), self.chunk, 1)
         if self.form != "loop" and self.chunk != 1:
-            raise UserError("--chunk needs --form loop")
+            raise UserError(f"{param('chunk')} needs {param('form')} loop")
         if self.early_exit and self.form != "loop":
-            raise UserError("--early-exit needs --form loop")
+            raise UserError(f"{param('early_exit')} needs {param('form')} loop")
         if self.correct not in CORRECTIONS:
-            raise UserError(f"--correct {self.correct}: expected {' or '.join(CORRECTIONS)}")
+            raise UserError(f"{param('correct')} {self.correct}: expected {' or '.join(CORRECTIONS)}")
         if self.loop_op not in LOOP_OPS:
-            raise UserError(f"--loop-op {self.loop_op}: expected {' or '.join(LOOP_OPS)}")
+            raise UserError(f"{param('loop_op')} {self.loop_op}: expected {' or '.join(LOOP_OPS)}")
         if self.loop_op != "loop" and self.form != "loop":
-            raise UserError("--loop-op needs --form loop")
+            raise UserError(f"{param('loop_op')} needs {param('form')} loop")
         if self.portable_steps not in PORTABLE_STEPS:
-            raise UserError(f"--portable-steps {self.portable_steps}: expected {' or '.join(PORTABLE_STEPS)}")
+            raise UserError(f"{param('portable_steps')} {self.portable_steps}: expected {' or '.join(PORTABLE_STEPS)}")
         if self.early_exit and self.loop_op != "loop":
-            raise UserError("--early-exit needs --loop-op loop (a Scan cannot stop early)")
-        _float("--v-init", self.v_init, 0.0, 1.0)
+            raise UserError(f"{param('early_exit')} needs {param('loop_op')} loop (a Scan cannot stop early)")
+        _float(param("v_init"), self.v_init, 0.0, 1.0)
         _ = self.max_spikes            # validates --spikes
         if not isinstance(self.signed, bool):
-            raise UserError(f"--signed: expected true or false, got {self.signed!r}")
-        _int("--exit-stable", self.exit_stable, 1)
-        _float("--exit-margin", self.exit_margin, 0.0)
-        _int("--exit-min-steps", self.exit_min_steps, 0)
+            raise UserError(f"{param('signed')}: expected true or false, got {self.signed!r}")
+        _int(param("exit_stable"), self.exit_stable, 1)
+        _float(param("exit_margin"), self.exit_margin, 0.0)
+        _int(param("exit_min_steps"), self.exit_min_steps, 0)
         if self.delay != AUTO:
             if isinstance(self.delay, bool) or not isinstance(self.delay, int) \
                     or not 0 <= self.delay < self.timesteps:
-                raise UserError(f"--delay {self.delay}: must be 'auto' or an integer in [0, timesteps)")
+                raise UserError(f"{param('delay')} {self.delay}: must be 'auto' or an integer in [0, timesteps)")

@@ -43,7 +43,7 @@ def test_thresholds_are_divided_by_k_and_the_choice_is_recorded(tmp_path):
     assert SNNInfo.from_metadata(binary).spikes == "binary"
     assert not any(a.name == "max_spikes" for n in binary.graph.node for a in n.attribute)
     for bad in ("burst:1", "burst:x", "burst", "graded:2", "burst:65"):
-        with pytest.raises(UserError, match="--spikes"):
+        with pytest.raises(UserError, match="spikes"):
             SNNConfig(spikes=bad)
 
 

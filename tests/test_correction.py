@@ -153,7 +153,7 @@ def test_default_conversion_corrects_both_and_the_thresholds_reproduce_it_withou
                              snn=SNNConfig(timesteps=64, delay=res.delay.delay, correct="none"))
     assert not plain.thresholds.bias and not plain.thresholds.potential and "correction" not in plain.thresholds.info
     assert api.data_defaults(False, tmp_path / "th.json", 32) == {"delay": 0, "correct": "none"}   # made for T=64
-    with pytest.raises(UserError, match="--correct potential: needs --data"):
+    with pytest.raises(UserError, match="correct potential: needs data"):
         onnx2snn.convert(path, output=tmp_path / "d.snn.onnx", thresholds=tmp_path / "th.json",
                          snn=SNNConfig(timesteps=64, correct="potential"))
 

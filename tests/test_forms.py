@@ -171,7 +171,7 @@ def test_eval_gives_the_same_numbers_and_spike_counts_in_every_form(cnn_path, di
         snn, _ = to_snn(ann, th, SNNConfig(timesteps=32, **kw))   # evaluated beyond the model's T too
         if kw.get("portable") and kw.get("portable_steps", "written") == "written" and kw["form"] == "unrolled":
             # its steps are written out for T=32: that T only, shorter windows read from it
-            with pytest.raises(UserError, match="runs at T=32 only.*--portable-steps scan"):
+            with pytest.raises(UserError, match="runs at T=32 only.*portable_steps scan"):
                 evaluate(snn, batches, [8, 16, 64], ann)
             written = [(r["T"], r["accuracy"], r["sops"]) for r in evaluate(snn, batches, [8, 16, 32], ann).rows]
             continue

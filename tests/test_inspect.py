@@ -57,7 +57,7 @@ def test_inspect_text_and_errors(tmp_path, capsys):
 
 def test_keep_analog_converts_hybrid_models_and_records_the_nodes():
     model = graphs.nonlinear_middle_model()
-    with pytest.raises(UserError, match="--keep-analog runs them on each step's input"):
+    with pytest.raises(UserError, match="keep_analog runs them on each step's input"):
         to_snn(model, None, SNNConfig(timesteps=4))
     th = Thresholds({"relu0": np.full(2, 2.0, np.float32), "relu1": np.full(2, 4.0, np.float32)}, "manual")
     x = np.random.default_rng(0).normal(size=(3, 2, 3, 3)).astype(np.float32)

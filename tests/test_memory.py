@@ -5,6 +5,7 @@ import pytest
 
 import graphs
 from onnx2snn import UserError, api
+from onnx2snn.errors import param
 from onnx2snn.evaluate import evaluation as ev
 from onnx2snn.graph.analyse import as_analysis
 from onnx2snn.cli import main
@@ -19,14 +20,14 @@ def test_sizes_parse_in_binary_units_and_bad_ones_name_the_flag():
     assert mem.parse_size("8G") == 8 * 2 ** 30 and mem.parse_size("512M") == 512 * 2 ** 20
     assert mem.parse_size("1.5GiB") == int(1.5 * 2 ** 30) and mem.parse_size("2000000") == 2000000
     for bad in ("lots", "8Q", "-1G", "10K"):
-        with pytest.raises(UserError, match="--max-memory"):
+        with pytest.raises(UserError, match="max_memory"):
             mem.parse_size(bad)
 
 
 def test_default_budget_is_half_of_what_is_available():
     b = mem.budget()
     assert 0 < b.bytes <= mem.available_bytes() and "available" in b.source
-    assert mem.budget("2G") == mem.MemoryBudget(2 * 2 ** 30, "--max-memory")
+    assert mem.budget("2G") == mem.MemoryBudget(2 * 2 ** 30, param("max_memory"))
     assert b.samples(b.bytes / 3.5, 100) == 3 and b.samples(b.bytes * 10, 100) == 1 and b.samples(1, 64) == 64
 
 

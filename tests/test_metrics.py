@@ -268,7 +268,7 @@ def test_detect_errors(tmp_path):
 
 def test_detect_without_pycocotools(monkeypatch):
     monkeypatch.setitem(sys.modules, "pycocotools.coco", None)     # import fails
-    with pytest.raises(UserError, match=r"--task detect needs pycocotools: pip install 'onnx2snn\[tasks\]'"):
+    with pytest.raises(UserError, match=r"task detect needs pycocotools: pip install 'onnx2snn\[tasks\]'"):
         Detect(_gt())
 
 
@@ -308,5 +308,5 @@ def test_for_task():
         ("classify", "top1", True), ("segment", "miou", True), ("detect", "map", True), ("regress", "psnr", True)]
     assert isinstance(for_task("regress", peak=1.0), Regress)
     assert metrics.TASKS == ("classify", "segment", "detect", "regress")
-    with pytest.raises(UserError, match=r"^--task pose: expected classify, segment, detect or regress$"):
+    with pytest.raises(UserError, match=r"^task pose: expected classify, segment, detect or regress$"):
         for_task("pose")

@@ -323,8 +323,8 @@ def test_stem_with_a_max_pool_stays_on_the_host_and_the_graph_input_is_the_curre
     (graphs.spiking_pool_model, {}, ["SpikingMaxPool 'pool'", "average pooling"]),
     (graphs.nhwc_model, {}, ["Transpose 'to_nchw2'", "NCHW"]),      # the first one stays on the host
     (graphs.nonlinear_middle_model, {"keep_analog": True}, ["Sigmoid 'squash'", "--keep-analog"]),
-    (graphs.residual_integer_model, {"form": "loop"}, ["loop form", "--form unrolled"]),
-    (residual_block, {"portable": True}, ["portable", "without --portable"]),
+    (graphs.residual_integer_model, {"form": "loop"}, ["loop form", "form unrolled"]),
+    (residual_block, {"portable": True}, ["portable", "without portable"]),
 ])
 def test_what_nir_cannot_express_is_refused_with_node_reason_and_way_forward(make, config, words):
     model = make()

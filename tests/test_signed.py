@@ -181,7 +181,7 @@ def test_a_stored_correction_is_reused_only_for_the_neuron_it_was_made_for():
     assert stored(th, "both", 8, "burst:2") and not stored(th, "both", 8, "burst:2+signed")
     th.info["correction"]["spikes"] = "burst:2+signed"
     assert stored(th, "both", 8, "burst:2+signed") and not stored(th, "both", 8, "burst:2")
-    with pytest.raises(UserError, match="--signed"):
+    with pytest.raises(UserError, match="signed"):
         SNNConfig(signed="yes")
 
 

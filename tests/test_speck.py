@@ -211,7 +211,7 @@ def test_layer_rules_give_a_per_layer_reason_naming_the_node(make, layer, words)
     assert layer in report.text() and "PROBLEM" in report.text()
     with pytest.raises(UserError) as err:
         report.raise_if_unfit()
-    assert str(err.value).startswith("--target speck: ") and "\n" not in str(err.value)
+    assert str(err.value).startswith("target speck: ") and "\n" not in str(err.value)
     assert json.loads(json.dumps(report.to_dict()))["fits"] is False
 
 

@@ -127,21 +127,29 @@ def test_mac_counts_by_hand():
 
 # ---- configs and the SNN description -------------------------------------------------------------
 @pytest.mark.parametrize("kwargs,flag", [
-    (dict(lr=float("inf")), "--lr"), (dict(lr=0), "--lr"), (dict(iters=0), "--iters"),
-    (dict(batch_size=-2), "--batch-size"), (dict(percentile=0), "--percentile"), (dict(method="x"), "--method")])
+    (dict(lr=float("inf")), "lr"), (dict(lr=0), "lr"), (dict(iters=0), "iters"),
+    (dict(batch_size=-2), "batch_size"), (dict(percentile=0), "percentile"), (dict(method="x"), "method")])
 def test_calib_config_refuses_bad_values(kwargs, flag):
-    with pytest.raises(UserError, match=flag):
+    """The library names the parameter; the command line renders it as its flag."""
+    from onnx2snn.cli.options import flag_of
+    from onnx2snn.errors import render
+    with pytest.raises(UserError, match=rf"^{flag}\b") as err:
         CalibConfig(**kwargs)
+    assert "--" not in str(err.value)
+    assert render(err.value.template, flag_of).startswith("--" + flag.replace("_", "-") + " ")
 
 
 @pytest.mark.parametrize("kwargs,flag", [
-    (dict(v_init=float("nan")), "--v-init"), (dict(timesteps=0), "--timesteps"), (dict(delay=64), "--delay"),
-    (dict(chunk=2), "--chunk"), (dict(form="loop", exit_stable=0), "--exit-stable"),
-    (dict(form="loop", exit_margin=-1.0), "--exit-margin"), (dict(exit_min_steps=-1), "--exit-min-steps"),
-    (dict(early_exit=True), "--early-exit")])
+    (dict(v_init=float("nan")), "v_init"), (dict(timesteps=0), "timesteps"), (dict(delay=64), "delay"),
+    (dict(chunk=2), "chunk"), (dict(form="loop", exit_stable=0), "exit_stable"),
+    (dict(form="loop", exit_margin=-1.0), "exit_margin"), (dict(exit_min_steps=-1), "exit_min_steps"),
+    (dict(early_exit=True), "early_exit")])
 def test_snn_config_refuses_bad_values_and_replace_validates_again(kwargs, flag):
-    with pytest.raises(UserError, match=flag):
+    from onnx2snn.cli.options import flag_of
+    from onnx2snn.errors import render
+    with pytest.raises(UserError, match=rf"^{flag}\b") as err:
         SNNConfig(**kwargs)
+    assert "--" not in str(err.value) and render(err.value.template, flag_of).startswith("--")
     with pytest.raises(UserError, match=flag):
         dataclasses.replace(SNNConfig(), **kwargs)
 
@@ -192,9 +200,9 @@ def test_a_missing_runtime_package_is_named(monkeypatch, tmp_path):
                         lambda name, *a: (_ for _ in ()).throw(ImportError(name)) if name in ("openvino", "tract")
                         else real(name, *a))
     for name in ("openvino", "tract"):
-        with pytest.raises(UserError, match=rf"--runtime {name}: the Python package '{name}' is not installed"):
+        with pytest.raises(UserError, match=rf"runtime_name {name}: the Python package '{name}' is not installed"):
             runtime.backend(name, tmp_path / "p.onnx")
-    with pytest.raises(UserError, match="--runtime cuda"):
+    with pytest.raises(UserError, match="runtime_name cuda"):
         runtime.backend("cuda", tmp_path / "p.onnx")
 
 

@@ -14,7 +14,7 @@ import onnx_graphsurgeon as gs
 from ..graph.analyse import Analysis, as_analysis
 from ..graph.builder import Builder
 from ..config import METHODS
-from ..errors import UserError
+from ..errors import UserError, param
 from ..graph.onnx_io import export
 from ..ops.neuron import DOMAIN, OPSET_VERSION
 
@@ -90,7 +90,7 @@ def build(analysis: Analysis, method: str = "ltb", percentile: float = 99.9,
     they cost memory).
     """
     if method not in METHODS:
-        raise UserError(f"--method {method}: unknown (choose from {', '.join(METHODS)})")
+        raise UserError(f"{param('method')} {method}: unknown (choose from {', '.join(METHODS)})")
     analysis = as_analysis(analysis)
     analysis.require_activations()
     graph, acts = analysis.copy()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
+from ..errors import UserError, param
 from ..files import write_atomic
 
 FORMAT = "onnx2snn-thresholds"
@@ -44,7 +44,7 @@ class Thresholds:
             bad = ~np.isfinite(v)
             if bad.any():
                 raise UserError(f"{where}: activation '{name}' has {int(bad.sum())} non-finite threshold(s) "
-                                f"({v[bad][0]}); check the data for NaN/Inf and the --lr")
+                                f"({v[bad][0]}); check the data for NaN/Inf and the {param('lr')}")
             if (v < 0).any():
                 raise UserError(f"{where}: activation '{name}' has negative threshold(s) ({v.min()})")
         return self
@@ -74,14 +74,14 @@ class Thresholds:
                 meta[key] = {k: [float(x) for x in np.asarray(v).reshape(-1)] for k, v in table.items()}
         return json.dumps(meta, indent=1, sort_keys=True).encode()
 
-    def save(self, path, flag: str = "--save-thresholds") -> Path:
+    def save(self, path, flag: str = param("save_thresholds")) -> Path:
         """Write JSON (or NPZ when the name ends in .npz) atomically."""
         path = Path(path)
         self.validate(f"{flag} {path}")
         return write_atomic(path, self.to_bytes(path.suffix.lower() == ".npz"), flag)
 
     @staticmethod
-    def load(path, flag: str = "--thresholds") -> "Thresholds":
+    def load(path, flag: str = param("thresholds")) -> "Thresholds":
         path = Path(path)
         if not path.is_file():
             raise UserError(f"{flag} {path}: no such file")

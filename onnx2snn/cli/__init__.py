@@ -17,7 +17,8 @@ import logging
 import sys
 import traceback
 
-from ..errors import InternalError, UserError
+from ..errors import InternalError, UserError, render
+from .options import flag_of
 from .convert import configs
 from .parser import MODULES, build_parser
 
@@ -59,14 +60,14 @@ def _main(argv=None) -> int:
     except UserError as err:
         if verbose:
             traceback.print_exc()
-        print(f"onnx2snn: error: {err}", file=sys.stderr)
+        print(f"onnx2snn: error: {render(err.template, flag_of)}", file=sys.stderr)   # parameters as flags
         return 1
     except (KeyboardInterrupt, SystemExit, BrokenPipeError):
         raise
     except InternalError as err:   # onnx2snn contradicted itself: its message names the step and node
         if verbose:
             traceback.print_exc()
-        print(f"onnx2snn: error: internal error in {err}", file=sys.stderr)
+        print(f"onnx2snn: error: internal error in {render(err.template, flag_of)}", file=sys.stderr)
         return 1
     except MemoryError:
         print("onnx2snn: error: out of memory; use a smaller --batch-size or fewer timesteps", file=sys.stderr)

@@ -6,7 +6,7 @@ import functools
 
 from ..config import (CHECK_SAMPLES, CORRECT_SAMPLES, CORRECTIONS, DELAY_SAMPLES, FORMS, FREEZE_SAMPLES, LOOP_OPS,
                       MAXPOOLS, METHODS, PORTABLE_STEPS, CalibConfig, SNNConfig)
-from .options import cluster_flags, data_flags, default_of, memory_flag, output_flags, preprocess
+from .options import cluster_flags, data_flags, default_of, flag_of, memory_flag, output_flags, preprocess
 from .output import check_json, data_inputs, emit, progress, quiet, say
 
 NAME = "convert"
@@ -189,7 +189,7 @@ def command(args) -> int:
             (f", {args.spikes} spikes" if args.spikes != "binary" else "") + (", signed" if args.signed else "")
         print(f"converted {args.model} -> {result.output}  ({form}, T={args.timesteps}, "
               f"method {th.method}, {how})")
-        print(f"memory budget {result.memory.describe()}; samples per batch: "
+        print(f"memory budget {result.memory.describe(flag_of)}; samples per batch: "
               + ", ".join(f"{k} {v}" for k, v in result.batches.items()))
         print("steps (seconds): " + ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items()))
         if result.frozen is not None and result.frozen.layers:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..config import E_MAC_PJ, E_SOP_PJ, check_energy
 from ..errors import UserError
-from .options import cluster_flags, data_flags, int_list, memory_flag, output_flags, preprocess
+from .options import cluster_flags, flag_of, data_flags, int_list, memory_flag, output_flags, preprocess
 from .output import emit, progress, say
 
 NAME = "eval"
@@ -78,7 +78,7 @@ def command(args) -> int:
         if result.task:
             print(f"task: {result.task} ({result.task_reason})")
         over = result.sample_bytes and not result.memory.fits(result.sample_bytes)
-        print(f"memory budget {result.memory.describe()}: {result.batch_size} samples per simulation batch"
+        print(f"memory budget {result.memory.describe(flag_of)}: {result.batch_size} samples per simulation batch"
               + (" (--batch-size)" if args.batch_size else "")
               + (f"; one sample does not fit at T={max(r['T'] for r in result.rows)}: the unrolled simulation "
                  f"runs {result.slice_steps} steps at a time" if result.slice_steps else "")

@@ -8,6 +8,16 @@ import dataclasses
 from ..errors import UserError
 
 
+# the library's parameters whose flag is not `--` + the name with dashes (errors.param)
+_FLAGS = {"output": "-o", "check_samples": "--check", "report_path": "--report", "plot_dir": "--plot",
+          "json_path": "--json", "runtime_name": "--runtime"}
+
+
+def flag_of(name: str) -> str:
+    """The command line's flag for a library parameter an error names (errors.param)."""
+    return _FLAGS.get(name, "--" + name.replace("_", "-"))
+
+
 def default_of(config: type, name: str):
     """The default of field `name` of a config dataclass: the one source of a flag's default."""
     for f in dataclasses.fields(config):

@@ -17,15 +17,16 @@ from __future__ import annotations
 import contextlib
 import threading
 
-from ..errors import UserError
+from ..errors import UserError, param
 
 
 def check_flags(workers=None, cluster=None) -> None:
     """--workers N (N >= 1) and --cluster ADDRESS, not both."""
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
-        raise UserError(f"--workers {workers}: must be an integer >= 1")
+        raise UserError(f"{param('workers')} {workers}: must be an integer >= 1")
     if workers is not None and cluster is not None:
-        raise UserError("--workers starts a local cluster, --cluster uses an existing one: give one of them")
+        raise UserError(f"{param('workers')} starts a local cluster, {param('cluster')} uses an existing one: give one "
+                        f"of them")
 
 
 class _Lazy:

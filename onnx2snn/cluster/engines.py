@@ -14,7 +14,7 @@ import pickle
 import uuid
 from collections import deque
 
-from ..errors import InternalError, UserError
+from ..errors import InternalError, UserError, param
 from . import work
 
 log = logging.getLogger(__name__)
@@ -141,7 +141,7 @@ def _dask():
         import distributed
         return distributed
     except ImportError:
-        raise UserError("--workers/--cluster: the Python package 'distributed' is not installed "
+        raise UserError(f"{param('workers')}/{param('cluster')}: the Python package 'distributed' is not installed "
                         "(pip install 'onnx2snn[dask]')") from None
 
 
@@ -177,7 +177,7 @@ class DaskEngine(Engine):
             try:
                 self.client = self._own_client = distributed.Client(address, timeout="10s")
             except (OSError, TimeoutError) as err:
-                raise UserError(f"--cluster {address}: cannot reach the Dask scheduler ({err})") from None
+                raise UserError(f"{param('cluster')} {address}: cannot reach the Dask scheduler ({err})") from None
             self.threads = 0
         else:
             if not logging.getLogger().isEnabledFor(logging.INFO):     # -v shows the scheduler's log
@@ -221,7 +221,7 @@ class DaskEngine(Engine):
             return future.result()
         except distributed.KilledWorker as err:
             raise UserError(f"cluster: a shard lost its worker {RETRIES + 1} times ({err}); "
-                            "the workers may be running out of memory (see --max-memory)") from None
+                            f"the workers may be running out of memory (see {param('max_memory')})") from None
 
     def _cancel(self, futures):
         try:
@@ -265,7 +265,7 @@ class RayEngine(Engine):
         try:
             import ray
         except ImportError:
-            raise UserError(f"--cluster {address}: the Python package 'ray' is not installed "
+            raise UserError(f"{param('cluster')} {address}: the Python package 'ray' is not installed "
                             "(pip install 'onnx2snn[ray]')") from None
         self.ray = ray
         self._started = False
@@ -274,7 +274,7 @@ class RayEngine(Engine):
             try:
                 ray.init(address=target, include_dashboard=False, log_to_driver=False, configure_logging=False)
             except (ConnectionError, RuntimeError, ValueError) as err:
-                raise UserError(f"--cluster {address}: cannot start or reach Ray ({err})") from None
+                raise UserError(f"{param('cluster')} {address}: cannot start or reach Ray ({err})") from None
             self._started = True
         cpus = int(ray.cluster_resources().get("CPU", 1))
         self.workers = max(1, cpus)
@@ -337,9 +337,10 @@ def open_engine(workers=None, cluster=None, say=None) -> Engine:
         if cluster.startswith("ray://") or cluster == "ray:auto":
             return RayEngine(cluster, say=say)
         if cluster.startswith("ray:"):
-            raise UserError(f"--cluster {cluster}: expected ray://HOST:PORT or ray:auto")
+            raise UserError(f"{param('cluster')} {cluster}: expected ray://HOST:PORT or ray:auto")
         return DaskEngine(address=cluster, say=say)
     if type(cluster).__name__ == "Client" and type(cluster).__module__.startswith("distributed"):
         return DaskEngine(client=cluster, say=say)
-    raise UserError(f"--cluster {cluster!r}: expected an address (tcp://HOST:PORT, ray://HOST:PORT, ray:auto), "
+    raise UserError(f"{param('cluster')} {cluster!r}: expected an address (tcp://HOST:PORT, ray://HOST:PORT, "
+                    f"ray:auto), "
                     "a dask.distributed Client or an onnx2snn cluster engine")

@@ -21,6 +21,7 @@ from ..config import CORRECT_SAMPLES, DELAY_SAMPLES, FREEZE_SAMPLES, CalibConfig
 from ..data import remote
 from ..files import Files
 from ..runtime.memory import MemoryBudget
+from ..errors import param
 
 log = logging.getLogger(__name__)
 
@@ -116,11 +117,11 @@ def open_source(model: onnx.ModelProto, data=None, data_loader=None, prep: D.Pre
     local = str(remote.localize(url)) if url else data
     if files is not None:
         if data_loader:
-            files.input(data_loader.rpartition(":")[0] or data_loader, "--data-loader")
+            files.input(data_loader.rpartition(":")[0] or data_loader, param("data_loader"))
         elif local:
-            files.input(local, "--data", folder_ok=True)
+            files.input(local, param("data"), folder_ok=True)
         if annotations:
-            files.input(annotations, "--annotations")
+            files.input(annotations, param("annotations"))
     inputs, prep = D.model_inputs(model), prep or D.Preprocess()
     source = D.open_data(local, data_loader, inputs, prep, annotations=str(annotations) if annotations else None,
                          split=split)

@@ -26,7 +26,7 @@ from ..calibration import balancing as cal
 from ..calibration.thresholds import Thresholds
 from ..config import AUTO, CalibConfig, SNNConfig
 from ..data import batches as Bt
-from ..errors import UserError
+from ..errors import UserError, param
 from ..evaluate import evaluation as ev
 from ..evaluate.report import check_report_outputs, write_report
 from ..files import write_atomic
@@ -57,31 +57,34 @@ def _check_request(ctx: Context) -> None:
     """The arguments, before any file is read."""
     r = ctx.request
     if ctx.snn.delay == AUTO and not r.has_data:
-        raise UserError("--delay auto: needs --data (or --data-loader) to choose the delay from")
+        raise UserError(f"{param('delay')} auto: needs {param('data')} (or {param('data_loader')}) to choose the delay "
+                        f"from")
     if r.freeze_norm and not r.has_data:
-        raise UserError("--freeze-norm: needs --data (or --data-loader) to measure the statistics on")
-    positive(r.correct_samples, "--correct-samples")
+        raise UserError(f"{param('freeze_norm')}: needs {param('data')} (or {param('data_loader')}) to measure the "
+                        f"statistics on")
+    positive(r.correct_samples, param("correct_samples"))
     if isinstance(r.delay_samples, bool) or not isinstance(r.delay_samples, int) or r.delay_samples < 1:
-        raise UserError(f"--delay-samples {r.delay_samples}: must be an integer >= 1")
+        raise UserError(f"{param('delay_samples')} {r.delay_samples}: must be an integer >= 1")
     if isinstance(r.check_samples, bool) or not isinstance(r.check_samples, int) or r.check_samples < 0:
-        raise UserError(f"--check {r.check_samples}: must be an integer >= 0")
+        raise UserError(f"{param('check_samples')} {r.check_samples}: must be an integer >= 0")
 
 
 def _check_files(ctx: Context) -> None:
     """Every output against every input, before any work: nothing the user has is overwritten."""
     r, files = ctx.request, ctx.files
     if r.write:
-        files.output(ctx.out_path, "-o")
+        files.output(ctx.out_path, param("output"))
     if r.save_thresholds:
-        files.output(r.save_thresholds, "--save-thresholds")
+        files.output(r.save_thresholds, param("save_thresholds"))
         if r.write and Path(r.save_thresholds).resolve() == ctx.out_path.resolve():
-            raise UserError(f"--save-thresholds {r.save_thresholds}: is also the -o output")
+            raise UserError(f"{param('save_thresholds')} {r.save_thresholds}: is also the {param('output')} output")
     if (r.report_path or r.plot_dir) and not (r.check_samples and ctx.source is not None):
-        raise UserError("--report/--plot describe the check after converting: they need --data and --check N > 0")
+        raise UserError(f"{param('report_path')}/{param('plot_dir')} describe the check after converting: they need "
+                        f"{param('data')} and {param('check_samples')} N > 0")
     check_report_outputs(files, r.report_path, r.plot_dir)
     if r.nir:
         from ..nir.files import check_outputs
-        check_outputs(files, r.nir, "--nir",
+        check_outputs(files, r.nir, param("nir"),
                       [p for p in (ctx.out_path if r.write else None, r.save_thresholds, r.report_path) if p])
 
 
@@ -92,7 +95,7 @@ def load(ctx: Context) -> None:
     _check_request(ctx)
     ctx.files.input(r.model_path, "the model")
     if r.thresholds is not None and not isinstance(r.thresholds, Thresholds):
-        ctx.files.input(r.thresholds, "--thresholds")
+        ctx.files.input(r.thresholds, param("thresholds"))
     ctx.model = M.load(r.model_path)
     if r.has_data:
         ctx.source = open_source(ctx.model, r.data, r.data_loader, r.prep, ctx.files, r.annotations, r.split)
@@ -111,7 +114,7 @@ def _check_before_calibration(ctx: Context) -> None:
         from ..nir.files import verdict
         judged = verdict(ctx.analysis, ctx.snn.keep_analog, ctx.snn.spikes, ctx.snn.signed)
         if not judged["exportable"]:
-            raise UserError(f"--nir {ctx.request.nir}: the SNN cannot be exported to NIR: {judged['reason']}")
+            raise UserError(f"{param('nir')} {ctx.request.nir}: the SNN cannot be exported to NIR: {judged['reason']}")
 
 
 # ---- freeze ---------------------------------------------------------------------------------------
@@ -122,7 +125,7 @@ def freeze_norms(analysis, source, samples: int, calib: CalibConfig, memory: Mem
     if not names:
         log.warning("--freeze-norm: no normalisation layer between spiking layers; nothing frozen")
         return analysis, fr.FrozenNorms()
-    positive(samples, "--freeze-samples")
+    positive(samples, param("freeze_samples"))
     inputs = D.model_inputs(analysis.model)
     batch = D.resolve_batch(None, inputs, calibration_batch_size(analysis.model, calib, memory))
     feeds = [f for f, _ in Bt.eval_batches(source, batch, samples, exact=D.static_batch(inputs) is not None,
@@ -185,10 +188,11 @@ def calibrate(ctx: Context) -> None:
     r = ctx.request
     if r.thresholds is not None:
         th = r.thresholds if isinstance(r.thresholds, Thresholds) else Thresholds.load(r.thresholds)
-        th.validate("--thresholds")
+        th.validate(param("thresholds"))
     else:
         if ctx.source is None:
-            raise UserError("--data: calibration data is needed (or --thresholds FILE to reuse thresholds)")
+            raise UserError(f"{param('data')}: calibration data is needed (or {param('thresholds')} FILE to reuse "
+                            f"thresholds)")
         with runtime.step("calibration", ctx.analysis.model):
             if r.calib.tune == "auto":
                 th, ctx.tuned = tuned_calibration(ctx.analysis, ctx.source, r.calib, ctx.snn, r.delay_samples,
@@ -196,7 +200,7 @@ def calibrate(ctx: Context) -> None:
             else:
                 th = calibrate_source(ctx.analysis, ctx.source, r.calib, ctx.progress, memory=ctx.memory,
                                       engine=ctx.engine)
-    th.check_against(ctx.analysis.activations, "--thresholds" if r.thresholds is not None else "calibration")
+    th.check_against(ctx.analysis.activations, param("thresholds") if r.thresholds is not None else "calibration")
     ctx.thresholds = th
 
 
@@ -226,7 +230,7 @@ def write(ctx: Context) -> None:
     if r.save_thresholds:
         ctx.thresholds.save(r.save_thresholds)
     if r.write:
-        write_atomic(ctx.out_path, ctx.snn_model.SerializeToString(), "-o")
+        write_atomic(ctx.out_path, ctx.snn_model.SerializeToString(), param("output"))
 
 
 def nir(ctx: Context) -> None:
@@ -236,7 +240,7 @@ def nir(ctx: Context) -> None:
     # the export reads the reference form's IF nodes: other forms are rebuilt for it, same thresholds
     unrolled = ctx.snn_model if ctx.snn.form == "unrolled" and not ctx.snn.portable else \
         to_snn(ctx.analysis, ctx.thresholds, ctx.snn.reference(), ctx.provenance)[0]
-    export_file(unrolled, ctx.request.nir, where="--nir")
+    export_file(unrolled, ctx.request.nir, where=param("nir"))
 
 
 # ---- check ----------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import UserError, param
 from .datasets import CocoImages, VOCSegmentation
 from .inputs import InputInfo, Preprocess, model_inputs, parse_floats, resolve_batch, static_batch
 from .sources import (
@@ -43,26 +43,29 @@ def open_data(data: str | None, loader: str | None, inputs, prep: Preprocess,
     list of a Pascal VOC folder)."""
     if annotations is not None:
         if loader:
-            raise UserError(f"--annotations {annotations}: needs --data FOLDER (the images), not --data-loader")
+            raise UserError(f"{param('annotations')} {annotations}: needs {param('data')} FOLDER (the images), not "
+                            f"{param('data_loader')}")
         if not data or not Path(data).is_dir():
-            raise UserError(f"--annotations {annotations}: --data must be the folder of the images it lists"
+            raise UserError(f"{param('annotations')} {annotations}: {param('data')} must be the folder of the images "
+                            f"it lists"
                             + (f" ({data} is not a folder)" if data else ""))
         if split is not None:
-            raise UserError(f"--split {split}: only for a Pascal VOC folder, not with --annotations")
+            raise UserError(f"{param('split')} {split}: only for a Pascal VOC folder, not with {param('annotations')}")
         return CocoImages(Path(data), Path(annotations), inputs, prep)
     if loader:
         if split is not None:
-            raise UserError(f"--split {split}: only for a Pascal VOC folder, not with --data-loader")
+            raise UserError(f"{param('split')} {split}: only for a Pascal VOC folder, not with {param('data_loader')}")
         return LoaderScript(loader, inputs)
     if not data:
-        raise UserError("--data: give a folder of images, .npy/.npz file(s), or --data-loader FILE.py:FN")
+        raise UserError(f"{param('data')}: give a folder of images, .npy/.npz file(s), or {param('data_loader')} "
+                        f"FILE.py:FN")
     path = Path(data)
     if not path.exists():
         raise UserError(f"{path}: no such file or folder")
     if path.is_dir() and _is_voc(path):
         return VOCSegmentation(path, inputs, prep, split)
     if split is not None:
-        raise UserError(f"--split {split}: only for a Pascal VOC folder (holding JPEGImages/ and "
+        raise UserError(f"{param('split')} {split}: only for a Pascal VOC folder (holding JPEGImages/ and "
                         f"SegmentationClass/), {path} is not one")
     if path.is_file():
         if path.suffix.lower() not in ARRAY_EXTS:
@@ -73,5 +76,5 @@ def open_data(data: str | None, loader: str | None, inputs, prep: Preprocess,
         return ArrayFiles(arrays, inputs, str(path))
     nested = sorted(p.name for p in path.iterdir() if p.is_dir() and _is_voc(p))
     if nested:
-        raise UserError(f"{path}: holds the Pascal VOC folder {nested[0]}; pass --data {path / nested[0]}")
+        raise UserError(f"{path}: holds the Pascal VOC folder {nested[0]}; pass {param('data')} {path / nested[0]}")
     return ImageFolder(path, inputs, prep)

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..config import augment_kind
 from . import LoaderScript
-from ..errors import UserError
+from ..errors import UserError, param
 
 log = logging.getLogger(__name__)
 IGNORE = 255   # the "ignore" class of segmentation masks
@@ -193,7 +193,7 @@ def augment_batch(feeds: dict, labels, kind: str | None, layout: str, rng: np.ra
     elif kind == "ssd":
         out, masks = _ssd(feeds, images, masks, layout, rng, prep)
     else:
-        raise UserError(f"--augment {kind}: expected crop-flip, flip or ssd")
+        raise UserError(f"{param('augment')} {kind}: expected crop-flip, flip or ssd")
     return out, (labels if masks is None else masks)
 
 
@@ -234,7 +234,7 @@ class NonFinite:
             return False
         name, row = bad
         raise UserError(f"{where(row)}: input '{name}' holds NaN or Inf (fix the data, or pass "
-                        "--skip-nonfinite to skip such batches)")
+                        f"{param('skip_nonfinite')} to skip such batches)")
 
 
 def _where(source, indices):
@@ -291,7 +291,7 @@ def calibration_batches(source, batch_size: int, iters: int, seed: int, augment:
             for k, (feeds, labels) in enumerate(source.batches()):
                 if produced >= iters:
                     return
-                if not nonfinite.ok(feeds, lambda row, k=k: f"--data-loader {source.spec}: batch {k} row {row}"):
+                if not nonfinite.ok(feeds, lambda row, k=k: f"{param('data_loader')} {source.spec}: batch {k} row {row}"):
                     continue
                 feeds, _ = augment_batch(feeds, labels, kind, layout, augment_rng(seed, produced), prep)
                 produced += 1
@@ -391,7 +391,7 @@ def _loader_eval(source, limit, exact, check):
         if limit is not None and seen >= limit:
             return
         size = len(next(iter(feeds.values())))
-        feeds, labels = check.rows(feeds, labels, lambda row, k=k: f"--data-loader {source.spec}: batch {k} row {row}")
+        feeds, labels = check.rows(feeds, labels, lambda row, k=k: f"{param('data_loader')} {source.spec}: batch {k} row {row}")
         if len(next(iter(feeds.values()))) < (size if exact else 1):
             continue      # all skipped, or a fixed-size batch that lost samples
         if limit is not None:

@@ -15,7 +15,7 @@ import numpy as np
 
 from .inputs import Preprocess
 from .sources import IMAGE_EXTS, ImageSource
-from ..errors import UserError
+from ..errors import UserError, param
 
 IGNORE = 255
 
@@ -43,12 +43,12 @@ class VOCSegmentation(ImageSource):
             try:
                 lines = listing.read_text().splitlines()
             except FileNotFoundError:
-                raise UserError(f"--split {split}: {listing}: no such file") from None
+                raise UserError(f"{param('split')} {split}: {listing}: no such file") from None
             except (OSError, UnicodeDecodeError) as err:
-                raise UserError(f"--split {split}: {listing}: cannot read ({err})") from None
+                raise UserError(f"{param('split')} {split}: {listing}: cannot read ({err})") from None
             ids = [line.split()[0] for line in lines if line.strip()]
             if not ids:
-                raise UserError(f"--split {split}: {listing} lists no images")
+                raise UserError(f"{param('split')} {split}: {listing} lists no images")
             for i in ids:
                 if i not in images:
                     raise UserError(f"{listing}: lists {i}, but {root / 'JPEGImages' / (i + '.jpg')} does not exist")
@@ -102,11 +102,12 @@ class CocoImages(ImageSource):
     def __init__(self, folder: Path, annotations: Path, inputs, prep: Preprocess):
         folder, annotations = Path(folder), Path(annotations)
         if prep.resize is not None or prep.crop is not None:
-            raise UserError("--resize/--crop: detection images (--annotations) are resized to the model input "
+            raise UserError(f"{param('resize')}/{param('crop')}: detection images ({param('annotations')}) are resized "
+                            f"to the model input "
                             "as a whole, so that boxes map back; leave them out")
         self._setup_images(folder, inputs, prep, "a COCO image folder")
         self.folder, self.annotations = folder, annotations
-        where = f"--annotations {annotations}"
+        where = f"{param('annotations')} {annotations}"
         try:
             with open(annotations, encoding="utf-8") as fh:
                 doc = json.load(fh)

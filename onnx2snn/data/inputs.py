@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ..errors import UserError
+from ..errors import UserError, param
 
 
 @dataclass(frozen=True)
@@ -35,18 +35,19 @@ class Preprocess:
     crop: tuple | None = None      # (H, W) of the centre crop
 
     def __post_init__(self):
-        for flag, values in (("--mean", self.mean), ("--std", self.std)):
+        for flag, values in ((param("mean"), self.mean), (param("std"), self.std)):
             if not len(values) or not all(np.isfinite(v) for v in values):
-                raise UserError(f"--{flag[2:]} {','.join(map(str, values))}: expected finite numbers")
+                raise UserError(f"{flag} {','.join(map(str, values))}: expected finite numbers")
         if any(v <= 0 for v in self.std):
-            raise UserError(f"--std {','.join(map(str, self.std))}: values must be > 0")
+            raise UserError(f"{param('std')} {','.join(map(str, self.std))}: values must be > 0")
         if self.size is not None and (len(self.size) != 2 or any(int(v) < 1 for v in self.size)):
-            raise UserError(f"--size {self.size}: expected two positive integers H,W")
+            raise UserError(f"{param('size')} {self.size}: expected two positive integers H,W")
         if self.layout not in (None, "NCHW", "NHWC"):
-            raise UserError(f"--layout {self.layout}: expected NCHW or NHWC")
+            raise UserError(f"{param('layout')} {self.layout}: expected NCHW or NHWC")
         if self.resize is not None:
             if not _is_int(self.resize) or self.resize < 1:
-                raise UserError(f"--resize {self.resize}: expected a positive integer (the shorter side in pixels)")
+                raise UserError(f"{param('resize')} {self.resize}: expected a positive integer (the shorter side in "
+                                f"pixels)")
             object.__setattr__(self, "resize", int(self.resize))
         if self.crop is not None:
             crop = (self.crop, self.crop) if _is_int(self.crop) else self.crop
@@ -55,10 +56,11 @@ class Preprocess:
             except TypeError:
                 ok = False
             if not ok:
-                raise UserError(f"--crop {self.crop}: expected two positive integers H,W")
+                raise UserError(f"{param('crop')} {self.crop}: expected two positive integers H,W")
             object.__setattr__(self, "crop", (int(crop[0]), int(crop[1])))
             if self.resize is not None and max(self.crop) > self.resize:
-                raise UserError(f"--crop {self.crop[0]},{self.crop[1]}: larger than --resize {self.resize} "
+                raise UserError(f"{param('crop')} {self.crop[0]},{self.crop[1]}: larger than {param('resize')} "
+                                f"{self.resize} "
                                 "(the shorter side after resizing)")
 
     def to_json(self) -> str:
@@ -100,7 +102,7 @@ def static_batch(inputs) -> int | None:
     return None
 
 
-def resolve_batch(requested: int | None, inputs, default: int, flag: str = "--batch-size") -> int:
+def resolve_batch(requested: int | None, inputs, default: int, flag: str = param("batch_size")) -> int:
     """`requested`, or the default; a model with a fixed batch size B accepts only B."""
     fixed = static_batch(inputs)
     if fixed is None:

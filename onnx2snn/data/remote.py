@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import UserError, param
 
 CACHE_ENV = "ONNX2SNN_DATA_CACHE"
 
@@ -33,7 +33,8 @@ def _fsspec():
         import fsspec
         return fsspec
     except ImportError:
-        raise UserError("--data URL: the Python package 'fsspec' is not installed (pip install fsspec, and the "
+        raise UserError(f"{param('data')} URL: the Python package 'fsspec' is not installed (pip install fsspec, and "
+                        f"the "
                         "package of the URL's protocol, e.g. s3fs for s3://)") from None
 
 
@@ -43,7 +44,7 @@ def localize(url: str) -> Path:
     try:
         fs, path = fsspec.core.url_to_fs(url)
     except (ImportError, ValueError) as err:
-        raise UserError(f"--data {url}: {err}") from None
+        raise UserError(f"{param('data')} {url}: {err}") from None
     name = Path(path.rstrip("/")).name or "data"
     home = cache_root() / hashlib.sha256(url.encode()).hexdigest()[:20]
     done = home / name
@@ -54,11 +55,11 @@ def localize(url: str) -> Path:
     try:
         try:
             if not fs.exists(path):
-                raise UserError(f"--data {url}: no such file or folder")
+                raise UserError(f"{param('data')} {url}: no such file or folder")
             if fs.isdir(path):
                 files = [f for f in fs.find(path) if not fs.isdir(f)]
                 if not files:
-                    raise UserError(f"--data {url}: the folder is empty")
+                    raise UserError(f"{param('data')} {url}: the folder is empty")
                 base = path.rstrip("/")
                 for f in files:
                     target = part / name / f[len(base):].lstrip("/")
@@ -69,7 +70,7 @@ def localize(url: str) -> Path:
         except UserError:
             raise
         except Exception as err:      # the filesystem's own errors: permissions, network, credentials
-            raise UserError(f"--data {url}: cannot copy it here ({type(err).__name__}: {err})") from None
+            raise UserError(f"{param('data')} {url}: cannot copy it here ({type(err).__name__}: {err})") from None
         try:
             os.rename(part / name, done)
         except OSError:

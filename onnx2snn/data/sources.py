@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
+from ..errors import UserError, param
 from .inputs import Preprocess, check_dtype, check_fits
 from ..files import raised, user_function
 
@@ -97,25 +97,26 @@ class ImageSource(Source):
     def _setup_images(self, where, inputs, prep: Preprocess, what: str = "an image folder"):
         if len(inputs) != 1:
             raise UserError(f"{where}: {what} can feed a model with one input, this one has "
-                            f"{len(inputs)}; use .npz files or --data-loader")
+                            f"{len(inputs)}; use .npz files or {param('data_loader')}")
         self.info = inputs[0]
         shape = self.info.shape or (None, None, None, None)
         if len(shape) != 4:
             raise UserError(f"{where}: images need a 4-D model input, '{self.info.name}' has rank {len(shape)}")
         layout = prep.layout or ("NHWC" if shape[3] in (1, 3) and shape[1] not in (1, 3) else "NCHW")
         if layout not in ("NCHW", "NHWC"):
-            raise UserError(f"--layout {layout}: expected NCHW or NHWC")
+            raise UserError(f"{param('layout')} {layout}: expected NCHW or NHWC")
         chan, h, w = (shape[1], shape[2], shape[3]) if layout == "NCHW" else (shape[3], shape[1], shape[2])
         size = prep.size or ((h, w) if h is not None and w is not None else prep.crop) or (h, w)
         if size[0] is None or size[1] is None:
-            raise UserError(f"{where}: the model input '{self.info.name}' has no fixed height/width; pass --size H,W")
+            raise UserError(f"{where}: the model input '{self.info.name}' has no fixed height/width; pass "
+                            f"{param('size')} H,W")
         size = (int(size[0]), int(size[1]))
         if prep.crop is not None and tuple(prep.crop) != size:
-            given = "--size" if prep.size else f"the model input '{self.info.name}'"
-            raise UserError(f"--crop {prep.crop[0]},{prep.crop[1]}: {given} takes {size[0]}x{size[1]} "
+            given = param("size") if prep.size else f"the model input '{self.info.name}'"
+            raise UserError(f"{param('crop')} {prep.crop[0]},{prep.crop[1]}: {given} takes {size[0]}x{size[1]} "
                             f"images; the crop must be {size[0]},{size[1]}")
         if prep.resize is not None and max(size) > prep.resize:
-            raise UserError(f"--resize {prep.resize}: smaller than the {size[0]}x{size[1]} centre crop "
+            raise UserError(f"{param('resize')} {prep.resize}: smaller than the {size[0]}x{size[1]} centre crop "
                             f"the model input '{self.info.name}' takes")
         self.channels = chan or 3
         if self.channels not in (1, 3):
@@ -124,7 +125,7 @@ class ImageSource(Source):
         self.resize, self.crop = prep.resize, prep.crop
         self.mean = np.asarray(prep.mean, np.float32).reshape(-1)
         self.std = np.asarray(prep.std, np.float32).reshape(-1)
-        for arr, flag in ((self.mean, "--mean"), (self.std, "--std")):
+        for arr, flag in ((self.mean, param("mean")), (self.std, param("std"))):
             if arr.size not in (1, self.channels):
                 raise UserError(f"{flag}: {arr.size} values given, the input has {self.channels} channels")
         self.prep = Preprocess(tuple(map(float, self.mean)), tuple(map(float, self.std)), self.size, layout,
@@ -151,7 +152,7 @@ class ImageSource(Source):
         iw, ih = img.size
         if iw < w or ih < h:
             raise UserError(f"{path}: the image is {iw}x{ih} pixels, smaller than the {h}x{w} centre crop "
-                            "(--crop); pass --resize")
+                            f"({param('crop')}); pass {param('resize')}")
         top, left = int(round((ih - h) / 2.0)), int(round((iw - w) / 2.0))
         return img.crop((left, top, left + w, top + h))
 
@@ -363,7 +364,7 @@ class LoaderScript:
     task_hint = None
 
     def __init__(self, spec: str, inputs):
-        self.fn, self.spec, self.inputs = user_function(spec, "--data-loader"), spec, inputs
+        self.fn, self.spec, self.inputs = user_function(spec, param("data_loader")), spec, inputs
 
     def _call(self):
         """The user's iterable, with any exception it raises turned into one line naming it."""
@@ -372,21 +373,21 @@ class LoaderScript:
         except UserError:
             raise
         except Exception as err:
-            raise raised("--data-loader", self.spec, err) from None
+            raise raised(param("data_loader"), self.spec, err) from None
 
     def batches(self):
         """Yield (feeds, labels) forever-or-once; the caller decides when to stop."""
         count = 0
         for item in self._call():
             if not isinstance(item, dict):
-                raise UserError(f"--data-loader {self.spec}: yielded {type(item).__name__}, expected a dict")
+                raise UserError(f"{param('data_loader')} {self.spec}: yielded {type(item).__name__}, expected a dict")
             item = dict(item)
             labels = next((np.asarray(item.pop(k)) for k in LABEL_KEYS if k in item), None)
             missing = [i.name for i in self.inputs if i.name not in item]
             if missing:
-                raise UserError(f"--data-loader {self.spec}: batch lacks input(s) {', '.join(missing)}")
+                raise UserError(f"{param('data_loader')} {self.spec}: batch lacks input(s) {', '.join(missing)}")
             feeds = {}
-            where = f"--data-loader {self.spec}: batch {count}"
+            where = f"{param('data_loader')} {self.spec}: batch {count}"
             for info in self.inputs:
                 raw = np.asarray(item[info.name])
                 if raw.ndim == 0 or raw.dtype.kind not in "biuf":
@@ -398,4 +399,4 @@ class LoaderScript:
             count += 1
             yield feeds, labels
         if count == 0:
-            raise UserError(f"--data-loader {self.spec}: yielded no batches")
+            raise UserError(f"{param('data_loader')} {self.spec}: yielded no batches")

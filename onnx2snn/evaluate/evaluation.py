@@ -17,7 +17,7 @@ from ..calibration import probes
 from .. import runtime
 from . import scoring
 from ..graph.analyse import as_analysis
-from ..errors import UserError
+from ..errors import UserError, param
 from ..runtime import memory as mem
 from ..runtime.memory import MemoryBudget
 from ..snn import simulate
@@ -243,7 +243,7 @@ class ScoreRunner:
             ann_sess = runtime.session(job.ann, threads)
             missing = sorted(input_names(ann_sess) - {i.name for i in snn.graph.input})
             if missing:
-                raise UserError(f"--ann: its input(s) {', '.join(missing)} are not inputs of the SNN; "
+                raise UserError(f"{param('ann')}: its input(s) {', '.join(missing)} are not inputs of the SNN; "
                                 "is it the model that was converted?")
         self.scorer = scoring.BatchScorer(outputs, windows, ann_sess, score_output(snn), job.task)
         self.counts = bool(getattr(outputs, "counts", None))
@@ -326,11 +326,11 @@ def window_delays(info: SNNInfo, timesteps, delay=None) -> dict:
     out = {}
     for t in timesteps:
         if t < 1:
-            raise UserError(f"--timesteps {t}: must be >= 1")
+            raise UserError(f"{param('timesteps')} {t}: must be >= 1")
         if delay is None:
             out[t] = min(t - 1, int(info.delay * t / info.timesteps + 0.5))
         elif int(delay) >= t:
-            raise UserError(f"--delay {delay}: every T must exceed it (T={t} does not)")
+            raise UserError(f"{param('delay')} {delay}: every T must exceed it (T={t} does not)")
         else:
             out[t] = int(delay)
     return out
@@ -348,18 +348,21 @@ def evaluate(snn: onnx.ModelProto, batches, timesteps, ann: onnx.ModelProto | No
     info = SNNInfo.from_metadata(snn)
     ts = sorted(set(int(t) for t in timesteps))
     if not ts:
-        raise UserError("--timesteps: no T given")
+        raise UserError(f"{param('timesteps')}: no T given")
     start = time.perf_counter()
     if delay == "auto":
         if ann is None:
-            raise UserError("--delay auto: needs --ann (the delay is chosen by the output's distance to the ANN's)")
+            raise UserError(f"{param('delay')} auto: needs {param('ann')} (the delay is chosen by the output's "
+                            f"distance to the ANN's)")
         if info.looped:
-            raise UserError("--delay auto: needs one simulation for every candidate delay; evaluate the unrolled "
-                            "form, or give --delay D")
+            raise UserError(f"{param('delay')} auto: needs one simulation for every candidate delay; evaluate the "
+                            f"unrolled "
+                            f"form, or give {param('delay')} D")
         windows = [(t, d) for t in ts for d in delay_candidates(t) if d < t]
     elif delay is None and info.looped and not simulate.has_delay_constant(snn):
         if ts[0] <= info.delay:     # converted before the delay was a named constant: it is built in
-            raise UserError(f"--timesteps: this looped model's delay D={info.delay} is built in (converted by an "
+            raise UserError(f"{param('timesteps')}: this looped model's delay D={info.delay} is built in (converted by "
+                            f"an "
                             "older onnx2snn); every T must exceed it, or convert the model again")
         windows, delay = [(t, info.delay) for t in ts], "own"
     else:

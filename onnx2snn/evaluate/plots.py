@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import UserError, param
 from ..files import write_atomic
 
 
@@ -18,7 +18,7 @@ def _pyplot():
     try:
         import matplotlib
     except ImportError:
-        raise UserError("--plot: matplotlib is not installed (pip install 'onnx2snn[plots]')") from None
+        raise UserError(f"{param('plot_dir')}: matplotlib is not installed (pip install 'onnx2snn[plots]')") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
@@ -27,14 +27,14 @@ def _pyplot():
 def _save(fig, path: Path) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    return write_atomic(path, buf.getvalue(), "--plot")
+    return write_atomic(path, buf.getvalue(), param("plot_dir"))
 
 
 def plot_report(report: dict, folder) -> list:
     """Write the figures of `report` (report.report_json) into `folder`; returns their paths."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise UserError(f"--plot {folder}: not a folder")
+        raise UserError(f"{param('plot_dir')} {folder}: not a folder")
     plt = _pyplot()
     written = []
     rows = report["timesteps"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import E_MAC_PJ, E_SOP_PJ
-from ..errors import UserError
+from ..errors import UserError, param
 from ..files import Files, write_atomic
 
 
@@ -208,12 +208,12 @@ PLOTS = ("accuracy_vs_T.png", "firing_rates.png", "rate_error.png", "thresholds.
 
 def check_report_outputs(files: Files, report_path, plot_dir) -> None:
     if report_path:
-        files.output(report_path, "--report")
+        files.output(report_path, param("report_path"))
     if plot_dir:
         if not Path(plot_dir).is_dir():
-            raise UserError(f"--plot {plot_dir}: not a folder")
+            raise UserError(f"{param('plot_dir')} {plot_dir}: not a folder")
         for name in PLOTS:
-            files.output(Path(plot_dir) / name, "--plot")
+            files.output(Path(plot_dir) / name, param("plot_dir"))
 
 
 def write_report(result, report_path=None, plot_dir=None, e_sop: float = E_SOP_PJ,
@@ -222,7 +222,7 @@ def write_report(result, report_path=None, plot_dir=None, e_sop: float = E_SOP_P
     from .plots import plot_report
     report = report_json(result, e_sop, e_mac, model, analog)
     if report_path:
-        write_atomic(report_path, json.dumps(report, indent=1, sort_keys=True).encode(), "--report")
+        write_atomic(report_path, json.dumps(report, indent=1, sort_keys=True).encode(), param("report_path"))
     if plot_dir:
         plot_report(report, plot_dir)
     return report

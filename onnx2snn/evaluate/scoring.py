@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import runtime
-from ..errors import UserError
+from ..errors import UserError, param
 
 
 def top1(x) -> np.ndarray:
@@ -130,7 +130,7 @@ class BatchScorer:
         ann_out = None
         if self.ann_sess is not None:
             ann_feeds = {k: v for k, v in feeds.items() if k in self.ann_inputs}
-            values = runtime.run_checked(self.ann_sess, self.out_names, ann_feeds, "--ann")
+            values = runtime.run_checked(self.ann_sess, self.out_names, ann_feeds, param("ann"))
             ann_outs = dict(zip(self.out_names, values))
             ann_out = ann_outs[self.out_name]
             if ann_out.dtype.kind == "f":          # labels have agreement but no L2 error
@@ -159,7 +159,7 @@ class BatchScorer:
             part.metrics[key].add(self.task.prediction(outs, labels), labels)
         if ann_out is not None:
             if np.shape(out) != np.shape(ann_out):
-                raise UserError(f"--ann: its output '{self.out_name}' has shape {list(np.shape(ann_out))}, "
+                raise UserError(f"{param('ann')}: its output '{self.out_name}' has shape {list(np.shape(ann_out))}, "
                                 f"the SNN's {list(np.shape(out))}; is it the model that was converted?")
             agree = _agreement(self.task.name if self.task else None, out, ann_out)
             t.agree = None if agree is None else t.agree + agree

@@ -36,7 +36,7 @@ from ..graph.analyse import Analysis
 from ..graph.builder import Builder
 from ..graph.onnx_io import default_opset
 from ..config import SNNConfig
-from ..errors import UserError
+from ..errors import UserError, param
 from ..snn import simulate, to_snn
 from ..snn.timefold import theta_broadcast
 from ..calibration.thresholds import Thresholds
@@ -56,7 +56,7 @@ class Corrector:
 
     def __init__(self, analysis: Analysis, thresholds: Thresholds, config: SNNConfig, kind: str, first_step: int):
         if kind not in ("bias", "potential"):
-            raise UserError(f"--correct {kind}: expected bias or potential")
+            raise UserError(f"{param('correct')} {kind}: expected bias or potential")
         self.args = (analysis, thresholds, config, kind, first_step)
         self.thresholds, self.config = thresholds, config
         self.kind, self.first_step, self.t = kind, first_step, config.timesteps
@@ -122,7 +122,7 @@ class Corrector:
     def result(self) -> Thresholds:
         """The thresholds with this correction added (the batches' differences averaged)."""
         if not self.n:
-            raise UserError("--correct: received no samples")
+            raise UserError(f"{param('correct')}: received no samples")
         th, t = self.thresholds, self.t
         corrected = Thresholds(dict(th.values), th.method, dict(th.info), bias=dict(th.bias),
                                potential=dict(th.potential))
@@ -193,7 +193,7 @@ def correct(analysis: Analysis, thresholds: Thresholds, config: SNNConfig, batch
     correction over all batches would (exactly, for one batch). The corrections kept are the
     size-weighted means of the batches'."""
     if not batches:
-        raise UserError("--correct: received no samples")
+        raise UserError(f"{param('correct')}: received no samples")
     corrector = Corrector(analysis, thresholds, config, kind, first_step)
     corrector.run(batches, progress, engine)
     return corrector.result()

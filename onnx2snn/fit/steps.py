@@ -19,7 +19,7 @@ from ..config import AUTO, CORRECTIONS, DELAY_SAMPLES, CalibConfig, SNNConfig
 from .correction import STEPS, Corrector, correct, stored, without
 from .delay import DelayChoice, choose_delay
 from ..graph.costs import largest_activation
-from ..errors import UserError
+from ..errors import UserError, param
 from ..runtime import memory as mem
 from ..runtime.memory import MemoryBudget
 from ..calibration.thresholds import Thresholds
@@ -153,7 +153,8 @@ def _steps_to_run(th: Thresholds, snn: SNNConfig, source) -> tuple:
     else:
         steps = ()
     if steps and source is None:
-        raise UserError(f"--correct {snn.correct}: needs --data (or thresholds saved with this correction at "
+        raise UserError(f"{param('correct')} {snn.correct}: needs {param('data')} (or thresholds saved with this "
+                        f"correction at "
                         f"T={snn.timesteps})")
     return th, steps
 

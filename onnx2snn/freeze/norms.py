@@ -27,7 +27,7 @@ from ..graph import onnx_io as M
 from .. import runtime
 from ..graph.analyse import NORM_OPS
 from ..graph.builder import Builder
-from ..errors import UserError
+from ..errors import UserError, param
 
 log = logging.getLogger(__name__)
 
@@ -69,13 +69,14 @@ def _by_output(graph: gs.Graph) -> dict:
 
 def _check(node: gs.Node, rank: int | None) -> None:
     if rank is None or rank < 2:
-        raise UserError(f"--freeze-norm: node '{node.name}' ({node.op}): the rank of its input is unknown; "
+        raise UserError(f"{param('freeze_norm')}: node '{node.name}' ({node.op}): the rank of its input is unknown; "
                         "re-export the model with shapes")
     if len([o for o in node.outputs if o.name]) > 1 and any(o.outputs for o in node.outputs[1:]):
-        raise UserError(f"--freeze-norm: node '{node.name}' ({node.op}): its mean/inverse-deviation outputs are "
+        raise UserError(f"{param('freeze_norm')}: node '{node.name}' ({node.op}): its mean/inverse-deviation outputs "
+                        f"are "
                         "used downstream; only the normalised output can be frozen")
     if node.op == "InstanceNormalization" and rank < 3:
-        raise UserError(f"--freeze-norm: node '{node.name}': InstanceNormalization needs rank >= 3")
+        raise UserError(f"{param('freeze_norm')}: node '{node.name}': InstanceNormalization needs rank >= 3")
 
 
 def _stats_model(model: onnx.ModelProto, names: list) -> tuple:
@@ -110,12 +111,12 @@ def _measure(model: onnx.ModelProto, names: list, batches) -> dict:
     total, n = None, 0
     for feeds in batches:
         size = len(next(iter(feeds.values())))
-        values = runtime.run_checked(sess, outs, {k: v for k, v in feeds.items() if k in inputs}, "--freeze-norm")
+        values = runtime.run_checked(sess, outs, {k: v for k, v in feeds.items() if k in inputs}, param("freeze_norm"))
         weighted = [v.astype(np.float64) * size for v in values]
         total = weighted if total is None else [a + w for a, w in zip(total, weighted)]
         n += size
     if not n:
-        raise UserError("--freeze-norm: received no samples")
+        raise UserError(f"{param('freeze_norm')}: received no samples")
     means = [t / n for t in total]
     return {name: (means[2 * i], means[2 * i + 1]) for i, name in enumerate(names)}
 
@@ -135,7 +136,8 @@ def _affine(node: gs.Node, mu: np.ndarray, sigma: np.ndarray, rank: int, channel
         return a, bias - a * mu[0]
     groups = int(node.attrs["num_groups"])        # GroupNormalization: scale, bias per channel (opset 21)
     if not channels or channels % groups:         # or per group (opset 18)
-        raise UserError(f"--freeze-norm: node '{node.name}': the channel count is unknown or not a multiple of "
+        raise UserError(f"{param('freeze_norm')}: node '{node.name}': the channel count is unknown or not a multiple "
+                        f"of "
                         f"num_groups={groups}")
     per_channel = lambda v: np.repeat(v.reshape(-1), channels // groups) if v.size == groups \
         else np.broadcast_to(v.reshape(-1), (channels,))    # noqa: E731
@@ -165,7 +167,7 @@ def _rewrite(model: onnx.ModelProto, stats: dict) -> onnx.ModelProto:
         graph.nodes.append(gs.Node("Add", f"{node.name}/frozen_shift",
                                    inputs=[scaled, gs.Constant(f"{node.name}.frozen_b", b.astype(np.float32))],
                                    outputs=[y]))
-    return M.checked(M.export(graph.cleanup().toposort(), model), "--freeze-norm")
+    return M.checked(M.export(graph.cleanup().toposort(), model), param("freeze_norm"))
 
 
 def _errors(ann: onnx.ModelProto, frozen: onnx.ModelProto, names: list, batches) -> tuple:

@@ -18,7 +18,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from . import onnx_io as M
-from ..errors import UserError
+from ..errors import UserError, param
 from .onnx_io import constant_value
 
 log = logging.getLogger(__name__)
@@ -302,9 +302,9 @@ class Analysis:
         blocking = self.blocking(keep_analog)
         if blocking:
             hint = "" if keep_analog or any(n.op not in ANALOG_OPS for n, _ in blocking) else \
-                "; --keep-analog runs them on each step's input instead"
+                f"; {param('keep_analog')} runs them on each step's input instead"
             if any(n.op in NORM_OPS for n, _ in blocking):
-                hint += "; --freeze-norm turns the normalisation layers into fixed per-channel affines"
+                hint += f"; {param('freeze_norm')} turns the normalisation layers into fixed per-channel affines"
             raise UserError(f"cannot convert {len(blocking)} node(s) between spiking layers: "
                             f"{describe(blocking)}{hint}")
 

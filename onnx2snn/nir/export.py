@@ -55,7 +55,7 @@ import numpy as np
 import onnx
 
 from .._version import __version__
-from ..errors import InternalError, UserError
+from ..errors import InternalError, UserError, param
 from ..snn.info import SNNInfo
 from .folding import FIRING, RESET, Folding
 from .mapping import Mapping
@@ -86,10 +86,10 @@ def to_nir(snn: onnx.ModelProto):
     info = SNNInfo.from_metadata(snn, WHERE)
     if info.looped:
         raise UserError(f"{WHERE}: the model is in the loop form; the NIR export reads the unrolled form: "
-                        "convert again with --form unrolled (the default)")
+                        f"convert again with {param('form')} unrolled (the default)")
     if info.portable:
         raise UserError(f"{WHERE}: the model is portable (neurons lowered to standard ops); the NIR export "
-                        "reads IFNeuron nodes: convert again without --portable")
+                        f"reads IFNeuron nodes: convert again without {param('portable')}")
     graph = OnnxView(snn)
     plan = Plan(graph, info)
     try:

@@ -24,7 +24,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import helper
 
-from ..errors import InternalError, UserError
+from ..errors import InternalError, UserError, param
 from ..files import Files, write_atomic
 from ..graph.onnx_io import uses_domain
 from ..ops.neuron import DOMAIN
@@ -67,9 +67,9 @@ def export_file(snn: onnx.ModelProto, output, target: str | None = None, where: 
     nir = load_nir()
     out = Path(output)
     if out.suffix != ".nir":
-        raise UserError(f"{where}: -o {out}: expected a .nir file name")
+        raise UserError(f"{where}: {param('output')} {out}: expected a .nir file name")
     if target not in (None, "speck"):
-        raise UserError(f"{where}: --target {target}: expected speck")
+        raise UserError(f"{where}: {param('target')} {target}: expected speck")
     graph, info = to_nir(snn)
     report = None
     if target == "speck":
@@ -83,7 +83,7 @@ def export_file(snn: onnx.ModelProto, output, target: str | None = None, where: 
     for key, part in (("host_pre", pre), ("host_head", head)):
         if part is not None:
             path = host_paths(out)[key]
-            write_atomic(path, part.SerializeToString(), "-o")
+            write_atomic(path, part.SerializeToString(), param("output"))
             written[key] = path
             graph.metadata[key] = path.name
     graph.metadata.update(_signature(snn, info))

@@ -5,7 +5,7 @@ import importlib
 
 import onnx
 
-from ..errors import UserError
+from ..errors import UserError, param
 from ..graph.onnx_io import uses_domain
 from ..ops.neuron import DOMAIN
 from .sessions import run_checked, session
@@ -18,19 +18,20 @@ def backend(name: str, model_path, threads: int = 0):
     """A function feeds -> {output name: array} running the model at `model_path` on `name`:
     onnxruntime (any model), OpenVINO or tract (portable models: standard ONNX ops only)."""
     if name not in RUNTIMES:
-        raise UserError(f"--runtime {name}: expected one of {', '.join(RUNTIMES)}")
+        raise UserError(f"{param('runtime_name')} {name}: expected one of {', '.join(RUNTIMES)}")
     proto = onnx.load(str(model_path), load_external_data=False)
     outputs = [o.name for o in proto.graph.output]
     if name == "onnxruntime":
         sess = session(str(model_path), threads)
         return lambda feeds: dict(zip(outputs, run_checked(sess, outputs, feeds, "run")))
     if uses_domain(proto, DOMAIN):
-        raise UserError(f"--runtime {name}: {model_path} uses the {DOMAIN} operators, which only onnxruntime "
-                        "loads; convert with --portable")
+        raise UserError(f"{param('runtime_name')} {name}: {model_path} uses the {DOMAIN} operators, which only "
+                        f"onnxruntime "
+                        f"loads; convert with {param('portable')}")
     try:
         module = importlib.import_module(_PACKAGES[name])   # optional: the onnx2snn[runtimes] extra
     except ImportError:
-        raise UserError(f"--runtime {name}: the Python package '{_PACKAGES[name]}' is not installed "
+        raise UserError(f"{param('runtime_name')} {name}: the Python package '{_PACKAGES[name]}' is not installed "
                         f"(pip install {_PACKAGES[name]}, or the onnx2snn[runtimes] extra)") from None
     inputs = [i.name for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}]
     try:
@@ -48,13 +49,14 @@ def backend(name: str, model_path, threads: int = 0):
             def run(feeds):
                 return dict(zip(outputs, [t.to_numpy() for t in runnable.run([feeds[k] for k in inputs])]))
     except Exception as err:   # the runtimes raise their own types; the first line says what failed
-        raise UserError(f"--runtime {name}: cannot load {model_path}: {_first_line(err)}") from None
+        raise UserError(f"{param('runtime_name')} {name}: cannot load {model_path}: {_first_line(err)}") from None
 
     def checked(feeds):
         try:
             return run(feeds)
         except Exception as err:
-            raise UserError(f"--runtime {name}: running {model_path} failed: {_first_line(err)}") from None
+            raise UserError(f"{param('runtime_name')} {name}: running {model_path} failed: "
+                            f"{_first_line(err)}") from None
     return checked
 
 

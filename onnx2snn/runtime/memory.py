@@ -16,7 +16,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from ..errors import UserError
+from ..errors import UserError, param, render
 
 SIM_COPIES = 12         # copies of the largest activation per sample and step, unrolled simulation
 CORRECTION_COPIES = 16  # the correction graph: each neuron runs twice, plus its window means
@@ -32,9 +32,10 @@ class MemoryBudget:
     bytes: int
     source: str
 
-    def describe(self) -> str:
+    def describe(self, names=None) -> str:
+        """"11.4 GiB (where it came from)"; `names` writes a parameter the source names (errors.render)."""
         size = f"{self.bytes / 2 ** 30:.1f} GiB" if self.bytes >= 2 ** 30 else f"{self.bytes / 2 ** 20:.0f} MiB"
-        return f"{size} ({self.source})"
+        return f"{size} ({render(self.source, names) if names else render(self.source)})"
 
     def samples(self, per_sample: float, cap: int) -> int:
         """Samples per batch (1..cap) whose estimated bytes stay within the budget."""
@@ -46,7 +47,7 @@ class MemoryBudget:
         return per_sample <= self.bytes
 
 
-def parse_size(text: str, flag: str = "--max-memory") -> int:
+def parse_size(text: str, flag: str = param("max_memory")) -> int:
     """'12G', '800M', '1.5GiB', '2000000000' -> bytes (binary units)."""
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(text))
     unit = m.group(2).upper() if m else None
@@ -94,7 +95,7 @@ def budget(max_memory=None) -> MemoryBudget:
     if max_memory is not None:
         value = max_memory if isinstance(max_memory, int) and not isinstance(max_memory, bool) else \
             parse_size(max_memory)
-        return MemoryBudget(value, "--max-memory")
+        return MemoryBudget(value, param("max_memory"))
     avail = available_bytes()
     return MemoryBudget(int(avail * DEFAULT_FRACTION),
                         f"default: {DEFAULT_FRACTION:.0%} of the {avail / 2 ** 30:.1f} GiB available")

@@ -14,7 +14,7 @@ import onnx
 import onnxruntime as ort
 
 from . import events, fusion, layout
-from ..errors import InternalError, UserError
+from ..errors import InternalError, UserError, param
 from ..graph.onnx_io import all_graphs, onnxruntime_logging, uses_domain
 from ..ops.neuron import DOMAIN
 
@@ -182,13 +182,13 @@ def run_checked(sess: ort.InferenceSession, names, feeds: dict, what: str):
         if "allocate" in first.lower() or "bad_alloc" in first.lower():
             size = first.rsplit("of size", 1)[-1].strip() if "of size" in first else "?"
             raise UserError(f"{what}: out of memory (onnxruntime could not allocate {size} bytes); use a "
-                            "smaller --batch-size or fewer timesteps") from None
+                            f"smaller {param('batch_size')} or fewer timesteps") from None
         _raise_if_ours(first, what)
         if isinstance(err, _STATE.RuntimeException):
             raise
         raise UserError(f"{what}: onnxruntime rejected the data: {first}") from None
     except MemoryError:
-        raise UserError(f"{what}: out of memory; use a smaller --batch-size or fewer timesteps") from None
+        raise UserError(f"{what}: out of memory; use a smaller {param('batch_size')} or fewer timesteps") from None
 
 
 def _raise_if_ours(message: str, what: str) -> None:

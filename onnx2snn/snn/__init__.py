@@ -14,7 +14,7 @@ import onnx
 
 from ..graph.analyse import Analysis, as_analysis
 from ..config import AUTO, SNNConfig
-from ..errors import UserError
+from ..errors import UserError, param
 from . import loop, unrolled
 from .info import Provenance, SNNInfo
 from .prepare import Layer, prepare
@@ -27,7 +27,7 @@ def to_snn(model, thresholds, config: SNNConfig, provenance: Provenance | None =
     configured form. `thresholds=None` uses placeholders (a dry run)."""
     analysis = as_analysis(model)
     if config.delay == AUTO:
-        raise UserError("--delay auto: resolve it with api.convert (or delay.choose_delay) first")
+        raise UserError(f"{param('delay')} auto: resolve it with api.convert (or delay.choose_delay) first")
     p = prepare(analysis, thresholds, config)
     form = loop if config.form == "loop" else unrolled
     return form.build(p, provenance), p.layers

@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from ..errors import UserError
+from ..errors import UserError, param
 from ..graph.onnx_io import shapes
 from .info import Provenance
 from .portable import EXPLICIT_MAX, lower_neurons
@@ -64,7 +64,7 @@ class _LoopBuilder:
     def state_shape(self, tensor: gs.Tensor):
         shape = self.ann_shape(tensor)
         if shape is None or any(d is None or d <= 0 for d in shape[1:]):
-            raise UserError(f"--form loop needs static shapes (besides the batch) for tensor "
+            raise UserError(f"{param('form')} loop needs static shapes (besides the batch) for tensor "
                             f"'{tensor.name}', got {shape}; export the model with fixed sizes")
         return self.b.concat([self.batch, self.b.const(np.array(shape[1:], np.int64))], dtype=np.int64), len(shape)
 
@@ -267,7 +267,7 @@ def _clone_head(lb: _LoopBuilder, leaving, current):
     scores = [t for t in p.graph.outputs if t.dtype is not None and np.dtype(t.dtype).kind == "f"
               and t.shape is not None and len(t.shape) >= 2]
     if not scores:
-        raise UserError("--early-exit needs an output of class scores (a float tensor of rank >= 2)")
+        raise UserError(f"{param('early_exit')} needs an output of class scores (a float tensor of rank >= 2)")
     target = scores[0]
     memo = {id(t): m for (t, _, _), m in zip(leaving, current)}
     if id(target) in memo:
@@ -283,7 +283,7 @@ def _clone_head(lb: _LoopBuilder, leaving, current):
         p.graph.nodes.append(gs.Node(node.op, f"{node.name}/early_exit", dict(node.attrs), ins, outs,
                                      domain=node.domain))
     if id(target) not in memo:
-        raise UserError("--early-exit: the model's first output does not depend on the spiking layers")
+        raise UserError(f"{param('early_exit')}: the model's first output does not depend on the spiking layers")
     return memo[id(target)]
 
 

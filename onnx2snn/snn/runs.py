@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 
 from .. import runtime
-from ..errors import UserError
+from ..errors import UserError, param
 from ..runtime import memory as mem
 from ..runtime.memory import MemoryBudget
 from . import simulate
@@ -221,9 +221,11 @@ def slice_steps(info: SNNInfo, t_max: int, memory: MemoryBudget | None, model_by
     most = max(1, int(memory.bytes // per_step))
     runs = -(-t_max // most)
     if runs > MAX_SLICES:
-        raise UserError(f"--timesteps {t_max}: one sample needs {per_step * t_max / 2 ** 30:.3g} GiB at this T; in "
-                        f"slices that fit --max-memory ({memory.describe()}) it would take {runs} runs per batch; "
-                        "evaluate a smaller T or give more --max-memory")
+        raise UserError(f"{param('timesteps')} {t_max}: one sample needs {per_step * t_max / 2 ** 30:.3g} GiB at this "
+                        f"T; in "
+                        f"slices that fit {param('max_memory')} ({memory.describe()}) it would take {runs} runs per "
+                        f"batch; "
+                        f"evaluate a smaller T or give more {param('max_memory')}")
     even = max(d for d in range(1, most + 1) if t_max % d == 0)
     if 2 * even >= most:           # slices that divide T: one pair of sessions
         return even

@@ -16,7 +16,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..graph.builder import Builder
-from ..errors import UserError
+from ..errors import UserError, param
 from ..graph.onnx_io import default_opset
 from ..ops.neuron import DOMAIN, STATES, node_states
 from .info import SNNInfo
@@ -76,9 +76,10 @@ def unrolled_steps(snn: onnx.ModelProto, info: SNNInfo, t_max: int, spike_counts
     info.readouts), each neuron's spike count per step, and with `layer_stats` each neuron's
     summed weighted spikes and spike count over the T steps ([N * neurons], see _over_steps)."""
     if info.portable and info.portable_steps == "written" and t_max != info.timesteps:
-        raise UserError(f"this --portable model has its {info.timesteps} steps written out and runs at T="
-                        f"{info.timesteps} only (asked for T={t_max}): evaluate with -T {info.timesteps} (shorter "
-                        f"windows are read from that run), or convert with --portable-steps scan")
+        raise UserError(f"this {param('portable')} model has its {info.timesteps} steps written out and runs at T="
+                        f"{info.timesteps} only (asked for T={t_max}): evaluate with {param('timesteps')} "
+                        f"{info.timesteps} (shorter "
+                        f"windows are read from that run), or convert with {param('portable_steps')} scan")
     graph = gs.import_onnx(snn)
     b = Builder(graph, default_opset(snn), "onnx2snn.eval")
     tensors = graph.tensors()

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from ..errors import UserError
+from ..errors import UserError, param
 from ..files import raised, user_function
 from .metrics import TASKS, Metric, for_task
 
@@ -41,7 +41,7 @@ class Decode:
     `--data-loader`; its failures and malformed returns become one-line errors naming it."""
 
     def __init__(self, spec: str):
-        self.fn, self.spec = user_function(spec, "--decode"), spec
+        self.fn, self.spec = user_function(spec, param("decode")), spec
 
     def __reduce__(self):        # on a cluster worker the hook is loaded again from its file
         return Decode, (self.spec,)
@@ -52,17 +52,19 @@ class Decode:
         except UserError:
             raise
         except Exception as err:
-            raise raised("--decode", self.spec, err) from None
+            raise raised(param("decode"), self.spec, err) from None
         found = list(found) if found is not None else None
         if found is None or len(found) != len(meta):
-            raise UserError(f"--decode {self.spec}: returned {0 if found is None else len(found)} result(s) for "
+            raise UserError(f"{param('decode')} {self.spec}: returned {0 if found is None else len(found)} result(s) "
+                            f"for "
                             f"{len(meta)} image(s); expected one (boxes, scores, labels) per image")
         out = []
         for i, item in enumerate(found):
             try:
                 boxes, scores, labels = item
             except (TypeError, ValueError):
-                raise UserError(f"--decode {self.spec}: image {i}: expected a (boxes, scores, labels) tuple") from None
+                raise UserError(f"{param('decode')} {self.spec}: image {i}: expected a (boxes, scores, labels) "
+                                f"tuple") from None
             out.append((np.asarray(boxes, np.float64).reshape(-1, 4) if np.size(boxes) else np.zeros((0, 4)),
                         np.asarray(scores, np.float64).reshape(-1), np.asarray(labels).reshape(-1)))
         return out
@@ -125,7 +127,7 @@ def infer(model: onnx.ModelProto, score_output: str, source=None, task: str | No
     and the relative error are measured). `task` (--task) wins over what the data suggests
     (`source.task_hint`: class ids, masks, boxes, float targets) and the outputs' shapes."""
     if task is not None and task not in TASKS:
-        raise UserError(f"--task {task}: expected classify, segment, detect or regress")
+        raise UserError(f"{param('task')} {task}: expected classify, segment, detect or regress")
     hint = getattr(source, "task_hint", None)
     outputs = dict(_tensor_outputs(model))
     shape = outputs.get(score_output)
@@ -144,10 +146,10 @@ def infer(model: onnx.ModelProto, score_output: str, source=None, task: str | No
     if task == "detect":
         return _detect_spec(model, annotations, decode, input_size, reason, source)
     if hint is not None and hint != task and getattr(source, "labels_known", True):
-        raise UserError(f"--task {task}: the data's labels are for {hint} ({type(source).__name__})")
+        raise UserError(f"{param('task')} {task}: the data's labels are for {hint} ({type(source).__name__})")
     if task == "segment":
         if shape is not None and len(shape) != 4:
-            raise UserError(f"--task segment: the scored output '{score_output}' has shape {shape}; "
+            raise UserError(f"{param('task')} segment: the scored output '{score_output}' has shape {shape}; "
                             "expected [N, classes, H, W]")
         metric = for_task("segment", num_classes=shape[1] if shape and shape[1] else None)
     else:
@@ -157,17 +159,20 @@ def infer(model: onnx.ModelProto, score_output: str, source=None, task: str | No
 
 def _detect_spec(model, annotations, decode, input_size, reason, source) -> TaskSpec:
     if annotations is None:
-        raise UserError("--task detect: needs --annotations FILE (COCO-format boxes) with --data the image folder")
+        raise UserError(f"{param('task')} detect: needs {param('annotations')} FILE (COCO-format boxes) with "
+                        f"{param('data')} the image folder")
     names = [n for n, _ in _tensor_outputs(model)]
     if decode is not None:
         fn, outs = Decode(decode), names
     else:
         post = _postprocessed_outputs(model)
         if post is None:
-            raise UserError(f"--task detect: the model's outputs ({', '.join(names)}) are not boxes, scores and "
-                            "labels; give --decode FILE.py:FN to turn them into boxes")
+            raise UserError(f"{param('task')} detect: the model's outputs ({', '.join(names)}) are not boxes, scores "
+                            f"and "
+                            f"labels; give {param('decode')} FILE.py:FN to turn them into boxes")
         if input_size is None:
-            raise UserError("--task detect: the model input's height and width are not known; pass --size H,W")
+            raise UserError(f"{param('task')} detect: the model input's height and width are not known; pass "
+                            f"{param('size')} H,W")
         fn, outs = _Postprocessed(post, input_size), list(post.values())
     metric = for_task("detect", annotations=str(annotations))
     return TaskSpec("detect", metric, outs, reason, decode=fn)

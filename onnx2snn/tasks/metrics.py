@@ -21,7 +21,7 @@ import os
 
 import numpy as np
 
-from ..errors import UserError
+from ..errors import UserError, param
 
 TASKS = ("classify", "segment", "detect", "regress")
 
@@ -279,7 +279,7 @@ def _pycocotools():
         from pycocotools.coco import COCO
         from pycocotools.cocoeval import COCOeval
     except ImportError:
-        raise UserError("--task detect needs pycocotools: pip install 'onnx2snn[tasks]'") from None
+        raise UserError(f"{param('task')} detect needs pycocotools: pip install 'onnx2snn[tasks]'") from None
     return COCO, COCOeval
 
 
@@ -529,5 +529,5 @@ def for_task(task: str, **options) -> Metric:
     """The metric of `--task`: classify, segment, detect or regress; options go to its constructor."""
     kinds = {"classify": Classify, "segment": Segment, "detect": Detect, "regress": Regress}
     if task not in kinds:
-        raise UserError(f"--task {task}: expected classify, segment, detect or regress")
+        raise UserError(f"{param('task')} {task}: expected classify, segment, detect or regress")
     return kinds[task](**options)

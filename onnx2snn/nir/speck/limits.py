@@ -6,7 +6,9 @@ import importlib.util
 import sys
 from pathlib import Path
 
-WHERE = "--target speck"
+from ...errors import param
+
+WHERE = f"{param('target')} speck"
 
 WEIGHT_BITS = 8          # sinabs backend/dynapcnn/discretize.py: DYNAPCNN_WEIGHT_PRECISION_BITS (weights and biases)
 STATE_BITS = 16          # sinabs backend/dynapcnn/discretize.py: DYNAPCNN_STATE_PRECISION_BITS (thresholds, v_mem)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ...errors import UserError
+from ...errors import UserError, param
 from .limits import CORES, LIMITS, WHERE, sinabs_version
 
 
@@ -90,7 +90,8 @@ class SpeckReport:
             raise UserError(f"{WHERE}: {len(problems)} problem(s): {shown}")
         if not self.memory_checked:
             raise UserError(f"{WHERE}: the layer rules hold but the memory was {self.memory_note}; "
-                            "pip install --no-deps sinabs (its validator needs only numpy; never samna) to check it")
+                            f"pip install {param('no_deps')} sinabs (its validator needs only numpy; never samna) to "
+                            f"check it")
 
     def to_dict(self) -> dict:
         return jsonable({
