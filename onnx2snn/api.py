@@ -24,7 +24,7 @@ from .conversion import steps as pipeline
 from .conversion.context import Context, Request, default_output, open_source  # noqa: F401 (API)
 from .conversion.result import Conversion
 from .conversion.steps import positive
-from .data import batches as Bt
+from .data.plan import BatchPlan
 from .errors import UserError, param
 from .evaluate import evaluation as ev
 from .evaluate.report import PLOTS, check_report_outputs, write_report  # noqa: F401 (API)
@@ -135,9 +135,9 @@ def _evaluate_file(snn_path, data, data_loader, ann_path, timesteps, batch_size,
                    engine) -> ev.EvalResult:
     files, snn_model, info = _open_snn(snn_path, batch_size, limit)
     timesteps = list(timesteps) if timesteps else ev.default_timesteps(info)
-    inputs = D.model_inputs(snn_model)
     memory = mem.budget(max_memory)
-    batch_size = D.resolve_batch(batch_size, inputs, ev.auto_batch_size(info, max(timesteps), memory))
+    plan = BatchPlan(snn_model, memory)
+    batch_size = plan.converted(info, max(timesteps), batch_size)
     prep = prep or recorded_preprocess(snn_model)
     ann = None
     if ann_path:
@@ -152,7 +152,7 @@ def _evaluate_file(snn_path, data, data_loader, ann_path, timesteps, batch_size,
         files.output(json_path, param("json_path"))
     check_report_outputs(files, report_path, plot_dir)
     total = min(limit or len(source), len(source)) if isinstance(source, D.Source) else None
-    batches = Bt.eval_batches(source, batch_size, limit, exact=D.static_batch(inputs) is not None)
+    batches = plan.batches(source, batch_size, limit)
     result = ev.evaluate(snn_model, batches, timesteps, ann, progress=progress, total=total,
                          layers=bool(report_path or plot_dir), memory=memory, task=spec, delay=delay, engine=engine)
     result.task_reason = spec.reason if spec is not None else None
@@ -187,10 +187,9 @@ def run_file(snn_path, output, data=None, data_loader=None, batch_size: int | No
     if not names:
         raise UserError(f"{param('output')} {output}: the model has no tensor output to save")
     out = _output_file(files, output, names)
-    inputs = D.model_inputs(snn)
-    batch = D.resolve_batch(batch_size, inputs, ev.auto_batch_size(info, info.timesteps, mem.budget(max_memory)))
+    plan = BatchPlan(snn, mem.budget(max_memory))
     chunks = {n: [] for n in names}
-    batches = Bt.eval_batches(source, batch, limit, exact=D.static_batch(inputs) is not None)
+    batches = plan.batches(source, plan.converted(info, info.timesteps, batch_size), limit)
     with connect(workers, cluster, say) as engine:
         if engine is None:
             run_batch = runtime.backend(runtime_name, snn_path)
@@ -251,10 +250,9 @@ def run_nir_file(nir_path, output, data=None, data_loader=None, batch_size: int 
     recorded = model.preprocess()
     prep = prep(recorded) if callable(prep) else (prep or recorded)
     source = open_source(interface, data, data_loader, prep, files, annotations, split)
-    inputs = D.model_inputs(interface)
-    batch = D.resolve_batch(batch_size, inputs, 32)
+    plan = BatchPlan(interface)
     chunks = {n: [] for n in model.outputs}
-    for feeds, _ in Bt.eval_batches(source, batch, limit, exact=D.static_batch(inputs) is not None):
+    for feeds, _ in plan.batches(source, plan.nir(batch_size), limit):
         for name, value in model(feeds, timesteps, delay).items():
             chunks[name].append(np.asarray(value))
     if not chunks[model.outputs[0]]:

@@ -1,15 +1,12 @@
 import os
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 # sessions' graph rewrites may not fall back silently to the graph as written under test
 os.environ.setdefault("ONNX2SNN_REWRITE", "strict")
 
-import models  # noqa: E402
+from tools.fixtures import digits as models
 
 
 @pytest.fixture(scope="session")

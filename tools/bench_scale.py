@@ -16,16 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import scale_models  # noqa: E402
-from benchcommon import high_water_mb  # noqa: E402
+import scale_models
+from benchcommon import high_water_mb
 
 
 def _convert(model, calib, out, iters, extra, queue):

@@ -3,7 +3,7 @@ tests: a small FCN-style segmenter and a CenterNet-style detector (exported up t
 from a --decode hook), trained here on coloured shapes, converted once with the CLI's defaults and
 evaluated with `onnx2snn eval` over a sweep of T (the model's delay scaled to each T).
 
-    python tools/bench_tasks.py --convert-T 128 --timesteps 16,32,64,128,256
+    python -m tools.bench_tasks --convert-T 128 --timesteps 16,32,64,128,256
 
 Prints one Markdown row per model and the seconds of each stage.
 """
@@ -11,17 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-import task_models as tm  # noqa: E402
-
-from onnx2snn.cli import main as cli  # noqa: E402
+from onnx2snn.cli import main as cli
+from tools.fixtures import tasks as tm
 
 
 def _run(args) -> float:

@@ -1,16 +1,14 @@
 """Regenerate the demo bundled in onnx2snn/demo_data/: a digits CNN (ONNX) and its data (NPZ).
 
-    python tools/make_demo.py            # needs the `test` extra (torch, scikit-learn)
+    python -m tools.make_demo            # from the repository root; needs the `test` extra (torch, scikit-learn)
 """
-import sys
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from tools.fixtures.digits import digits_cnn, digits_split, export
 
-from tests.models import digits_cnn, digits_split, export  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def main():

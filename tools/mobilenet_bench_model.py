@@ -20,7 +20,7 @@ STAGES = [(1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 2, 2), (6, 96, 2,
 def network(in_channels: int, stem: int, stages, head: int, classes: int):
     """The torch module: a 3x3 stem, inverted residual blocks per (expansion, output channels,
     blocks, stride of the first block), a 1x1 head, an average pool and a linear layer (also the
-    tests' digits MobileNet, tests/models.py)."""
+    tests' digits MobileNet, tools/fixtures/digits.py)."""
     from torch import nn
 
     def conv(cin, cout, k=1, stride=1, groups=1, act=True):

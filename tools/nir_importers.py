@@ -1,24 +1,24 @@
 """The NIR importer table: each framework's NIR importer (and settings) x exported test model ->
 spike-count entries (IF neuron x sample) that differ from onnx2snn's reference run_nir (reset by
 subtraction), or from its reset-to-zero variant for Norse. Uses the runners of
-tests/test_nir_importers.py (docs/guide/nir.md):
+tools/fixtures/nir_peers.py, the ones tests/nir/test_nir_importers.py checks (docs/guide/nir.md):
 
-    python tools/nir_importers.py
+    python -m tools.nir_importers          # from the repository root
 
 Needs the cross-check frameworks (docs/reference/tests.md: nirtorch, snntorch, norse, sinabs, pbr).
 """
 import contextlib
 import io
-import sys
+import os
 import time
 import warnings
 
-from pathlib import Path
+import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-import conftest  # noqa: F401,E402  (sys.path and ONNX2SNN_REWRITE as under pytest)
-import numpy as np  # noqa: E402
-import test_nir_importers as t  # noqa: E402
+# sessions' graph rewrites may not fall back silently to the graph as written (as under pytest)
+os.environ.setdefault("ONNX2SNN_REWRITE", "strict")
+
+from tools.fixtures import nir_peers as t  # noqa: E402
 
 warnings.simplefilter("ignore", DeprecationWarning)
 MODELS = ["conv_pool_linear", "residual_block", "conv_pool_linear_float", "residual_block_float"]
@@ -83,7 +83,7 @@ def main():
     # the residual graph without its skip edge: what nirtorch.load's order computes
     c = cases["residual_block"]
     counts, _ = t.run_sinabs_nirtorch_load(c)
-    cut = t.run_nir(t._without_skip(c.graph, ("relu1.scale", "relu2")), c.x, c.T, c.D)
+    cut = t.run_nir(t.without_skip(c.graph, ("relu1.scale", "relu2")), c.x, c.T, c.D)
     print(f"\nresidual_block, nirtorch.load order vs run_nir of the graph without the skip edge: "
           f"{t.differing(counts, cut['spike_counts'])[0]} differ")
     print(f"total {time.time() - start:.1f} s")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the operator library with AddressSanitizer + UndefinedBehaviorSanitizer and run the
-# property-based fuzz test (tests/test_op_fuzz.py) and the operators' other modes (blocked layout,
-# fused inputs, EventConv, SpikingMaxPool: tests/test_session_graph.py) against that build.
+# property-based fuzz test (tests/ops/test_op_fuzz.py) and the operators' other modes (blocked layout,
+# fused inputs, EventConv, SpikingMaxPool: tests/runtime/test_session_graph.py) against that build.
 #
 #   bash tools/sanitize_ops.sh [EXAMPLES]      # default 3000 cases per op; needs the test extra
 #
@@ -15,7 +15,7 @@ PY="${PYTHON:-.venv/bin/python}"
 CXX="${CXX:-g++}"
 OUT="$(mktemp -d)"
 trap 'rm -rf "$OUT"' EXIT
-INCLUDE="$("$PY" -c 'import sys; sys.path.insert(0, "custom_ops"); import build_support; print(build_support.find_onnxruntime_headers())')"
+INCLUDE="$("$PY" -c 'from tests.support.native import build_support; print(build_support.find_onnxruntime_headers())')"
 "$CXX" -std=c++17 -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined \
     -ffp-contract=off -fno-trapping-math -fPIC -shared -I"$INCLUDE" \
     custom_ops/if_neuron.cc custom_ops/relux_probe.cc custom_ops/event_conv.cc custom_ops/spiking_max_pool.cc custom_ops/register.cc -o "$OUT/libonnx2snn_asan.so"
@@ -28,7 +28,7 @@ ONNX2SNN_OPS_LIBRARY="$OUT/libonnx2snn_asan.so" ONNX2SNN_FUZZ_EXAMPLES="$EXAMPLE
     ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:log_path=$OUT/asan" \
     UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:log_path=$OUT/ubsan" \
     LD_PRELOAD="$LIBASAN $LIBUBSAN" \
-    "$PY" -m pytest -q -p no:cacheprovider tests/test_op_fuzz.py tests/test_session_graph.py || status=$?
+    "$PY" -m pytest -q -p no:cacheprovider tests/ops/test_op_fuzz.py tests/runtime/test_session_graph.py || status=$?
 reports=$(find "$OUT" -maxdepth 1 \( -name 'asan.*' -o -name 'ubsan.*' \) -type f)
 if [ -n "$reports" ]; then
     echo "sanitizer reports:"

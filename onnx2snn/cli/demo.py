@@ -1,6 +1,6 @@
 """`onnx2snn demo`: convert the bundled digits CNN on bundled data and evaluate it (no downloads).
 
-The model and data were made by tools/make_demo.py (a CNN trained on scikit-learn's digits); they
+The model and data were made by tools/make_demo.py (`python -m tools.make_demo`; a CNN trained on scikit-learn's digits); they
 ship in onnx2snn/demo_data.
 """
 from __future__ import annotations

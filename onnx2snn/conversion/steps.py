@@ -26,15 +26,15 @@ from ..calibration import balancing as cal
 from ..calibration.thresholds import Thresholds
 from ..config import AUTO, CalibConfig, SNNConfig
 from ..data import batches as Bt
+from ..data.plan import BatchPlan
 from ..errors import UserError, param
 from ..evaluate import evaluation as ev
 from ..evaluate.report import check_report_outputs, write_report
 from ..files import write_atomic
-from ..fit.steps import batches_used, calibration_batch_size, correct_and_delay, data_defaults, simulation_batches
+from ..fit.steps import batches_used, correct_and_delay, data_defaults, simulation_batches
 from ..fit.tuning import choose_snapshot, snapshot_points
 from ..graph import onnx_io as M
 from ..graph.analyse import analyse, as_analysis, check_shapes
-from ..graph.costs import largest_activation
 from ..runtime.memory import MemoryBudget
 from ..snn import check as check_form
 from ..snn import to_snn
@@ -126,13 +126,11 @@ def freeze_norms(analysis, source, samples: int, calib: CalibConfig, memory: Mem
         log.warning("--freeze-norm: no normalisation layer between spiking layers; nothing frozen")
         return analysis, fr.FrozenNorms()
     positive(samples, param("freeze_samples"))
-    inputs = D.model_inputs(analysis.model)
-    batch = D.resolve_batch(None, inputs, calibration_batch_size(analysis.model, calib, memory))
-    feeds = [f for f, _ in Bt.eval_batches(source, batch, samples, exact=D.static_batch(inputs) is not None,
-                                           nonfinite=Bt.NonFinite(calib.skip_nonfinite))]
+    plan = BatchPlan(analysis.model, memory, Bt.NonFinite(calib.skip_nonfinite))
+    feeds = plan.feeds(source, plan.calibration(calib.batch_size), samples)
     with runtime.step("--freeze-norm", analysis.model):
         model, frozen = fr.freeze(analysis.model, names, feeds)
-    first = {k: v for k, v in feeds[0].items() if k in {i.name for i in inputs}}
+    first = {k: v for k, v in feeds[0].items() if k in {i.name for i in plan.inputs}}
     return check_shapes(analyse(model), first, runtime.session), frozen
 
 
@@ -149,7 +147,7 @@ def calibrate_source(model, source, config: CalibConfig = CalibConfig(), progres
                      snapshots=(), memory: MemoryBudget | None = None, engine=None) -> Thresholds:
     """Thresholds for `model` (Analysis, ModelProto or path) from a data source (api.calibrate)."""
     analysis = as_analysis(model)
-    batch = calibration_batch_size(analysis.model, config, memory)
+    batch = BatchPlan(analysis.model, memory).calibration(config.batch_size)
     config = replace(config, batch_size=batch)
     n = len(source) if isinstance(source, D.Source) else None
     iters = cal.batches_needed(config, n)
@@ -250,13 +248,11 @@ def check(ctx: Context) -> None:
     if not (r.check_samples and ctx.source is not None):
         return
     ts = r.check_timesteps or ev.readout_timesteps(ctx.snn.timesteps)
-    inputs = D.model_inputs(ctx.model)
     task = tasks.for_check(ctx.snn_model, ctx.source)
-    fits = ev.simulation_batch(largest_activation(ctx.model), ts[-1], ctx.memory)
-    check_batch = D.resolve_batch(None, inputs, min(32, fits))
+    plan = BatchPlan(ctx.model, ctx.memory, Bt.NonFinite(ctx.skip_nonfinite))
+    check_batch = plan.check(ts[-1])
     result.batches["check"] = check_batch
-    batches = Bt.eval_batches(ctx.source, check_batch, r.check_samples, exact=D.static_batch(inputs) is not None,
-                              nonfinite=Bt.NonFinite(ctx.skip_nonfinite))
+    batches = plan.batches(ctx.source, check_batch, r.check_samples)
     if task is None and getattr(ctx.source, "task_hint", None) not in (None, "classify"):
         batches = ((feeds, None) for feeds, _ in batches)      # labels it cannot score (boxes without a decode)
     with runtime.step("the check after converting (--check)", ctx.model):

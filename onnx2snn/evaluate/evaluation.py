@@ -18,7 +18,6 @@ from .. import runtime
 from . import scoring
 from ..graph.analyse import as_analysis
 from ..errors import UserError, param
-from ..runtime import memory as mem
 from ..runtime.memory import MemoryBudget
 from ..snn import simulate
 from ..snn.info import SNNInfo
@@ -60,31 +59,6 @@ class EvalResult:
                 "ann": {"accuracy": self.ann_accuracy, "metrics": self.ann_metrics},
                 "snn": [{k: r.get(k) for k in ("T", "delay", "accuracy", "agreement", "rel_error", "metrics")}
                         for r in self.rows]}
-
-
-def simulation_batch(largest_activation: int, t_max: int, memory: MemoryBudget | None = None,
-                     copies: int = mem.SIM_COPIES) -> int:
-    """Samples per unrolled simulation batch whose estimated bytes (`copies` float32 copies of the
-    largest activation per sample and step: runtime/memory.py) stay within the memory budget; at
-    most 64."""
-    if not largest_activation:
-        return 16
-    memory = memory or mem.budget()
-    per_sample = mem.simulation_sample_bytes(largest_activation, t_max, copies)
-    if not memory.fits(per_sample):     # the CLI says so too (eval: EvalResult.sample_bytes)
-        log.info("memory budget %s: one sample of the unrolled simulation at T=%d is estimated at %.1f GiB; "
-                 "one sample per batch, its steps run in slices that fit (slice_steps)", memory.describe(), t_max,
-                 per_sample / 2 ** 30)
-    return memory.samples(per_sample, 64)
-
-
-def auto_batch_size(info: SNNInfo, t_max: int, memory: MemoryBudget | None = None) -> int:
-    """Simulation batch for a converted model (see simulation_batch); looped models hold `chunk`
-    steps at a time: up to 16 samples of those within the budget."""
-    if info.looped:
-        largest = info.costs.get("largest_activation", 0)
-        return (memory or mem.budget()).samples(mem.simulation_sample_bytes(largest, info.chunk), 16) if largest else 16
-    return simulation_batch(info.costs.get("largest_activation", 0), t_max, memory)
 
 
 def readout_timesteps(t: int) -> list:

@@ -8,19 +8,15 @@ import logging
 import time
 from dataclasses import replace
 
-import onnx
-
 from ..data import batches as Bt
+from ..data.plan import BatchPlan
 from .. import data as D
-from ..evaluate import evaluation as ev
 from .. import runtime
 from ..graph.analyse import as_analysis
 from ..config import AUTO, CORRECTIONS, DELAY_SAMPLES, CalibConfig, SNNConfig
 from .correction import STEPS, Corrector, correct, stored, without
 from .delay import DelayChoice, choose_delay
-from ..graph.costs import largest_activation
 from ..errors import UserError, param
-from ..runtime import memory as mem
 from ..runtime.memory import MemoryBudget
 from ..calibration.thresholds import Thresholds
 
@@ -31,81 +27,22 @@ def simulation_batches(source, model, timesteps: int, samples: int, skip_nonfini
                        memory: MemoryBudget | None = None):
     """Up to `samples` samples of `source` (a fixed random subset) in batches sized for simulating
     `model`'s SNN at `timesteps` within the memory budget (the model's fixed batch size if it has one)."""
-    inputs = D.model_inputs(model)
-    batch = simulation_batch_size(model, timesteps, samples, memory)
-    return Bt.eval_batches(source, batch, samples, exact=D.static_batch(inputs) is not None,
-                           nonfinite=Bt.NonFinite(skip_nonfinite))
-
-
-def simulation_batch_size(model, timesteps: int, samples: int, memory: MemoryBudget | None = None) -> int:
-    """Samples per batch of an unrolled simulation of `model`'s SNN at `timesteps` (delay choice)."""
-    inputs = D.model_inputs(model)
-    fit = ev.simulation_batch(largest_activation(model), timesteps, memory)
-    return D.resolve_batch(None, inputs, min(samples, fit))
-
-
-def correction_batch_size(model, timesteps: int, samples: int, memory: MemoryBudget | None = None) -> int:
-    """Samples per batch of the correction graph (each neuron runs twice) at `timesteps`: all of
-    them when they fit the memory budget (then the correction equals layer-by-layer correction over
-    the whole set; correction.py), else as many as fit."""
-    inputs = D.model_inputs(model)
-    largest = largest_activation(model)
-    per_sample = mem.simulation_sample_bytes(largest, timesteps, mem.CORRECTION_COPIES)
-    fit = (memory or mem.budget()).samples(per_sample, samples) if largest else min(samples, 50)
-    return D.resolve_batch(None, inputs, fit)
-
-
-def calibration_batch_size(model: onnx.ModelProto, config: CalibConfig, memory: MemoryBudget | None = None) -> int:
-    """`--batch-size`, else 100 (the paper's) or fewer when 100 samples of the ANN with probes do
-    not fit the memory budget (runtime/memory.py); a model's fixed batch size wins."""
-    default = (memory or mem.budget()).samples(mem.ann_sample_bytes(largest_activation(model)), 100)
-    return D.resolve_batch(config.batch_size, D.model_inputs(model), default)
+    plan = BatchPlan(model, memory, Bt.NonFinite(skip_nonfinite))
+    return plan.batches(source, plan.simulation(timesteps, samples), samples)
 
 
 def batches_used(model, calib: CalibConfig, snn: SNNConfig, calibrated: bool, step_seconds: dict,
                   correct_samples: int, delay_samples: int, memory: MemoryBudget, th_info: dict) -> dict:
     """Samples per batch of each step that ran (the sizes the steps chose within `memory`)."""
-    used = {}
+    plan, used = BatchPlan(model, memory), {}
     if calibrated:
-        used["calibration"] = calibration_batch_size(model, calib, memory)
+        used["calibration"] = plan.calibration(calib.batch_size)
     if "correction" in step_seconds:
-        used["correction"] = min(correction_batch_size(model, snn.timesteps, correct_samples, memory),
+        used["correction"] = min(plan.correction(snn.timesteps, correct_samples),
                                  (th_info.get("correction") or {}).get("samples", correct_samples))
     if "delay" in step_seconds:
-        used["delay choice"] = simulation_batch_size(model, snn.timesteps, delay_samples, memory)
+        used["delay choice"] = plan.simulation(snn.timesteps, delay_samples)
     return used
-
-
-def sample_batches(source, model, samples: int, timesteps: int = 1, memory: MemoryBudget | None = None,
-                   nonfinite=None):
-    """Up to `samples` samples of a random-access source (a fixed random subset) as batches.EvalBatches
-    the correction graph at `timesteps` can run within the memory budget."""
-    inputs = D.model_inputs(model)
-    batch = correction_batch_size(model, timesteps, samples, memory)
-    _warn_one_sample(model, timesteps, memory)
-    return Bt.eval_batches(source, batch, samples, exact=D.static_batch(inputs) is not None,
-                           nonfinite=nonfinite or Bt.NonFinite())
-
-
-def sample_feeds(source, model, samples: int, skip_nonfinite: bool = False, timesteps: int = 1,
-                 memory: MemoryBudget | None = None) -> list:
-    """Up to `samples` samples of the data as a list of feed dicts (a fixed random subset), in
-    batches the correction graph at `timesteps` can run within the memory budget."""
-    inputs = D.model_inputs(model)
-    batch = correction_batch_size(model, timesteps, samples, memory)
-    _warn_one_sample(model, timesteps, memory)
-    return [f for f, _ in Bt.eval_batches(source, batch, samples, exact=D.static_batch(inputs) is not None,
-                                          nonfinite=Bt.NonFinite(skip_nonfinite))]
-
-
-def _warn_one_sample(model, timesteps: int, memory: MemoryBudget | None) -> None:
-    """Warn when one sample of the correction graph at `timesteps` exceeds the memory budget."""
-    memory = memory or mem.budget()
-    per_sample = mem.simulation_sample_bytes(largest_activation(model), timesteps, mem.CORRECTION_COPIES)
-    if not memory.fits(per_sample):
-        log.warning("memory budget %s: one sample of the correction at T=%d is estimated at %.1f GiB, above the "
-                    "budget; it runs one sample at a time (a layer's correction needs all T steps before the next "
-                    "layer runs, so its steps cannot run in slices)", memory.describe(), timesteps, per_sample / 2 ** 30)
 
 
 def choose_delay_on(analysis, thresholds, snn: SNNConfig, source, samples: int = DELAY_SAMPLES,
@@ -163,10 +100,15 @@ def _correction_feeds(analysis, snn: SNNConfig, source, steps, samples: int, ski
                       memory: MemoryBudget | None, engine) -> tuple:
     """(the correction's batches, their sizes): a list of feed dicts, or, on a cluster, batches its
     workers read themselves (the same samples, by index)."""
-    if steps and engine is not None and isinstance(source, D.Source) and not skip_nonfinite:
-        feeds = sample_batches(source, analysis.model, samples, snn.timesteps, memory)
-        return feeds, [len(c) for c in feeds.plan]
-    feeds = sample_feeds(source, analysis.model, samples, skip_nonfinite, snn.timesteps, memory) if steps else []
+    if not steps:
+        return [], []
+    plan = BatchPlan(analysis.model, memory, Bt.NonFinite(skip_nonfinite))
+    batch = plan.correction(snn.timesteps, samples)
+    plan.warn_one_sample(snn.timesteps)
+    if engine is not None and isinstance(source, D.Source) and not skip_nonfinite:
+        batches = plan.batches(source, batch, samples)
+        return batches, [len(c) for c in batches.plan]
+    feeds = plan.feeds(source, batch, samples)
     return feeds, [len(next(iter(f.values()))) for f in feeds]
 
 
