@@ -231,6 +231,6 @@ struct EventConvKernel : GuardedKernel<EventConvKernel> {
 
 }  // namespace
 
-const OrtCustomOp* EventConvOp() { return OpInstance<EventConvKernel>(); }
+OrtCustomOp* EventConvOp() { return OpInstance<EventConvKernel>(); }
 
 }  // namespace onnx2snn

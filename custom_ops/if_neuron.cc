@@ -370,6 +370,6 @@ struct IFNeuronKernel : GuardedKernel<IFNeuronKernel> {
 
 }  // namespace
 
-const OrtCustomOp* IFNeuronOp() { return OpInstance<IFNeuronKernel>(); }
+OrtCustomOp* IFNeuronOp() { return OpInstance<IFNeuronKernel>(); }
 
 }  // namespace onnx2snn

@@ -306,9 +306,9 @@ struct GuardedKernel {
   }
 };
 
-// The one registered instance of an operator.
+// The one registered instance of an operator (register.cc sets its version to the runtime's API).
 template <typename Kernel>
-const OrtCustomOp* OpInstance() {
+OrtCustomOp* OpInstance() {
   static FloatOp<Kernel> op;
   return &op;
 }
@@ -323,9 +323,9 @@ inline int64_t ElementCount(const std::vector<int64_t>& shape, const char* what)
   return n;
 }
 
-const OrtCustomOp* IFNeuronOp();
-const OrtCustomOp* ReLUXProbeOp();
-const OrtCustomOp* EventConvOp();
-const OrtCustomOp* SpikingMaxPoolOp();
+OrtCustomOp* IFNeuronOp();
+OrtCustomOp* ReLUXProbeOp();
+OrtCustomOp* EventConvOp();
+OrtCustomOp* SpikingMaxPoolOp();
 
 }  // namespace onnx2snn

@@ -363,6 +363,6 @@ struct ProbeKernel : GuardedKernel<ProbeKernel> {
 
 }  // namespace
 
-const OrtCustomOp* ReLUXProbeOp() { return OpInstance<ProbeKernel>(); }
+OrtCustomOp* ReLUXProbeOp() { return OpInstance<ProbeKernel>(); }
 
 }  // namespace onnx2snn

@@ -194,6 +194,6 @@ struct SpikingMaxPoolKernel : GuardedKernel<SpikingMaxPoolKernel> {
 
 }  // namespace
 
-const OrtCustomOp* SpikingMaxPoolOp() { return OpInstance<SpikingMaxPoolKernel>(); }
+OrtCustomOp* SpikingMaxPoolOp() { return OpInstance<SpikingMaxPoolKernel>(); }
 
 }  // namespace onnx2snn

@@ -9,7 +9,7 @@ from ._version import __version__
 
 _EXPORTS = {
     "Conversion": "api", "calibrate": "api", "convert": "api", "evaluate_file": "api", "load_snn": "api",
-    "run": "api", "session": "api",
+    "optimize_file": "api", "run": "api", "session": "api",
     "CalibConfig": "config", "SNNConfig": "config",
     "Thresholds": "calibration.thresholds", "Preprocess": "data", "UserError": "errors",
     "if_neuron": "ops.neuron", "library_path": "runtime", "to_snn": "snn",

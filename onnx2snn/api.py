@@ -34,6 +34,7 @@ from .graph import onnx_io as M
 from .runtime import memory as mem
 from .runtime.backends import RunJob
 from .runtime.memory import MemoryBudget
+from .runtime.optimized import optimized_for
 from .snn.info import SNNInfo
 
 log = logging.getLogger(__name__)
@@ -83,11 +84,30 @@ def calibrate(model, source, config: CalibConfig = CalibConfig(), progress: bool
     return pipeline.calibrate_source(model, source, config, progress, snapshots, memory, engine)
 
 
-def load_snn(path) -> onnx.ModelProto:
-    """A model written by onnx2snn (its metadata is checked)."""
+def load_snn(path, optimized: bool = False) -> onnx.ModelProto:
+    """A model written by onnx2snn (its metadata is checked). An optimized file (`optimize_file`) is
+    refused unless `optimized`: it is for running, not for evaluation or export."""
     model = M.read(path, "SNN")
     SNNInfo.from_metadata(model, str(path))
+    if not optimized and optimized_for(model) is not None:
+        raise UserError(f"{path}: an optimized file (onnx2snn optimize) is for running; use the converted file "
+                        "it was made from")
     return model
+
+
+def optimize_file(snn_path, output=None, portable_only: bool = False) -> dict:
+    """Write `snn_path` as onnx2snn's sessions run it on this machine (runtime.optimize): the fused
+    neuron inputs (any CPU and onnxruntime), and, unless `portable_only`, onnxruntime's blocked layout
+    for this CPU and onnxruntime version. `output`: default MODEL.opt.onnx beside it; written
+    atomically, never over the input. Returns what was written: {"path", "rewrites", ...}."""
+    files = Files()
+    files.input(snn_path, param("snn_path"))
+    model = load_snn(snn_path)
+    out = Path(output) if output else Path(snn_path).with_suffix(".opt.onnx")
+    files.output(out, param("output"))
+    graph = runtime.optimize(model, str(snn_path), portable_only)
+    write_atomic(out, graph.SerializeToString(), param("output"))
+    return {"path": str(out), **optimized_for(graph)}
 
 
 def recorded_preprocess(model: onnx.ModelProto, mean=None, std=None, size=None, layout=None) -> D.Preprocess:
@@ -99,13 +119,14 @@ def recorded_preprocess(model: onnx.ModelProto, mean=None, std=None, size=None, 
                         size if size is not None else base.size, layout or base.layout, base.resize, base.crop)
 
 
-def _open_snn(snn_path, batch_size, limit):
-    """(files, SNN model, its info): the flags checked, the SNN read and remembered as an input."""
+def _open_snn(snn_path, batch_size, limit, optimized: bool = False):
+    """(files, SNN model, its info): the flags checked, the SNN read and remembered as an input
+    (`optimized`: an optimized file is accepted)."""
     positive(batch_size, param("batch_size"))
     positive(limit, param("limit"))
     files = Files()
     files.input(snn_path, "the SNN")
-    snn_model = load_snn(snn_path)
+    snn_model = load_snn(snn_path, optimized)
     return files, snn_model, SNNInfo.from_metadata(snn_model, str(snn_path))
 
 
@@ -178,7 +199,7 @@ def run_file(snn_path, output, data=None, data_loader=None, batch_size: int | No
     `workers`, `cluster`, `say`: the batches run on a cluster (see convert), the outputs gathered
     here in order."""
     check_cluster(workers, cluster)
-    files, snn, info = _open_snn(snn_path, batch_size, limit)
+    files, snn, info = _open_snn(snn_path, batch_size, limit, optimized=True)
     source = open_source(snn, data, data_loader, prep or recorded_preprocess(snn), files, annotations, split)
     names = [o.name for o in snn.graph.output if o.type.HasField("tensor_type")]
     skipped = [o.name for o in snn.graph.output if not o.type.HasField("tensor_type")]

@@ -7,8 +7,10 @@ and for the plain file, in one run on this machine.
 The floor is the ANN in onnxruntime on one batch of T x N images (the SNN's arithmetic without the
 spikes). For each thread count and form (unrolled; loop with chunk T) it prints the best of
 `--rounds` runs of the SNN on N images over the floor: as the file is written, run by plain
-onnxruntime with the operator library registered (what C++, C#, Java and Node users get), and as
-onnx2snn's sessions run it (the session-time passes: fused neuron inputs, blocked layout). The
+onnxruntime with the operator library registered (what C++, C#, Java and Node users get); the file
+`onnx2snn optimize` writes, run by plain onnxruntime with graph optimizations disabled (what those
+users get from it); and as onnx2snn's sessions run it (the session-time passes: fused neuron
+inputs, blocked layout). The
 inputs are random images (timing only); the thresholds come from a file (any thresholds of the
 model do). `--profile` adds, at the largest thread count, onnxruntime's own profile of each form
 summed by operator type: where the time goes.
@@ -31,6 +33,18 @@ from onnx2snn import data as D
 from onnx2snn.graph.analyse import analyse
 
 FORMS = {"unrolled": {}, "loop-chunkT": {"form": "loop"}}
+VARIANTS = ("plain file", "optimized file", "session")
+
+
+def plain_session(model, threads: int, optimized: bool) -> ort.InferenceSession:
+    """onnxruntime as another binding runs the file: the operator library registered, nothing of
+    onnx2snn's sessions; an optimized file with graph optimizations disabled, as its record asks."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    opts.register_custom_ops_library(runtime.library_path())
+    if optimized:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
 def best(fn, rounds: int) -> float:
@@ -103,21 +117,24 @@ def main() -> None:
     th = Thresholds.load(args.thresholds)
     snns = {name: to_snn(analysis, th, SNNConfig(timesteps=args.T, delay=0, chunk=args.T if kw else 1, **kw))[0]
             for name, kw in FORMS.items()}
+    optimized = {name: runtime.optimize(snn) for name, snn in snns.items()}
     x_snn, x_floor = _feeds(analysis.model, args.batch), _feeds(analysis.model, args.T * args.batch, 1)
     rows = []
-    print(f"{'threads':>7} {'floor ms':>9} " + " ".join(f"{f + ' ' + v:>24}" for f in FORMS
-                                                     for v in ("plain file", "session")), flush=True)
+    print(f"{'threads':>7} {'floor ms':>9} " + " ".join(f"{f + ' ' + v:>27}" for f in FORMS for v in VARIANTS),
+          flush=True)
     for n in threads:
         ann = runtime.session(analysis.model, n)
         floor = best(lambda: ann.run(None, x_floor), args.rounds)
         row = {"threads": n, "floor_s": floor}
         for name, snn in snns.items():
-            for variant, rewrite in (("plain file", False), ("session", True)):
-                sess = runtime.session(snn, n, rewrite=rewrite)
+            for variant in VARIANTS:
+                sess = (runtime.session(snn, n) if variant == "session" else
+                        plain_session(optimized[name] if variant == "optimized file" else snn, n,
+                                      variant == "optimized file"))
                 row[f"{name} {variant}"] = best(lambda: sess.run(None, x_snn), args.rounds) / floor
         rows.append(row)
-        print(f"{n:>7} {1000 * floor:>9.1f} " + " ".join(f"{row[f + ' ' + v]:>23.2f}x" for f in FORMS
-                                                         for v in ("plain file", "session")), flush=True)
+        print(f"{n:>7} {1000 * floor:>9.1f} " + " ".join(f"{row[f + ' ' + v]:>26.2f}x" for f in FORMS
+                                                         for v in VARIANTS), flush=True)
     if args.profile:
         n = max(threads)
         print(f"\nprofile at {n} threads (ms per run, by operator type; the floor's for comparison):")

@@ -1,8 +1,8 @@
-"""Command line: `onnx2snn MODEL --data DIR` (convert), `eval`, `run`, `inspect`, `export-nir`,
-`run-nir`, `demo`.
+"""Command line: `onnx2snn MODEL --data DIR` (convert), `eval`, `run`, `optimize`, `inspect`,
+`export-nir`, `run-nir`, `demo`.
 
     parser.py    the top-level parser; each command's module adds its subparser
-    convert.py, evaluate.py, run.py, inspection.py, export_nir.py, run_nir.py, demo.py
+    convert.py, evaluate.py, run.py, optimize.py, inspection.py, export_nir.py, run_nir.py, demo.py
                  one module per command: its flags (`add`) and what it does (`command`)
     options.py   flag groups several commands share (data, scaling out, memory, output), with the
                  defaults read from the config dataclasses

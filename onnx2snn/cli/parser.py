@@ -1,14 +1,15 @@
 """The command line's parser: the top level and one subparser per command, each declared by its
-own module (convert.py, evaluate.py, run.py, inspection.py, export_nir.py, run_nir.py, demo.py)."""
+own module (convert.py, evaluate.py, run.py, optimize.py, inspection.py, export_nir.py, run_nir.py,
+demo.py)."""
 from __future__ import annotations
 
 import argparse
 
 from .._version import __version__
-from . import convert, demo, evaluate, export_nir, inspection, run, run_nir
+from . import convert, demo, evaluate, export_nir, inspection, optimize, run, run_nir
 
 # the subcommands in the order `--help` lists them; each module has NAME, add(sub) and command(args)
-MODULES = (convert, evaluate, run, inspection, export_nir, run_nir, demo)
+MODULES = (convert, evaluate, run, optimize, inspection, export_nir, run_nir, demo)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -26,7 +26,7 @@ def add(sub) -> None:
 
 def command(args) -> int:
     from .. import api
-    snn = api.load_snn(args.snn)
+    snn = api.load_snn(args.snn, optimized=True)
     check_json(args, [(args.snn, "the SNN")] + data_inputs(args), [(args.output, "-o")])
     arrays = api.run_file(args.snn, args.output, args.data, args.data_loader, args.batch_size, args.limit,
                           preprocess(args, api.recorded_preprocess(snn)), runtime_name=args.runtime,

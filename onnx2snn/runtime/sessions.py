@@ -14,6 +14,7 @@ import onnx
 import onnxruntime as ort
 
 from . import events, fusion, layout
+from .optimized import check_target, optimized_for, record
 from ..errors import InternalError, UserError, param
 from ..graph.onnx_io import all_graphs, onnxruntime_logging, uses_domain
 from ..ops.neuron import DOMAIN
@@ -55,14 +56,15 @@ def _proto(model) -> onnx.ModelProto:
     return onnx.load(str(model))
 
 
-def _needs_library(model) -> bool:
+def _header(model) -> onnx.ModelProto:
+    """The model's graph and metadata (a file's external weights not read)."""
     if isinstance(model, onnx.ModelProto):
-        return uses_domain(model, DOMAIN)
+        return model
     if isinstance(model, (bytes, bytearray)):
         proto = onnx.ModelProto()
         proto.ParseFromString(bytes(model))
-        return uses_domain(proto, DOMAIN)
-    return uses_domain(onnx.load(str(model), load_external_data=False), DOMAIN)
+        return proto
+    return onnx.load(str(model), load_external_data=False)
 
 
 def session(model, threads: int = 0, in_order: bool = False, rewrite: bool = True,
@@ -88,9 +90,13 @@ def session(model, threads: int = 0, in_order: bool = False, rewrite: bool = Tru
     session's arena (sessions run one after another that each fill the memory budget)."""
     opts = _options(threads, in_order, arena)
     refused = strict = None
-    if _needs_library(model):
+    header = _header(model)
+    if uses_domain(header, DOMAIN):
         opts.register_custom_ops_library(library_path())
-        if rewrite and os.environ.get(_REWRITE_ENV, "1") != "0":
+        made = check_target(header)       # a file `onnx2snn optimize` wrote runs as it is
+        if made and "blocked" in made["rewrites"]:
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        if rewrite and not made and os.environ.get(_REWRITE_ENV, "1") != "0":
             strict = os.environ.get(_REWRITE_ENV) == "strict"   # the tests: a failing rewrite is an error
             try:
                 graph, optimized = session_graph(model, event_convs)
@@ -149,6 +155,24 @@ def session_graph(model, event_convs: bool = False) -> tuple:
     if blocked is not None:
         return blocked, True
     return (proto if changed else None), False
+
+
+def optimize(model: onnx.ModelProto, name: str = "the model", portable_only: bool = False) -> onnx.ModelProto:
+    """`model` (a converted SNN) as `session` runs it on this machine, to be written to a file
+    (`onnx2snn optimize`; optimized.py says what each rewrite means), its metadata kept and the
+    rewrites recorded. `portable_only`: only the fused neuron inputs (any CPU and onnxruntime)."""
+    if optimized_for(model) is not None:
+        raise UserError(f"{name}: already optimized (onnx2snn optimize); optimize the converted file")
+    graph = copy.deepcopy(model)
+    shapes = layout.static_shapes(graph)         # as session_graph: one shape inference for both
+    rewrites = ["fused"] if fusion.fuse_inputs(graph, shapes) else []
+    blocked = None if portable_only else layout.blocked(graph, library_path(), shapes)
+    if blocked is not None:
+        graph, rewrites = blocked, rewrites + ["blocked"]
+    if not rewrites:
+        raise UserError(f"{name}: nothing to optimize (no neuron input to fuse and no blocked layout on this "
+                        "CPU); the converted file already runs as fast")
+    return record(graph, model, rewrites)
 
 
 # the conversion step running (runtime.step) and its ANN's node names, for naming them when a node

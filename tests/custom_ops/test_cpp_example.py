@@ -1,5 +1,6 @@
 """examples/cpp builds against onnxruntime's shared library and runs a converted model from C++
-with the same outputs as Python (custom-op model with the library, and a portable one without)."""
+with the same outputs as Python (custom-op model with the library, a portable one without, and the
+file `onnx2snn optimize` writes for this machine)."""
 import glob
 import shutil
 import subprocess
@@ -32,11 +33,11 @@ def snn_run(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("portable", [False, True])
-def test_cpp_program_gives_pythons_outputs(snn_run, portable, tmp_path):
+@pytest.mark.parametrize("portable,optimized", [(False, False), (True, False), (False, True)])
+def test_cpp_program_gives_pythons_outputs(snn_run, portable, optimized, tmp_path):
     model, th, x = exact_runtime_model()
     snn, _ = to_snn(model, th, SNNConfig(timesteps=16, portable=portable))
-    onnx.save(snn, tmp_path / "m.snn.onnx")
+    onnx.save(runtime.optimize(snn) if optimized else snn, tmp_path / "m.snn.onnx")
     np.save(tmp_path / "x.npy", x)
     lib = "-" if portable else library_path()
     proc = subprocess.run([str(snn_run), str(tmp_path / "m.snn.onnx"), lib, str(tmp_path / "x.npy"),
