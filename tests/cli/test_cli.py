@@ -166,7 +166,7 @@ def test_every_command_takes_q_v_and_json_with_one_meaning(tmp_path, capsys):
     from tools.fixtures import graphs
     from onnx2snn.cli import COMMANDS, build_parser
     positional = {"convert": ["m.onnx"], "eval": ["s.onnx"], "run": ["s.onnx"], "inspect": ["m.onnx"],
-                  "export-nir": ["s.onnx"], "run-nir": ["g.nir"], "demo": []}
+                  "export-nir": ["s.onnx"], "run-nir": ["g.nir"], "demo": [], "optimize": ["s.onnx"]}
     assert set(positional) == set(COMMANDS)
     parser = build_parser()
     for command in COMMANDS:
@@ -191,6 +191,10 @@ def test_every_command_takes_q_v_and_json_with_one_meaning(tmp_path, capsys):
     assert capsys.readouterr().out.startswith("wrote out [60, 5]")
     assert json.loads((tmp_path / "run.json").read_text())["outputs"]["out"]["shape"] == [60, 5]
     assert main(["inspect", str(model), "-q"]) == 0 and capsys.readouterr().out == ""
+    assert main(["optimize", str(snn), "--portable-only", "-q"]) == 0
+    assert capsys.readouterr().out == f"{tmp_path / 'm.snn.opt.onnx'}\n"
+    assert main(["optimize", str(snn), "--portable-only", "-o", str(tmp_path / "o.onnx"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"path": str(tmp_path / "o.onnx"), "rewrites": ["fused"]}
     assert main(["eval", str(snn), "--data", str(data), "--json", "-q"]) == 0
     assert json.loads(capsys.readouterr().out)["samples"] == 60
     # --json FILE is checked like every output before any work: never onto an input
