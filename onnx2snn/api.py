@@ -101,7 +101,7 @@ def optimize_file(snn_path, output=None, portable_only: bool = False) -> dict:
     for this CPU and onnxruntime version. `output`: default MODEL.opt.onnx beside it; written
     atomically, never over the input. Returns what was written: {"path", "rewrites", ...}."""
     files = Files()
-    files.input(snn_path, param("snn_path"))
+    files.input(snn_path, "the SNN")
     model = load_snn(snn_path)
     out = Path(output) if output else Path(snn_path).with_suffix(".opt.onnx")
     files.output(out, param("output"))

@@ -143,18 +143,27 @@ def session_graph(model, event_convs: bool = False) -> tuple:
     """(graph, optimized): the graph `session` runs for a model using the operator library, or
     (None, False) when it would run the model as it is. With `optimized`, the graph is onnxruntime's
     own optimization of it for this CPU (blocked layout: weights reordered for this CPU's vector
-    width), to be loaded with graph optimizations disabled; it suits this machine only. Save it
-    (onnx.save) to run the fast graph from onnxruntime in another language on the same machine."""
+    width), to be loaded with graph optimizations disabled; it suits this machine only. `optimize`
+    writes it, with its record, for onnxruntime in another language on the same machine."""
     proto = copy.deepcopy(model) if isinstance(model, onnx.ModelProto) else _proto(model)
     changed = events.event_convs(proto) if event_convs else False
+    graph, rewrites = _rewrite(proto)
+    if "blocked" in rewrites:
+        return graph, True
+    return (graph if changed or rewrites else None), False
+
+
+def _rewrite(proto: onnx.ModelProto, blocked: bool = True) -> tuple:
+    """(graph, rewrites): `proto`'s neuron inputs fused in place ("fused") and, with `blocked`, the
+    result in onnxruntime's blocked layout for this CPU ("blocked", a new graph) where that changes it."""
     # one shape inference for both: fusion keeps every tensor name it leaves, and the layout reads
     # ranks and non-batch dims, which the repeated inputs share with their tiled form
     shapes = layout.static_shapes(proto)
-    changed |= fusion.fuse_inputs(proto, shapes)
-    blocked = layout.blocked(proto, library_path(), shapes)
-    if blocked is not None:
-        return blocked, True
-    return (proto if changed else None), False
+    rewrites = ["fused"] if fusion.fuse_inputs(proto, shapes) else []
+    laid_out = layout.blocked(proto, library_path(), shapes) if blocked else None
+    if laid_out is not None:
+        return laid_out, rewrites + ["blocked"]
+    return proto, rewrites
 
 
 def optimize(model: onnx.ModelProto, name: str = "the model", portable_only: bool = False) -> onnx.ModelProto:
@@ -163,12 +172,7 @@ def optimize(model: onnx.ModelProto, name: str = "the model", portable_only: boo
     rewrites recorded. `portable_only`: only the fused neuron inputs (any CPU and onnxruntime)."""
     if optimized_for(model) is not None:
         raise UserError(f"{name}: already optimized (onnx2snn optimize); optimize the converted file")
-    graph = copy.deepcopy(model)
-    shapes = layout.static_shapes(graph)         # as session_graph: one shape inference for both
-    rewrites = ["fused"] if fusion.fuse_inputs(graph, shapes) else []
-    blocked = None if portable_only else layout.blocked(graph, library_path(), shapes)
-    if blocked is not None:
-        graph, rewrites = blocked, rewrites + ["blocked"]
+    graph, rewrites = _rewrite(copy.deepcopy(model), blocked=not portable_only)
     if not rewrites:
         raise UserError(f"{name}: nothing to optimize (no neuron input to fuse and no blocked layout on this "
                         "CPU); the converted file already runs as fast")
