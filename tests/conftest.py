@@ -55,10 +55,21 @@ def mobilenet_path(tmp_path_factory):
     return _export(tmp_path_factory, "mobilenet", models.digits_mobilenet)
 
 
+@pytest.fixture(scope="session")
+def silu_se_path(tmp_path_factory):
+    return _export(tmp_path_factory, "silu_se", models.digits_silu_se)
+
+
+@pytest.fixture(scope="session")
+def vit_path(tmp_path_factory):
+    return _export(tmp_path_factory, "vit", models.digits_vit)
+
+
 # Two tiers: `pytest -m "not slow"` runs the unit tests (hand-built graphs, the C++ op, analysis,
 # builder, energy, every form) in well under a minute; the end-to-end tests train and export models,
 # spawn the command line or run exporters, and are marked slow. CI runs both tiers.
-_SLOW_FIXTURES = {"cnn_path", "resnet_path", "pool_resnet_path", "mlp_path", "mobilenet_path", "digits_npz", "digits_data"}
+_SLOW_FIXTURES = {"cnn_path", "resnet_path", "pool_resnet_path", "mlp_path", "mobilenet_path", "digits_npz", "digits_data",
+                  "silu_se_path", "vit_path"}
 _SLOW_MODULES = {"test_cli", "test_exporters", "test_readme", "test_runtimes"}
 
 

@@ -214,9 +214,12 @@ def command(args) -> int:
             print(f"delay D={c.delay} chosen on {c.samples} samples: relative output error vs the ANN "
                   f"{c.rel_error.get(c.delay, 0):.4f} (D=0: {c.rel_error.get(0, 0):.4f})")
         print(layers_table(result.layers))
-        analog = SNNInfo.from_metadata(result.snn).analog
-        if analog:
-            print(f"kept analog (not spiking, --keep-analog): {', '.join(analog)}")
+        info = SNNInfo.from_metadata(result.snn)
+        if info.analog:
+            print(f"kept analog (--keep-analog: on each step's input, not compensated): {', '.join(info.analog)}")
+        if info.compensated:
+            print(f"expectation compensation (on the running means of their inputs, every step): "
+                  f"{len(info.compensated)} node(s): {', '.join(info.compensated)}")
         if result.check is not None:
             print("\ncheck on calibration samples (SNN vs ANN):")
             print(eval_table(result.check))

@@ -129,7 +129,8 @@ def freeze_norms(analysis, source, samples: int, calib: CalibConfig, memory: Mem
     plan = BatchPlan(analysis.model, memory, Bt.NonFinite(calib.skip_nonfinite))
     feeds = plan.feeds(source, plan.calibration(calib.batch_size), samples)
     with runtime.step("--freeze-norm", analysis.model):
-        model, frozen = fr.freeze(analysis.model, names, feeds)
+        # the ANN as given: a frozen norm is an affine, no longer a spiking site
+        model, frozen = fr.freeze(analysis.original or analysis.model, names, feeds)
     first = {k: v for k, v in feeds[0].items() if k in {i.name for i in plan.inputs}}
     return check_shapes(analyse(model), first, runtime.session), frozen
 

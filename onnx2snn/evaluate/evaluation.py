@@ -46,6 +46,8 @@ class EvalResult:
     delay_rule: str = "scaled"                   # how each row's "delay" was chosen: scaled, fixed, auto or own
     primary_key: str | None = None               # the task's headline figure in "metrics": top1, miou, map, psnr
     task_reason: str | None = None               # why that task (tasks.TaskSpec.reason)
+    spiking_fraction: float | None = None        # share of the ANN's MACs done as spike-driven accumulates
+    compensated_macs: float = 0.0                # analog operations per sample and step of compensated nodes
 
     def primary(self, row=None):
         """The task's headline figure (top1, miou, map, psnr) of a row, or of the ANN."""
@@ -55,10 +57,15 @@ class EvalResult:
         return figures.get(self.primary_key)
 
     def to_json(self) -> dict:
-        return {"samples": self.samples, "task": self.task,
-                "ann": {"accuracy": self.ann_accuracy, "metrics": self.ann_metrics},
-                "snn": [{k: r.get(k) for k in ("T", "delay", "accuracy", "agreement", "rel_error", "metrics")}
-                        for r in self.rows]}
+        keys = ("T", "delay", "accuracy", "agreement", "rel_error", "metrics")
+        if self.compensated_macs:        # compensated nodes: their analog work and the SOPs, per T
+            keys += ("sops", "analog_macs")
+        out = {"samples": self.samples, "task": self.task,
+               "ann": {"accuracy": self.ann_accuracy, "metrics": self.ann_metrics},
+               "snn": [{k: r.get(k) for k in keys} for r in self.rows]}
+        if self.compensated_macs:
+            out.update(spiking_fraction=self.spiking_fraction, compensated_macs_per_step=self.compensated_macs)
+        return out
 
 
 def readout_timesteps(t: int) -> list:
@@ -355,13 +362,18 @@ def evaluate(snn: onnx.ModelProto, batches, timesteps, ann: onnx.ModelProto | No
                      ann_macs=float(info.costs.get("ann_macs", 0.0)), seconds=time.perf_counter() - start,
                      task=task.name if task is not None else None, ann_metrics=scores.ann_metric_result(),
                      primary_key=task.metric.primary if task is not None else None,
-                     delay_rule=delay if delay in ("auto", "own") else ("scaled" if delay is None else "fixed"))
+                     delay_rule=delay if delay in ("auto", "own") else ("scaled" if delay is None else "fixed"),
+                     spiking_fraction=info.costs.get("spiking_fraction"),
+                     compensated_macs=float(info.costs.get("compensated_macs", 0.0)))
     for key in windows:
         tally = scores.tally[key]
         res.rows.append({"T": key[0], "delay": key[1], "accuracy": scores.accuracy(key),
                          "agreement": scores.agreement(key), "rel_error": scores.rel_error(key),
                          "metrics": scores.metric(key), "sops": tally.sops / scores.n if sops else None,
                          "pre_macs": float(info.costs.get("pre_macs", 0.0)),
+                         # analog work: once before the first neuron, and the compensated nodes every step
+                         "analog_macs": float(info.costs.get("pre_macs", 0.0))
+                         + key[0] * float(info.costs.get("compensated_macs", 0.0)),
                          "steps_used": tally.steps / scores.n if steps else None})
     if stats is not None:
         res.layers, res.layers_T = stats.rows(), stats.t

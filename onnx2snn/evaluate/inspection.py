@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 
 from ..graph import onnx_io as M
+from ..graph.sites import NEGATIVE, POSITIVE
 from ..graph.analyse import NO_ACTIVATION, NORM_OPS, Analysis, analog_nodes, analyse
 from ..data import model_inputs
 
@@ -52,9 +53,11 @@ def inspect_model(path, keep_analog: bool = False, freeze_norm: bool = False, ni
     names = lambda ids: [n.name for n in analysis.graph.nodes if id(n) in ids]  # noqa: E731
     neurons = [a.node for a in analysis.activations]
     analog = [n.name for n in analog_nodes(analysis.graph, neurons, analysis.regions)]
+    ops = {n.name: n.op for n in analysis.graph.nodes}
     blocking = analysis.blocking(keep_analog)
-    frozen = [n.name for n, _ in blocking if freeze_norm and n.op in NORM_OPS]
+    frozen = [n.name for n, _ in analysis.problems if freeze_norm and n.op in NORM_OPS]
     blocking = [(n, why) for n, why in blocking if n.name not in frozen]
+    analog = [n for n in analog if n not in frozen]
     dtype_ok = all(a.input.dtype is None or np.dtype(a.input.dtype) == np.float32 for a in analysis.activations)
     report = {
         "model": str(path),
@@ -69,6 +72,10 @@ def inspect_model(path, keep_analog: bool = False, freeze_norm: bool = False, ni
         "maxpools": _pools(analysis),
         "regions": {"pre": names(analysis.regions.pre), "spiking": names(analysis.regions.spiking),
                     "post": names(analysis.regions.post)},
+        "sites": [{"node": site.node, "op": site.op, "tensor": site.tensor, "signed": site.signed,
+                   "neurons": [site.node + POSITIVE] + ([site.node + NEGATIVE] if site.signed else [])}
+                  for site in analysis.sites],
+        "compensated": [] if keep_analog else [{"node": n, "op": ops[n]} for n in analog],
         "analog": analog if keep_analog else [],
         "frozen": frozen,
         "blocking": [{"node": n.name, "op": n.op, "reason": why, "keep_analog_helps": n.name in analog,

@@ -52,20 +52,26 @@ def eval_table(result, e_sop: float = E_SOP_PJ, e_mac: float = E_MAC_PJ) -> str:
                                          in zip(TASK_COLUMNS[task], _task_cells(task, result.ann_metrics))) + macs)
     elif result.ann_accuracy is not None:
         lines.append(f"ANN accuracy: {_pct(result.ann_accuracy)}" + macs)
+    comp = getattr(result, "compensated_macs", 0.0)
+    if comp:
+        lines.append(f"spiking: {100 * (result.spiking_fraction or 0):.1f}% of the ANN's MACs run as spike-driven "
+                     f"accumulates; the compensated nodes do {comp:.3g} analog operations per step (counted as "
+                     "MACs)")
     steps = any(r.get("steps_used") is not None for r in result.rows)
     delays = any("delay" in r for r in result.rows)
     figures = tuple(name for name, _, _ in TASK_COLUMNS[task]) if task else ("accuracy",)
-    rows = [("T",) + (("D",) if delays else ()) + figures + ("agreement", "rel.error", "SOPs/img", "energy vs ANN")
-            + (("mean steps",) if steps else ())]
+    rows = [("T",) + (("D",) if delays else ()) + figures + ("agreement", "rel.error", "SOPs/img")
+            + (("MACs/img",) if comp else ()) + ("energy vs ANN",) + (("mean steps",) if steps else ())]
     for r in result.rows:
         ratio = "-"
         if result.ann_macs and r["sops"] is not None:
-            snn_pj = r["pre_macs"] * e_mac + r["sops"] * e_sop
+            snn_pj = r.get("analog_macs", r["pre_macs"]) * e_mac + r["sops"] * e_sop
             ratio = f"{snn_pj / (result.ann_macs * e_mac):.3f}"
         cells = _task_cells(task, r.get("metrics")) if task else (_pct(r["accuracy"]),)
         rows.append((str(r["T"]),) + ((str(r.get("delay", "-")),) if delays else ()) + cells
                     + (_pct(r["agreement"]), "-" if r["rel_error"] is None else f"{r['rel_error']:.4f}",
-                       "-" if r["sops"] is None else f"{r['sops']:.3g}", ratio)
+                       "-" if r["sops"] is None else f"{r['sops']:.3g}")
+                    + ((f"{r.get('analog_macs', r['pre_macs']):.3g}",) if comp else ()) + (ratio,)
                     + ((f"{r['steps_used']:.1f}",) if steps else ()))
     return "\n".join(lines + [_format(rows)])
 
@@ -112,8 +118,16 @@ def inspection_text(d: dict) -> str:
     r = d["regions"]
     lines.append(f"\nregions: {len(r['pre'])} node(s) run once before the first neuron, {len(r['spiking'])} "
                  f"between neurons at every step, {len(r['post'])} once on the averaged readout")
+    if d.get("sites"):
+        lines.append(f"\n{len(d['sites'])} non-ReLU activation(s) spike (their outputs feed weighted layers):")
+        lines += [f"  {s['op']} '{s['node']}': " + ("signed, a pair of neurons for the positive and the negative part"
+                                                    if s["signed"] else "non-negative, one neuron") for s in d["sites"]]
+    if d.get("compensated"):
+        lines.append(f"\n{len(d['compensated'])} non-linear node(s) between neurons run with expectation compensation "
+                     "(on the running means of their inputs, every step):")
+        lines.append("  " + ", ".join(f"{c['op']} '{c['node']}'" for c in d["compensated"]))
     if d["analog"]:
-        lines.append("kept analog (--keep-analog, not spiking): " + ", ".join(d["analog"]))
+        lines.append("kept analog (--keep-analog: on each step's input, not compensated): " + ", ".join(d["analog"]))
     if d.get("frozen"):
         lines.append("frozen to fixed affines (--freeze-norm, from calibration data): " + ", ".join(d["frozen"]))
     if d["blocking"]:
@@ -142,7 +156,7 @@ def inspection_text(d: dict) -> str:
 def _energy_pj(row, e_sop: float, e_mac: float):
     if row.get("sops") is None:
         return None
-    return row["pre_macs"] * e_mac + row["sops"] * e_sop
+    return row.get("analog_macs", row["pre_macs"]) * e_mac + row["sops"] * e_sop
 
 
 def _sop_at(result, fraction: float):
@@ -173,7 +187,8 @@ def report_json(result, e_sop: float = E_SOP_PJ, e_mac: float = E_MAC_PJ, model:
         rows.append({"T": r["T"], "delay": r.get("delay"), "accuracy": r["accuracy"], "metrics": r.get("metrics"),
                      "agreement": r["agreement"], "rel_error": r["rel_error"], "sops": r["sops"], "energy_pj": pj,
                      "energy_ratio": pj / ann_pj if pj is not None and ann_pj else None,
-                     "frames_per_joule": 1e12 / pj if pj else None, "steps_used": r.get("steps_used")})
+                     "frames_per_joule": 1e12 / pj if pj else None, "steps_used": r.get("steps_used"),
+                     "analog_macs": r.get("analog_macs", r.get("pre_macs"))})
     return {"model": model, "samples": result.samples, "task": getattr(result, "task", None),
             "metric": getattr(result, "primary_key", None),
             "energy_constants_pj": {"sop": e_sop, "mac": e_mac},
@@ -181,7 +196,9 @@ def report_json(result, e_sop: float = E_SOP_PJ, e_mac: float = E_MAC_PJ, model:
                     "macs": result.ann_macs or None, "energy_pj": ann_pj,
                     "frames_per_joule": 1e12 / ann_pj if ann_pj else None},
             "timesteps": rows, "sop90": _sop_at(result, 0.90), "sop95": _sop_at(result, 0.95),
-            "layers_T": result.layers_T, "layers": result.layers, "analog": list(analog)}
+            "layers_T": result.layers_T, "layers": result.layers, "analog": list(analog),
+            "spiking_fraction": getattr(result, "spiking_fraction", None),
+            "compensated_macs_per_step": getattr(result, "compensated_macs", 0.0)}
 
 
 def report_lines(report: dict) -> str:

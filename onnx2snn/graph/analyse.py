@@ -20,6 +20,7 @@ import onnx_graphsurgeon as gs
 from . import onnx_io as M
 from ..errors import UserError, param
 from .onnx_io import constant_value
+from .sites import Site, compensable, find_sites, insert_sites
 
 log = logging.getLogger(__name__)
 
@@ -34,20 +35,21 @@ _LINEAR_ANY = {
 }
 _ONE_VARYING = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Mul", "Einsum"}
 _FIRST_VARYING = {"Div"}
-_SHAPE_PRESERVING = {"Add", "Sub", "Mul", "Div", "BatchNormalization", "Identity", "Dropout", "Neg"}
+_SHAPE_PRESERVING = {"Add", "Sub", "Mul", "Div", "BatchNormalization", "Identity", "Dropout", "Neg",
+                     "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Gelu", "Erf", "Softplus", "Softsign", "Elu",
+                     "Selu", "Celu", "PRelu", "Mish", "Exp", "Log", "Sqrt", "Abs", "Pow", "Reciprocal", "Sin", "Cos"}
+_LAST_AXIS = ("LayerNormalization", "Softmax", "LogSoftmax")   # their `axis` (default -1) is the feature axis
 _ACTIVATIONS = ("Relu", "Clip", "LeakyRelu", "Max")
-# Element-wise ops that --keep-analog lets run on each step's input (not spiking; see docs/guide/command-line.md).
-ANALOG_OPS = {
-    "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Gelu", "Erf", "Softplus", "Softsign", "Elu", "Selu",
-    "Celu", "LeakyRelu", "PRelu", "Mish", "Exp", "Log", "Sqrt", "Abs", "Pow", "Reciprocal", "Mul", "Div",
-    "Relu", "Clip", "Max", "Min", "Sin", "Cos",
-}
+
+NOT_LINEAR = "not linear in the spikes"
+NOT_COMPENSABLE = " and not a float function of float inputs (expectation compensation cannot average it)"
 
 # Normalisation by each sample's own statistics: not linear in the spikes; --freeze-norm makes them
 # fixed affines (freeze/norms.py).
 NORM_OPS = ("InstanceNormalization", "LayerNormalization", "GroupNormalization")
 # why a graph without a single activation cannot convert: `inspect` reports it, `convert` refuses with it
-NO_ACTIVATION = "no ReLU-like activation (Relu, Clip(0, c), LeakyRelu(0), Max(x, 0)) to convert"
+NO_ACTIVATION = ("no activation to convert: no ReLU-like op (Relu, Clip(0, c), LeakyRelu(0), Max(x, 0)) and no "
+                 "non-linear op whose output feeds a weighted layer")
 
 
 @dataclass(frozen=True)
@@ -141,6 +143,9 @@ def _producer_axis(tensor: gs.Tensor, rank: int):
             return 1, perms
         if producer.op in ("Gemm", "MatMul"):
             return (tensor_rank(current) or rank) - 1, perms
+        if producer.op in _LAST_AXIS:
+            r = tensor_rank(current) or rank
+            return int(producer.attrs.get("axis", -1)) % r, perms
         if producer.op == "Transpose":
             perms.append(list(producer.attrs.get("perm", [])))
         elif producer.op not in _SHAPE_PRESERVING and producer.op not in _ACTIVATIONS + ("Concat",):
@@ -224,9 +229,8 @@ def time_varying(tensor: gs.Tensor, varying_ids: set) -> bool:
     return bool(tensor.inputs) and id(tensor.inputs[0]) in varying_ids
 
 
-def nonlinear_nodes(graph: gs.Graph, neurons, regions: Regions, keep_analog: bool = False) -> list:
-    """(node, reason) for every spiking-region node that is not linear in the spikes. With
-    `keep_analog`, element-wise ops (ANALOG_OPS) are accepted: they run on each step's input."""
+def nonlinear_nodes(graph: gs.Graph, neurons, regions: Regions) -> list:
+    """(node, reason) for every spiking-region node that is not linear in the spikes."""
     varying = regions.spiking | {id(n) for n in neurons}
     problems = []
     for node in graph.nodes:
@@ -235,15 +239,21 @@ def nonlinear_nodes(graph: gs.Graph, neurons, regions: Regions, keep_analog: boo
         inputs = [t for t in node.inputs if t.name]
         moving = [i for i, t in enumerate(inputs) if time_varying(t, varying)]
         reason = _nonlinearity(node, moving)
-        if reason and not (keep_analog and node.op in ANALOG_OPS):
+        if reason:
             problems.append((node, reason))
     return problems
 
 
+def blocking_nodes(problems) -> list:
+    """The non-linear nodes between neurons that no treatment converts (indices that vary over
+    time, integer or random outputs, control flow): everything else is compensated."""
+    return [(n, why + NOT_COMPENSABLE if why == NOT_LINEAR else why) for n, why in problems if not compensable(n)]
+
+
 def analog_nodes(graph: gs.Graph, neurons, regions: Regions) -> list:
-    """The spiking-region nodes that only --keep-analog lets through."""
-    kept = {id(n) for n, _ in nonlinear_nodes(graph, neurons, regions, keep_analog=True)}
-    return [n for n, _ in nonlinear_nodes(graph, neurons, regions) if id(n) not in kept]
+    """The spiking-region nodes evaluated with expectation compensation (snn/compensate.py) or,
+    with --keep-analog, on each step's input."""
+    return [n for n, _ in nonlinear_nodes(graph, neurons, regions) if compensable(n)]
 
 
 def _nonlinearity(node: gs.Node, moving) -> str | None:
@@ -255,7 +265,7 @@ def _nonlinearity(node: gs.Node, moving) -> str | None:
         return "multiplies two time-varying tensors" if len(moving) > 1 else None
     if node.op in _FIRST_VARYING:
         return "divides by a time-varying tensor" if moving != [0] else None
-    return "not linear in the spikes"
+    return NOT_LINEAR
 
 
 def describe(problems) -> str:
@@ -270,7 +280,9 @@ class Analysis:
     opset: int
     activations: tuple          # Activation, referring to nodes of `graph`
     regions: Regions            # with the activations standing in for neurons
-    problems: tuple             # (node, reason) for nodes between spiking layers that block conversion
+    problems: tuple             # (node, reason) for the non-linear nodes between spiking layers
+    sites: tuple = ()           # Site: non-ReLU activations given neurons (graph/sites.py)
+    original: onnx.ModelProto | None = None    # the model before the sites were inserted (--freeze-norm)
 
     def __reduce__(self):      # to a cluster's worker: the model, analysed there again (check_shapes' counts kept)
         return _analysed, (self.model.SerializeToString(), {a.name: a.channels for a in self.activations})
@@ -284,8 +296,13 @@ class Analysis:
         return graph, [replace(a, node=by_name[a.name]) for a in self.activations]
 
     def blocking(self, keep_analog: bool = False) -> list:
-        """(node, reason) for the nodes that stop conversion (fewer with --keep-analog)."""
-        return [(n, why) for n, why in self.problems if not (keep_analog and n.op in ANALOG_OPS)]
+        """(node, reason) for the nodes that stop conversion (the same with --keep-analog, which
+        only changes how the others run)."""
+        return blocking_nodes(self.problems)
+
+    def compensated(self) -> list:
+        """The non-linear nodes between neurons that expectation compensation converts."""
+        return [n for n, _ in self.problems if compensable(n)]
 
     def require_activations(self) -> None:
         """Refuse a graph with nothing to turn into neurons, in inspect's words, before any session runs."""
@@ -301,8 +318,7 @@ class Analysis:
                                 "neuron runs in float32 (convert the model to float32 first)")
         blocking = self.blocking(keep_analog)
         if blocking:
-            hint = "" if keep_analog or any(n.op not in ANALOG_OPS for n, _ in blocking) else \
-                f"; {param('keep_analog')} runs them on each step's input instead"
+            hint = ""
             if any(n.op in NORM_OPS for n, _ in blocking):
                 hint += f"; {param('freeze_norm')} turns the normalisation layers into fixed per-channel affines"
             raise UserError(f"cannot convert {len(blocking)} node(s) between spiking layers: "
@@ -328,15 +344,21 @@ def _name_nodes(graph: gs.Graph) -> None:
 
 
 def analyse(model) -> Analysis:
-    """Analyse a model (path or ModelProto): load, import and fold once, find what converts."""
-    proto = M.load_proto(model)
+    """Analyse a model (path or ModelProto): load, import and fold once, give the non-ReLU
+    activations their spiking sites (graph/sites.py), find what converts."""
+    proto = original = M.load_proto(model)
     graph = M.to_graph(proto)
     _name_nodes(graph)
+    sites = tuple(find_sites(graph, is_relu_like))
+    if sites:      # the ANN with Relu(y) - Relu(-y) at each site: the same outputs, new activations
+        insert_sites(graph, sites)
+        proto = M.infer_shapes(M.export(graph, proto))
+        graph = M.to_graph(proto)
     acts = tuple(find_activations(graph))
     nodes = [a.node for a in acts]
     regions = classify(graph, nodes)
     problems = tuple(nonlinear_nodes(graph, nodes, regions))
-    return Analysis(proto, graph, M.default_opset(proto), acts, regions, problems)
+    return Analysis(proto, graph, M.default_opset(proto), acts, regions, problems, sites, original)
 
 
 def _analysed(model_bytes: bytes, channels: dict) -> Analysis:

@@ -84,3 +84,36 @@ def largest_activation(model: onnx.ModelProto) -> int:
     """Elements per sample of the largest intermediate tensor (sizes the simulation batches)."""
     sizes = [_per_sample(shape) for name, shape in shapes(model).items()]
     return max([n for n in sizes if n] or [1])
+
+
+# operations per output element of a compensated op (transcendentals count as one; a softmax is an
+# exp, a sum and a division; a normalisation a mean, a variance, a root, a division and the affine)
+_OPS_PER_ELEMENT = {"Softmax": 3, "LogSoftmax": 4, "LayerNormalization": 6, "InstanceNormalization": 6,
+                    "GroupNormalization": 6}
+# the compensation itself: running sum and division at each input element, scale and difference at
+# each output element
+_ENTRY, _EXIT = 2, 2
+
+
+def compensated_macs(model: onnx.ModelProto, nodes) -> tuple:
+    """(analog operations per sample and step of the compensated nodes `nodes` (names), the MACs
+    of the weighted layers among them): products of two spike-driven tensors (Q·Kᵀ, A·V) count as
+    the MACs of a MatMul, element-wise ops one per element (_OPS_PER_ELEMENT for the others), and the
+    compensation's running means and differences at each node's inputs and outputs, counted as if
+    every node were compensated alone (an upper bound: a group shares them)."""
+    known = shapes(model)
+    weighted = layer_macs(model)
+    names = set(nodes)
+    total, dense = 0.0, 0.0
+    for node in model.graph.node:
+        if node.name not in names:
+            continue
+        out = sum(_per_sample(known.get(o)) or 0 for o in node.output if o)
+        inp = sum(_per_sample(known.get(i)) or 0 for i in node.input if i and i in known)
+        if node.name in weighted:
+            total += weighted[node.name][0]
+            dense += weighted[node.name][0]
+        else:
+            total += out * _OPS_PER_ELEMENT.get(node.op_type, 1)
+        total += _ENTRY * inp + _EXIT * out
+    return float(total), float(dense)

@@ -10,7 +10,7 @@ import numpy as np
 from ..errors import UserError
 from ..ops.neuron import DOMAIN
 from .reading import as_text, data_inputs, node_attrs
-from .refusals import WAY_LINEAR, WHERE, PreRefused, check_expressible, refuse
+from .refusals import WAY_LINEAR, WHERE, PreRefused, check_compensation, check_expressible, refuse
 
 
 @dataclass
@@ -78,6 +78,7 @@ class Mapping:
     def _parse_node(self, node, pre: bool = False) -> list:
         """The node as _Ops (most are one; BatchNormalization is a scale and a bias)."""
         op_type = node.op_type
+        check_compensation(node, self.info.compensated, pre)
         check_expressible(node, self.info.analog, PARSERS, pre)
         if node.domain == DOMAIN and op_type == "IFNeuron":
             op = self._parse_neuron(node)

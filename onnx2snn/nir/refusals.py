@@ -4,7 +4,7 @@ Every refusal is one line: `to_nir: <op> '<node>': <reason>; <way forward>`. A r
 region before the first neuron is a PreRefused: the export then keeps that region on the host and
 takes the current into the first neurons as the graph's input (current coding) instead of failing.
 
-Refused here, by operator: nodes kept analog (--keep-analog), the spiking max pool and MaxPool (NIR
+Refused here, by operator: nodes kept analog (--keep-analog), the nodes of expectation compensation, the spiking max pool and MaxPool (NIR
 has no max pool), Transpose (NIR tensors are channel-first), operators of other domains and any op
 without a NIR node. The mapping (mapping.py) refuses what it cannot fold: varying weights,
 asymmetric pads, padded average pools that divide by fewer than k², reshapes other than a flatten,
@@ -29,6 +29,18 @@ def refuse(node, reason: str, way: str, pre: bool = False) -> UserError:
     cls = PreRefused if pre else UserError
     return cls(f"{WHERE}: {node.op_type} '{node.name}': {reason}; {way}")
 
+
+
+def check_compensation(node, compensated: list, pre: bool = False) -> None:
+    """Refuse the nodes of expectation compensation (snn/compensate.py): NIR 1.0 has no running
+    mean and no per-step difference of a non-linear function."""
+    if node.name in compensated or "/running_mean/" in node.name or "/compensated/" in node.name \
+            or node.name.startswith("onnx2snn.compensation/"):
+        listed = ", ".join(f"'{n}'" for n in compensated[:3]) + (", ..." if len(compensated) > 3 else "")
+        raise refuse(node, f"part of the expectation compensation of {len(compensated)} non-ReLU node(s) between "
+                     f"neurons ({listed}: running means of their inputs, per-step differences of their outputs), "
+                     "which NIR 1.0 cannot express",
+                     "export to NIR networks whose activations between weighted layers are ReLU-like", pre)
 
 
 def check_expressible(node, analog: list, parsable, pre: bool = False) -> None:

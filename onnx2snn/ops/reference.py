@@ -75,3 +75,29 @@ def evaluator(model) -> ReferenceEvaluator:
 
 def run(model, feeds: dict, outputs=None):
     return evaluator(model).run(outputs, feeds)
+
+
+def compensated(f, inputs, timesteps: int, steps_done: int = 0, sums=None, previous=None):
+    """Expectation compensation (DESIGN §8) of `f` in NumPy, the oracle for snn/compensate.py.
+
+    inputs: arrays [S*N, ...] of per-step values stacked time-major (S = `timesteps`); f maps the
+    running means (one array per input, [N, ...]) to one array. Returns y [S*N, ...] with
+
+        y_t = t·f(S_t / t) − (t−1)·f(S_{t−1} / (t−1))      (t counted from the first step ever)
+
+    continuing a run that did `steps_done` steps before, with its running sums `sums` (per input)
+    and its last t·f value `previous` (zero for a first run)."""
+    xs = [np.asarray(x, np.float32).reshape((timesteps, -1) + np.shape(x)[1:]) for x in inputs]
+    running = [np.zeros(x.shape[1:], np.float32) if sums is None else np.asarray(s, np.float32).copy()
+               for x, s in zip(xs, sums or [None] * len(xs))]
+    before = np.float32(0) if previous is None else np.asarray(previous, np.float32)
+    out = []
+    for k in range(timesteps):
+        t = np.float32(steps_done + k + 1)
+        for i, x in enumerate(xs):
+            running[i] = running[i] + x[k]
+        value = np.asarray(f(*[r / t for r in running]), np.float32) * t
+        out.append(value - before)
+        before = value
+    y = np.stack(out)
+    return y.reshape((-1,) + y.shape[2:])

@@ -41,6 +41,7 @@ class SNNInfo:
     chunk: int = 1
     early_exit: dict | None = None     # {stable_steps, margin, min_steps} when the loop exits early
     analog: list = field(default_factory=list)   # nodes kept analog between neurons (--keep-analog)
+    compensated: list = field(default_factory=list)  # nodes evaluated with expectation compensation
     loop_op: str = "loop"                          # the looped form's ONNX op: Loop or Scan
     portable_steps: str = "scan"                   # portable neurons: steps "written" out, or a "scan"
     spikes: str = "binary"                         # or "burst:K" (config.SNNConfig.spikes)
@@ -79,6 +80,8 @@ class SNNInfo:
             meta["signed"] = 1
         if self.analog:
             meta["analog"] = json.dumps(self.analog)
+        if self.compensated:
+            meta["compensated"] = json.dumps(self.compensated)
         if self.looped:
             meta.update(chunk=self.chunk, early_exit=int(self.early_exit is not None), loop_op=self.loop_op)
             if self.early_exit is not None:
@@ -104,7 +107,8 @@ class SNNInfo:
                 costs=json.loads(meta.get("costs", "{}")), neurons=json.loads(meta.get("neurons", "[]")),
                 readouts=json.loads(meta.get("readout", "[]")), chunk=int(meta.get("chunk", 1)),
                 early_exit=json.loads(meta["early_exit_rule"]) if early else None,
-                analog=json.loads(meta.get("analog", "[]")), loop_op=meta.get("loop_op", "loop"),
+                analog=json.loads(meta.get("analog", "[]")),
+                compensated=json.loads(meta.get("compensated", "[]")), loop_op=meta.get("loop_op", "loop"),
                 portable_steps=meta.get("portable_steps", "scan"), spikes=meta.get("spikes", "binary"),
                 signed=bool(int(meta.get("signed", 0))),
                 provenance=Provenance(meta.get("preprocessing"), meta.get("source_model", ""),

@@ -18,6 +18,7 @@ import onnx_graphsurgeon as gs
 
 from ..errors import UserError, param
 from ..graph.onnx_io import shapes
+from . import compensate
 from .info import Provenance
 from .portable import EXPLICIT_MAX, lower_neurons
 from .prepare import (
@@ -125,6 +126,27 @@ def _pool_states(lb: _LoopBuilder):
     return pools
 
 
+def _compensation_states(lb: _LoopBuilder, iteration) -> None:
+    """Expectation compensation in the body, its running sums and last values carried ([1, N*size]
+    per tensor, from zero)."""
+    entries = {}
+
+    def state(kind, tensor):
+        lb.b.prefix = f"{tensor.name}/{kind}_state0"
+        shape, _ = lb.state_shape(tensor)
+        size = lb.b.op("ReduceProd", [shape], {"keepdims": 1}, dtype=np.int64)
+        zeros = lb.b.op("ConstantOfShape", [lb.b.concat([lb.b.const(np.array([1], np.int64)), size], dtype=np.int64)],
+                        {"value": gs.Constant("zero", np.zeros(1, np.float32))})
+        entry = lb.carry(f"{tensor.name}/{kind}", zeros, dims=[1, None])
+        entries[(kind, tensor.name)] = entry
+        return entry[1]
+
+    def carried(kind, tensor, value):
+        entries[(kind, tensor.name)][2] = value
+
+    compensate.apply(lb.p, iteration, state, carried)
+
+
 def build(p: Prepared, provenance: Provenance | None = None) -> onnx.ModelProto:
     graph, b, config = p.graph, p.b, p.config
     K, T, D = config.chunk, config.timesteps, config.delay
@@ -135,6 +157,8 @@ def build(p: Prepared, provenance: Provenance | None = None) -> onnx.ModelProto:
     tile_pre_inputs(p)                            # time-invariant inputs repeated K times, once
     _neuron_states(lb)
     pools = _pool_states(lb)
+    iteration = gs.Variable("onnx2snn.iteration", np.int64, [])
+    _compensation_states(lb, iteration)
     leaving = boundary(p)
     accs = []
     for t, post, is_output in leaving:
@@ -145,7 +169,6 @@ def build(p: Prepared, provenance: Provenance | None = None) -> onnx.ModelProto:
 
     # ---- body ---------------------------------------------------------------------------------
     marker = len(graph.nodes)
-    iteration = gs.Variable("onnx2snn.iteration", np.int64, [])
     cond_in = gs.Variable("onnx2snn.cond_in", np.bool_, [])
     for node, sums, peak in pools:
         sums[2], peak[2] = p.fold.spiking_pool(node, (sums[1], peak[1]), fused=not config.portable)

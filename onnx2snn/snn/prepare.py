@@ -16,7 +16,7 @@ import onnx_graphsurgeon as gs
 
 from ..graph import costs as energy
 from .._version import __version__
-from ..graph.analyse import Analysis, Regions, analog_nodes, classify, describe, nonlinear_nodes
+from ..graph.analyse import Analysis, Regions, analog_nodes, blocking_nodes, classify, describe, nonlinear_nodes
 from ..graph.builder import Builder
 from ..config import SNNConfig
 from ..errors import UserError
@@ -56,7 +56,8 @@ class Prepared:
     costs: dict
     ranks: dict                     # neuron name -> rank of its input
     steps: gs.Constant              # T_NAME: steps per graph run, changed by the loop to K
-    analog: list                    # names of the nodes kept analog between neurons (--keep-analog)
+    analog: list                    # names of the non-linear nodes between neurons: compensated, or
+                                    # with --keep-analog run on each step's input
     batch_dim: object = None        # the ANN's batch dim: int, symbol (str) or None (unknown)
     typed: dict = field(default_factory=dict)   # tensor name -> shape kept at export (rank for runtimes)
     fold: TimeFold = field(init=False)
@@ -138,13 +139,22 @@ def _pool_role(pool: gs.Node, regions: Regions, config: SNNConfig) -> str:
     return "after spiking max pool"
 
 
-def _costs(analysis: Analysis, graph: gs.Graph, regions: Regions, layers) -> dict:
+def _costs(analysis: Analysis, graph: gs.Graph, regions: Regions, layers, compensated=()) -> dict:
+    """The figures of the energy estimate: the ANN's MACs, those run once before the first neuron,
+    the fan-out of each neuron's spikes; with compensated nodes (not --keep-analog) their analog
+    operations per step and the share of the ANN's MACs that became spike-driven accumulates."""
     model = analysis.model
     macs = energy.layer_macs(model)
     fan = energy.fanouts(model, [l.tensor for l in layers])
-    return {"ann_macs": energy.totals(model), "largest_activation": energy.largest_activation(model),
-            "pre_macs": float(sum(macs[n.name][0] for n in graph.nodes if id(n) in regions.pre and n.name in macs)),
-            "fanout": {l.name: fan.get(l.tensor, 0.0) for l in layers}}
+    ann = energy.totals(model)
+    pre = float(sum(macs[n.name][0] for n in graph.nodes if id(n) in regions.pre and n.name in macs))
+    costs = {"ann_macs": ann, "largest_activation": energy.largest_activation(model), "pre_macs": pre,
+             "fanout": {l.name: fan.get(l.tensor, 0.0) for l in layers}}
+    if compensated:
+        per_step, dense = energy.compensated_macs(model, compensated)
+        costs["compensated_macs"] = per_step
+        costs["spiking_fraction"] = max(0.0, (ann - pre - dense) / ann) if ann else 0.0
+    return costs
 
 
 def prepare(analysis: Analysis, thresholds: Thresholds | None, config: SNNConfig) -> Prepared:
@@ -160,7 +170,7 @@ def prepare(analysis: Analysis, thresholds: Thresholds | None, config: SNNConfig
     names = {n.name for n in neurons}
     layers = [l for l in layers if l.name in names]
     regions = classify(graph, neurons)
-    problems = nonlinear_nodes(graph, neurons, regions, config.keep_analog)
+    problems = blocking_nodes(nonlinear_nodes(graph, neurons, regions))
     if problems:
         raise UserError(f"cannot convert {len(problems)} node(s) between spiking layers: {describe(problems)}")
     varying = regions.spiking | {id(n) for n in neurons}
@@ -173,9 +183,10 @@ def prepare(analysis: Analysis, thresholds: Thresholds | None, config: SNNConfig
             layer.role = _pool_role(pool, regions, config)
     rank_of = {a.name: a.rank for a in acts}
     steps = gs.Constant(T_NAME, np.array([config.timesteps], np.int64))
-    analog = [n.name for n in analog_nodes(graph, neurons, regions)] if config.keep_analog else []
+    analog = [n.name for n in analog_nodes(graph, neurons, regions)]
+    costs = _costs(analysis, graph, regions, layers, [] if config.keep_analog else analog)
     return Prepared(analysis, config, thresholds, graph, Builder(graph, analysis.opset, "onnx2snn"), layers,
-                    neurons, regions, ordered, _costs(analysis, graph, regions, layers),
+                    neurons, regions, ordered, costs,
                     {l.name: rank_of[l.source] for l in layers}, steps, analog, _batch_dim(analysis.model))
 
 
@@ -244,6 +255,12 @@ def boundary(p: Prepared) -> list:
     return out
 
 
+def steps_name(output: str) -> str:
+    """The per-step tensor of a graph output that leaves the spiking region (the output itself is
+    its average); a neuron whose spikes are a graph output is found under this name."""
+    return f"{output}/steps"
+
+
 def connect_readout(p: Prepared, t, post, is_output, mean_of) -> None:
     """Feed `mean_of(t, out)` (the averaged tensor) to the post region and/or the graph output."""
     if post:
@@ -255,7 +272,7 @@ def connect_readout(p: Prepared, t, post, is_output, mean_of) -> None:
     if is_output:
         outputs = list(p.graph.outputs)
         original = gs.Variable(t.name, t.dtype, t.shape)
-        t.name = f"{t.name}/steps"
+        t.name = steps_name(t.name)
         mean_of(t, original)
         outputs[outputs.index(t)] = original
         p.graph.outputs = outputs
@@ -278,7 +295,8 @@ def describe_snn(p: Prepared, readouts: list, provenance: Provenance | None, ear
                    neurons=[{"name": l.name, "source": l.source, "role": l.role, "tensor": l.tensor,
                              "rank": int(p.ranks.get(l.name, 0)), "axis": int(axes.get(l.name, 1))}
                             for l in p.layers],
-                   readouts=readouts, chunk=c.chunk, early_exit=early_exit, analog=p.analog,
+                   readouts=readouts, chunk=c.chunk, early_exit=early_exit,
+                   analog=p.analog if c.keep_analog else [], compensated=[] if c.keep_analog else p.analog,
                    provenance=provenance or Provenance())
 
 

@@ -19,9 +19,10 @@ from ..graph.builder import Builder
 from ..errors import UserError, param
 from ..graph.onnx_io import default_opset
 from ..ops.neuron import DOMAIN, STATES, node_states
+from . import compensate
 from .info import SNNInfo
 from .loop import DELAY_NAME, STEPS_NAME, TRIP_NAME
-from .prepare import T_NAME
+from .prepare import T_NAME, steps_name
 from .timefold import theta_broadcast
 
 
@@ -69,6 +70,12 @@ def _over_steps(b: Builder, spikes, steps: int, theta_b=None):
     return tuple(b.reduce("ReduceSum", b.reshape(t, [steps, -1]), [0], keepdims=0) for t in (spikes, fired))
 
 
+def _spikes(tensors: dict, neuron: dict):
+    """A neuron's spikes: its tensor, or the steps of a graph output it feeds directly."""
+    name = neuron.get("tensor", "")
+    return tensors.get(steps_name(name), tensors.get(name))
+
+
 def unrolled_steps(snn: onnx.ModelProto, info: SNNInfo, t_max: int, spike_counts: bool = True,
                    layer_stats: bool = False):
     """(model, spike-count output per neuron, per-neuron statistics outputs) for the unrolled SNN at
@@ -91,7 +98,7 @@ def unrolled_steps(snn: onnx.ModelProto, info: SNNInfo, t_max: int, spike_counts
     extra, counts, stats = [], [], []
     levels = _burst_thetas(snn, info) if (spike_counts or layer_stats) else {}
     for neuron in info.neurons if (spike_counts or layer_stats) else []:
-        spikes = tensors.get(neuron.get("tensor", ""))
+        spikes = _spikes(tensors, neuron)
         if spikes is None:
             continue
         b.prefix = f"{neuron['name']}/eval"
@@ -137,7 +144,7 @@ def loop_history(snn: onnx.ModelProto, info: SNNInfo, t_max: int, layer_stats: b
 
     levels = _burst_thetas(snn, info)
     for neuron in info.neurons:
-        spikes = inside.get(neuron.get("tensor", ""))
+        spikes = _spikes(inside, neuron)
         if spikes is None:
             continue
         b.prefix = f"{neuron['name']}/eval"
@@ -186,7 +193,39 @@ def carried_states(model: onnx.ModelProto) -> tuple:
                     node.input[i] = name + "/in"
                     graph.input.append(onnx.helper.make_tensor_value_info(name + "/in", onnx.TensorProto.FLOAT, None))
                     pairs.append((name + "/in", name))
+        _compensation_states(graph, takes, pairs)
     return first, later, pairs
+
+
+def _compensation_states(graph: onnx.GraphProto, takes: bool, pairs: list) -> None:
+    """carried_states for expectation compensation (compensate.py): each state's zero constant
+    becomes an input of `later`, its value after the run (the last row of the node that holds it;
+    steps done + S for STEPS_DONE) an output."""
+    starts = [i for i in graph.initializer if compensate.is_state(i.name) and i.name.count("/out/") == 0]
+    if not starts:
+        return
+    nodes = {n.name: n for n in graph.node}
+    for init in starts:
+        out = init.name + "/out"
+        if init.name == compensate.STEPS_DONE:
+            steps = onnx.helper.make_node("Cast", [T_NAME], [out + "/steps"], to=onnx.TensorProto.FLOAT)
+            scalar = onnx.helper.make_node("Squeeze", [out + "/steps"], [out + "/scalar"])
+            graph.node.extend([steps, scalar, onnx.helper.make_node("Add", [init.name, out + "/scalar"], [out])])
+        else:
+            holder = nodes[init.name + compensate.HOLDS]
+            for name, value in ((out + "/start", [-1]), (out + "/end", [2 ** 62]), (out + "/axis", [0])):
+                graph.initializer.append(onnx.numpy_helper.from_array(np.array(value, np.int64), name))
+            graph.node.append(onnx.helper.make_node("Slice", [holder.output[0], out + "/start", out + "/end",
+                                                              out + "/axis"], [out]))
+        graph.output.append(onnx.helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, None))
+        if takes:
+            graph.input.append(onnx.helper.make_tensor_value_info(init.name, onnx.TensorProto.FLOAT, None))
+            pairs.append((init.name, out))
+    if takes:
+        names = {i.name for i in starts}
+        kept = [i for i in graph.initializer if i.name not in names]
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
 
 
 def neuron_thresholds(snn: onnx.ModelProto, info: SNNInfo) -> dict:

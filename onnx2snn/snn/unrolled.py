@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import onnx
 
+from . import compensate
 from .info import Provenance
 from .portable import lower_neurons
 from .prepare import Prepared, boundary, connect_readout, describe_snn, finish, spiking_pools, tile_pre_inputs
@@ -16,6 +17,7 @@ from .prepare import Prepared, boundary, connect_readout, describe_snn, finish, 
 
 def build(p: Prepared, provenance: Provenance | None = None) -> onnx.ModelProto:
     tile_pre_inputs(p)
+    compensate.apply(p)
     readouts = []
 
     def mean_of(x, out):

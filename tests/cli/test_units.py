@@ -50,9 +50,13 @@ def test_regions_and_problem_reasons():
     assert names(a.regions.pre) == ["conv1"]
     assert names(a.regions.spiking) == ["conv2", "pool1"]
     assert names(a.regions.post) == ["fc", "flatten", "gap"]
-    bad = analyse(graphs.nonlinear_middle_model())
-    assert [(n.name, why) for n, why in bad.problems] == [("squash", "not linear in the spikes")]
-    with pytest.raises(UserError, match="Sigmoid 'squash' \\(not linear in the spikes\\)"):
+    middle = analyse(graphs.nonlinear_middle_model())
+    assert [(n.name, why) for n, why in middle.problems] == [("squash", "not linear in the spikes")]
+    assert [n.name for n in middle.compensated()] == ["squash"] and middle.blocking() == []
+    middle.require_convertible()                      # the Sigmoid is compensated
+    bad = analyse(graphs.hard_gate_model())
+    assert [n.name for n, _ in bad.blocking()] == ["gate"]
+    with pytest.raises(UserError, match="Greater 'gate' \\(not linear in the spikes and not a float function"):
         bad.require_convertible()
 
 

@@ -26,7 +26,10 @@ def _inspect(tmp_path, model, capsys, *flags):
     (graphs.unet_like_model, ["relu0", "relu1", "relu2"], {"down": "spiking max pool"}, []),
     (graphs.nhwc_model, ["relu1", "relu2"], {}, []),
     (graphs.fixed_batch_mlp, ["relu1", "relu2"], {}, []),
-    (graphs.nonlinear_middle_model, ["relu0", "relu1"], {}, [("squash", "Sigmoid", "not linear in the spikes")]),
+    (graphs.nonlinear_middle_model, ["relu0", "squash/spikes+", "relu1"], {}, []),
+    (graphs.hard_gate_model, ["relu0", "apply_gate/spikes+", "apply_gate/spikes-", "relu1"], {},
+     [("gate", "Greater", "not linear in the spikes and not a float function of float inputs (expectation "
+                          "compensation cannot average it)")]),
 ])
 def test_inspect_reports_activations_pools_and_refusals(make, acts, pools, blocking, tmp_path, capsys):
     model = make()
@@ -45,25 +48,33 @@ def test_inspect_reports_activations_pools_and_refusals(make, acts, pools, block
 
 def test_inspect_text_and_errors(tmp_path, capsys):
     onnx.save(graphs.nonlinear_middle_model(), tmp_path / "m.onnx")
-    assert main(["inspect", str(tmp_path / "m.onnx")]) == 1
+    assert main(["inspect", str(tmp_path / "m.onnx")]) == 0
     out = capsys.readouterr().out
-    assert "Sigmoid 'squash': not linear in the spikes (--keep-analog would keep it analog)" in out
+    assert "Sigmoid 'squash': non-negative, one neuron" in out
+    assert "1 non-linear node(s) between neurons run with expectation compensation" in out and "Sigmoid 'squash'" in out
     assert main(["inspect", str(tmp_path / "m.onnx"), "--keep-analog"]) == 0
-    assert "kept analog (--keep-analog, not spiking): squash" in capsys.readouterr().out
+    assert "kept analog (--keep-analog: on each step's input, not compensated): squash" in capsys.readouterr().out
+    onnx.save(graphs.hard_gate_model(), tmp_path / "g.onnx")
+    assert main(["inspect", str(tmp_path / "g.onnx")]) == 1
+    assert "Greater 'gate': not linear in the spikes" in capsys.readouterr().out
     assert main(["inspect", str(tmp_path / "none.onnx")]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("onnx2snn: error:") and "none.onnx" in err and len(err.splitlines()) == 1
 
 
-def test_keep_analog_converts_hybrid_models_and_records_the_nodes():
+def test_keep_analog_runs_the_compensated_nodes_per_step_and_records_them():
+    """By default the Sigmoid between neurons is compensated (recorded as such); --keep-analog runs it
+    on each step's spikes instead (the per-step approach, for comparison), in every form."""
     model = graphs.nonlinear_middle_model()
-    with pytest.raises(UserError, match="keep_analog runs them on each step's input"):
-        to_snn(model, None, SNNConfig(timesteps=4))
-    th = Thresholds({"relu0": np.full(2, 2.0, np.float32), "relu1": np.full(2, 4.0, np.float32)}, "manual")
+    th = Thresholds({"relu0": np.full(2, 2.0, np.float32), "squash/spikes+": np.full(2, 1.0, np.float32),
+                     "relu1": np.full(2, 4.0, np.float32)}, "manual")
     x = np.random.default_rng(0).normal(size=(3, 2, 3, 3)).astype(np.float32)
+    info = SNNInfo.from_metadata(to_snn(model, th, SNNConfig(timesteps=4))[0])
+    assert info.compensated == ["squash"] and info.analog == []
     for kw in (dict(), dict(form="loop", chunk=4), dict(portable=True)):
         snn, _ = to_snn(model, th, SNNConfig(timesteps=16, keep_analog=True, **kw))
-        assert SNNInfo.from_metadata(snn).analog == ["squash"]
+        info = SNNInfo.from_metadata(snn)
+        assert info.analog == ["squash"] and info.compensated == []
         got = runtime.session(snn).run(None, {"input": x})[0]
         if not kw:
             want = reference.run(snn, {"input": x})[0]       # Sigmoid evaluated on each step's spikes
@@ -73,8 +84,9 @@ def test_keep_analog_converts_hybrid_models_and_records_the_nodes():
             np.testing.assert_allclose(got, base.run(None, {"input": x})[0], rtol=1e-5, atol=1e-6)
 
 
-def test_silu_between_neurons_with_keep_analog():
-    """x * sigmoid(x) (SiLU as exporters write it) multiplies two time-varying tensors."""
+def test_silu_between_neurons_is_compensated_or_kept_analog():
+    """x * sigmoid(x) (SiLU as exporters write it) multiplies two time-varying tensors: its output
+    feeds a Gemm, so it spikes (a signed pair), and the Sigmoid and the Mul are compensated."""
     rng = np.random.default_rng(1)
     nodes = [helper.make_node("Gemm", ["input", "w0"], ["g0"], name="fc0"), helper.make_node("Relu", ["g0"], ["r0"], name="relu0"),
              helper.make_node("Gemm", ["r0", "w1"], ["g1"], name="fc1"),
@@ -82,10 +94,12 @@ def test_silu_between_neurons_with_keep_analog():
              helper.make_node("Gemm", ["silu", "w2"], ["g2"], name="fc2"), helper.make_node("Relu", ["g2"], ["out"], name="relu2")]
     model = graphs.make(nodes, {"w0": rng.normal(size=(4, 6)), "w1": rng.normal(size=(6, 6)), "w2": rng.normal(size=(6, 3))},
                         ["N", 4], out_shape=["N", 3])
-    assert {n.name for n, _ in analyse(model).blocking()} == {"sig", "silu"}
-    assert analyse(model).blocking(keep_analog=True) == []
+    a = analyse(model)
+    assert a.blocking() == [] and [(s.node, s.signed) for s in a.sites] == [("silu", True)]
+    assert [x.name for x in a.activations] == ["relu0", "silu/spikes+", "silu/spikes-", "relu2"]
     from onnx2snn.calibration.balancing import calibrate
     th = calibrate(model, [{"input": rng.normal(size=(32, 4)).astype(np.float32)}], CalibConfig(method="max"))
+    assert sorted(SNNInfo.from_metadata(to_snn(model, th, SNNConfig(timesteps=8))[0]).compensated) == ["sig", "silu"]
     snn, _ = to_snn(model, th, SNNConfig(timesteps=8, keep_analog=True))
     assert sorted(SNNInfo.from_metadata(snn).analog) == ["sig", "silu"]
 

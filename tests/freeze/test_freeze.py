@@ -13,6 +13,7 @@ from onnx2snn import runtime
 from onnx2snn.graph.analyse import analyse
 from onnx2snn.cli import main
 from onnx2snn.freeze import candidates, freeze
+from onnx2snn.snn.info import SNNInfo
 
 
 def _norm_model(kind: str, channels=8, seed=0):
@@ -65,7 +66,8 @@ def test_frozen_norm_is_exact_when_every_sample_has_the_same_statistics(kind):
     model = _norm_model(kind)
     analysis = analyse(model)
     names = candidates(analysis.problems)
-    assert len(names) == 1 and not analysis.blocking() == []            # the norm blocks conversion
+    assert len(names) == 1 and analysis.blocking() == []                # compensated by default ...
+    assert [n.outputs[0].name for n in analysis.compensated()] == names  # ... or frozen with --freeze-norm
     x = np.random.default_rng(1).normal(size=(1, 3, 6, 6)).astype(np.float32)
     same = [{"input": np.repeat(x, 4, axis=0)}]
     frozen, report = freeze(analysis.model, names, same)
@@ -142,12 +144,16 @@ def test_fcos_style_head_converts_with_freeze_norm_and_reports_the_error(tmp_pat
     out = tmp_path / "head.snn.onnx"
     base = [str(path), "--data", str(tmp_path / "calib.npz"), "-o", str(out), "-T", "64", "--iters", "40",
             "--check", "0"]
-    assert main(base + ["-q"]) == 1                                       # refused without the flag, with the hint
-    assert "--freeze-norm" in capsys.readouterr().err
-    assert main(["inspect", str(path)]) == 1                               # not convertible as it is ...
-    assert "--freeze-norm would freeze it" in capsys.readouterr().out
-    assert main(["inspect", str(path), "--freeze-norm"]) == 0              # ... and convertible with the option
-    assert "frozen to fixed affines (--freeze-norm" in capsys.readouterr().out
+    assert main(base + ["-q"]) == 0                 # without the flag the norms are compensated (running means)
+    capsys.readouterr()
+    compensated = SNNInfo.from_metadata(onnx.load(out)).compensated
+    norms = [n.name for n in onnx.load(path).graph.node if n.op_type == "InstanceNormalization"]
+    assert set(norms) <= set(compensated), compensated
+    assert main(["inspect", str(path)]) == 0
+    assert "expectation compensation" in capsys.readouterr().out
+    assert main(["inspect", str(path), "--freeze-norm"]) == 0              # frozen instead with the option
+    printed = capsys.readouterr().out
+    assert "frozen to fixed affines (--freeze-norm" in printed and "expectation compensation" not in printed
     assert main(base + ["--freeze-norm"]) == 0
     printed = capsys.readouterr().out
     assert "froze 2 normalisation layer(s) on 160 samples" in printed and "relative error each adds" in printed

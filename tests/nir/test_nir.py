@@ -193,6 +193,7 @@ def test_stem_with_a_max_pool_stays_on_the_host_and_the_graph_input_is_the_curre
     (graphs.spiking_pool_model, {}, ["SpikingMaxPool 'pool'", "average pooling"]),
     (graphs.nhwc_model, {}, ["Transpose 'to_nchw2'", "NCHW"]),      # the first one stays on the host
     (graphs.nonlinear_middle_model, {"keep_analog": True}, ["Sigmoid 'squash'", "--keep-analog"]),
+    (graphs.nonlinear_middle_model, {}, ["expectation compensation", "'squash'", "ReLU-like"]),
     (graphs.residual_integer_model, {"form": "loop"}, ["loop form", "form unrolled"]),
     (residual_block, {"portable": True}, ["portable", "without portable"]),
 ])

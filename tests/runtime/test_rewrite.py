@@ -117,8 +117,8 @@ def test_delay_discards_the_first_steps():
 
 
 def test_nonlinear_op_between_spiking_layers_is_reported_by_name():
-    model = graphs.nonlinear_middle_model()
-    with pytest.raises(UserError, match="Sigmoid 'squash'"):
+    model = graphs.hard_gate_model()
+    with pytest.raises(UserError, match="Greater 'gate'"):
         to_snn(model, _thresholds(model), SNNConfig(timesteps=4))
 
 

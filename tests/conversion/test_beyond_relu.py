@@ -1,0 +1,56 @@
+"""Networks with no ReLU at all, trained here on the digits: a SiLU CNN with squeeze-and-excitation
+gates and a tiny vision transformer (GELU, LayerNorm, softmax attention) convert with the defaults
+(only T given) and hold their ANN; --keep-analog's per-step evaluation does not."""
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from onnx2snn import SNNConfig, convert, evaluate_file
+from onnx2snn.cli import main
+from onnx2snn.graph.analyse import analyse
+from onnx2snn.snn.info import SNNInfo
+
+
+def _accuracy(res, t):
+    return next(r["accuracy"] for r in res.rows if r["T"] == t)
+
+
+def test_silu_cnn_with_squeeze_and_excitation_holds_its_ann(silu_se_path, digits_npz, tmp_path):
+    calib, test = digits_npz
+    a = analyse(silu_se_path)
+    assert not [x for x in a.activations if x.kind != "Relu" or not x.name.endswith(("/spikes+", "/spikes-"))]
+    assert {n.op for n in a.compensated()} == {"Sigmoid", "Mul"} and a.blocking() == []
+    out = tmp_path / "silu.snn.onnx"
+    convert(silu_se_path, data=str(calib), output=out, snn=SNNConfig(timesteps=32))
+    res = evaluate_file(out, str(test), timesteps=[16, 32], ann_path=silu_se_path)
+    assert _accuracy(res, 32) >= res.ann_accuracy - 0.01, res.rows
+    assert _accuracy(res, 16) >= res.ann_accuracy - 0.03, res.rows
+    assert 0.5 < res.spiking_fraction < 1 and res.compensated_macs > 0
+    # the same neurons, the gates evaluated on each step's spikes instead: far from the ANN
+    analog = tmp_path / "analog.snn.onnx"
+    convert(silu_se_path, data=str(calib), output=analog, snn=SNNConfig(timesteps=32, keep_analog=True))
+    per_step = evaluate_file(analog, str(test), timesteps=[32], ann_path=silu_se_path)
+    assert _accuracy(per_step, 32) < _accuracy(res, 32) - 0.2, per_step.rows
+
+
+def test_tiny_vit_converts_with_the_defaults(vit_path, digits_npz, tmp_path, capsys):
+    calib, test = digits_npz
+    out = tmp_path / "vit.snn.onnx"
+    assert main([str(vit_path), "--data", str(calib), "-o", str(out), "-T", "64", "-q"]) == 0
+    capsys.readouterr()
+    info = SNNInfo.from_metadata(onnx.load(out))
+    ops = {n.name: n.op_type for n in onnx.load(vit_path).graph.node}
+    assert {ops[n] for n in info.compensated if n in ops} >= {"Softmax", "MatMul", "LayerNormalization", "Erf"}
+    assert main(["eval", str(out), "--data", str(test), "-T", "32,64", "--ann", str(vit_path),
+                 "--json", str(tmp_path / "e.json")]) == 0
+    result = json.loads((tmp_path / "e.json").read_text())
+    rows = {r["T"]: r for r in result["snn"]}
+    printed = capsys.readouterr().out
+    assert "spiking:" in printed and "MACs/img" in printed
+    ann = result["ann"]["accuracy"]
+    assert 0.5 < result["spiking_fraction"] < 1
+    assert rows[64]["accuracy"] >= ann - 0.015 and rows[32]["accuracy"] >= ann - 0.03, (ann, rows)
+    assert rows[64]["agreement"] >= 0.97
+    assert rows[64]["analog_macs"] > rows[32]["analog_macs"] > 0       # compensated work grows with T
