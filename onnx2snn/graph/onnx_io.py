@@ -185,6 +185,16 @@ def shapes(model: onnx.ModelProto) -> dict:
     return out
 
 
+def symbolic_shapes(model: onnx.ModelProto) -> dict:
+    """tensor name -> inferred shape with symbolic dims kept: ints, names ("N", "unk__0"), None."""
+    out = {}
+    for vi in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
+        tt = vi.type.tensor_type
+        if tt.HasField("shape"):
+            out[vi.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
+    return out
+
+
 def constant_value(tensor):
     """Value of a Constant tensor or of a tensor produced by a Constant node, else None."""
     if isinstance(tensor, gs.Constant):

@@ -7,7 +7,7 @@ For an op f between neurons, with S_t the sum of its inputs over steps 1..t,
 
 so its outputs summed over t steps are t·f(ā_t): the rate of the output is f of the input rates.
 Linear ops commute with both sides, so a connected group of non-linear nodes (with the cheap
-linear ops between them: reshapes, transposes, scalings, reductions) is compensated as one
+linear ops between them that keep the layout: sums, scalings, reductions) is compensated as one
 *domain*: its time-varying inputs enter as running means (`entry`), the domain runs unchanged on
 them, and each output that leaves it becomes increments again (`exit`). Weighted layers (Conv,
 Gemm, MatMul with constant weights) never join a domain: they keep receiving spikes.
@@ -28,6 +28,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..graph.analyse import analog_nodes
+from ..graph.onnx_io import symbolic_shapes
 from ..graph.sites import varying_inputs
 from .timefold import BIG
 
@@ -45,11 +46,10 @@ def state_name(kind: str, tensor: str) -> str:
     return f"{STATE}{kind}:{tensor}"
 
 _WEIGHTED = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum"}
-_ABSORB = {
-    "Add", "Sub", "Sum", "Concat", "Identity", "Dropout", "Reshape", "Flatten", "Transpose", "Squeeze",
-    "Unsqueeze", "Slice", "Pad", "Split", "Expand", "Tile", "ReduceMean", "ReduceSum", "Neg", "Mul", "Div",
-    "BatchNormalization", "Gather", "AveragePool", "GlobalAveragePool",
-}
+# linear ops that join a domain when every reader is in it: those that keep each tensor's layout (a
+# reshape or transpose may move the batch axis, whose layout the entries and exits must know)
+_ABSORB = {"Add", "Sub", "Sum", "Neg", "Mul", "Div", "Identity", "Dropout", "BatchNormalization", "ReduceMean",
+           "ReduceSum", "GlobalAveragePool"}
 
 
 @dataclass
@@ -101,14 +101,28 @@ def domains(p) -> Domain | None:
     return Domain(nodes, entries, exits)
 
 
+def batch_axis(shape, batch_dim) -> int:
+    """The axis of an ANN tensor that holds the batch (time is folded into it, time-major): the one
+    dim equal to the model's batch symbol, else the one dim that is not a fixed size, else 0
+    (attention written sequence-first, [L, N, E], has it on axis 1)."""
+    if not shape:
+        return 0
+    if isinstance(batch_dim, str) and list(shape).count(batch_dim) == 1:
+        return list(shape).index(batch_dim)
+    free = [i for i, d in enumerate(shape) if not (isinstance(d, (int, np.integer)) and d > 0)]
+    return free[0] if len(free) == 1 else 0
+
+
 class Compensation:
     """Builds the entries and exits of a domain with the time fold of `p` (S steps per run).
 
+    A tensor is viewed as [P, S, R]: P the product of the dims before its batch axis (1 for the
+    usual batch-first tensors), S the steps, R the rest; running sums are over the S axis.
     `iteration`: a loop body's iteration (int64 scalar; iteration * S steps were done before it), or
     None (one run from step 1, or evaluation's later slices, through the STEPS_DONE constant);
-    `state(kind, tensor)` returns the
-    tensor holding the state carried in (None: a named zero constant, see the module docstring) and
-    `carried(kind, tensor, value)` receives the state after the run."""
+    `state(kind, tensor, lead)` returns the tensor holding the state carried in ([P, 1, R]; None:
+    a named zero constant, see the module docstring) and `carried(kind, tensor, value)` receives the
+    state after the run."""
 
     def __init__(self, p, iteration=None, state=None, carried=None):
         self.p, self.b, self.fold = p, p.b, p.fold
@@ -124,40 +138,55 @@ class Compensation:
             self.steps_done = gs.Constant(STEPS_DONE, np.array(0, np.float32))
         ones = b.op("Range", [b.const(np.float32(1)), b.op("Add", [b.reshape(s, []), b.const(np.float32(1))]),
                               b.const(np.float32(1))])
-        self.t = b.op("Unsqueeze", [b.op("Add", [ones, self.steps_done]), b.const(np.array([1], np.int64))])
-        self.rows = b.concat([p.steps, b.const(np.array([-1], np.int64))], dtype=np.int64)
+        self.t = b.reshape(b.op("Add", [ones, self.steps_done]), [1, -1, 1])
+        self.rows = {}
+        self.symbols = symbolic_shapes(p.analysis.model)
 
-    def _zero_state(self, kind: str, tensor):
-        return gs.Constant(state_name(kind, tensor.name), np.zeros((1, 1), np.float32))
+    def lead(self, tensor) -> int:
+        """P: the product of the (fixed) dims before the tensor's batch axis."""
+        shape = self.symbols.get(tensor.name)
+        axis = batch_axis(shape, self.p.batch_dim)
+        return int(np.prod(shape[:axis])) if axis else 1
 
-    def _last(self, x):
+    def _rows(self, lead: int):
+        if lead not in self.rows:
+            self.b.prefix = STATE + "steps"
+            self.rows[lead] = self.b.concat([self.b.const(np.array([lead], np.int64)), self.p.steps,
+                                             self.b.const(np.array([-1], np.int64))], dtype=np.int64)
+        return self.rows[lead]
+
+    def _zero_state(self, kind: str, tensor, lead: int):
+        return gs.Constant(state_name(kind, tensor.name), np.zeros((1, 1, 1), np.float32))
+
+    def _steps(self, x, start: int, end: int):
         b = self.b
-        return b.op("Slice", [x, b.const(np.array([-1], np.int64)), b.const(np.array([BIG], np.int64)),
-                              b.const(np.array([0], np.int64))])
+        return b.op("Slice", [x, b.const(np.array([start], np.int64)), b.const(np.array([end], np.int64)),
+                              b.const(np.array([1], np.int64))])
 
     def entry(self, x):
-        """[S*N, ...] increments -> running means (S_t / t), carrying the running sums."""
+        """Increments (time folded into the batch) -> running means (S_t / t), carrying the sums."""
         b = self.b
-        before = self.state("sum", x)
+        lead = self.lead(x)
+        rows = self._rows(lead)
+        before = self.state("sum", x, lead)
         b.prefix = f"{x.name}/running_mean"
-        sums = b.op("CumSum", [b.reshape(x, self.rows), b.const(np.array(0, np.int64))])
+        sums = b.op("CumSum", [b.reshape(x, rows), b.const(np.array(1, np.int64))])
         sums = b.op("Add", [sums, before], name=state_name("sum", x.name) + HOLDS)
-        self.carried("sum", x, self._last(sums))
+        self.carried("sum", x, self._steps(sums, -1, BIG))
         return b.reshape(b.op("Div", [sums, self.t]), b.op("Shape", [x], dtype=np.int64))
 
     def exit(self, g, out):
-        """[S*N, ...] values of f on running means -> increments t·g_t − (t−1)·g_{t−1} into `out`."""
+        """Values of f on running means -> increments t·g_t − (t−1)·g_{t−1} into `out`."""
         b = self.b
-        carried = self.state("previous", out)
+        lead = self.lead(out)
+        rows = self._rows(lead)
+        carried = self.state("previous", out, lead)
         b.prefix = f"{out.name}/compensated"
-        scaled = b.op("Mul", [b.reshape(g, self.rows), self.t], name=state_name("previous", out.name) + HOLDS)
-        first = b.op("Slice", [scaled, b.const(np.array([0], np.int64)), b.const(np.array([1], np.int64)),
-                               b.const(np.array([0], np.int64))])
+        scaled = b.op("Mul", [b.reshape(g, rows), self.t], name=state_name("previous", out.name) + HOLDS)
+        first = self._steps(scaled, 0, 1)
         before = b.op("Expand", [carried, b.op("Shape", [first], dtype=np.int64)])
-        earlier = b.op("Slice", [scaled, b.const(np.array([0], np.int64)), b.const(np.array([-1], np.int64)),
-                                 b.const(np.array([0], np.int64))])
-        previous = b.concat([before, earlier], axis=0)
-        self.carried("previous", out, self._last(scaled))
+        previous = b.concat([before, self._steps(scaled, 0, -1)], axis=1)
+        self.carried("previous", out, self._steps(scaled, -1, BIG))
         diff = b.op("Sub", [scaled, previous])
         return b.op("Reshape", [diff, b.op("Shape", [g], dtype=np.int64)], out=[out])
 

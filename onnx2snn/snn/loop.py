@@ -10,6 +10,7 @@ the model also outputs the number of steps it used.
 """
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
@@ -17,7 +18,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..errors import UserError, param
-from ..graph.onnx_io import shapes
+from ..graph.onnx_io import shapes, symbolic_shapes
 from . import compensate
 from .info import Provenance
 from .portable import EXPLICIT_MAX, lower_neurons
@@ -32,6 +33,8 @@ from .prepare import (
     tile_pre_inputs)
 from .timefold import TimeFold, theta_broadcast
 
+log = logging.getLogger(__name__)
+
 TRIP_NAME = "onnx2snn.loop_iterations"
 STEPS_NAME = "onnx2snn.loop_timesteps"
 DELAY_NAME = "onnx2snn.loop_delay"              # D inside the body; DELAY_NAME + "/readout" after the Loop
@@ -45,6 +48,8 @@ class _LoopBuilder:
         self.shapes = shapes(p.analysis.model)
         self.carried = []   # (initial value outside, body input, body output, final value outside)
         self.K = p.config.chunk
+        self._one = None
+        self.symbols = symbolic_shapes(p.analysis.model)
         first = p.graph.inputs[0]
         self.b.prefix = "onnx2snn.loop/batch"
         self.batch = self.b.op("Slice", [self.b.op("Shape", [first], dtype=np.int64),
@@ -52,6 +57,21 @@ class _LoopBuilder:
                                          self.b.const(np.array([1], np.int64))], dtype=np.int64)
 
     # ---- shapes of one step's state -------------------------------------------------------
+    def measured(self, tensor: gs.Tensor):
+        """The tensor's shape in the ANN run on one sample (or None): how many rows a sample has
+        when the batch holds more than samples (windows, heads folded into it)."""
+        name = tensor.name
+        if name not in self.symbols:
+            for consumer in tensor.outputs:
+                if consumer.op == "IFNeuron" or (consumer.op == "Add" and consumer.name.endswith(BIAS_SUFFIX)):
+                    return self.measured(consumer.outputs[0])
+        shape = self.symbols.get(name)
+        if shape and shape[0] == self.p.batch_dim and all(isinstance(d, int) and d > 0 for d in shape[1:]):
+            return [1] + shape[1:]          # batch first, as declared: no need to run the ANN
+        if self._one is None:
+            self._one = _one_sample_shapes(self.p)
+        return self._one.get(name)
+
     def ann_shape(self, tensor: gs.Tensor):
         if tensor.name in self.shapes:
             return self.shapes[tensor.name]
@@ -67,7 +87,11 @@ class _LoopBuilder:
         if shape is None or any(d is None or d <= 0 for d in shape[1:]):
             raise UserError(f"{param('form')} loop needs static shapes (besides the batch) for tensor "
                             f"'{tensor.name}', got {shape}; export the model with fixed sizes")
-        return self.b.concat([self.batch, self.b.const(np.array(shape[1:], np.int64))], dtype=np.int64), len(shape)
+        one = self.measured(tensor)
+        rows = self.batch
+        if one is not None and len(one) == len(shape) and one[0] > 1:     # k rows per sample
+            rows = self.b.op("Mul", [self.batch, self.b.const(np.array([one[0]], np.int64))], dtype=np.int64)
+        return self.b.concat([rows, self.b.const(np.array(shape[1:], np.int64))], dtype=np.int64), len(shape)
 
     def carry(self, name: str, initial, dtype=np.float32, dims=None):
         """A loop-carried value: [initial outside, body input, body output, final outside, dims]."""
@@ -86,6 +110,42 @@ class _LoopBuilder:
         shape, _ = self.state_shape(tensor)
         return self.b.op("ConstantOfShape", [shape],
                          {"value": gs.Constant("zero", np.zeros(1, np.float32))})
+
+
+def _one_sample_shapes(p: Prepared) -> dict:
+    """The shapes of the spiking region's tensors when the ANN runs on one sample (zeros, or
+    uniform [0, 1) for float inputs): {} when its inputs have other free dims or the run fails."""
+    from .. import runtime
+    model = p.analysis.model
+    init = {i.name for i in model.graph.initializer}
+    feeds = {}
+    rng = np.random.default_rng(0)
+    for vi in model.graph.input:
+        if vi.name in init:
+            continue
+        tt = vi.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+        if not dims or any(d is None for d in dims[1:]):
+            return {}
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type))
+        shape = [1] + dims[1:]
+        feeds[vi.name] = rng.uniform(0, 1, shape).astype(dtype) if dtype.kind == "f" else np.zeros(shape, dtype)
+    names = {t.name for n in p.ordered for t in list(n.inputs) + list(n.outputs) if t.name}
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in model.graph.value_info
+             if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type}
+    wanted = sorted(n for n in names if n in types)
+    if not wanted:
+        return {}
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    del probe.graph.output[:]
+    probe.graph.output.extend(onnx.helper.make_tensor_value_info(n, types[n], None) for n in wanted)
+    try:
+        values = runtime.session(probe).run(wanted, feeds)
+    except Exception as err:  # noqa: BLE001 - a measurement only: the shapes inference gave are used instead
+        log.debug("one-sample run of the ANN for the loop's state shapes failed: %s", err)
+        return {}
+    return {n: list(v.shape) for n, v in zip(wanted, values)}
 
 
 def _neuron_states(lb: _LoopBuilder):
@@ -127,17 +187,34 @@ def _pool_states(lb: _LoopBuilder):
 
 
 def _compensation_states(lb: _LoopBuilder, iteration) -> None:
-    """Expectation compensation in the body, its running sums and last values carried ([1, N*size]
-    per tensor, from zero)."""
+    """Expectation compensation in the body, its running sums and last values carried ([P, 1,
+    N*rest] per tensor, compensate.Compensation, from zero)."""
     entries = {}
+    batch_dim = lb.p.batch_dim
+    symbols = symbolic_shapes(lb.p.analysis.model)
 
-    def state(kind, tensor):
+    def state(kind, tensor, lead):
         lb.b.prefix = f"{tensor.name}/{kind}_state0"
-        shape, _ = lb.state_shape(tensor)
-        size = lb.b.op("ReduceProd", [shape], {"keepdims": 1}, dtype=np.int64)
-        zeros = lb.b.op("ConstantOfShape", [lb.b.concat([lb.b.const(np.array([1], np.int64)), size], dtype=np.int64)],
+        one = lb.measured(tensor)       # one sample's elements: the state is [P, 1, N * elements / P]
+        if one is None:
+            shape = symbols.get(tensor.name)
+            axis = compensate.batch_axis(shape, batch_dim)
+            rest = [d for i, d in enumerate(shape or []) if i != axis]
+            if shape and all(isinstance(d, (int, np.integer)) and d > 0 for d in rest) and shape[axis] == batch_dim:
+                one = [1] + rest
+        if one is not None:
+            size = lb.b.op("Mul", [lb.batch, lb.b.const(np.array([int(np.prod(one)) // lead], np.int64))],
+                           dtype=np.int64)
+        else:   # not measurable: zeros that broadcast on the first iteration (onnxruntime's Loop only)
+            if lb.config.loop_op == "scan":
+                raise UserError(f"{param('loop_op')} scan needs the size of tensor '{tensor.name}' (compensated) for "
+                                f"one sample, which neither its shape {shape} nor a run of the ANN gives; use "
+                                f"{param('loop_op')} loop or {param('form')} unrolled")
+            size = lb.b.const(np.array([1], np.int64))
+        zeros = lb.b.op("ConstantOfShape", [lb.b.concat([lb.b.const(np.array([lead, 1], np.int64)), size],
+                                                         dtype=np.int64)],
                         {"value": gs.Constant("zero", np.zeros(1, np.float32))})
-        entry = lb.carry(f"{tensor.name}/{kind}", zeros, dims=[1, None])
+        entry = lb.carry(f"{tensor.name}/{kind}", zeros, dims=[lead, 1, None])
         entries[(kind, tensor.name)] = entry
         return entry[1]
 

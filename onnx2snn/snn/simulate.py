@@ -199,8 +199,8 @@ def carried_states(model: onnx.ModelProto) -> tuple:
 
 def _compensation_states(graph: onnx.GraphProto, takes: bool, pairs: list) -> None:
     """carried_states for expectation compensation (compensate.py): each state's zero constant
-    becomes an input of `later`, its value after the run (the last row of the node that holds it;
-    steps done + S for STEPS_DONE) an output."""
+    becomes an input of `later`, its value after the run (the last step of the node that holds it,
+    [P, S, R] -> [P, 1, R]; steps done + S for STEPS_DONE) an output."""
     starts = [i for i in graph.initializer if compensate.is_state(i.name) and i.name.count("/out/") == 0]
     if not starts:
         return
@@ -213,7 +213,7 @@ def _compensation_states(graph: onnx.GraphProto, takes: bool, pairs: list) -> No
             graph.node.extend([steps, scalar, onnx.helper.make_node("Add", [init.name, out + "/scalar"], [out])])
         else:
             holder = nodes[init.name + compensate.HOLDS]
-            for name, value in ((out + "/start", [-1]), (out + "/end", [2 ** 62]), (out + "/axis", [0])):
+            for name, value in ((out + "/start", [-1]), (out + "/end", [2 ** 62]), (out + "/axis", [1])):
                 graph.initializer.append(onnx.numpy_helper.from_array(np.array(value, np.int64), name))
             graph.node.append(onnx.helper.make_node("Slice", [holder.output[0], out + "/start", out + "/end",
                                                               out + "/axis"], [out]))

@@ -162,3 +162,24 @@ def test_default_portable_form_runs_on_every_runtime_with_fixed_and_symbolic_bat
         pytest.skip("no runtime besides onnxruntime is installed (the onnx2snn[runtimes] extra, tests/runtime/js)")
     for name, top1 in ran.items():
         assert np.sum(top1 == want) >= 15, (name, top1, want)
+
+
+@pytest.mark.parametrize("name", list(SUPPORTED))
+def test_compensated_model_agrees_on_every_runtime(name, silu_se_path, digits_npz, tmp_path):
+    """A network without ReLU (SiLU, squeeze-and-excitation gates): its expectation compensation is
+    standard ops (CumSum, Range, Mul, Sub), which every runtime runs in every form it supports, binary
+    and burst neurons alike."""
+    (_python_runtime if not name.startswith("onnxruntime-") else _js_runtime)(name)
+    from onnx2snn import api
+    ann = analyse(onnx.load(silu_se_path))
+    th = api.calibrate(ann, api.open_source(ann.model, str(digits_npz[0])), CalibConfig(iters=30))
+    x = np.load(digits_npz[1])["input"][:100]
+    for form in SUPPORTED[name] + ["unrolled-burst"]:
+        snn, _ = to_snn(ann, th, SNNConfig(timesteps=16, portable=True, **{**FORMS, **NEURON_FORMS}[form]))
+        path = tmp_path / f"{form}.onnx"
+        onnx.save(snn, path)
+        want = runtime.session(snn).run(None, {"input": x})[0]
+        got, _ = _run(name, path, x, tmp_path)
+        agree = np.mean(got.argmax(1) == want.argmax(1))
+        rel = np.abs(got - want).mean() / np.abs(want).mean()
+        assert agree >= 0.98 and rel <= 2e-2, (name, form, agree, rel)
