@@ -55,8 +55,8 @@ def eval_table(result, e_sop: float = E_SOP_PJ, e_mac: float = E_MAC_PJ) -> str:
     comp = getattr(result, "compensated_macs", 0.0)
     if comp:
         lines.append(f"spiking: {100 * (result.spiking_fraction or 0):.1f}% of the ANN's MACs run as spike-driven "
-                     f"accumulates; the compensated nodes do {comp:.3g} analog operations per step (counted as "
-                     "MACs)")
+                     f"accumulates; the non-linear nodes between neurons do {comp:.3g} analog operations per step "
+                     "(counted as MACs)")
     steps = any(r.get("steps_used") is not None for r in result.rows)
     delays = any("delay" in r for r in result.rows)
     figures = tuple(name for name, _, _ in TASK_COLUMNS[task]) if task else ("accuracy",)

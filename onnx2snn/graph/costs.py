@@ -95,12 +95,13 @@ _OPS_PER_ELEMENT = {"Softmax": 3, "LogSoftmax": 4, "LayerNormalization": 6, "Ins
 _ENTRY, _EXIT = 2, 2
 
 
-def compensated_macs(model: onnx.ModelProto, nodes) -> tuple:
+def compensated_macs(model: onnx.ModelProto, nodes, compensation: bool = True) -> tuple:
     """(analog operations per sample and step of the compensated nodes `nodes` (names), the MACs
     of the weighted layers among them): products of two spike-driven tensors (Q·Kᵀ, A·V) count as
     the MACs of a MatMul, element-wise ops one per element (_OPS_PER_ELEMENT for the others), and the
     compensation's running means and differences at each node's inputs and outputs, counted as if
-    every node were compensated alone (an upper bound: a group shares them)."""
+    every node were compensated alone (an upper bound: a group shares them); without
+    `compensation` (--keep-analog) only the ops themselves."""
     known = shapes(model)
     weighted = layer_macs(model)
     names = set(nodes)
@@ -115,5 +116,6 @@ def compensated_macs(model: onnx.ModelProto, nodes) -> tuple:
             dense += weighted[node.name][0]
         else:
             total += out * _OPS_PER_ELEMENT.get(node.op_type, 1)
-        total += _ENTRY * inp + _EXIT * out
+        if compensation:
+            total += _ENTRY * inp + _EXIT * out
     return float(total), float(dense)

@@ -139,10 +139,12 @@ def _pool_role(pool: gs.Node, regions: Regions, config: SNNConfig) -> str:
     return "after spiking max pool"
 
 
-def _costs(analysis: Analysis, graph: gs.Graph, regions: Regions, layers, compensated=()) -> dict:
+def _costs(analysis: Analysis, graph: gs.Graph, regions: Regions, layers, compensated=(),
+           compensation: bool = True) -> dict:
     """The figures of the energy estimate: the ANN's MACs, those run once before the first neuron,
-    the fan-out of each neuron's spikes; with compensated nodes (not --keep-analog) their analog
-    operations per step and the share of the ANN's MACs that became spike-driven accumulates."""
+    the fan-out of each neuron's spikes; with non-linear nodes between neurons their analog
+    operations per step (with the compensation's own, unless --keep-analog runs them per step) and
+    the share of the ANN's MACs that became spike-driven accumulates."""
     model = analysis.model
     macs = energy.layer_macs(model)
     fan = energy.fanouts(model, [l.tensor for l in layers])
@@ -151,7 +153,7 @@ def _costs(analysis: Analysis, graph: gs.Graph, regions: Regions, layers, compen
     costs = {"ann_macs": ann, "largest_activation": energy.largest_activation(model), "pre_macs": pre,
              "fanout": {l.name: fan.get(l.tensor, 0.0) for l in layers}}
     if compensated:
-        per_step, dense = energy.compensated_macs(model, compensated)
+        per_step, dense = energy.compensated_macs(model, compensated, compensation)
         costs["compensated_macs"] = per_step
         costs["spiking_fraction"] = max(0.0, (ann - pre - dense) / ann) if ann else 0.0
     return costs
@@ -184,7 +186,7 @@ def prepare(analysis: Analysis, thresholds: Thresholds | None, config: SNNConfig
     rank_of = {a.name: a.rank for a in acts}
     steps = gs.Constant(T_NAME, np.array([config.timesteps], np.int64))
     analog = [n.name for n in analog_nodes(graph, neurons, regions)]
-    costs = _costs(analysis, graph, regions, layers, [] if config.keep_analog else analog)
+    costs = _costs(analysis, graph, regions, layers, analog, not config.keep_analog)
     return Prepared(analysis, config, thresholds, graph, Builder(graph, analysis.opset, "onnx2snn"), layers,
                     neurons, regions, ordered, costs,
                     {l.name: rank_of[l.source] for l in layers}, steps, analog, _batch_dim(analysis.model))

@@ -180,3 +180,17 @@ def test_keep_analog_evaluates_the_op_on_each_step_instead():
     snn, _ = to_snn(model, th, SNNConfig(timesteps=8, keep_analog=True))
     spikes_a, y = runtime.session(_with_outputs(snn, ["a", "y"])).run(["a", "y"], {"input": x[:3]})
     np.testing.assert_allclose(y, np.tanh(spikes_a), rtol=1e-5, atol=1e-6)
+
+
+def test_burst_neurons_with_compensation_in_every_form():
+    """--spikes burst:K: the sites' neurons fire up to K spikes a step; the compensation is unchanged."""
+    model = _model("gelu_erf")
+    x = np.random.default_rng(5).normal(size=(64, 3)).astype(np.float32)
+    th = calibrate(model, [{"input": x}], CalibConfig(method="max"))
+    base = runtime.session(to_snn(model, th, SNNConfig(timesteps=8, spikes="burst:3"))[0]).run(None, {"input": x[:6]})[0]
+    for kw in (dict(portable=True), dict(form="loop", chunk=3)):
+        got = runtime.session(to_snn(model, th, SNNConfig(timesteps=8, spikes="burst:3", **kw))[0]).run(
+            None, {"input": x[:6]})[0]
+        np.testing.assert_allclose(got, base, rtol=1e-5, atol=1e-5, err_msg=str(kw))
+    binary = runtime.session(to_snn(model, th, SNNConfig(timesteps=8))[0]).run(None, {"input": x[:6]})[0]
+    assert not np.allclose(binary, base)          # the bursts changed the spikes
