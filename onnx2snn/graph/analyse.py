@@ -20,7 +20,7 @@ import onnx_graphsurgeon as gs
 from . import onnx_io as M
 from ..errors import UserError, param
 from .onnx_io import constant_value
-from .sites import Site, compensable, find_sites, insert_sites
+from .sites import compensable, find_sites, insert_sites
 
 log = logging.getLogger(__name__)
 

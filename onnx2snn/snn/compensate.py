@@ -29,7 +29,6 @@ import onnx_graphsurgeon as gs
 
 from ..graph.analyse import analog_nodes
 from ..graph.onnx_io import symbolic_shapes
-from ..graph.sites import varying_inputs
 from .timefold import BIG
 
 STATE = "onnx2snn.compensation/"

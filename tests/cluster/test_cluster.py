@@ -114,6 +114,20 @@ def test_conversion_thresholds_corrections_and_delay_are_identical(two, converte
     assert one.thresholds.bias and one.thresholds.potential     # the corrections ran and were compared
 
 
+def test_a_network_without_relu_converts_identically_on_two_workers(two, silu_se_path, digits_npz, tmp_path):
+    """The workers analyse the model again (Analysis.__reduce__): its spiking sites and compensated
+    nodes are the driver's, so the conversion is byte for byte the single process's."""
+    kw = dict(data=str(digits_npz[0]), calib=CalibConfig(iters=20), snn=SNNConfig(timesteps=8, delay="auto",
+                                                                                   correct="both"), check_samples=32)
+    one = api.convert(silu_se_path, output=tmp_path / "one.snn.onnx", save_thresholds=tmp_path / "one.json", **kw)
+    got = api.convert(silu_se_path, output=tmp_path / "two.snn.onnx", save_thresholds=tmp_path / "two.json",
+                      cluster=two, **kw)
+    assert (tmp_path / "two.json").read_bytes() == (tmp_path / "one.json").read_bytes()
+    assert (tmp_path / "two.snn.onnx").read_bytes() == (tmp_path / "one.snn.onnx").read_bytes()
+    assert got.check.to_json() == one.check.to_json()
+    assert any(name.endswith("/spikes-") for name in one.thresholds.values)
+
+
 def test_calibration_rounds_depend_on_k_only(two, resnet_path, digits_npz):
     source = api.open_source(api.M.load(resnet_path), str(digits_npz[0]))
     config = CalibConfig(iters=24, round_batches=4, augment="flip", batch_size=64)

@@ -4,7 +4,6 @@ runs in every form; EfficientNet-B0's converts and evaluates end to end with few
 import json
 
 import numpy as np
-import onnx
 import pytest
 
 from onnx2snn import SNNConfig, runtime, to_snn

@@ -3,9 +3,7 @@ gates and a tiny vision transformer (GELU, LayerNorm, softmax attention) convert
 (only T given) and hold their ANN; --keep-analog's per-step evaluation does not."""
 import json
 
-import numpy as np
 import onnx
-import pytest
 
 from onnx2snn import SNNConfig, convert, evaluate_file
 from onnx2snn.cli import main

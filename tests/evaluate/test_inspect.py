@@ -7,7 +7,7 @@ import pytest
 from onnx import helper
 
 from tools.fixtures import graphs
-from onnx2snn import CalibConfig, SNNConfig, Thresholds, UserError, runtime, to_snn
+from onnx2snn import CalibConfig, SNNConfig, Thresholds, runtime, to_snn
 from onnx2snn.ops import reference
 from onnx2snn.graph.analyse import analyse
 from onnx2snn.cli import main

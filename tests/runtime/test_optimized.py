@@ -12,8 +12,7 @@ import pytest
 from onnx2snn import SNNConfig, Thresholds, library_path, runtime, to_snn
 from onnx2snn.cli import main
 from onnx2snn.errors import UserError
-from onnx2snn.graph import onnx_io as M
-from onnx2snn.graph.analyse import find_activations
+from onnx2snn.graph.analyse import analyse
 from onnx2snn.runtime import layout
 from onnx2snn.runtime.optimized import KEY, optimized_for
 from onnx2snn.snn.info import SNNInfo
@@ -24,7 +23,7 @@ BLOCKED = pytest.mark.skipif(not layout.block_size(), reason="onnxruntime uses n
 
 def _snn(make=graphs.residual_integer_model, **kw):
     model = make()
-    acts = find_activations(M.to_graph(M.load_proto(model)))
+    acts = analyse(model).activations          # spiking sites of non-ReLU ops included
     rng = np.random.default_rng(3)
     th = Thresholds({a.name: (2.0 ** rng.integers(0, 3, size=a.channels)).astype(np.float32) for a in acts}, "manual")
     snn, _ = to_snn(model, th, SNNConfig(timesteps=12, delay=2, **kw))
@@ -47,7 +46,8 @@ def _same(a, b):
 @BLOCKED
 @pytest.mark.parametrize("kw", [{}, {"form": "loop", "chunk": 4}])
 @pytest.mark.parametrize("make", [lambda: graphs.residual_integer_model(channels=16),
-                                  lambda: graphs.spiking_pool_model(channels=16)])
+                                  lambda: graphs.spiking_pool_model(channels=16),
+                                  lambda: graphs.silu_conv_model(channels=16)])
 def test_plain_onnxruntime_runs_the_optimized_file_with_the_converted_files_outputs(make, kw):
     snn, x = _snn(make, **kw)
     want = runtime.session(snn, rewrite=False).run(None, {"input": x})
