@@ -234,15 +234,58 @@ def tile_pre_inputs(p: Prepared) -> None:
         return id(t.inputs[0]) in p.regions.pre and t.inputs[0].op != "Constant"
 
     tiled = {}
-    for node in p.ordered:
+
+    def tile(t):
+        if t.name not in tiled:
+            tiled[t.name] = p.fold.tile(t)
+            if t.shape is not None:   # S*N rows: the folded batch is unknown, the rest static
+                p.typed[tiled[t.name].name] = [None] + [d if isinstance(d, int) and d > 0 else None
+                                                        for d in t.shape[1:]]
+        return tiled[t.name]
+
+    sizes = {}
+    for node in list(p.ordered):
         for i, t in enumerate(list(node.inputs)):
             if from_pre(t):
-                if t.name not in tiled:
-                    tiled[t.name] = p.fold.tile(t)
-                    if t.shape is not None:   # S*N rows: the folded batch is unknown, the rest static
-                        p.typed[tiled[t.name].name] = [None] + [d if isinstance(d, int) and d > 0 else None
-                                                                for d in t.shape[1:]]
-                node.inputs[i] = tiled[t.name]
+                node.inputs[i] = tile(t)
+            elif _computed_size(t, p.regions.pre):     # e.g. a Reshape's target from Shape(x): S*N rows
+                node.inputs[i] = _size_of_steps(p, t, tile, sizes)
+
+
+def _computed_size(t, pre: set) -> bool:
+    """An integer tensor computed before the first neuron from some tensor's Shape (a Reshape's or
+    an Expand's target that holds the batch size N)."""
+    if isinstance(t, gs.Constant) or not t.name or not t.inputs or _is_float(t) or id(t.inputs[0]) not in pre:
+        return False
+    seen, stack = set(), [t.inputs[0]]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if node.op == "Shape":
+            return True
+        stack.extend(x.inputs[0] for x in node.inputs if x.inputs and id(x.inputs[0]) in pre)
+    return False
+
+
+def _size_of_steps(p: Prepared, t, tile, memo: dict):
+    """The same integer computation for the steps: its Shape nodes read the tiled (S*N-row) tensors,
+    so a batch size N it holds becomes S*N. The nodes on its way are copied (the originals keep
+    serving the work before the first neuron)."""
+    if id(t) in memo:
+        return memo[id(t)]
+    node = t.inputs[0]
+    if node.op == "Shape":
+        ins = [tile(node.inputs[0])]
+    else:
+        ins = [_size_of_steps(p, x, tile, memo) if x.inputs and id(x.inputs[0]) in p.regions.pre
+               and not isinstance(x, gs.Constant) else x for x in node.inputs]
+    outs = [gs.Variable(f"{o.name}/steps", o.dtype) for o in node.outputs]
+    p.graph.nodes.append(gs.Node(node.op, f"{node.name}/steps", dict(node.attrs), ins, outs, domain=node.domain))
+    for o, c in zip(node.outputs, outs):
+        memo[id(o)] = c
+    return memo[id(t)]
 
 
 def boundary(p: Prepared) -> list:

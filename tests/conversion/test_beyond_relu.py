@@ -3,6 +3,7 @@ gates and a tiny vision transformer (GELU, LayerNorm, softmax attention) convert
 (only T given) and hold their ANN; --keep-analog's per-step evaluation does not."""
 import json
 
+import numpy as np
 import onnx
 
 from onnx2snn import SNNConfig, convert, evaluate_file
@@ -52,3 +53,24 @@ def test_tiny_vit_converts_with_the_defaults(vit_path, digits_npz, tmp_path, cap
     assert rows[64]["accuracy"] >= ann - 0.015 and rows[32]["accuracy"] >= ann - 0.03, (ann, rows)
     assert rows[64]["agreement"] >= 0.97
     assert rows[64]["analog_macs"] > rows[32]["analog_macs"] > 0       # compensated work grows with T
+
+
+def test_the_files_run_in_plain_onnxruntime_in_every_form(vit_path, digits_npz):
+    """torch writes the attention's reshapes with the batch size read from a tensor before the first
+    neuron (Shape of the token embeddings): in the SNN those sizes are the steps' (S*N rows), so the
+    file runs in onnxruntime as written, not only in onnx2snn's sessions."""
+    import onnxruntime as ort
+
+    from onnx2snn import library_path, runtime, to_snn
+    x = np.load(digits_npz[1])["input"][:12]
+    opts = ort.SessionOptions()
+    opts.register_custom_ops_library(library_path())
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    base = None
+    for kw in (dict(), dict(form="loop", chunk=3), dict(portable=True)):
+        snn, _ = to_snn(vit_path, None, SNNConfig(timesteps=6, **kw))
+        plain = ort.InferenceSession(snn.SerializeToString(), opts).run(None, {"input": x})[0]
+        ours = runtime.session(snn).run(None, {"input": x})[0]
+        np.testing.assert_array_equal(plain, ours)
+        base = plain if base is None else base
+        np.testing.assert_allclose(plain, base, rtol=1e-5, atol=1e-5)
