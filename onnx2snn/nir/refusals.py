@@ -32,15 +32,15 @@ def refuse(node, reason: str, way: str, pre: bool = False) -> UserError:
 
 
 def check_compensation(node, compensated: list, pre: bool = False) -> None:
-    """Refuse the nodes of expectation compensation (snn/compensate.py): NIR 1.0 has no running
-    mean and no per-step difference of a non-linear function."""
+    """Refuse the nodes of expectation compensation (snn/compensate.py), naming the compensated
+    nodes: NIR 1.0 has no running mean and no per-step difference of a non-linear function."""
     if node.name in compensated or "/running_mean/" in node.name or "/compensated/" in node.name \
             or node.name.startswith("onnx2snn.compensation/"):
         listed = ", ".join(f"'{n}'" for n in compensated[:3]) + (", ..." if len(compensated) > 3 else "")
-        raise refuse(node, f"part of the expectation compensation of {len(compensated)} non-ReLU node(s) between "
-                     f"neurons ({listed}: running means of their inputs, per-step differences of their outputs), "
-                     "which NIR 1.0 cannot express",
-                     "export to NIR networks whose activations between weighted layers are ReLU-like", pre)
+        raise UserError(f"{WHERE}: {len(compensated)} non-ReLU node(s) between neurons ({listed}) are evaluated "
+                        "with expectation compensation (running means of their inputs, per-step differences of "
+                        "their outputs), which NIR 1.0 cannot express; export to NIR networks whose activations "
+                        "between weighted layers are ReLU-like")
 
 
 def check_expressible(node, analog: list, parsable, pre: bool = False) -> None:
