@@ -171,7 +171,8 @@ def test_scikit_learn_with_zipmap(digits_data, tmp_path, capsys):
 
 
 # ---- TensorFlow/Keras, PaddlePaddle, JAX/Flax (each trained and exported in its own process) ------
-EXPORTERS = {"keras": ("tensorflow", "tf2onnx"), "paddle": ("paddle", "paddle2onnx"),
+EXPORTERS = {"keras": ("tensorflow", "tf2onnx"), "keras_nonrelu": ("tensorflow", "tf2onnx"),
+             "paddle": ("paddle", "paddle2onnx"),
              "flax": ("jax", "flax", "optax", "jax2onnx")}
 
 
@@ -186,11 +187,16 @@ def test_other_frameworks(framework, digits_data, tmp_path, capsys):
                           cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0 and path.exists(), proc.stderr[-3000:]
     x_train, y_train, x_test, y_test = digits_data
-    if framework in ("keras", "flax"):                     # NHWC inputs
+    if framework in ("keras", "keras_nonrelu", "flax"):    # NHWC inputs
         x_train, x_test = x_train.transpose(0, 2, 3, 1), x_test.transpose(0, 2, 3, 1)
     ops = {n.op_type for n in onnx.load(path).graph.node}
     if framework == "keras":
         assert {"Transpose", "MatMul"} <= ops               # channels-last convs, Dense as MatMul
     if framework == "paddle":
         assert "BatchNormalization" in ops
+    if framework == "keras_nonrelu":                        # swish, LayerNorm written out, tanh gelu
+        assert {"Sigmoid", "Tanh", "Sqrt"} <= ops and not {"Relu", "Clip"} & ops
     _convert_and_check(path, x_train, y_train, x_test, y_test, tmp_path, capsys)
+    if framework == "keras_nonrelu":
+        from onnx2snn.snn.info import SNNInfo
+        assert SNNInfo.from_metadata(onnx.load(tmp_path / "defaults.snn.onnx")).compensated
