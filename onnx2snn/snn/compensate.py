@@ -44,7 +44,7 @@ def state_name(kind: str, tensor: str) -> str:
     """The zero constant a state starts from in one run ("sum" of an entry, "previous" of an exit)."""
     return f"{STATE}{kind}:{tensor}"
 
-_WEIGHTED = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum"}
+
 # linear ops that join a domain when every reader is in it: those that keep each tensor's layout (a
 # reshape or transpose may move the batch axis, whose layout the entries and exits must know)
 _ABSORB = {"Add", "Sub", "Sum", "Neg", "Mul", "Div", "Identity", "Dropout", "BatchNormalization", "ReduceMean",
