@@ -74,3 +74,26 @@ def test_the_files_run_in_plain_onnxruntime_in_every_form(vit_path, digits_npz):
         np.testing.assert_array_equal(plain, ours)
         base = plain if base is None else base
         np.testing.assert_allclose(plain, base, rtol=1e-5, atol=1e-5)
+
+
+def test_tiny_vit_from_torchs_dynamo_exporter(digits_npz, tmp_path, capsys):
+    """torch.onnx.export(dynamo=True) writes opset 20 with Gelu and LayerNormalization ops: they spike
+    and are compensated like their decompositions."""
+    import torch
+
+    from tools.fixtures import digits
+    net, x = digits.digits_vit()
+    path = tmp_path / "vit_dynamo.onnx"
+    torch.onnx.export(net, (torch.from_numpy(x[:2]),), dynamo=True, input_names=["input"], output_names=["logits"],
+                      dynamic_shapes={"x": {0: torch.export.Dim("N", min=1, max=4096)}}).save(str(path))
+    ops = {n.op_type for n in onnx.load(path).graph.node}
+    assert {"Gelu", "LayerNormalization"} <= ops
+    calib, test = digits_npz
+    out = tmp_path / "vit_dynamo.snn.onnx"
+    assert main([str(path), "--data", str(calib), "-o", str(out), "-T", "32", "--iters", "200", "-q"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(out), "--data", str(test), "-T", "32", "--ann", str(path),
+                 "--json", str(tmp_path / "e.json")]) == 0
+    result = json.loads((tmp_path / "e.json").read_text())
+    row = result["snn"][0]
+    assert row["agreement"] >= 0.97 and row["accuracy"] >= result["ann"]["accuracy"] - 0.03, result
