@@ -21,6 +21,7 @@ from ..errors import UserError, param
 from ..runtime.memory import MemoryBudget
 from ..snn import simulate
 from ..snn.info import SNNInfo
+from . import layers as layer_kinds
 from ..snn.runs import SLICE_WEIGHT_COPIES, score_output, slice_steps  # noqa: F401 (SLICE_WEIGHT_COPIES: API)
 from ..snn.runs import History, input_names, PerT, Sliced, Unrolled
 
@@ -91,8 +92,10 @@ class _LayerStats:
         self.thetas = simulate.neuron_thresholds(snn, info)
         self.tensor = {n["name"]: n["tensor"] for n in info.neurons}
         self.sess, self.with_ann = None, ann is not None
+        self.layers = {}
         if ann is not None:
             analysis = as_analysis(ann)
+            self.layers = layer_kinds.describe(analysis, info.neurons)
             names = sorted({self.tensor[n] for n in self.thetas})
             # the neuron's range: K·θ with burst:K spikes (θ is then the size of one of its K levels)
             theta_of = {n["source"]: self.thetas[n["name"]] * np.float32(info.max_spikes) for n in info.neurons
@@ -108,7 +111,7 @@ class _LayerStats:
 
     def __getstate__(self):         # the tallies travel (a cluster's shards), the session does not
         return {"t": self.t, "info": self.info, "tally": self.tally, "batch": self.batch, "thetas": self.thetas,
-                "tensor": self.tensor, "sess": None, "with_ann": self.with_ann}
+                "tensor": self.tensor, "sess": None, "with_ann": self.with_ann, "layers": self.layers}
 
     def take(self) -> dict:
         """This batch's tallies (and a fresh one for the next)."""
@@ -150,7 +153,9 @@ class _LayerStats:
                                   "zero": int(np.sum(theta == 0)), "values": [float(v) for v in theta]},
                         "firing_rate": tl["spikes"] / (count * self.t), "silent": tl["silent"] / count,
                         "saturated": tl["saturated"] / count,
-                        "rate_error": tl["err"] / tl["ref"] if self.with_ann and tl["ref"] > 0 else None})
+                        "rate_error": tl["err"] / tl["ref"] if self.with_ann and tl["ref"] > 0 else None,
+                        **self.layers.get(n["name"], {})})
+        layer_kinds.error_added(out)
         return out
 
 

@@ -11,6 +11,7 @@ import numpy as np
 from ..config import E_MAC_PJ, E_SOP_PJ
 from ..errors import UserError, param
 from ..files import Files, write_atomic
+from . import layers as layer_kinds
 
 
 def layers_table(layers) -> str:
@@ -217,6 +218,10 @@ def report_lines(report: dict) -> str:
         parts.append(f"firing rate {min(rates):.3f}-{max(rates):.3f} spikes/neuron/step at T={report['layers_T']}")
         if worst["rate_error"] is not None:
             parts.append(f"largest rate error {worst['rate_error']:.3f} ({worst['name']})")
+        kinds = layer_kinds.by_kind(report["layers"])
+        if kinds:          # where the error enters: mean rate error added over the layer's inputs, by kind
+            parts.append("error added by layer kind: " + ", ".join(
+                f"{kind} {added:+.3f} ({n} layers, rate error {mean:.3f})" for kind, n, mean, added in kinds))
     return "; ".join(parts)
 
 

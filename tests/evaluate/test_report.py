@@ -61,6 +61,9 @@ def test_report_numbers_by_hand(tiny, form):
     assert layer["silent"] == 0 and layer["saturated"] == 0
     assert layer["rate_error"] == pytest.approx(0.05 / 1.3, rel=1e-5)
     assert layer["theta"]["values"] == [1.0, 2.0]
+    # the layer that feeds it and the error it adds (no neuron upstream: all of its rate error)
+    assert layer["kind"] == "dense" and layer["upstream"] == []
+    assert layer["error_added"] == pytest.approx(layer["rate_error"])
 
 
 def test_silent_and_saturated_neurons_are_counted(tiny):
@@ -105,3 +108,29 @@ def test_report_counts_neurons_per_sample(tiny):
                       report_path=tiny / "r.json")
     (layer,) = json.loads((tiny / "r.json").read_text())["layers"]
     assert layer["neurons"] == 2 and layer["firing_rate"] == pytest.approx(6 / 16)
+
+
+def test_where_the_error_enters_by_layer_kind(mobilenet_path, digits_npz, tmp_path):
+    """A MobileNetV2 (depthwise, pointwise, ReLU6, residual adds): each layer is named by the kind
+    of layer feeding its neurons, with the error it adds over its upstream neurons', summed up by
+    kind in the report's summary line."""
+    from onnx2snn.evaluate import layers
+    from onnx2snn.evaluate.report import report_lines
+    calib, test = digits_npz
+    api.convert(mobilenet_path, data=str(calib), output=tmp_path / "m.onnx", snn=SNNConfig(timesteps=16),
+                calib=api.CalibConfig(iters=30), check_samples=0)
+    res = api.evaluate_file(tmp_path / "m.onnx", data=str(test), ann_path=mobilenet_path, timesteps=[16],
+                            limit=64, report_path=tmp_path / "r.json")
+    rows = res.report["layers"]
+    kinds = {r["kind"].split(" + ")[0].split(" capped")[0] for r in rows}
+    assert {"depthwise", "pointwise 1x1"} <= kinds, kinds
+    assert any("residual add" in r["kind"] for r in rows) and all("capped at 6" in r["kind"] for r in rows
+                                                                   if "depthwise" in r["kind"])
+    first, *rest = rows
+    assert first["upstream"] == [] and all(r["upstream"] for r in rest)
+    for r in rest:
+        assert r["error_added"] == pytest.approx(r["rate_error"] - max(
+            next(x["rate_error"] for x in rows if x["name"] == u) for u in r["upstream"]))
+    summary = layers.by_kind(rows)
+    assert {k for k, _, _, _ in summary} == {r["kind"].split(" capped")[0] for r in rows}
+    assert "error added by layer kind: " in report_lines(res.report)
