@@ -9,14 +9,9 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..graph.onnx_io import constant_value
-from ..graph.sites import NEGATIVE, POSITIVE
+from ..graph.sites import NEGATIVE, POSITIVE, varying_inputs
 
 _WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-
-
-def _varying(node: gs.Node) -> list:
-    return [t for t in node.inputs if t.name and not isinstance(t, gs.Constant) and constant_value(t) is None]
 
 
 def _conv_kind(node: gs.Node) -> str:
@@ -37,7 +32,7 @@ def _sums_inputs(t: gs.Tensor, outputs: set) -> bool:
         if not t.inputs or id(t) in outputs:
             return False
         node = t.inputs[0]
-        moving = _varying(node)
+        moving = varying_inputs(node)
         if node.op in ("Add", "Sum") and len(moving) > 1:
             return True
         if node.op in _WEIGHTED or not moving:
@@ -55,10 +50,10 @@ def _layer(x: gs.Tensor, outputs: set) -> tuple:
             return "no weighted layer", residual
         node = t.inputs[0]
         if node.op in _WEIGHTED:
-            moving = _varying(node)
+            moving = varying_inputs(node)
             residual = residual or bool(moving and _sums_inputs(moving[0], outputs))
             return (_conv_kind(node) if node.op == "Conv" else "dense"), residual
-        moving = _varying(node)
+        moving = varying_inputs(node)
         if not moving:
             return "no weighted layer", residual
         if node.op in ("Add", "Sum") and len(moving) > 1:
